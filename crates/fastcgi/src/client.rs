@@ -221,7 +221,7 @@ mod tests {
             conn.end_stdin().await.unwrap();
 
             // The "application": check what arrived, answer in pieces.
-            let mut received = vec![0u8; 8 + 8 + 8 + 8 + 8];
+            let mut received = [0u8; 8 + 8 + 8 + 8 + 8];
             app_end.read_exact(&mut received[..8]).await.unwrap();
             assert_eq!(received[1], RecordType::BeginRequest.as_u8());
             let mut answer = BytesMut::new();

@@ -40,6 +40,14 @@ fn put_length(buf: &mut BytesMut, len: usize) {
     }
 }
 
+/// Appends the two length prefixes of a pair whose name and value the
+/// caller appends next (to encode a transformed name without a copy).
+pub fn put_pair_lengths(buf: &mut BytesMut, name_len: usize, value_len: usize) {
+    buf.reserve(length_len(name_len) + length_len(value_len) + name_len + value_len);
+    put_length(buf, name_len);
+    put_length(buf, value_len);
+}
+
 /// Appends one encoded pair (no record framing).
 pub fn put_pair(buf: &mut BytesMut, name: &[u8], value: &[u8]) {
     buf.reserve(pair_len(name, value));

@@ -1,0 +1,259 @@
+//! What the pool counts and what a status page can see of it.
+//!
+//! Counters are atomics bumped on the request path; everything else is read
+//! from the pool state when a snapshot is taken, so observing costs nothing
+//! until someone looks.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::process::Control;
+
+#[derive(Debug, Default)]
+pub struct PoolCounters {
+    /// Requests that asked for a worker.
+    pub accepted: AtomicU64,
+    /// Requests that ran to END_REQUEST.
+    pub completed: AtomicU64,
+    pub spawns: AtomicU64,
+    pub spawn_failures: AtomicU64,
+    pub recycles: AtomicU64,
+    pub timeouts: AtomicU64,
+    pub crashes: AtomicU64,
+    pub rejected_queue_full: AtomicU64,
+    pub rejected_queue_timeout: AtomicU64,
+    /// Episodes of "every worker busy and the pool at max_workers".
+    pub max_children_reached: AtomicU64,
+    /// Requests that had to wait for a worker, and their total wait.
+    pub queued: AtomicU64,
+    pub queue_wait_micros: AtomicU64,
+}
+
+impl PoolCounters {
+    pub(crate) fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum WorkerState {
+    /// Waiting for a request.
+    Idle = 0,
+    /// Serving a request.
+    Busy = 1,
+    /// Being stopped (idle timeout, recycling, timeout kill, pool stop).
+    Stopping = 2,
+}
+
+impl WorkerState {
+    fn from_u8(value: u8) -> Self {
+        match value {
+            0 => Self::Idle,
+            1 => Self::Busy,
+            _ => Self::Stopping,
+        }
+    }
+
+    /// The word php-fpm's status page uses.
+    pub fn fpm_name(self) -> &'static str {
+        match self {
+            Self::Idle => "Idle",
+            Self::Busy => "Running",
+            Self::Stopping => "Finishing",
+        }
+    }
+}
+
+/// What a request is, as far as status pages care.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RequestInfo {
+    pub method: String,
+    pub uri: String,
+    pub script: String,
+    pub content_length: u64,
+}
+
+#[derive(Clone, Debug, Default)]
+struct Activity {
+    current: Option<(RequestInfo, Instant)>,
+    last: Option<(RequestInfo, Duration)>,
+}
+
+/// The part of a worker everyone may see; the process itself is owned by its
+/// task and the connection by whoever holds the worker.
+#[derive(Debug)]
+pub struct WorkerShared {
+    pub id: u64,
+    pub pid: u32,
+    pub started_at: SystemTime,
+    state: AtomicU8,
+    requests: AtomicU64,
+    alive: AtomicBool,
+    stop_requested: AtomicBool,
+    activity: Mutex<Activity>,
+    control: mpsc::UnboundedSender<Control>,
+}
+
+impl WorkerShared {
+    pub(crate) fn new(id: u64, pid: u32, control: mpsc::UnboundedSender<Control>) -> Self {
+        Self {
+            id,
+            pid,
+            started_at: SystemTime::now(),
+            state: AtomicU8::new(WorkerState::Idle as u8),
+            requests: AtomicU64::new(0),
+            alive: AtomicBool::new(true),
+            stop_requested: AtomicBool::new(false),
+            activity: Mutex::new(Activity::default()),
+            control,
+        }
+    }
+
+    pub fn state(&self) -> WorkerState {
+        WorkerState::from_u8(self.state.load(Ordering::Relaxed))
+    }
+
+    pub(crate) fn set_state(&self, state: WorkerState) {
+        self.state.store(state as u8, Ordering::Relaxed);
+    }
+
+    pub fn is_alive(&self) -> bool {
+        self.alive.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn mark_dead(&self) {
+        self.alive.store(false, Ordering::Release);
+    }
+
+    pub(crate) fn stop_was_requested(&self) -> bool {
+        self.stop_requested.load(Ordering::Acquire)
+    }
+
+    /// Asks the owning task to stop the process (SIGTERM, then SIGKILL after
+    /// `grace`). Idempotent.
+    pub(crate) fn request_stop(&self, grace: Duration) {
+        self.set_state(WorkerState::Stopping);
+        if !self.stop_requested.swap(true, Ordering::AcqRel) {
+            let _ = self.control.send(Control::Stop { grace });
+        }
+    }
+
+    pub(crate) fn begin_request(&self, info: RequestInfo) {
+        self.set_state(WorkerState::Busy);
+        if let Ok(mut activity) = self.activity.lock() {
+            activity.current = Some((info, Instant::now()));
+        }
+    }
+
+    pub(crate) fn end_request(&self) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut activity) = self.activity.lock()
+            && let Some((info, started)) = activity.current.take()
+        {
+            activity.last = Some((info, started.elapsed()));
+        }
+    }
+
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+
+    pub fn snapshot(&self) -> WorkerStatus {
+        let (current, last) = match self.activity.lock() {
+            Ok(activity) => (
+                activity
+                    .current
+                    .as_ref()
+                    .map(|(info, started)| (info.clone(), started.elapsed())),
+                activity.last.clone(),
+            ),
+            Err(_) => (None, None),
+        };
+        WorkerStatus {
+            id: self.id,
+            pid: self.pid,
+            state: self.state(),
+            started_at: self.started_at,
+            requests: self.requests(),
+            current,
+            last,
+            rss_bytes: rss_bytes(self.pid),
+        }
+    }
+}
+
+/// One worker, as a status page shows it.
+#[derive(Clone, Debug)]
+pub struct WorkerStatus {
+    pub id: u64,
+    pub pid: u32,
+    pub state: WorkerState,
+    pub started_at: SystemTime,
+    pub requests: u64,
+    /// The request running now and for how long.
+    pub current: Option<(RequestInfo, Duration)>,
+    /// The previous request and how long it took.
+    pub last: Option<(RequestInfo, Duration)>,
+    /// Resident memory from /proc, if readable.
+    pub rss_bytes: Option<u64>,
+}
+
+/// A whole pool, as a status page shows it.
+#[derive(Clone, Debug)]
+pub struct PoolStatus {
+    pub name: String,
+    pub manager: &'static str,
+    pub started_at: SystemTime,
+    pub draining: bool,
+    pub min_workers: usize,
+    pub max_workers: usize,
+    pub max_queue: usize,
+    pub idle: usize,
+    pub busy: usize,
+    pub spawning: usize,
+    /// Processes alive, whatever their state.
+    pub total: usize,
+    pub queue_len: usize,
+    pub max_queue_len: usize,
+    pub max_active: usize,
+    /// When crash-loop backoff holds spawning back, until when.
+    pub backoff_remaining: Option<Duration>,
+    pub accepted: u64,
+    pub completed: u64,
+    pub spawns: u64,
+    pub spawn_failures: u64,
+    pub recycles: u64,
+    pub timeouts: u64,
+    pub crashes: u64,
+    pub rejected_queue_full: u64,
+    pub rejected_queue_timeout: u64,
+    pub max_children_reached: u64,
+    pub queued: u64,
+    pub queue_wait_total: Duration,
+    pub workers: Vec<WorkerStatus>,
+}
+
+/// Resident set size of a process, from /proc/PID/statm.
+pub fn rss_bytes(pid: u32) -> Option<u64> {
+    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let page_size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    Some(pages * page_size.max(1) as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rss_of_this_process_is_plausible() {
+        let rss = rss_bytes(std::process::id()).unwrap();
+        assert!(rss > 100 * 1024, "{rss}");
+    }
+}

@@ -1,0 +1,192 @@
+//! Configuration in two layers: [`raw`] mirrors the YAML files, [`validate`]
+//! turns them into the typed [`Config`] the rest of tqserver uses (durations
+//! as `Duration`, paths resolved, limits checked, the PHP binary found).
+//! Defaults live in [`defaults`] and are documented in the README.
+//!
+//! Layout on disk (the seed's):
+//! ```text
+//! config/server.yaml
+//! workers/<name>/config/worker.yaml
+//! workers/<name>/public/...          (document_root)
+//! ```
+
+pub mod raw;
+pub mod validate;
+pub mod yaml;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use validate::load;
+pub use yaml::{ConfigError, ConfigErrors};
+
+/// Every default, in one place.
+pub mod defaults {
+    use std::time::Duration;
+
+    pub const HOST: &str = "0.0.0.0";
+    pub const PORT: u16 = 8080;
+    pub const READ_TIMEOUT: Duration = Duration::from_secs(30);
+    pub const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
+    pub const IDLE_TIMEOUT: Duration = Duration::from_secs(75);
+    pub const MAX_HEADER_BYTES: usize = 64 * 1024;
+    pub const MAX_HEADERS: usize = 100;
+    pub const MAX_BODY_BYTES: u64 = 64 * 1024 * 1024;
+    pub const GRACE_PERIOD: Duration = Duration::from_secs(30);
+    pub const WORKERS_DIRECTORY: &str = "workers";
+    pub const ADMIN_LISTEN: &str = "127.0.0.1:9180";
+
+    pub const DOCUMENT_ROOT: &str = "public";
+    pub const FRONT_CONTROLLER: &str = "index.php";
+    pub const INDEX: [&str; 2] = ["index.php", "index.html"];
+    pub const LIMIT_EXTENSIONS: [&str; 1] = [".php"];
+    pub const ALLOWED_DOT_PATHS: [&str; 1] = [".well-known"];
+    pub const PHP_BINARY: &str = "php-cgi";
+    pub const PHP_USER: &str = "www-data";
+    pub const PORT_RANGE: (u16, u16) = (9010, 9999);
+
+    pub const MANAGER: &str = "dynamic";
+    pub const MIN_WORKERS: usize = 1;
+    pub const START_WORKERS: usize = 2;
+    /// Default max_workers: twice the CPUs, at least 4.
+    pub fn max_workers() -> usize {
+        std::thread::available_parallelism()
+            .map(|n| n.get() * 2)
+            .unwrap_or(4)
+            .max(4)
+    }
+    pub const MAX_SPAWN_RATE: usize = 32;
+    pub const IDLE_TIMEOUT_POOL: Duration = Duration::from_secs(10);
+    pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+    pub const MAX_QUEUE: usize = 1024;
+    pub const QUEUE_TIMEOUT: Duration = Duration::from_secs(30);
+    pub const SPAWN_TIMEOUT: Duration = Duration::from_secs(10);
+    pub const KILL_GRACE: Duration = Duration::from_secs(2);
+}
+
+/// The whole validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The server.yaml this was loaded from.
+    pub file: PathBuf,
+    pub root: PathBuf,
+    pub server: ServerSettings,
+    pub workers_dir: PathBuf,
+    pub socket_dir: PathBuf,
+    pub logging: LoggingConfig,
+    pub admin: Option<SocketAddr>,
+    /// Enabled workers, in name order.
+    pub workers: Vec<Arc<WorkerConfig>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerSettings {
+    pub listen: SocketAddr,
+    /// Longest time to receive a request's headers (slowloris guard).
+    pub read_timeout: Duration,
+    /// Longest time a response may take to be written to the client.
+    pub write_timeout: Duration,
+    /// How long an idle keep-alive connection is kept.
+    pub idle_timeout: Duration,
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    pub max_body_bytes: u64,
+    /// How long in-flight requests may finish on shutdown.
+    pub grace_period: Duration,
+    pub pid_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoggingConfig {
+    pub level: String,
+    pub json: bool,
+    pub file: Option<PathBuf>,
+    pub access_log: Option<AccessLogConfig>,
+    pub slow_log_threshold: Option<Duration>,
+    pub slow_log_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessLogConfig {
+    pub json: bool,
+    /// None: standard output.
+    pub file: Option<PathBuf>,
+}
+
+/// One app.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkerConfig {
+    pub name: String,
+    /// The worker.yaml this came from.
+    pub file: PathBuf,
+    /// URL prefix without trailing slash; empty for a worker at `/`.
+    pub route: String,
+    pub folder: PathBuf,
+    /// Canonical path of the document root.
+    pub document_root: PathBuf,
+    /// Script (relative to the document root) that takes every URL that is
+    /// neither a file nor a directory; None turns that fallback off.
+    pub front_controller: Option<String>,
+    pub index: Vec<String>,
+    /// Extensions that execute, lower case with the dot (".php").
+    pub limit_extensions: Vec<String>,
+    pub static_files: bool,
+    pub cache_control: Option<String>,
+    pub security: SecurityConfig,
+    pub php: PhpConfig,
+    pub pool: pool::PoolConfig,
+    pub fastcgi: Option<FastcgiConfig>,
+    pub access_log: Option<AccessLogConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecurityConfig {
+    pub allow_dotfiles: bool,
+    /// Dot-named path segments that stay reachable (".well-known").
+    pub allowed_dot_paths: Vec<String>,
+    pub allow_symlinks_outside_root: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PhpConfig {
+    pub binary: PathBuf,
+    /// As `php-cgi -v` reports it, e.g. "8.2.29".
+    pub version: String,
+    pub user: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListenAddr {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FastcgiConfig {
+    pub listen: ListenAddr,
+    pub owner: Option<u32>,
+    pub group: Option<u32>,
+    pub mode: Option<u32>,
+    /// Client addresses allowed on a TCP listener; empty: any.
+    pub allowed_clients: Vec<std::net::IpAddr>,
+    pub status_path: Option<String>,
+    pub ping_path: Option<String>,
+    pub ping_response: String,
+    /// Refuse SCRIPT_FILENAME outside the document root (default on).
+    pub check_document_root: bool,
+    pub max_connections: usize,
+}
+
+impl WorkerConfig {
+    /// Whether a file name has an extension that executes.
+    pub fn is_executable(&self, name: &str) -> bool {
+        let lower = name.len();
+        self.limit_extensions.iter().any(|ext| {
+            lower > ext.len()
+                && name.is_char_boundary(lower - ext.len())
+                && name[lower - ext.len()..].eq_ignore_ascii_case(ext)
+        })
+    }
+}

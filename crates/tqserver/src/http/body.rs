@@ -1,0 +1,111 @@
+//! The response body type of the HTTP front: nothing, bytes in memory, a file
+//! read in chunks, or a PHP response streamed from the worker as it arrives.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use bytes::{Bytes, BytesMut};
+use http_body::{Frame, SizeHint};
+use tokio::io::AsyncReadExt;
+
+use super::php::PhpStream;
+
+/// Chunk size for files too large to send in one piece.
+const FILE_CHUNK: usize = 64 * 1024;
+
+pub enum Body {
+    Empty,
+    Bytes(Option<Bytes>),
+    File(FileStream),
+    Php(Box<PhpStream>),
+}
+
+impl Body {
+    pub fn text(text: impl Into<Bytes>) -> Self {
+        Self::Bytes(Some(text.into()))
+    }
+}
+
+impl http_body::Body for Body {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        match self.get_mut() {
+            Body::Empty => Poll::Ready(None),
+            Body::Bytes(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            Body::File(file) => file
+                .poll_chunk(cx)
+                .map(|chunk| chunk.map(|r| r.map(Frame::data))),
+            Body::Php(php) => php
+                .poll_chunk(cx)
+                .map(|chunk| chunk.map(|r| r.map(Frame::data))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Body::Empty => true,
+            Body::Bytes(bytes) => bytes.is_none(),
+            Body::File(file) => file.remaining == 0,
+            Body::Php(php) => php.is_done(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Body::Empty => SizeHint::with_exact(0),
+            Body::Bytes(bytes) => {
+                SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
+            }
+            Body::File(file) => SizeHint::with_exact(file.remaining),
+            Body::Php(_) => SizeHint::default(),
+        }
+    }
+}
+
+/// A byte range of an open file, read on tokio's blocking pool.
+pub struct FileStream {
+    file: tokio::io::Take<tokio::fs::File>,
+    remaining: u64,
+    buf: BytesMut,
+}
+
+impl FileStream {
+    /// `file` must already be positioned at the first byte to send.
+    pub fn new(file: std::fs::File, length: u64) -> Self {
+        let mut file = tokio::fs::File::from_std(file);
+        file.set_max_buf_size(FILE_CHUNK);
+        Self {
+            file: file.take(length),
+            remaining: length,
+            buf: BytesMut::new(),
+        }
+    }
+
+    fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<Option<io::Result<Bytes>>> {
+        if self.remaining == 0 {
+            return Poll::Ready(None);
+        }
+        self.buf.reserve((self.remaining as usize).min(FILE_CHUNK));
+        match ready!(tokio_util::io::poll_read_buf(
+            Pin::new(&mut self.file),
+            cx,
+            &mut self.buf
+        )) {
+            Ok(0) => Poll::Ready(Some(Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "file shrank while being sent",
+            )))),
+            Ok(n) => {
+                self.remaining -= n as u64;
+                Poll::Ready(Some(Ok(self.buf.split().freeze())))
+            }
+            Err(err) => Poll::Ready(Some(Err(err))),
+        }
+    }
+}

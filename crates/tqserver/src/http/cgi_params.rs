@@ -1,0 +1,185 @@
+//! Where CGI params are built: nginx's `fastcgi_params` plus what PHP needs,
+//! encoded straight into the worker connection's write buffer.
+//!
+//! Every request header becomes `HTTP_*`, except `Proxy` (httpoxy: it would
+//! become HTTP_PROXY, which HTTP clients in PHP read as their proxy) and
+//! names containing '_' (dropped, as nginx does by default, so `X_Real_IP`
+//! cannot pose as `X-Real-IP`). Repeated headers are joined with ", " (";"
+//! for cookies).
+
+use std::net::SocketAddr;
+use std::os::unix::ffi::OsStrExt;
+
+use bytes::{BufMut, BytesMut};
+use fastcgi::ParamsWriter;
+use fastcgi::client::REQUEST_ID;
+use fastcgi::params::put_pair_lengths;
+use http::{HeaderMap, Method, Uri, Version, header};
+
+use super::resolve::Script;
+use crate::config::WorkerConfig;
+
+pub const SERVER_SOFTWARE: &str = concat!("tqserver/", env!("CARGO_PKG_VERSION"));
+
+/// What the params are built from.
+pub struct CgiRequest<'a> {
+    pub config: &'a WorkerConfig,
+    pub script: &'a Script,
+    pub method: &'a Method,
+    pub uri: &'a Uri,
+    pub version: Version,
+    pub headers: &'a HeaderMap,
+    pub peer: SocketAddr,
+    pub local: SocketAddr,
+    /// Length of the body that will be sent as STDIN.
+    pub content_length: Option<u64>,
+}
+
+/// Appends the PARAMS stream (and its end record) to `buf`.
+pub fn write(buf: &mut BytesMut, request: &CgiRequest<'_>) {
+    let config = request.config;
+    let script = request.script;
+    let mut params = ParamsWriter::new(buf, REQUEST_ID);
+
+    let request_uri = request
+        .uri
+        .path_and_query()
+        .map(|pq| pq.as_str())
+        .unwrap_or("/");
+    let query = request.uri.query().unwrap_or("");
+    let document_root = config.document_root.as_os_str().as_bytes();
+
+    params.pair(b"GATEWAY_INTERFACE", b"CGI/1.1");
+    params.pair(b"SERVER_SOFTWARE", SERVER_SOFTWARE.as_bytes());
+    params.pair(b"SERVER_PROTOCOL", protocol(request.version));
+    params.pair(b"REQUEST_SCHEME", b"http");
+    params.pair(b"REQUEST_METHOD", request.method.as_str().as_bytes());
+    params.pair(b"REQUEST_URI", request_uri.as_bytes());
+    params.pair(b"QUERY_STRING", query.as_bytes());
+    params.pair(b"DOCUMENT_ROOT", document_root);
+    params.pair_parts(
+        &[b"SCRIPT_NAME"],
+        &[config.route.as_bytes(), script.name.as_bytes()],
+    );
+    params.pair_parts(
+        &[b"DOCUMENT_URI"],
+        &[
+            config.route.as_bytes(),
+            script.name.as_bytes(),
+            script.path_info.as_bytes(),
+        ],
+    );
+    params.pair(b"SCRIPT_FILENAME", script.filename.as_os_str().as_bytes());
+    if !script.path_info.is_empty() {
+        params.pair(b"PATH_INFO", script.path_info.as_bytes());
+        params.pair_parts(
+            &[b"PATH_TRANSLATED"],
+            &[document_root, script.path_info.as_bytes()],
+        );
+    }
+    params.pair(b"REDIRECT_STATUS", b"200");
+
+    let mut numbers = itoa::Buffer::new();
+    params.pair(b"REMOTE_ADDR", ip_text(&request.peer).as_bytes());
+    params.pair(
+        b"REMOTE_PORT",
+        numbers.format(request.peer.port()).as_bytes(),
+    );
+    params.pair(b"SERVER_ADDR", ip_text(&request.local).as_bytes());
+    params.pair(
+        b"SERVER_PORT",
+        numbers.format(request.local.port()).as_bytes(),
+    );
+    params.pair(b"SERVER_NAME", server_name(request).as_bytes());
+
+    let content_type = request
+        .headers
+        .get(header::CONTENT_TYPE)
+        .map(|v| v.as_bytes())
+        .unwrap_or_default();
+    params.pair(b"CONTENT_TYPE", content_type);
+    match request.content_length {
+        Some(length) => params.pair(b"CONTENT_LENGTH", numbers.format(length).as_bytes()),
+        None => params.pair(b"CONTENT_LENGTH", b""),
+    };
+
+    for name in request.headers.keys() {
+        if name == header::CONTENT_TYPE
+            || name == header::CONTENT_LENGTH
+            || name.as_str() == "proxy"
+            || name.as_str().contains('_')
+        {
+            continue;
+        }
+        let separator: &[u8] = if name == header::COOKIE { b"; " } else { b", " };
+        let mut value_len = 0;
+        let mut count = 0usize;
+        for value in request.headers.get_all(name) {
+            value_len += value.len();
+            count += 1;
+        }
+        value_len += separator.len() * count.saturating_sub(1);
+        let name_bytes = name.as_str().as_bytes();
+        let out = params.buffer();
+        put_pair_lengths(out, 5 + name_bytes.len(), value_len);
+        out.put_slice(b"HTTP_");
+        for &byte in name_bytes {
+            out.put_u8(if byte == b'-' {
+                b'_'
+            } else {
+                byte.to_ascii_uppercase()
+            });
+        }
+        for (index, value) in request.headers.get_all(name).iter().enumerate() {
+            if index > 0 {
+                out.put_slice(separator);
+            }
+            out.put_slice(value.as_bytes());
+        }
+    }
+    params.finish();
+}
+
+fn protocol(version: Version) -> &'static [u8] {
+    match version {
+        Version::HTTP_10 => b"HTTP/1.0",
+        Version::HTTP_2 => b"HTTP/2.0",
+        _ => b"HTTP/1.1",
+    }
+}
+
+fn ip_text(addr: &SocketAddr) -> String {
+    match addr {
+        SocketAddr::V4(v4) => v4.ip().to_string(),
+        // IPv4 clients on a dual-stack socket show as themselves.
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => v6.ip().to_string(),
+        },
+    }
+}
+
+/// The Host header without its port, if it is a plausible host name;
+/// otherwise the local address.
+fn server_name(request: &CgiRequest<'_>) -> String {
+    let host = request
+        .headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| request.uri.host());
+    if let Some(host) = host {
+        let name = if host.starts_with('[') {
+            host.split_inclusive(']').next().unwrap_or(host)
+        } else {
+            host.rsplit_once(':').map(|(name, _)| name).unwrap_or(host)
+        };
+        if !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-.[]:".contains(&b))
+        {
+            return name.to_owned();
+        }
+    }
+    ip_text(&request.local)
+}

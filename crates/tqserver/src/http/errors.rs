@@ -1,0 +1,39 @@
+//! Error responses: a short plain-text page with the status line, so a
+//! browser, curl and a log all show the same words.
+
+use http::header::{self, HeaderValue};
+use http::{Response, StatusCode};
+
+use super::body::Body;
+
+pub fn status(status: StatusCode) -> Response<Body> {
+    let text = format!(
+        "{} {}\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("")
+    );
+    let mut response = Response::new(Body::text(text));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+/// 503 with Retry-After: the pool is saturated, try again shortly.
+pub fn overloaded(retry_after_secs: u64) -> Response<Body> {
+    let mut response = status(StatusCode::SERVICE_UNAVAILABLE);
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+    response
+}
+
+pub fn redirect(location: &str) -> Response<Body> {
+    let mut response = status(StatusCode::MOVED_PERMANENTLY);
+    if let Ok(value) = HeaderValue::from_str(location) {
+        response.headers_mut().insert(header::LOCATION, value);
+    }
+    response
+}

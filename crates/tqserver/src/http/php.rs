@@ -1,0 +1,492 @@
+//! Runs a script: takes a worker from the app's pool, writes the FastCGI
+//! request into its kept-alive connection, and turns the CGI response into an
+//! HTTP response whose body streams from the worker.
+//!
+//! One deadline (the pool's `request_timeout`) covers the whole exchange: a
+//! request past it gets 504 and its worker is killed and replaced. A request
+//! whose first write fails (a worker that died while idle) is retried once on
+//! another worker: no byte of it reached PHP.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+
+use bytes::{Bytes, BytesMut};
+use fastcgi::client::{REQUEST_ID, ResponseEvent};
+use fastcgi::record::{RecordType, Role, put_begin_request, put_stream_end};
+use http::request::Parts;
+use http::{Response, StatusCode, header};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use pool::{AcquireError, KillReason, Lease, RequestInfo};
+use tokio::time::{Instant, Sleep};
+use tracing::{error, warn};
+
+use super::body::Body;
+use super::cgi_params::{self, CgiRequest};
+use super::cgi_response::{CgiHead, HeadParser};
+use super::errors;
+use super::resolve::Script;
+use crate::app::App;
+
+/// The request body as it will be sent to PHP.
+pub enum RequestBody {
+    Empty,
+    /// Streamed from the client; the length is known up front.
+    Sized(Incoming, u64),
+    /// A chunked body written to a temporary file first, because PHP needs
+    /// CONTENT_LENGTH to read a body at all.
+    Spooled(std::fs::File, u64),
+}
+
+impl RequestBody {
+    fn content_length(&self) -> Option<u64> {
+        match self {
+            Self::Empty => None,
+            Self::Sized(_, length) | Self::Spooled(_, length) => Some(*length),
+        }
+    }
+}
+
+enum Failure {
+    /// The first write failed: nothing reached PHP, another worker may try.
+    Retry,
+    Response(Box<Response<Body>>),
+}
+
+pub async fn serve(
+    app: &Arc<App>,
+    parts: Parts,
+    body: RequestBody,
+    script: Script,
+    peer: SocketAddr,
+    local: SocketAddr,
+) -> Response<Body> {
+    let info = RequestInfo {
+        method: parts.method.to_string(),
+        uri: parts
+            .uri
+            .path_and_query()
+            .map(|pq| pq.as_str().to_owned())
+            .unwrap_or_default(),
+        script: script.filename.to_string_lossy().into_owned(),
+        content_length: body.content_length().unwrap_or(0),
+    };
+    let cgi = CgiRequest {
+        config: &app.config,
+        script: &script,
+        method: &parts.method,
+        uri: &parts.uri,
+        version: parts.version,
+        headers: &parts.headers,
+        peer,
+        local,
+        content_length: body.content_length(),
+    };
+    let mut body = Some(body);
+    for attempt in 0..2 {
+        let mut lease = match app.pool.acquire().await {
+            Ok(lease) => lease,
+            Err(AcquireError::QueueFull { .. } | AcquireError::QueueTimeout { .. }) => {
+                return errors::overloaded(1);
+            }
+            Err(AcquireError::Stopping { .. }) => {
+                return errors::status(StatusCode::SERVICE_UNAVAILABLE);
+            }
+        };
+        lease.begin(info.clone());
+        let deadline = Instant::now() + lease.request_timeout();
+        match exchange(app, lease, &cgi, &mut body, deadline).await {
+            Ok(response) => return response,
+            Err(Failure::Response(response)) => return *response,
+            Err(Failure::Retry) if attempt == 0 => {}
+            Err(Failure::Retry) => return errors::status(StatusCode::BAD_GATEWAY),
+        }
+    }
+    errors::status(StatusCode::BAD_GATEWAY)
+}
+
+/// Writes the request and reads the response head. Every outcome decides
+/// the lease's fate.
+async fn exchange(
+    app: &Arc<App>,
+    mut lease: Lease,
+    cgi: &CgiRequest<'_>,
+    body: &mut Option<RequestBody>,
+    deadline: Instant,
+) -> Result<Response<Body>, Failure> {
+    let no_body = matches!(body, None | Some(RequestBody::Empty));
+    {
+        let buf = lease.connection().write_buf();
+        put_begin_request(buf, REQUEST_ID, Role::Responder, true);
+        cgi_params::write(buf, cgi);
+        if no_body {
+            put_stream_end(buf, RecordType::Stdin, REQUEST_ID);
+        }
+    }
+    match tokio::time::timeout_at(deadline, lease.connection().flush()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(_)) => {
+            warn!(
+                worker = %app.config.name,
+                pid = lease.pid(),
+                "worker connection was dead before the request reached PHP; retrying on another worker"
+            );
+            lease.kill(KillReason::Broken);
+            return Err(Failure::Retry);
+        }
+        Err(_) => return Err(Failure::Response(Box::new(timed_out(lease)))),
+    }
+    if !no_body && let Some(body) = body.take() {
+        match tokio::time::timeout_at(deadline, send_body(&mut lease, body)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(BodyError::Worker(err))) => {
+                error!(worker = %app.config.name, pid = lease.pid(), "writing request body to worker: {err}");
+                return Err(Failure::Response(Box::new(broken(lease))));
+            }
+            Ok(Err(BodyError::Client)) => {
+                // The client is gone; PHP still gets a complete (short) request
+                // and the worker is returned once it finishes.
+                lease.sent();
+                return Err(Failure::Response(Box::new(errors::status(
+                    StatusCode::BAD_REQUEST,
+                ))));
+            }
+            Err(_) => return Err(Failure::Response(Box::new(timed_out(lease)))),
+        }
+    }
+    lease.sent();
+
+    let mut stderr = StderrRelay::new(app.config.name.clone(), lease.pid());
+    let mut parser = HeadParser::default();
+    let head = tokio::time::timeout_at(deadline, async {
+        loop {
+            match lease.connection().next_event().await {
+                Ok(ResponseEvent::Stdout(data)) => match parser.push(data) {
+                    Ok(Some((head, rest))) => return Ok((head, rest, false)),
+                    Ok(None) => {}
+                    Err(err) => return Err(err.to_string()),
+                },
+                Ok(ResponseEvent::Stderr(data)) => stderr.push(&data),
+                Ok(ResponseEvent::End(_)) => {
+                    return parser
+                        .finish()
+                        .map(|head| (head, Bytes::new(), true))
+                        .map_err(|err| err.to_string());
+                }
+                Err(err) => return Err(err.to_string()),
+            }
+        }
+    })
+    .await;
+    let (head, first, ended) = match head {
+        Ok(Ok(head)) => head,
+        Ok(Err(reason)) => {
+            stderr.flush();
+            error!(
+                worker = %app.config.name,
+                pid = lease.pid(),
+                "bad response from worker: {reason}"
+            );
+            return Err(Failure::Response(Box::new(broken(lease))));
+        }
+        Err(_) => {
+            stderr.flush();
+            return Err(Failure::Response(Box::new(timed_out(lease))));
+        }
+    };
+    Ok(respond(head, first, ended, lease, stderr, deadline))
+}
+
+/// Builds the response. Whatever of the body is already buffered is taken
+/// without waiting; if the response is complete by then the worker goes back
+/// to the pool at once and the body is sent with a Content-Length.
+fn respond(
+    head: CgiHead,
+    first: Bytes,
+    mut ended: bool,
+    mut lease: Lease,
+    mut stderr: StderrRelay,
+    deadline: Instant,
+) -> Response<Body> {
+    let mut chunks = Vec::new();
+    if !first.is_empty() {
+        chunks.push(first);
+    }
+    let mut failed = false;
+    if !ended {
+        let mut cx = Context::from_waker(Waker::noop());
+        loop {
+            match lease.connection().poll_event(&mut cx) {
+                Poll::Ready(Ok(ResponseEvent::Stdout(data))) => chunks.push(data),
+                Poll::Ready(Ok(ResponseEvent::Stderr(data))) => stderr.push(&data),
+                Poll::Ready(Ok(ResponseEvent::End(_))) => {
+                    ended = true;
+                    break;
+                }
+                Poll::Ready(Err(_)) => {
+                    failed = true;
+                    break;
+                }
+                Poll::Pending => break,
+            }
+        }
+    }
+    let body = if ended {
+        stderr.flush();
+        lease.complete();
+        match chunks.len() {
+            0 => Body::Empty,
+            1 => Body::Bytes(chunks.pop()),
+            _ => Body::Bytes(Some(concat(&chunks))),
+        }
+    } else if failed {
+        stderr.flush();
+        lease.kill(KillReason::Broken);
+        return errors::status(StatusCode::BAD_GATEWAY);
+    } else {
+        Body::Php(Box::new(PhpStream {
+            lease: Some(lease),
+            pending: chunks.into(),
+            deadline: Box::pin(tokio::time::sleep_until(deadline)),
+            stderr,
+        }))
+    };
+    let mut response = Response::new(body);
+    *response.status_mut() = head.status;
+    *response.headers_mut() = head.headers;
+    if !response.headers().contains_key(header::CONTENT_TYPE)
+        && response.status() != StatusCode::NO_CONTENT
+    {
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            header::HeaderValue::from_static("text/html; charset=UTF-8"),
+        );
+    }
+    response
+}
+
+fn concat(chunks: &[Bytes]) -> Bytes {
+    let mut all = BytesMut::with_capacity(chunks.iter().map(Bytes::len).sum());
+    for chunk in chunks {
+        all.extend_from_slice(chunk);
+    }
+    all.freeze()
+}
+
+fn timed_out(lease: Lease) -> Response<Body> {
+    lease.kill(KillReason::Timeout);
+    errors::status(StatusCode::GATEWAY_TIMEOUT)
+}
+
+fn broken(lease: Lease) -> Response<Body> {
+    lease.kill(KillReason::Broken);
+    errors::status(StatusCode::BAD_GATEWAY)
+}
+
+enum BodyError {
+    Client,
+    Worker(io::Error),
+}
+
+async fn send_body(lease: &mut Lease, body: RequestBody) -> Result<(), BodyError> {
+    match body {
+        RequestBody::Empty => {}
+        RequestBody::Sized(mut incoming, length) => {
+            let mut sent = 0u64;
+            while let Some(frame) = incoming.frame().await {
+                let Ok(frame) = frame else {
+                    end_short(lease).await?;
+                    return Err(BodyError::Client);
+                };
+                if let Ok(data) = frame.into_data() {
+                    sent += data.len() as u64;
+                    if sent > length {
+                        break;
+                    }
+                    lease
+                        .connection()
+                        .write_stdin(&data)
+                        .await
+                        .map_err(BodyError::Worker)?;
+                }
+            }
+            if sent != length {
+                end_short(lease).await?;
+                return Err(BodyError::Client);
+            }
+        }
+        RequestBody::Spooled(file, _) => {
+            let mut file = tokio::fs::File::from_std(file);
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                let read = tokio::io::AsyncReadExt::read(&mut file, &mut buf)
+                    .await
+                    .map_err(BodyError::Worker)?;
+                if read == 0 {
+                    break;
+                }
+                lease
+                    .connection()
+                    .write_stdin(&buf[..read])
+                    .await
+                    .map_err(BodyError::Worker)?;
+            }
+        }
+    }
+    lease
+        .connection()
+        .end_stdin()
+        .await
+        .map_err(BodyError::Worker)
+}
+
+async fn end_short(lease: &mut Lease) -> Result<(), BodyError> {
+    lease
+        .connection()
+        .end_stdin()
+        .await
+        .map_err(BodyError::Worker)
+}
+
+/// Writes a chunked request body to an unnamed temporary file (bounded by
+/// `limit`), so PHP can be told its length.
+pub async fn spool(mut incoming: Incoming, limit: u64) -> Result<(std::fs::File, u64), StatusCode> {
+    use std::io::{Seek, Write};
+    let mut file = tempfile::tempfile().map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)?;
+    let mut length = 0u64;
+    while let Some(frame) = incoming.frame().await {
+        let frame = frame.map_err(|_| StatusCode::BAD_REQUEST)?;
+        if let Ok(data) = frame.into_data() {
+            length += data.len() as u64;
+            if length > limit {
+                return Err(StatusCode::PAYLOAD_TOO_LARGE);
+            }
+            file.write_all(&data)
+                .map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)?;
+        }
+    }
+    file.rewind()
+        .map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)?;
+    Ok((file, length))
+}
+
+/// A PHP response body still arriving from the worker.
+pub struct PhpStream {
+    lease: Option<Lease>,
+    pending: std::collections::VecDeque<Bytes>,
+    deadline: Pin<Box<Sleep>>,
+    stderr: StderrRelay,
+}
+
+impl PhpStream {
+    pub fn is_done(&self) -> bool {
+        self.lease.is_none() && self.pending.is_empty()
+    }
+
+    pub fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<Option<io::Result<Bytes>>> {
+        if let Some(chunk) = self.pending.pop_front() {
+            return Poll::Ready(Some(Ok(chunk)));
+        }
+        let Some(lease) = self.lease.as_mut() else {
+            return Poll::Ready(None);
+        };
+        loop {
+            match lease.connection().poll_event(cx) {
+                Poll::Ready(Ok(ResponseEvent::Stdout(data))) => return Poll::Ready(Some(Ok(data))),
+                Poll::Ready(Ok(ResponseEvent::Stderr(data))) => self.stderr.push(&data),
+                Poll::Ready(Ok(ResponseEvent::End(_))) => {
+                    self.stderr.flush();
+                    if let Some(lease) = self.lease.take() {
+                        lease.complete();
+                    }
+                    return Poll::Ready(None);
+                }
+                Poll::Ready(Err(err)) => {
+                    self.stderr.flush();
+                    error!(
+                        worker = %self.stderr.worker,
+                        pid = self.stderr.pid,
+                        "worker failed mid-response: {err}"
+                    );
+                    if let Some(lease) = self.lease.take() {
+                        lease.kill(KillReason::Broken);
+                    }
+                    return Poll::Ready(Some(Err(io::Error::other(err))));
+                }
+                Poll::Pending => {
+                    if self.deadline.as_mut().poll(cx).is_ready() {
+                        self.stderr.flush();
+                        if let Some(lease) = self.lease.take() {
+                            lease.kill(KillReason::Timeout);
+                        }
+                        return Poll::Ready(Some(Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            "request_timeout reached while streaming the response",
+                        ))));
+                    }
+                    return Poll::Pending;
+                }
+            }
+        }
+    }
+}
+
+/// Relays a worker's FastCGI STDERR to the log a whole line at a time, with
+/// the worker's name and pid.
+pub struct StderrRelay {
+    worker: String,
+    pid: u32,
+    partial: Vec<u8>,
+}
+
+/// A line longer than this is logged in pieces (marked as continuing).
+const MAX_STDERR_LINE: usize = 1024 * 1024;
+
+impl StderrRelay {
+    pub fn new(worker: String, pid: u32) -> Self {
+        Self {
+            worker,
+            pid,
+            partial: Vec::new(),
+        }
+    }
+
+    pub fn push(&mut self, data: &[u8]) {
+        let mut rest = data;
+        while let Some(newline) = memchr::memchr(b'\n', rest) {
+            if self.partial.is_empty() {
+                self.emit(&rest[..newline], false);
+            } else {
+                self.partial.extend_from_slice(&rest[..newline]);
+                let line = std::mem::take(&mut self.partial);
+                self.emit(&line, false);
+            }
+            rest = &rest[newline + 1..];
+        }
+        self.partial.extend_from_slice(rest);
+        if self.partial.len() > MAX_STDERR_LINE {
+            let line = std::mem::take(&mut self.partial);
+            self.emit(&line, true);
+        }
+    }
+
+    pub fn flush(&mut self) {
+        if !self.partial.is_empty() {
+            let line = std::mem::take(&mut self.partial);
+            self.emit(&line, false);
+        }
+    }
+
+    fn emit(&self, line: &[u8], continues: bool) {
+        let line = String::from_utf8_lossy(line);
+        let line = line.trim_end_matches('\r');
+        if line.is_empty() {
+            return;
+        }
+        let suffix = if continues { " [line continues]" } else { "" };
+        warn!(worker = %self.worker, pid = self.pid, stream = "stderr", "{line}{suffix}");
+    }
+}

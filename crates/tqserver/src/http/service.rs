@@ -1,0 +1,88 @@
+//! One HTTP request: route to an app, resolve the path, then serve a static
+//! file, run a script, redirect, or refuse.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use http::{Request, Response, StatusCode};
+use http_body::Body as _;
+use hyper::body::Incoming;
+use tracing::{info, warn};
+
+use super::body::Body;
+use super::php::{self, RequestBody};
+use super::resolve::{self, Target};
+use super::{errors, static_files};
+use crate::config::ServerSettings;
+use crate::router::Router;
+
+/// What every request handler shares.
+pub struct Frontend {
+    /// Swapped whole on reload; a request keeps the router it started with.
+    pub router: ArcSwap<Router>,
+    pub settings: ServerSettings,
+}
+
+pub async fn handle(
+    front: Arc<Frontend>,
+    request: Request<Incoming>,
+    peer: SocketAddr,
+    local: SocketAddr,
+) -> Response<Body> {
+    let router = front.router.load();
+    let Some((app, rest)) = router.route(request.uri().path()) else {
+        return errors::status(StatusCode::NOT_FOUND);
+    };
+    let app = app.clone();
+    drop(router);
+
+    match resolve::resolve(&app.config, &app.root, rest) {
+        Target::Script(script) => {
+            let (parts, incoming) = request.into_parts();
+            let limit = front.settings.max_body_bytes;
+            let body = if incoming.is_end_stream() {
+                RequestBody::Empty
+            } else if let Some(length) = incoming.size_hint().exact() {
+                if length > limit {
+                    info!(worker = %app.config.name, length, limit, "request body too large");
+                    return errors::status(StatusCode::PAYLOAD_TOO_LARGE);
+                }
+                RequestBody::Sized(incoming, length)
+            } else {
+                match php::spool(incoming, limit).await {
+                    Ok((file, length)) => RequestBody::Spooled(file, length),
+                    Err(status) => return errors::status(status),
+                }
+            };
+            php::serve(&app, parts, body, script, peer, local).await
+        }
+        Target::Static { file, meta, path } if app.config.static_files => static_files::serve(
+            request.method(),
+            request.headers(),
+            file,
+            &meta,
+            &path,
+            app.config.cache_control.as_deref(),
+        ),
+        Target::Static { .. } | Target::NotFound => errors::status(StatusCode::NOT_FOUND),
+        Target::AddSlash => {
+            let uri = request.uri();
+            let location = match uri.query() {
+                Some(query) => format!("{}/?{query}", uri.path()),
+                None => format!("{}/", uri.path()),
+            };
+            errors::redirect(&location)
+        }
+        Target::Forbidden => errors::status(StatusCode::FORBIDDEN),
+        Target::BadRequest(reason) => {
+            warn!(
+                worker = %app.config.name,
+                %peer,
+                uri = %request.uri(),
+                "bad request: {reason}"
+            );
+            errors::status(StatusCode::BAD_REQUEST)
+        }
+    }
+}

@@ -1,0 +1,111 @@
+//! The `tqserver` command.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tqserver::config;
+
+#[derive(Parser)]
+#[command(
+    name = "tqserver",
+    version,
+    about = "Runs PHP applications: an HTTP server and a php-cgi process manager in one binary",
+    long_about = "Runs PHP applications: an HTTP server, a process manager for pools of php-cgi \
+workers, and a FastCGI listener that can stand in for php-fpm.\n\n\
+Apps live in workers/<name>/ with their settings in workers/<name>/config/worker.yaml; \
+the server's own settings are in config/server.yaml."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Path of server.yaml.
+    #[arg(long, short, global = true, default_value = "config/server.yaml")]
+    config: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve (the default): start every enabled worker's pool and the HTTP front.
+    Run,
+    /// Validate server.yaml and every worker.yaml, print what is wrong, and exit
+    /// non-zero if anything is.
+    Check,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command.unwrap_or(Command::Run) {
+        Command::Check => check(&cli.config),
+        Command::Run => run(&cli.config),
+    }
+}
+
+fn check(path: &std::path::Path) -> ExitCode {
+    match config::load(path) {
+        Ok(config) => {
+            println!("{}: configuration is valid", path.display());
+            for worker in &config.workers {
+                println!(
+                    "  worker {:<16} {:<12} php {} ({}), {} {}..{} workers",
+                    worker.name,
+                    config::validate::display_route(&worker.route),
+                    worker.php.version,
+                    worker.php.binary.display(),
+                    worker.pool.manager.as_str(),
+                    worker.pool.floor(),
+                    worker.pool.max_workers,
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            eprintln!("{errors}");
+            eprintln!(
+                "{}: {} error{}",
+                path.display(),
+                errors.0.len(),
+                if errors.0.len() == 1 { "" } else { "s" }
+            );
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(path: &std::path::Path) -> ExitCode {
+    let config = match config::load(path) {
+        Ok(config) => config,
+        Err(errors) => {
+            eprintln!("{errors}");
+            eprintln!(
+                "tqserver: not starting; fix the configuration (`tqserver check` lists the errors)"
+            );
+            return ExitCode::from(2);
+        }
+    };
+    let log_file = match tqserver::logging::init(&config.logging) {
+        Ok(file) => file,
+        Err(err) => {
+            eprintln!("tqserver: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("tqserver: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(tqserver::server::run(config, log_file)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!("{err:#}");
+            eprintln!("tqserver: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

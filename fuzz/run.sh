@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Runs the FastCGI decoder fuzz target for SECONDS seconds (default 60).
+#
+#   fuzz/run.sh 300
+#
+# Works on the stable toolchain: cargo-fuzz needs nightly-only flags
+# (-Zsanitizer=address), which RUSTC_BOOTSTRAP=1 lets stable rustc accept.
+# Installs cargo-fuzz first if it is missing. Exits non-zero if the fuzzer
+# finds a crash; the reproducer is then in fuzz/artifacts/decode/.
+set -euo pipefail
+
+seconds="${1:-60}"
+if ! [[ "$seconds" =~ ^[0-9]+$ ]] || [ "$seconds" -lt 1 ]; then
+    echo "usage: $0 SECONDS" >&2
+    exit 2
+fi
+
+cd "$(dirname "$0")"
+
+if ! cargo fuzz --version >/dev/null 2>&1; then
+    cargo install cargo-fuzz --locked
+fi
+
+export RUSTC_BOOTSTRAP=1
+cargo fuzz build decode
+# -max_total_time bounds the fuzzing itself; timeout bounds a hung run.
+timeout --kill-after=30 "$((seconds + 120))" \
+    cargo fuzz run decode -- -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048
