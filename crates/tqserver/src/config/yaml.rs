@@ -149,8 +149,9 @@ fn explain(key: Option<String>, message: &str) -> (Option<String>, String) {
         .map(|c| c.trim().trim_matches('`'))
         .filter(|c| !c.is_empty())
         .collect();
-    // serde_path_to_error's path stops at the parent of the unknown field.
+    // Depending on where the error surfaced, the path may stop at the parent.
     let key = match key {
+        Some(path) if path == field || path.ends_with(&format!(".{field}")) => path,
         Some(parent) => format!("{parent}.{field}"),
         None => field.to_owned(),
     };

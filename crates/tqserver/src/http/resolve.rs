@@ -17,6 +17,7 @@ use std::ffi::OsStr;
 use std::fs::{File, Metadata};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
@@ -93,8 +94,26 @@ impl DocumentRoot {
         let how = OpenHow::new()
             .flags(OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK | OFlag::O_NOCTTY)
             .resolve(resolve);
-        let fd = openat2(self.dir.as_fd(), OsStr::from_bytes(relative), how)?;
-        Ok(File::from(fd))
+        match openat2(self.dir.as_fd(), OsStr::from_bytes(relative), how) {
+            Ok(fd) => Ok(File::from(fd)),
+            // RESOLVE_BENEATH refuses every absolute symlink, even one that
+            // points back inside the root: check where it really leads.
+            Err(Errno::EXDEV) => self.open_canonical(relative),
+            Err(err) => Err(err),
+        }
+    }
+
+    fn open_canonical(&self, relative: &[u8]) -> Result<File, Errno> {
+        let canonical = std::fs::canonicalize(self.path.join(OsStr::from_bytes(relative)))
+            .map_err(|_| Errno::ENOENT)?;
+        if !canonical.starts_with(&self.path) {
+            return Err(Errno::EXDEV);
+        }
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+            .open(canonical)
+            .map_err(|err| Errno::from_raw(err.raw_os_error().unwrap_or(libc::ENOENT)))
     }
 }
 
@@ -156,6 +175,10 @@ pub fn resolve(config: &WorkerConfig, root: &DocumentRoot, rest: &str) -> Target
                     // "/style.css/" names a directory that does not exist.
                     return Target::NotFound;
                 }
+                if is_php_source(name) {
+                    // PHP that is not configured to run is not shown either.
+                    return Target::NotFound;
+                }
                 return Target::Static {
                     file,
                     meta,
@@ -176,6 +199,23 @@ pub fn resolve(config: &WorkerConfig, root: &DocumentRoot, rest: &str) -> Target
         // are as good as missing to a client.
         Err(_) => Target::NotFound,
     }
+}
+
+/// Extensions PHP code commonly hides behind; such files are never sent as
+/// static files, whether or not they are configured to execute.
+const PHP_SOURCE_EXTENSIONS: [&str; 12] = [
+    ".php", ".php3", ".php4", ".php5", ".php7", ".php8", ".phtml", ".pht", ".phps", ".phar",
+    ".inc", ".module",
+];
+
+fn is_php_source(name: &[u8]) -> bool {
+    let Ok(name) = std::str::from_utf8(name) else {
+        return false;
+    };
+    let lower = name.to_ascii_lowercase();
+    PHP_SOURCE_EXTENSIONS
+        .iter()
+        .any(|ext| lower.len() > ext.len() && lower.ends_with(ext))
 }
 
 fn is_executable(config: &WorkerConfig, name: &[u8]) -> bool {
@@ -213,6 +253,9 @@ fn directory_index(
         }
         if config.is_executable(index) {
             return script(root, &candidate, String::new());
+        }
+        if is_php_source(index.as_bytes()) {
+            continue;
         }
         return Target::Static {
             file,

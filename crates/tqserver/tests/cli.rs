@@ -1,0 +1,157 @@
+//! The command line: `check` on good and bad configs, clear start-up errors,
+//! `--help`, and workers that never outlive tqserver.
+
+mod support;
+
+use std::process::Command;
+use std::time::Duration;
+
+use support::{BIN, Site, wait_gone, worker_yaml};
+
+fn tqserver(args: &[&str]) -> std::process::Output {
+    Command::new(BIN).args(args).output().expect("run tqserver")
+}
+
+#[test]
+fn check_accepts_a_good_config() {
+    let site = Site::new().worker("blog", &worker_yaml("/blog", 2)).file(
+        "blog",
+        "index.php",
+        "<?php echo 1;",
+    );
+    let output = tqserver(&["check", "--config", site.config_path().to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("configuration is valid"), "{stdout}");
+    assert!(stdout.contains("blog"), "{stdout}");
+    assert!(stdout.contains("/blog"), "{stdout}");
+}
+
+#[test]
+fn check_names_file_line_key_and_suggests_for_a_misspelt_key() {
+    let site = Site::new().worker(
+        "blog",
+        "path: /blog\nphp:\n  pool:\n    manager: dynamic\n    max_worker: 3\n",
+    );
+    let output = tqserver(&["check", "--config", site.config_path().to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("workers/blog/config/worker.yaml:5: php.pool.max_worker: unknown key; did you mean `max_workers`?"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn check_reports_every_error_across_files() {
+    let site = Site::new()
+        .worker(
+            "a",
+            "path: /a\nphp:\n  pool:\n    min_workers: 5\n    max_workers: 2\n",
+        )
+        .worker(
+            "b",
+            "path: b\nphp:\n  pool:\n    manager: dinamic\n    request_timeout: soon\n",
+        );
+    let output = tqserver(&["check", "--config", site.config_path().to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        stderr.contains(
+            "workers/a/config/worker.yaml:4: php.pool.min_workers: 5 is more than max_workers (2)"
+        ),
+        "{stderr}"
+    );
+    assert!(stderr.contains("php.pool.request_timeout"), "{stderr}");
+}
+
+#[test]
+fn semantic_errors_point_at_their_line() {
+    let site = Site::new().worker("b", "path: b\nphp:\n  pool:\n    manager: dinamic\n");
+    let output = tqserver(&["check", "--config", site.config_path().to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("worker.yaml:1: path: `b` must start with /"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("worker.yaml:4: php.pool.manager: `dinamic` is not one of static, dynamic, ondemand; did you mean `dynamic`?"), "{stderr}");
+}
+
+#[test]
+fn a_missing_php_cgi_stops_start_up_with_the_package_to_install() {
+    let site = Site::new().worker(
+        "blog",
+        "path: /blog\nphp:\n  binary: /nonexistent/php-cgi\n",
+    );
+    let output = Command::new(BIN)
+        .args(["--config", site.config_path().to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains("php.binary"), "{stderr}");
+    assert!(stderr.contains("apt-get install php-cgi"), "{stderr}");
+
+    // Same on PATH lookup.
+    let site = Site::new().worker("blog", "path: /blog\n");
+    let output = Command::new(BIN)
+        .args(["--config", site.config_path().to_str().unwrap()])
+        .env("PATH", "/nonexistent")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains("`php-cgi` not found on PATH"), "{stderr}");
+    assert!(stderr.contains("apt-get install php-cgi"), "{stderr}");
+}
+
+#[test]
+fn the_cli_binary_must_not_pass_for_php_cgi() {
+    let cli = ["/usr/bin/php8.2", "/usr/bin/php"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists());
+    let Some(cli) = cli else { return };
+    let site = Site::new().worker("blog", &format!("path: /blog\nphp:\n  binary: {cli}\n"));
+    let output = tqserver(&["check", "--config", site.config_path().to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(stderr.contains("php-cgi"), "{stderr}");
+}
+
+#[test]
+fn help_explains_run_and_check() {
+    let output = tqserver(&["--help"]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success());
+    assert!(stdout.contains("run"), "{stdout}");
+    assert!(stdout.contains("check"), "{stdout}");
+    assert!(stdout.contains("--config"), "{stdout}");
+}
+
+#[test]
+fn no_worker_survives_sigkill_of_tqserver() {
+    let mut server = Site::new()
+        .worker("blog", &worker_yaml("/blog", 3))
+        .file("blog", "slow.php", "<?php sleep(30);")
+        .start();
+    let pids = server.worker_pids();
+    assert_eq!(pids.len(), 3, "{}", server.log());
+    // One of them busy in a request.
+    let port = server.port();
+    std::thread::spawn(move || {
+        let mut conn = support::Conn::open(port);
+        conn.send(b"GET /blog/slow.php HTTP/1.1\r\nHost: x\r\n\r\n");
+        let _ = std::panic::catch_unwind(move || conn.read_response(false));
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let killed = server.kill9();
+    assert_eq!(killed.len(), 3);
+    assert!(
+        wait_gone(&killed, Duration::from_secs(1)),
+        "php-cgi left after kill -9 of tqserver"
+    );
+}

@@ -1,0 +1,402 @@
+//! The HTTP front against real php-cgi: requests and responses as a browser
+//! or curl sees them, routing, static files, and the CGI environment PHP gets.
+
+mod support;
+
+use std::time::Duration;
+
+use support::{Site, multipart, worker_yaml};
+
+const ENV_PHP: &str = r#"<?php
+foreach (['REQUEST_METHOD','REQUEST_URI','SCRIPT_NAME','SCRIPT_FILENAME','PATH_INFO','PATH_TRANSLATED',
+          'QUERY_STRING','DOCUMENT_ROOT','DOCUMENT_URI','CONTENT_TYPE','CONTENT_LENGTH','SERVER_PROTOCOL',
+          'SERVER_NAME','SERVER_PORT','SERVER_ADDR','REMOTE_ADDR','REMOTE_PORT','GATEWAY_INTERFACE',
+          'SERVER_SOFTWARE','REDIRECT_STATUS','HTTP_HOST','HTTP_X_CUSTOM','HTTP_PROXY','PHP_SELF'] as $k) {
+    echo $k, '=', $_SERVER[$k] ?? '(unset)', "\n";
+}
+echo 'GET=', json_encode($_GET), "\n";
+echo 'POST=', json_encode($_POST), "\n";
+echo 'ENV_HTTP_PROXY=', getenv('HTTP_PROXY') === false ? '(unset)' : getenv('HTTP_PROXY'), "\n";
+echo 'USER=', function_exists('posix_geteuid') ? posix_getpwuid(posix_geteuid())['name'] : '?', "\n";
+"#;
+
+fn blog_site() -> Site {
+    Site::new()
+        .worker("blog", &worker_yaml("/blog", 2))
+        .file("blog", "env.php", ENV_PHP)
+        .file("blog", "index.php", ENV_PHP)
+        .file("blog", "hello.php", "<?php echo 'Hello, World!';")
+        .file(
+            "blog",
+            "cookies.php",
+            "<?php setcookie('a', '1'); setcookie('b', '2'); header('X-Multi: one'); header('X-Multi: two', false); echo 'ok';",
+        )
+        .file(
+            "blog",
+            "redirect.php",
+            "<?php header('Location: /blog/hello.php'); exit;",
+        )
+        .file(
+            "blog",
+            "status.php",
+            "<?php http_response_code(418); echo 'teapot';",
+        )
+        .file(
+            "blog",
+            "upload.php",
+            "<?php $f = $_FILES['file'] ?? null; echo 'error=', $f['error'] ?? 'none', \"\\nsize=\", $f['size'] ?? 0, \"\\nmd5=\", $f ? md5_file($f['tmp_name']) : '', \"\\nfield=\", $_POST['note'] ?? '', \"\\n\";",
+        )
+        .file(
+            "blog",
+            "input.php",
+            "<?php $in = file_get_contents('php://input'); echo 'len=', strlen($in), \"\\nmd5=\", md5($in), \"\\n\";",
+        )
+        // Debian's php-cgi alone prints ~70 KB; with the module tables twice
+        // the page is over 100 KB, as on a server with more extensions.
+        .file("blog", "info.php", "<?php phpinfo(); phpinfo(INFO_MODULES);")
+        .file("blog", "assets/data.txt", "0123456789abcdefghijklmnopqrstuvwxyz")
+}
+
+#[test]
+fn get_with_query_string() {
+    let server = blog_site().start();
+    let response = server.get("/blog/env.php?a=1&b=two%20words");
+    assert_eq!(response.status, 200);
+    let vars = response.vars();
+    assert_eq!(vars["REQUEST_METHOD"], "GET");
+    assert_eq!(vars["REQUEST_URI"], "/blog/env.php?a=1&b=two%20words");
+    assert_eq!(vars["QUERY_STRING"], "a=1&b=two%20words");
+    assert_eq!(vars["GET"], r#"{"a":"1","b":"two words"}"#);
+    assert_eq!(vars["SCRIPT_NAME"], "/blog/env.php");
+    assert!(vars["SCRIPT_FILENAME"].ends_with("/workers/blog/public/env.php"));
+    assert_eq!(vars["PATH_INFO"], "(unset)");
+    assert_eq!(vars["GATEWAY_INTERFACE"], "CGI/1.1");
+    assert!(vars["SERVER_SOFTWARE"].starts_with("tqserver/"));
+    assert_eq!(vars["SERVER_PROTOCOL"], "HTTP/1.1");
+    assert_eq!(vars["SERVER_NAME"], "localhost");
+    assert_eq!(vars["SERVER_PORT"], server.port().to_string());
+    assert_eq!(vars["REMOTE_ADDR"], "127.0.0.1");
+    assert!(vars["REMOTE_PORT"].parse::<u16>().is_ok());
+    assert_eq!(vars["REDIRECT_STATUS"], "200");
+    assert_eq!(
+        response.header("content-type"),
+        Some("text/html; charset=UTF-8")
+    );
+}
+
+#[test]
+fn post_urlencoded() {
+    let server = blog_site().start();
+    let body = "name=Ada+Lovelace&lang=php";
+    let response = server.request(format!(
+        "POST /blog/env.php HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    ));
+    assert_eq!(response.status, 200);
+    let vars = response.vars();
+    assert_eq!(vars["POST"], r#"{"name":"Ada Lovelace","lang":"php"}"#);
+    assert_eq!(vars["CONTENT_TYPE"], "application/x-www-form-urlencoded");
+    assert_eq!(vars["CONTENT_LENGTH"], body.len().to_string());
+}
+
+#[test]
+fn five_megabyte_multipart_upload() {
+    let server = blog_site().start();
+    let data: Vec<u8> = (0..5 * 1024 * 1024u32)
+        .map(|i| (i * 7 % 251) as u8)
+        .collect();
+    let digest = md5(&data);
+    let body = multipart("XyZ123boundary", "file", "big.bin", &data);
+    let mut request = format!(
+        "POST /blog/upload.php HTTP/1.1\r\nHost: localhost\r\nContent-Type: multipart/form-data; boundary=XyZ123boundary\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    request.extend_from_slice(&body);
+    let response = server.request(&request);
+    assert_eq!(response.status, 200, "{}", response.text());
+    let vars = response.vars();
+    assert_eq!(vars["error"], "0");
+    assert_eq!(vars["size"], data.len().to_string());
+    assert_eq!(vars["md5"], digest);
+}
+
+#[test]
+fn chunked_request_body_reaches_php_with_its_length() {
+    let server = blog_site().start();
+    let mut conn = server.connect();
+    conn.send(b"POST /blog/input.php HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n");
+    let response = conn.read_response(false);
+    assert_eq!(response.status, 200);
+    let vars = response.vars();
+    assert_eq!(vars["len"], "11");
+    assert_eq!(vars["md5"], md5(b"hello world"));
+}
+
+#[test]
+fn several_set_cookie_headers_are_kept() {
+    let server = blog_site().start();
+    let response = server.get("/blog/cookies.php");
+    assert_eq!(response.status, 200);
+    let cookies = response.headers_named("set-cookie");
+    assert_eq!(cookies, vec!["a=1", "b=2"]);
+    assert_eq!(response.headers_named("x-multi"), vec!["one", "two"]);
+}
+
+#[test]
+fn redirects_and_status_codes() {
+    let server = blog_site().start();
+    let response = server.get("/blog/redirect.php");
+    assert_eq!(response.status, 302);
+    assert_eq!(response.header("location"), Some("/blog/hello.php"));
+    let response = server.get("/blog/status.php");
+    assert_eq!(response.status, 418);
+    assert_eq!(response.text(), "teapot");
+    // A directory without its slash.
+    let response = server.get("/blog/assets?x=1");
+    assert_eq!(response.status, 301);
+    assert_eq!(response.header("location"), Some("/blog/assets/?x=1"));
+    let response = server.get("/blog");
+    assert_eq!(response.status, 301);
+    assert_eq!(response.header("location"), Some("/blog/"));
+}
+
+#[test]
+fn not_found() {
+    let server = blog_site().start();
+    assert_eq!(server.get("/blog/missing.php").status, 404);
+    assert_eq!(server.get("/blog/sub/missing.php").status, 404);
+    // Like try_files, any other missing path goes to the front controller.
+    let fallback = server.get("/blog/assets/missing.css");
+    assert_eq!(fallback.status, 200);
+    assert_eq!(fallback.vars()["SCRIPT_NAME"], "/blog/index.php");
+    assert_eq!(server.get("/elsewhere").status, 404);
+    // A directory without an index is not listed.
+    assert_eq!(server.get("/blog/assets/").status, 403);
+}
+
+#[test]
+fn phpinfo_over_100_kb_streams_whole() {
+    let server = blog_site().start();
+    let response = server.get("/blog/info.php");
+    assert_eq!(response.status, 200);
+    assert!(response.body.len() > 100 * 1024, "{}", response.body.len());
+    assert!(response.text().contains("PHP Version"));
+    assert!(response.text().trim_end().ends_with("</html>"));
+}
+
+#[test]
+fn static_file_range_conditional_and_head() {
+    let server = blog_site().start();
+    let full = server.get("/blog/assets/data.txt");
+    assert_eq!(full.status, 200);
+    assert_eq!(full.text(), "0123456789abcdefghijklmnopqrstuvwxyz");
+    assert_eq!(
+        full.header("content-type"),
+        Some("text/plain; charset=utf-8")
+    );
+    assert_eq!(full.header("accept-ranges"), Some("bytes"));
+    let etag = full.header("etag").unwrap().to_owned();
+    let last_modified = full.header("last-modified").unwrap().to_owned();
+
+    let range = server.request(
+        "GET /blog/assets/data.txt HTTP/1.1\r\nHost: x\r\nRange: bytes=10-15\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(range.status, 206);
+    assert_eq!(range.text(), "abcdef");
+    assert_eq!(range.header("content-range"), Some("bytes 10-15/36"));
+
+    let suffix = server.request(
+        "GET /blog/assets/data.txt HTTP/1.1\r\nHost: x\r\nRange: bytes=-3\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(suffix.text(), "xyz");
+
+    let unsatisfiable = server.request(
+        "GET /blog/assets/data.txt HTTP/1.1\r\nHost: x\r\nRange: bytes=100-\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(unsatisfiable.status, 416);
+
+    let cached = server.request(format!(
+        "GET /blog/assets/data.txt HTTP/1.1\r\nHost: x\r\nIf-None-Match: {etag}\r\nConnection: close\r\n\r\n"
+    ));
+    assert_eq!(cached.status, 304);
+    assert!(cached.body.is_empty());
+
+    let since = server.request(format!(
+        "GET /blog/assets/data.txt HTTP/1.1\r\nHost: x\r\nIf-Modified-Since: {last_modified}\r\nConnection: close\r\n\r\n"
+    ));
+    assert_eq!(since.status, 304);
+
+    let mut conn = server.connect();
+    conn.send(b"HEAD /blog/assets/data.txt HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let head = conn.read_response(true);
+    assert_eq!(head.status, 200);
+    assert_eq!(head.header("content-length"), Some("36"));
+
+    let post = server.request(
+        "POST /blog/assets/data.txt HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(post.status, 405);
+}
+
+#[test]
+fn pretty_urls_go_through_the_front_controller() {
+    let server = blog_site().start();
+    let response = server.get("/blog/2024/hello-world/?utm=x");
+    assert_eq!(response.status, 200);
+    let vars = response.vars();
+    assert_eq!(vars["REQUEST_URI"], "/blog/2024/hello-world/?utm=x");
+    assert_eq!(vars["SCRIPT_NAME"], "/blog/index.php");
+    assert_eq!(vars["PATH_INFO"], "(unset)");
+    assert_eq!(vars["QUERY_STRING"], "utm=x");
+    assert_eq!(vars["PHP_SELF"], "/blog/index.php");
+
+    let response = server.get("/blog/env.php/extra/path?q=1");
+    assert_eq!(response.status, 200);
+    let vars = response.vars();
+    assert_eq!(vars["SCRIPT_NAME"], "/blog/env.php");
+    assert_eq!(vars["PATH_INFO"], "/extra/path");
+    assert!(vars["PATH_TRANSLATED"].ends_with("/workers/blog/public/extra/path"));
+    assert_eq!(vars["PHP_SELF"], "/blog/env.php/extra/path");
+    assert_eq!(vars["REQUEST_URI"], "/blog/env.php/extra/path?q=1");
+
+    // The directory index.
+    let response = server.get("/blog/");
+    assert_eq!(response.vars()["SCRIPT_NAME"], "/blog/index.php");
+}
+
+#[test]
+fn two_workers_route_by_longest_prefix_on_segment_boundaries() {
+    let server = Site::new()
+        .worker("blog", &worker_yaml("/blog", 1))
+        .file("blog", "who.php", "<?php echo 'blog';")
+        .file("blog", "index.php", "<?php echo 'blog-front';")
+        .worker("site", &worker_yaml("/", 1))
+        .file("site", "who.php", "<?php echo 'site';")
+        .file(
+            "site",
+            "index.php",
+            "<?php echo 'site-front ', $_SERVER['REQUEST_URI'];",
+        )
+        .start();
+    assert_eq!(server.get("/blog/who.php").text(), "blog");
+    assert_eq!(server.get("/who.php").text(), "site");
+    assert_eq!(server.get("/blog/anything").text(), "blog-front");
+    assert_eq!(server.get("/blogx").text(), "site-front /blogx");
+    assert_eq!(server.get("/blogx/who.php").status, 404);
+    assert_eq!(server.get("/other/page").text(), "site-front /other/page");
+}
+
+#[test]
+fn keep_alive_carries_many_requests() {
+    let server = blog_site().start();
+    let mut conn = server.connect();
+    for i in 0..50 {
+        conn.send(
+            format!("GET /blog/env.php?i={i} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes(),
+        );
+        let response = conn.read_response(false);
+        assert_eq!(response.status, 200);
+        assert_eq!(response.vars()["QUERY_STRING"], format!("i={i}"));
+    }
+}
+
+#[test]
+fn custom_headers_pass_and_proxy_does_not() {
+    let server = blog_site().start();
+    let response = server.request(
+        "GET /blog/env.php HTTP/1.1\r\nHost: example.org:8080\r\nX-Custom: a\r\nX-Custom: b\r\nProxy: http://evil.example:3128\r\nConnection: close\r\n\r\n",
+    );
+    let vars = response.vars();
+    assert_eq!(vars["HTTP_X_CUSTOM"], "a, b");
+    assert_eq!(vars["HTTP_HOST"], "example.org:8080");
+    assert_eq!(vars["SERVER_NAME"], "example.org");
+    assert_eq!(vars["HTTP_PROXY"], "(unset)");
+    assert_eq!(vars["ENV_HTTP_PROXY"], "(unset)");
+}
+
+#[test]
+fn workers_run_as_www_data_when_started_as_root() {
+    if !nix_is_root() {
+        return;
+    }
+    let server = blog_site().start();
+    assert_eq!(server.get("/blog/env.php").vars()["USER"], "www-data");
+}
+
+#[test]
+fn oversized_body_is_refused_with_413() {
+    let server = Site::new()
+        .server_yaml("")
+        .worker("blog", &worker_yaml("/blog", 1))
+        .file(
+            "blog",
+            "input.php",
+            "<?php echo strlen(file_get_contents('php://input'));",
+        );
+    // max_body_bytes goes into the server section.
+    server.write(
+        "config/server.yaml",
+        &format!(
+            "server:\n  host: 127.0.0.1\n  port: {}\n  max_body_bytes: 1K\nadmin:\n  enabled: false\n",
+            server.port
+        ),
+    );
+    let server = server.start();
+    let body = "x".repeat(2000);
+    let response = server.request(format!(
+        "POST /blog/input.php HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    ));
+    assert_eq!(response.status, 413);
+    let small = server.request(
+        "POST /blog/input.php HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc",
+    );
+    assert_eq!(small.text(), "3");
+}
+
+#[test]
+fn worker_stderr_reaches_the_log_with_worker_and_pid() {
+    let server = blog_site()
+        .file(
+            "blog",
+            "warn.php",
+            "<?php error_log('something odd happened'); echo 'done';",
+        )
+        .start();
+    assert_eq!(server.get("/blog/warn.php").text(), "done");
+    assert!(
+        server.wait_for_log("something odd happened", Duration::from_secs(5)),
+        "{}",
+        server.log()
+    );
+    let line = server
+        .log()
+        .lines()
+        .find(|l| l.contains("something odd happened"))
+        .unwrap()
+        .to_owned();
+    assert!(line.contains("worker=blog"), "{line}");
+    assert!(line.contains("pid="), "{line}");
+}
+
+fn nix_is_root() -> bool {
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// MD5 via the system's md5sum, to compare with PHP's md5().
+fn md5(data: &[u8]) -> String {
+    use std::io::Write;
+    let mut child = std::process::Command::new("md5sum")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(data).unwrap();
+    let output = child.wait_with_output().unwrap();
+    String::from_utf8_lossy(&output.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned()
+}

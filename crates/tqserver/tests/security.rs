@@ -1,0 +1,226 @@
+//! Security defaults: only configured extensions execute, PHP source is never
+//! served, nothing outside the document root is reachable, dotfiles are
+//! hidden, path-info tricks never run the wrong file, and hostile requests get
+//! a 4xx while the server keeps serving everyone else.
+
+mod support;
+
+use support::{Site, worker_yaml};
+
+fn site() -> Site {
+    let site = Site::new()
+        .worker("blog", &worker_yaml("/blog", 1))
+        .file(
+            "blog",
+            "index.php",
+            "<?php echo 'front:', $_SERVER['REQUEST_URI'];",
+        )
+        .file(
+            "blog",
+            "ok.php",
+            "<?php echo 'ok:', $_SERVER['PATH_INFO'] ?? '-';",
+        )
+        .file(
+            "blog",
+            "legacy.phtml",
+            "<?php echo 'EXECUTED'; // secret phtml source",
+        )
+        .file("blog", "config.inc", "<?php $password = 'hunter2';")
+        .file(
+            "blog",
+            "uploads/image.jpg",
+            "<?php echo 'EXECUTED image'; ?>GIF89a",
+        )
+        .file("blog", ".env", "DB_PASSWORD=hunter2")
+        .file("blog", ".git/config", "[core]\nsecret")
+        .file(
+            "blog",
+            ".well-known/security.txt",
+            "Contact: mailto:security@example.org",
+        )
+        .file("blog", "inside.txt", "inside");
+    site.write("workers/blog/secret.txt", "outside the document root");
+    let public = site.root().join("workers/blog/public");
+    std::os::unix::fs::symlink("/etc", public.join("etc-link")).unwrap();
+    std::os::unix::fs::symlink(
+        site.root().join("workers/blog/secret.txt"),
+        public.join("secret-link.txt"),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(public.join("inside.txt"), public.join("inside-link.txt")).unwrap();
+    site
+}
+
+fn get_raw(server: &support::Server, target: &str) -> support::Response {
+    server.request(format!(
+        "GET {target} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    ))
+}
+
+#[test]
+fn only_configured_extensions_execute_and_source_is_never_served() {
+    let server = site().start();
+    assert_eq!(get_raw(&server, "/blog/ok.php").text(), "ok:-");
+    // Upper case still runs as PHP, never shows source.
+    assert_eq!(
+        get_raw(&server, "/blog/OK.PHP").status,
+        404,
+        "case-distinct file does not exist"
+    );
+    for path in ["/blog/legacy.phtml", "/blog/config.inc"] {
+        let response = get_raw(&server, path);
+        assert_eq!(response.status, 404, "{path}");
+        assert!(!response.text().contains("EXECUTED"), "{path}");
+        assert!(!response.text().contains("<?php"), "{path}");
+    }
+}
+
+#[test]
+fn traversal_is_refused() {
+    let server = site().start();
+    for target in [
+        "/blog/../secret.txt",
+        "/blog/%2e%2e/secret.txt",
+        "/blog/%2E%2E%2Fsecret.txt",
+        "/blog/assets/..%2f..%2f..%2fsecret.txt",
+        "/blog/..%2f..%2f..%2f..%2f..%2f..%2fetc/passwd",
+        "/blog/%2e%2e%2f%2e%2e%2f%2e%2e%2f%2e%2e%2f%2e%2e%2fetc%2fpasswd",
+    ] {
+        let response = get_raw(&server, target);
+        assert_eq!(response.status, 400, "{target}: {}", response.text());
+        assert!(!response.text().contains("outside the document root"));
+        assert!(!response.text().contains("root:"));
+    }
+    // ".." that stays inside the root is just a path.
+    assert_eq!(
+        get_raw(&server, "/blog/uploads/../inside.txt").text(),
+        "inside"
+    );
+}
+
+#[test]
+fn nul_bytes_backslashes_and_newlines_are_refused() {
+    let server = site().start();
+    for target in [
+        "/blog/ok.php%00.jpg",
+        "/blog/inside.txt%00",
+        "/blog/..%5c..%5csecret.txt",
+        "/blog/ok.php%0a",
+        "/blog/ok.php/%0afoo",
+        "/blog/ok.php%0d%0aX-Injected:%201",
+    ] {
+        let response = get_raw(&server, target);
+        assert_eq!(response.status, 400, "{target}");
+        assert!(response.header("x-injected").is_none());
+    }
+    // The server keeps serving.
+    assert_eq!(get_raw(&server, "/blog/ok.php").status, 200);
+}
+
+#[test]
+fn symlinks_out_of_the_root_are_not_followed() {
+    let server = site().start();
+    assert_eq!(get_raw(&server, "/blog/etc-link/passwd").status, 404);
+    assert_eq!(get_raw(&server, "/blog/secret-link.txt").status, 404);
+    assert_eq!(get_raw(&server, "/blog/inside-link.txt").text(), "inside");
+}
+
+#[test]
+fn symlinks_out_of_the_root_can_be_allowed() {
+    let site = site();
+    site.write(
+        "workers/blog/config/worker.yaml",
+        &format!(
+            "{}security:\n  allow_symlinks_outside_root: true\n",
+            worker_yaml("/blog", 1)
+        ),
+    );
+    let server = site.start();
+    assert_eq!(
+        get_raw(&server, "/blog/secret-link.txt").text(),
+        "outside the document root"
+    );
+}
+
+#[test]
+fn dotfiles_are_hidden_except_well_known() {
+    let server = site().start();
+    for target in [
+        "/blog/.env",
+        "/blog/.git/config",
+        "/blog/.git/",
+        "/blog/%2eenv",
+    ] {
+        let response = get_raw(&server, target);
+        assert_eq!(response.status, 404, "{target}");
+        assert!(!response.text().contains("hunter2"));
+        assert!(!response.text().contains("secret"));
+    }
+    assert!(
+        get_raw(&server, "/blog/.well-known/security.txt")
+            .text()
+            .contains("Contact:")
+    );
+}
+
+#[test]
+fn path_info_never_runs_an_upload() {
+    let server = site().start();
+    for target in [
+        "/blog/uploads/image.jpg/x.php",
+        "/blog/uploads/image.jpg/.php",
+        "/blog/uploads/image.jpg%2fx.php",
+        "/blog/uploads/image.jpg/index.php/foo",
+    ] {
+        let response = get_raw(&server, target);
+        assert_eq!(response.status, 404, "{target}");
+        assert!(!response.text().contains("EXECUTED"), "{target}");
+    }
+    // The image itself is served as a file, never run.
+    let image = get_raw(&server, "/blog/uploads/image.jpg");
+    assert_eq!(image.status, 200);
+    assert_eq!(image.header("content-type"), Some("image/jpeg"));
+    assert!(image.text().starts_with("<?php"));
+}
+
+#[test]
+fn newline_never_shifts_path_info() {
+    // CVE-2019-11043: a %0a in the path made php-fpm compute PATH_INFO from
+    // the wrong offset.
+    let server = site().start();
+    let response = get_raw(&server, "/blog/ok.php/PHP%0Ais_the_best.php");
+    assert_eq!(response.status, 400);
+    let response = get_raw(&server, "/blog/ok.php/normal/info");
+    assert_eq!(response.text(), "ok:/normal/info");
+}
+
+#[test]
+fn malformed_requests_get_400_and_the_server_keeps_serving() {
+    let server = site().start();
+    for raw in [
+        "GARBAGE\r\n\r\n",
+        "GET /blog/ok.php HTTP/9.9\r\n\r\n",
+        "GET /blog/ok.php HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n",
+        "GET /blog/ok.php HTTP/1.1\r\nBad Header\r\n\r\n",
+    ] {
+        let mut conn = server.connect();
+        conn.send(raw.as_bytes());
+        let mut buf = Vec::new();
+        use std::io::Read;
+        let _ = conn.stream().read_to_end(&mut buf);
+        let text = String::from_utf8_lossy(&buf);
+        assert!(
+            text.is_empty() || text.starts_with("HTTP/1.1 4") || text.starts_with("HTTP/1.0 4"),
+            "{raw:?} → {text}"
+        );
+    }
+    let huge = format!(
+        "GET /blog/ok.php HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(100 * 1024)
+    );
+    let mut conn = server.connect();
+    conn.send(huge.as_bytes());
+    let response = conn.read_response(false);
+    assert_eq!(response.status, 431);
+    assert_eq!(get_raw(&server, "/blog/ok.php").status, 200);
+}

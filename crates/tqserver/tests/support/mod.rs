@@ -1,0 +1,462 @@
+//! Test harness: builds a site (config/server.yaml, workers/<name>/...) in a
+//! temporary directory, starts the real `tqserver` binary on a free port
+//! against real php-cgi, and talks raw HTTP/1.1 to it, so a test controls
+//! every byte of a request (`..`, `%00`, odd headers).
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_tqserver");
+
+/// A free TCP port on 127.0.0.1 (released just before use).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A site on disk.
+pub struct Site {
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    server_extra: String,
+}
+
+impl Site {
+    pub fn new() -> Self {
+        let dir = tempfile::Builder::new().prefix("tqtest").tempdir().unwrap();
+        // Workers run as www-data when the tests run as root.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let site = Self {
+            dir,
+            port: free_port(),
+            server_extra: String::new(),
+        };
+        site.write_server_yaml();
+        site
+    }
+
+    pub fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.root().join("config/server.yaml")
+    }
+
+    /// Extra YAML appended to server.yaml (top-level sections).
+    pub fn server_yaml(mut self, extra: &str) -> Self {
+        self.server_extra = extra.to_owned();
+        self.write_server_yaml();
+        self
+    }
+
+    fn write_server_yaml(&self) {
+        let text = format!(
+            "server:\n  host: 127.0.0.1\n  port: {}\n  grace_period: 10s\nadmin:\n  enabled: false\n{}",
+            self.port, self.server_extra
+        );
+        self.write("config/server.yaml", &text);
+    }
+
+    /// Adds a worker folder with its worker.yaml.
+    pub fn worker(self, name: &str, yaml: &str) -> Self {
+        self.write(&format!("workers/{name}/config/worker.yaml"), yaml);
+        std::fs::create_dir_all(self.root().join(format!("workers/{name}/public"))).unwrap();
+        self.chmod_tree();
+        self
+    }
+
+    /// Writes a file of a worker's document root.
+    pub fn file(self, worker: &str, path: &str, content: impl AsRef<[u8]>) -> Self {
+        self.write(&format!("workers/{worker}/public/{path}"), content);
+        self.chmod_tree();
+        self
+    }
+
+    pub fn write(&self, relative: &str, content: impl AsRef<[u8]>) {
+        let path = self.root().join(relative);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, content).unwrap();
+    }
+
+    fn chmod_tree(&self) {
+        let _ = Command::new("chmod")
+            .args(["-R", "a+rX"])
+            .arg(self.root())
+            .status();
+    }
+
+    /// Starts tqserver and waits until it serves.
+    pub fn start(self) -> Server {
+        Server::start(self)
+    }
+}
+
+/// A running tqserver; killed (and its workers checked gone) on drop.
+pub struct Server {
+    pub site: Site,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Server {
+    fn start(site: Site) -> Self {
+        let log = site.root().join("tqserver.log");
+        let child = spawn_server(&site.config_path(), &log);
+        let mut server = Self {
+            site,
+            child: Some(child),
+            log,
+        };
+        server.wait_ready();
+        server
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                panic!(
+                    "tqserver exited during start-up ({status}):\n{}",
+                    self.log()
+                );
+            }
+            if TcpStream::connect(("127.0.0.1", self.site.port)).is_ok() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "tqserver did not start listening:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.site.port
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until the log contains `needle`.
+    pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.log().contains(needle) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        false
+    }
+
+    pub fn get(&self, path: &str) -> Response {
+        self.request(&format!(
+            "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+        ))
+    }
+
+    /// Sends raw bytes on a new connection and reads one response.
+    pub fn request(&self, raw: impl AsRef<[u8]>) -> Response {
+        let mut conn = self.connect();
+        conn.send(raw.as_ref());
+        conn.read_response(false)
+    }
+
+    pub fn connect(&self) -> Conn {
+        Conn::open(self.port())
+    }
+
+    /// php-cgi processes whose parent is this tqserver.
+    pub fn worker_pids(&self) -> Vec<u32> {
+        children_named(self.pid(), "php-cgi")
+    }
+
+    /// Sends a signal to tqserver.
+    pub fn signal(&self, signal: i32) {
+        unsafe { libc::kill(self.pid() as i32, signal) };
+    }
+
+    /// Waits for tqserver to exit; returns its status.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        let child = self.child.as_mut()?;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                self.child = None;
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// SIGKILLs tqserver and returns the worker pids it had.
+    pub fn kill9(&mut self) -> Vec<u32> {
+        let pids = self.worker_pids();
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        pids
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let pids = self.worker_pids();
+        if let Some(mut child) = self.child.take() {
+            unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+            let _ = child.wait();
+        }
+        // The parent-death signal must take every worker with it.
+        if !std::thread::panicking() {
+            assert!(
+                wait_gone(&pids, Duration::from_secs(2)),
+                "php-cgi workers outlived tqserver: {pids:?}"
+            );
+        }
+    }
+}
+
+pub fn spawn_server(config: &Path, log: &Path) -> Child {
+    let log_file = std::fs::File::create(log).unwrap();
+    Command::new(BIN)
+        .arg("--config")
+        .arg(config)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(log_file.try_clone().unwrap())
+        .stderr(log_file)
+        .spawn()
+        .expect("start tqserver")
+}
+
+/// Whether every pid is gone (or a zombie) within `timeout`.
+pub fn wait_gone(pids: &[u32], timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let alive: Vec<_> = pids.iter().filter(|pid| is_alive(**pid)).collect();
+        if alive.is_empty() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub fn is_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            // Field 3, after the parenthesised command name.
+            let state = stat.rsplit_once(')').map(|(_, rest)| rest.trim_start());
+            !matches!(
+                state.and_then(|s| s.chars().next()),
+                Some('Z') | Some('X') | None
+            )
+        }
+        Err(_) => false,
+    }
+}
+
+/// Live processes named `name` whose parent is `parent`.
+pub fn children_named(parent: u32, name: &str) -> Vec<u32> {
+    let mut pids = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return pids;
+    };
+    for entry in entries.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let Some((head, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let comm = head.split_once('(').map(|(_, c)| c).unwrap_or("");
+        let mut fields = rest.split_whitespace();
+        let state = fields.next().unwrap_or("");
+        let ppid: u32 = fields.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+        if ppid == parent && comm == name && state != "Z" {
+            pids.push(pid);
+        }
+    }
+    pids.sort();
+    pids
+}
+
+/// Live php-cgi processes anywhere on the machine.
+pub fn all_php_cgi() -> Vec<u32> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "php-cgi")
+            && is_alive(pid)
+        {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn headers_named(&self, name: &str) -> Vec<&str> {
+        self.headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// Parses "KEY=value" lines (what the test scripts print).
+    pub fn vars(&self) -> BTreeMap<String, String> {
+        self.text()
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect()
+    }
+}
+
+/// One client connection; can carry several requests (keep-alive).
+pub struct Conn {
+    reader: BufReader<TcpStream>,
+}
+
+impl Conn {
+    pub fn open(port: u16) -> Self {
+        let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to tqserver");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        Self {
+            reader: BufReader::new(stream),
+        }
+    }
+
+    pub fn stream(&mut self) -> &mut TcpStream {
+        self.reader.get_mut()
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.reader.get_mut().write_all(bytes).unwrap();
+    }
+
+    /// Reads one response; `head_only` for a response to HEAD.
+    pub fn read_response(&mut self, head_only: bool) -> Response {
+        let mut status_line = String::new();
+        self.reader
+            .read_line(&mut status_line)
+            .expect("read status line");
+        assert!(
+            status_line.starts_with("HTTP/1."),
+            "not an HTTP response: {status_line:?}"
+        );
+        let status: u16 = status_line[9..12].parse().unwrap();
+        let mut headers = Vec::new();
+        loop {
+            let mut line = String::new();
+            self.reader.read_line(&mut line).unwrap();
+            let line = line.trim_end();
+            if line.is_empty() {
+                break;
+            }
+            let (name, value) = line.split_once(':').unwrap();
+            headers.push((name.trim().to_owned(), value.trim().to_owned()));
+        }
+        let mut response = Response {
+            status,
+            headers,
+            body: Vec::new(),
+        };
+        if head_only || status == 304 || status == 204 || (100..200).contains(&status) {
+            return response;
+        }
+        if let Some(length) = response.header("content-length") {
+            let mut body = vec![0; length.parse().unwrap()];
+            self.reader.read_exact(&mut body).unwrap();
+            response.body = body;
+        } else if response
+            .header("transfer-encoding")
+            .is_some_and(|te| te.eq_ignore_ascii_case("chunked"))
+        {
+            loop {
+                let mut size = String::new();
+                self.reader.read_line(&mut size).unwrap();
+                let size = usize::from_str_radix(size.trim(), 16).unwrap();
+                let mut chunk = vec![0; size + 2];
+                self.reader.read_exact(&mut chunk).unwrap();
+                if size == 0 {
+                    break;
+                }
+                response.body.extend_from_slice(&chunk[..size]);
+            }
+        } else {
+            self.reader.read_to_end(&mut response.body).unwrap();
+        }
+        response
+    }
+}
+
+/// Builds a multipart/form-data body with one file field.
+pub fn multipart(boundary: &str, field: &str, filename: &str, data: &[u8]) -> Vec<u8> {
+    let mut body = Vec::new();
+    body.extend_from_slice(
+        format!(
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"; filename=\"{filename}\"\r\nContent-Type: application/octet-stream\r\n\r\n"
+        )
+        .as_bytes(),
+    );
+    body.extend_from_slice(data);
+    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    body
+}
+
+/// A basic worker.yaml for a worker at `path` with a static pool of `n`.
+pub fn worker_yaml(path: &str, workers: usize) -> String {
+    format!(
+        "path: {path}\nphp:\n  settings:\n    upload_max_filesize: 32M\n    post_max_size: 32M\n  pool:\n    manager: static\n    max_workers: {workers}\n"
+    )
+}
