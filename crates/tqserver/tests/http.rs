@@ -337,7 +337,7 @@ fn oversized_body_is_refused_with_413() {
     // max_body_bytes goes into the server section.
     server.write(
         "config/server.yaml",
-        &format!(
+        format!(
             "server:\n  host: 127.0.0.1\n  port: {}\n  max_body_bytes: 1K\nadmin:\n  enabled: false\n",
             server.port
         ),

@@ -130,7 +130,7 @@ fn symlinks_out_of_the_root_can_be_allowed() {
     let site = site();
     site.write(
         "workers/blog/config/worker.yaml",
-        &format!(
+        format!(
             "{}security:\n  allow_symlinks_outside_root: true\n",
             worker_yaml("/blog", 1)
         ),

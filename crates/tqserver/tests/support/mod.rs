@@ -169,7 +169,7 @@ impl Server {
     }
 
     pub fn get(&self, path: &str) -> Response {
-        self.request(&format!(
+        self.request(format!(
             "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
         ))
     }
