@@ -114,6 +114,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ClientConnection<S> {
         self.flush().await
     }
 
+    /// Between requests: whether the application is still there. Looks only
+    /// at what the socket already reports (no waiting; usually no syscall): a
+    /// healthy idle connection has nothing to read, while a closed one reads
+    /// EOF and a confused one has bytes nobody asked for.
+    pub fn is_reusable(&mut self) -> bool {
+        if !self.read_buf.is_empty() {
+            return false;
+        }
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        self.poll_fill(&mut cx).is_pending()
+    }
+
     /// Reads until the next response event.
     pub fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<Result<ResponseEvent, ClientError>> {
         loop {

@@ -237,6 +237,12 @@ impl WorkerPool {
             }
             PoolCounters::bump(&inner.counters.accepted);
             while let Some(mut worker) = state.idle.pop() {
+                // A worker that died while idle may not be reaped yet; its
+                // connection already shows it.
+                if !worker.conn.is_reusable() {
+                    worker.shared.request_stop(inner.config.kill_grace);
+                    continue;
+                }
                 if worker.shared.is_alive() {
                     let retiring = inner.checkout(&mut state, &mut worker);
                     if state.idle.is_empty() {
@@ -620,8 +626,8 @@ impl PoolInner {
         child: tokio::process::Child,
         control_rx: mpsc::UnboundedReceiver<process::Control>,
     ) {
-        let status = process::supervise(child, shared.pid, control_rx).await;
-        self.on_exit(&shared, status);
+        let exit = process::supervise(child, shared.pid, control_rx).await;
+        self.on_exit(&shared, exit);
     }
 
     fn on_spawn_failed(&self, id: u64, err: SpawnError) {
@@ -633,18 +639,14 @@ impl PoolInner {
         self.spawn_if_needed(&mut state);
     }
 
-    fn on_exit(
-        &self,
-        shared: &Arc<WorkerShared>,
-        status: std::io::Result<std::process::ExitStatus>,
-    ) {
+    fn on_exit(&self, shared: &Arc<WorkerShared>, exit: process::Exit) {
         shared.mark_dead();
         let mut state = self.lock();
         state.workers.remove(&shared.id);
         state.idle.retain(|worker| worker.shared.id != shared.id);
-        if !shared.stop_was_requested() {
+        if !exit.requested {
             PoolCounters::bump(&self.counters.crashes);
-            let status = match status {
+            let status = match exit.status {
                 Ok(status) => process::describe(status),
                 Err(err) => err.to_string(),
             };

@@ -164,14 +164,23 @@ async fn probe(
     }
 }
 
-/// Owns the child until it exits. Returns its exit status.
+/// How a worker process ended.
+#[derive(Debug)]
+pub struct Exit {
+    pub status: std::io::Result<ExitStatus>,
+    /// It ended because tqserver stopped it; otherwise it crashed (or was
+    /// killed by someone else).
+    pub requested: bool,
+}
+
+/// Owns the child until it exits.
 pub async fn supervise(
     mut child: Child,
     pid: u32,
     mut control: mpsc::UnboundedReceiver<Control>,
-) -> std::io::Result<ExitStatus> {
+) -> Exit {
     tokio::select! {
-        status = child.wait() => status,
+        status = child.wait() => Exit { status, requested: false },
         message = control.recv() => match message {
             Some(Control::Stop { grace }) => stop(&mut child, pid, grace).await,
             // Every handle is gone: the pool itself was dropped.
@@ -180,17 +189,37 @@ pub async fn supervise(
     }
 }
 
-async fn stop(child: &mut Child, pid: u32, grace: Duration) -> std::io::Result<ExitStatus> {
+async fn stop(child: &mut Child, pid: u32, grace: Duration) -> Exit {
+    // Already dead before we signalled it: a crash, not our stop.
+    if let Ok(Some(status)) = child.try_wait() {
+        return Exit {
+            status: Ok(status),
+            requested: false,
+        };
+    }
     if !grace.is_zero() && pid != 0 {
         // SAFETY: plain kill(2) on our own child, which we have not reaped.
         unsafe { libc::kill(pid as i32, libc::SIGTERM) };
         if let Ok(status) = tokio::time::timeout(grace, child.wait()).await {
-            return status;
+            // Death by any signal but ours means something else killed it.
+            let requested = status
+                .as_ref()
+                .map(|s| s.signal().is_none_or(|signal| signal == libc::SIGTERM))
+                .unwrap_or(true);
+            return Exit { status, requested };
         }
         warn!(pid, "worker ignored SIGTERM for {grace:?}; sending SIGKILL");
     }
-    child.start_kill()?;
-    child.wait().await
+    if let Err(err) = child.start_kill() {
+        return Exit {
+            status: Err(err),
+            requested: true,
+        };
+    }
+    Exit {
+        status: child.wait().await,
+        requested: true,
+    }
 }
 
 async fn relay_stderr(

@@ -130,10 +130,6 @@ impl WorkerShared {
         self.alive.store(false, Ordering::Release);
     }
 
-    pub(crate) fn stop_was_requested(&self) -> bool {
-        self.stop_requested.load(Ordering::Acquire)
-    }
-
     /// Asks the owning task to stop the process (SIGTERM, then SIGKILL after
     /// `grace`). Idempotent.
     pub(crate) fn request_stop(&self, grace: Duration) {
