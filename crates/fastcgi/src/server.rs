@@ -102,6 +102,10 @@ pub struct RequestReader<R> {
     current: Option<(u16, Stage)>,
     params: ParamsCollector,
     refused: Vec<u16>,
+    /// The request answered last: stragglers for it (a late ABORT_REQUEST,
+    /// STDIN the answer did not wait for) are dropped, as the spec asks for
+    /// records of requests that are not active.
+    finished: Option<u16>,
 }
 
 impl<R: AsyncRead + Unpin> RequestReader<R> {
@@ -114,6 +118,7 @@ impl<R: AsyncRead + Unpin> RequestReader<R> {
             current: None,
             params: ParamsCollector::default(),
             refused: Vec::new(),
+            finished: None,
         }
     }
 
@@ -125,6 +130,7 @@ impl<R: AsyncRead + Unpin> RequestReader<R> {
     /// Marks the current request as answered: the next BEGIN_REQUEST may
     /// reuse any id.
     pub fn finish_request(&mut self) {
+        self.finished = self.current.map(|(id, _)| id);
         self.current = None;
         self.refused.clear();
         self.params = ParamsCollector::default();
@@ -174,7 +180,11 @@ impl<R: AsyncRead + Unpin> RequestReader<R> {
             return Ok(None);
         }
         let Some((current, stage)) = self.current else {
+            if kind != RecordType::BeginRequest && self.finished == Some(id) {
+                return Ok(None);
+            }
             return if kind == RecordType::BeginRequest {
+                self.finished = None;
                 let begin = BeginRequest::parse(&record.content)
                     .ok_or(ServerError::MalformedBeginRequest)?;
                 self.current = Some((id, Stage::Params));
@@ -432,6 +442,32 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[tokio::test]
+    async fn stragglers_of_a_finished_request_are_dropped() {
+        let mut wire = BytesMut::new();
+        put_begin_request(&mut wire, 1, Role::Responder, true);
+        ParamsWriter::new(&mut wire, 1).finish();
+        // The application answered before reading STDIN; the rest and a late
+        // abort arrive after, then the next request.
+        put_stream(&mut wire, RecordType::Stdin, 1, b"late body");
+        crate::record::put_abort_request(&mut wire, 1);
+        put_begin_request(&mut wire, 1, Role::Responder, true);
+        let mut reader = reader(wire);
+        assert!(matches!(
+            reader.next_event().await.unwrap(),
+            Some(ServerEvent::Begin { .. })
+        ));
+        assert!(matches!(
+            reader.next_event().await.unwrap(),
+            Some(ServerEvent::Params { .. })
+        ));
+        reader.finish_request();
+        assert!(matches!(
+            reader.next_event().await.unwrap(),
+            Some(ServerEvent::Begin { request_id: 1, .. })
+        ));
     }
 
     #[tokio::test]

@@ -448,10 +448,16 @@ impl WorkerPool {
             rejected_queue_full: load(&c.rejected_queue_full),
             rejected_queue_timeout: load(&c.rejected_queue_timeout),
             max_children_reached: load(&c.max_children_reached),
+            slow_requests: load(&c.slow_requests),
             queued: load(&c.queued),
             queue_wait_total: Duration::from_micros(load(&c.queue_wait_micros)),
             workers: workers.iter().map(|w| w.snapshot()).collect(),
         }
+    }
+
+    /// Counts a request that the front end found slower than its threshold.
+    pub fn record_slow_request(&self) {
+        PoolCounters::bump(&self.inner.counters.slow_requests);
     }
 
     /// Pids of the live worker processes.

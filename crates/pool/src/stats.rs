@@ -31,6 +31,8 @@ pub struct PoolCounters {
     /// Requests that had to wait for a worker, and their total wait.
     pub queued: AtomicU64,
     pub queue_wait_micros: AtomicU64,
+    /// Requests slower than the front end's slow-log threshold.
+    pub slow_requests: AtomicU64,
 }
 
 impl PoolCounters {
@@ -229,6 +231,7 @@ pub struct PoolStatus {
     pub rejected_queue_full: u64,
     pub rejected_queue_timeout: u64,
     pub max_children_reached: u64,
+    pub slow_requests: u64,
     pub queued: u64,
     pub queue_wait_total: Duration,
     pub workers: Vec<WorkerStatus>,

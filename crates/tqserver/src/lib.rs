@@ -12,6 +12,8 @@
 pub mod app;
 pub mod config;
 pub mod http;
+pub mod listener;
 pub mod logging;
 pub mod router;
 pub mod server;
+pub mod status;

@@ -19,6 +19,7 @@ use tracing::{error, info, warn};
 use crate::app::App;
 use crate::config::{Config, WorkerConfig};
 use crate::http::{self, Frontend};
+use crate::listener;
 use crate::logging::LogFile;
 use crate::router::Router;
 
@@ -50,6 +51,24 @@ async fn serve(config: Config, log_file: LogFile) -> anyhow::Result<()> {
             return Err(err).with_context(|| format!("cannot listen on {}", config.server.listen));
         }
     };
+    let mut fastcgi_listeners = Vec::new();
+    for app in &apps {
+        let Some(fastcgi) = &app.config.fastcgi else {
+            continue;
+        };
+        match listener::bind(fastcgi).await {
+            Ok(bound) => fastcgi_listeners.push((app.clone(), fastcgi.clone(), bound)),
+            Err(err) => {
+                stop_apps(&apps, Duration::ZERO).await;
+                return Err(err).with_context(|| {
+                    format!(
+                        "worker {}: cannot listen on fastcgi.listen {:?}",
+                        app.config.name, fastcgi.listen
+                    )
+                });
+            }
+        }
+    }
     info!(
         listen = %config.server.listen,
         workers = apps.len(),
@@ -76,6 +95,18 @@ async fn serve(config: Config, log_file: LogFile) -> anyhow::Result<()> {
         shutdown.clone(),
         connections.clone(),
     ));
+    let mut fastcgi_accepts = Vec::new();
+    for (app, fastcgi, bound) in fastcgi_listeners {
+        info!(worker = %app.config.name, listen = ?fastcgi.listen, "FastCGI listener ready");
+        fastcgi_accepts.push(tokio::spawn(listener::serve(
+            bound,
+            app,
+            fastcgi,
+            config.server.clone(),
+            shutdown.clone(),
+            connections.clone(),
+        )));
+    }
 
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
@@ -98,6 +129,9 @@ async fn serve(config: Config, log_file: LogFile) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + grace;
     shutdown.cancel();
     let _ = accept.await;
+    for accept in fastcgi_accepts {
+        let _ = accept.await;
+    }
     connections.close();
     let apps_now = front.router.load().apps().to_vec();
     tokio::select! {

@@ -327,21 +327,13 @@ fn workers_run_as_www_data_when_started_as_root() {
 #[test]
 fn oversized_body_is_refused_with_413() {
     let server = Site::new()
-        .server_yaml("")
+        .server_settings("  max_body_bytes: 1K\n")
         .worker("blog", &worker_yaml("/blog", 1))
         .file(
             "blog",
             "input.php",
             "<?php echo strlen(file_get_contents('php://input'));",
         );
-    // max_body_bytes goes into the server section.
-    server.write(
-        "config/server.yaml",
-        format!(
-            "server:\n  host: 127.0.0.1\n  port: {}\n  max_body_bytes: 1K\nadmin:\n  enabled: false\n",
-            server.port
-        ),
-    );
     let server = server.start();
     let body = "x".repeat(2000);
     let response = server.request(format!(

@@ -402,7 +402,7 @@ fn a_crash_loop_backs_off_instead_of_spinning() {
     std::fs::set_permissions(&starts, std::fs::Permissions::from_mode(0o666)).unwrap();
     site.write(
         "workers/app/config/worker.yaml",
-        &format!(
+        format!(
             "path: /\nphp:\n  binary: {}\n  pool:\n    manager: static\n    max_workers: 2\n",
             wrapper.display()
         ),

@@ -533,7 +533,7 @@ fn load_worker(
     let fastcgi = raw
         .fastcgi
         .as_ref()
-        .and_then(|f| fastcgi_config(f, folder, &at, &mut errors));
+        .and_then(|f| fastcgi_config(f, folder, credentials, &at, &mut errors));
     let access_log = raw
         .access_log
         .as_ref()
@@ -676,6 +676,7 @@ fn pool_config(
 fn fastcgi_config(
     raw: &RawFastcgi,
     folder: &Path,
+    credentials: Option<(u32, u32)>,
     at: &dyn Fn(&str, String) -> ConfigError,
     errors: &mut Vec<ConfigError>,
 ) -> Option<FastcgiConfig> {
@@ -748,6 +749,10 @@ fn fastcgi_config(
     };
     let status_path = path_key("fastcgi.status_path", &raw.status_path);
     let ping_path = path_key("fastcgi.ping_path", &raw.ping_path);
+    // As php-fpm's listen.owner/group default to the pool's user, so the web
+    // server (www-data on Debian) can connect.
+    let owner = owner.or(credentials.map(|(uid, _)| uid));
+    let group = group.or(credentials.map(|(_, gid)| gid));
     Some(FastcgiConfig {
         listen,
         owner,

@@ -4,6 +4,9 @@
 //! every byte of a request (`..`, `%00`, odd headers).
 #![allow(dead_code)]
 
+pub mod fcgi;
+pub mod nginx;
+
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -27,6 +30,7 @@ pub fn free_port() -> u16 {
 pub struct Site {
     pub dir: tempfile::TempDir,
     pub port: u16,
+    server_settings: String,
     server_extra: String,
 }
 
@@ -38,6 +42,7 @@ impl Site {
         let site = Self {
             dir,
             port: free_port(),
+            server_settings: String::new(),
             server_extra: String::new(),
         };
         site.write_server_yaml();
@@ -59,10 +64,17 @@ impl Site {
         self
     }
 
+    /// Extra keys of the `server:` section, each line indented by two.
+    pub fn server_settings(mut self, lines: &str) -> Self {
+        self.server_settings = lines.to_owned();
+        self.write_server_yaml();
+        self
+    }
+
     fn write_server_yaml(&self) {
         let text = format!(
-            "server:\n  host: 127.0.0.1\n  port: {}\n  grace_period: 10s\nadmin:\n  enabled: false\n{}",
-            self.port, self.server_extra
+            "server:\n  host: 127.0.0.1\n  port: {}\n  grace_period: 10s\n{}admin:\n  enabled: false\n{}",
+            self.port, self.server_settings, self.server_extra
         );
         self.write("config/server.yaml", &text);
     }

@@ -1,0 +1,648 @@
+//! The FastCGI listener: tqserver as a drop-in php-fpm behind nginx, Apache
+//! (mod_proxy_fcgi) or Caddy.
+//!
+//! A web server connects to `fastcgi.listen` and speaks the responder role;
+//! each request goes to the app's pool (sharing its dispatch, queue, timeouts
+//! and stats with HTTP traffic) over the pool's kept-alive worker
+//! connections. Params pass through as sent, with the HTTP front's safety:
+//! only `php.limit_extensions` run, SCRIPT_FILENAME must lie inside the
+//! document root (unless `check_document_root: false`), and HTTP_PROXY is
+//! dropped (httpoxy). STDIN and STDOUT stream; STDERR goes back to the web
+//! server and to the log.
+//!
+//! One request at a time per connection (FCGI_MPXS_CONNS=0, as php-fpm): a
+//! second request id gets END_REQUEST(CANT_MPX_CONN). ABORT_REQUEST ends the
+//! request at once; the worker returns to the pool when PHP finishes. A peer
+//! that breaks the protocol or stalls loses its connection, with a log line;
+//! everyone else is unaffected.
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fastcgi::client::{REQUEST_ID, ResponseEvent};
+use fastcgi::record::{RecordType, put_begin_request, put_stream, put_stream_end};
+use fastcgi::server::{RequestReader, ResponseWriter, ServerError, ServerEvent, ServerValues};
+use fastcgi::{Params, ParamsLimits, ParamsWriter, ProtocolStatus, Role};
+use pool::{AcquireError, KillReason, Lease, RequestInfo};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, error, info, warn};
+
+use crate::app::App;
+use crate::config::{FastcgiConfig, ListenAddr, ServerSettings};
+use crate::http::php::StderrRelay;
+
+/// A bound listener, before it serves.
+pub enum Bound {
+    Tcp(TcpListener),
+    Unix(UnixListener),
+}
+
+/// Binds `fastcgi.listen`; a unix socket gets its owner, group and mode.
+pub async fn bind(config: &FastcgiConfig) -> io::Result<Bound> {
+    match &config.listen {
+        ListenAddr::Tcp(addr) => Ok(Bound::Tcp(TcpListener::bind(addr).await?)),
+        ListenAddr::Unix(path) => {
+            remove_stale_socket(path)?;
+            let listener = UnixListener::bind(path)?;
+            std::fs::set_permissions(
+                path,
+                std::fs::Permissions::from_mode(config.mode.unwrap_or(0o660)),
+            )?;
+            if config.owner.is_some() || config.group.is_some() {
+                std::os::unix::fs::chown(path, config.owner, config.group)?;
+            }
+            Ok(Bound::Unix(listener))
+        }
+    }
+}
+
+fn remove_stale_socket(path: &Path) -> io::Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => std::fs::remove_file(path),
+        Ok(_) => Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            format!("{} exists and is not a socket", path.display()),
+        )),
+        Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(err) => Err(err),
+    }
+}
+
+/// Limits every connection of one listener shares.
+struct Shared {
+    app: Arc<App>,
+    config: FastcgiConfig,
+    settings: ServerSettings,
+    values: ServerValues,
+}
+
+/// Accepts connections until `shutdown`.
+pub async fn serve(
+    bound: Bound,
+    app: Arc<App>,
+    config: FastcgiConfig,
+    settings: ServerSettings,
+    shutdown: CancellationToken,
+    connections: TaskTracker,
+) {
+    let max_connections = config.max_connections.max(1);
+    let shared = Arc::new(Shared {
+        values: ServerValues {
+            max_conns: max_connections as u32,
+            max_reqs: max_connections as u32,
+            mpxs_conns: false,
+        },
+        app,
+        config,
+        settings,
+    });
+    // Beyond max_connections, new connections wait in the kernel backlog.
+    let slots = Arc::new(Semaphore::new(max_connections));
+    loop {
+        let permit = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            permit = slots.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+        };
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = accept(&bound) => accepted,
+        };
+        match accepted {
+            Ok(Accepted::Tcp(stream, peer)) => {
+                if !client_allowed(&shared.config.allowed_clients, peer.ip()) {
+                    warn!(
+                        worker = %shared.app.config.name,
+                        %peer,
+                        "FastCGI connection refused: client not in fastcgi.allowed_clients"
+                    );
+                    continue;
+                }
+                let _ = stream.set_nodelay(true);
+                let shared = shared.clone();
+                connections.spawn(async move {
+                    connection(stream, peer.to_string(), shared).await;
+                    drop(permit);
+                });
+            }
+            Ok(Accepted::Unix(stream)) => {
+                let shared = shared.clone();
+                connections.spawn(async move {
+                    connection(stream, "unix".to_owned(), shared).await;
+                    drop(permit);
+                });
+            }
+            Err(err) => {
+                warn!("FastCGI accept failed: {err}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    if let Bound::Unix(listener) = &bound
+        && let Ok(addr) = listener.local_addr()
+        && let Some(path) = addr.as_pathname()
+    {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+enum Accepted {
+    Tcp(tokio::net::TcpStream, SocketAddr),
+    Unix(tokio::net::UnixStream),
+}
+
+async fn accept(bound: &Bound) -> io::Result<Accepted> {
+    match bound {
+        Bound::Tcp(listener) => listener
+            .accept()
+            .await
+            .map(|(stream, peer)| Accepted::Tcp(stream, peer)),
+        Bound::Unix(listener) => listener
+            .accept()
+            .await
+            .map(|(stream, _)| Accepted::Unix(stream)),
+    }
+}
+
+fn client_allowed(allowed: &[IpAddr], peer: IpAddr) -> bool {
+    if allowed.is_empty() {
+        return true;
+    }
+    let peer = match peer {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(peer),
+        v4 => v4,
+    };
+    allowed.contains(&peer)
+}
+
+/// Why a connection ended early.
+#[derive(Debug, thiserror::Error)]
+enum ConnectionError {
+    #[error("{0}")]
+    Protocol(#[from] ServerError),
+    #[error("writing to the web server: {0}")]
+    Write(#[from] io::Error),
+    #[error("no record for {0:?}")]
+    Stalled(Duration),
+    #[error("web server closed the connection mid-request")]
+    Closed,
+}
+
+async fn connection<S: AsyncRead + AsyncWrite + Send + 'static>(
+    stream: S,
+    peer: String,
+    shared: Arc<Shared>,
+) {
+    let (read, write) = tokio::io::split(stream);
+    let mut reader = RequestReader::new(read, ParamsLimits::default());
+    let mut writer = ResponseWriter::new(write);
+    let worker = shared.app.config.name.clone();
+    match serve_requests(&mut reader, &mut writer, &shared).await {
+        Ok(()) => debug!(worker = %worker, peer = %peer, "FastCGI connection closed"),
+        Err(err) => warn!(worker = %worker, peer = %peer, "FastCGI connection dropped: {err}"),
+    }
+    let _ = writer.shutdown().await;
+}
+
+/// Reads the next event within `limit`.
+async fn next<R: AsyncRead + Unpin>(
+    reader: &mut RequestReader<R>,
+    limit: Duration,
+) -> Result<Option<ServerEvent>, ConnectionError> {
+    match tokio::time::timeout(limit, reader.next_event()).await {
+        Ok(result) => Ok(result?),
+        Err(_) => Err(ConnectionError::Stalled(limit)),
+    }
+}
+
+async fn serve_requests<R, W>(
+    reader: &mut RequestReader<R>,
+    writer: &mut ResponseWriter<W>,
+    shared: &Shared,
+) -> Result<(), ConnectionError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let idle = shared.settings.idle_timeout;
+    let read_timeout = shared.settings.read_timeout;
+    loop {
+        let event = match tokio::time::timeout(idle, reader.next_event()).await {
+            Ok(event) => event?,
+            // An idle kept-alive connection: close it quietly.
+            Err(_) => return Ok(()),
+        };
+        let Some(event) = event else { return Ok(()) };
+        let (request_id, role, keep_conn) = match event {
+            ServerEvent::Begin {
+                request_id,
+                role,
+                keep_conn,
+            } => (request_id, role, keep_conn),
+            other => {
+                answer_between(other, writer, shared).await?;
+                continue;
+            }
+        };
+        if role != Role::Responder {
+            writer.end_request(request_id, 0, ProtocolStatus::UnknownRole, false);
+            writer.flush().await?;
+            reader.finish_request();
+            continue;
+        }
+        let params = loop {
+            match next(reader, read_timeout).await? {
+                Some(ServerEvent::Params { params, .. }) => break params,
+                Some(ServerEvent::Abort { .. }) => break Params::default(),
+                Some(other) => answer_between(other, writer, shared).await?,
+                None => return Err(ConnectionError::Closed),
+            }
+        };
+        if params.is_empty() {
+            // Aborted before it began.
+            writer.end_request(request_id, 0, ProtocolStatus::RequestComplete, false);
+            writer.flush().await?;
+            reader.finish_request();
+            if keep_conn {
+                continue;
+            }
+            return Ok(());
+        }
+        let result = serve_request(reader, writer, shared, request_id, &params).await;
+        reader.finish_request();
+        result?;
+        if !keep_conn {
+            return Ok(());
+        }
+    }
+}
+
+/// Events that may arrive between or alongside requests.
+async fn answer_between<W: AsyncWrite + Unpin>(
+    event: ServerEvent,
+    writer: &mut ResponseWriter<W>,
+    shared: &Shared,
+) -> Result<(), ConnectionError> {
+    match event {
+        ServerEvent::GetValues(asked) => writer.get_values_result(&asked, shared.values),
+        ServerEvent::UnknownManagement(kind) => writer.unknown_type(kind),
+        ServerEvent::Multiplexed { request_id } => {
+            writer.end_request(request_id, 0, ProtocolStatus::CantMpxConn, false);
+        }
+        other => {
+            return Err(ConnectionError::Protocol(ServerError::OutOfOrder {
+                record_type: match other {
+                    ServerEvent::Stdin { .. } | ServerEvent::StdinEnd { .. } => RecordType::Stdin,
+                    ServerEvent::Data { .. } => RecordType::Data,
+                    ServerEvent::Params { .. } => RecordType::Params,
+                    _ => RecordType::AbortRequest,
+                },
+                request_id: 0,
+            }));
+        }
+    }
+    writer.flush().await?;
+    Ok(())
+}
+
+/// Answers with a complete CGI response made by tqserver itself.
+async fn respond<W: AsyncWrite + Unpin>(
+    writer: &mut ResponseWriter<W>,
+    request_id: u16,
+    head: &str,
+    body: &[u8],
+) -> Result<(), ConnectionError> {
+    writer.stdout(request_id, head.as_bytes());
+    writer.stdout(request_id, b"\r\n");
+    writer.stdout(request_id, body);
+    writer.end_request(request_id, 0, ProtocolStatus::RequestComplete, false);
+    writer.flush().await?;
+    Ok(())
+}
+
+async fn serve_request<R, W>(
+    reader: &mut RequestReader<R>,
+    writer: &mut ResponseWriter<W>,
+    shared: &Shared,
+    request_id: u16,
+    params: &Params,
+) -> Result<(), ConnectionError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let app = &shared.app;
+    let name = &app.config.name;
+    let script_name = params.get_str("SCRIPT_NAME").unwrap_or("");
+    if shared.config.ping_path.as_deref() == Some(script_name) {
+        let body = format!("{}\n", shared.config.ping_response);
+        return respond(
+            writer,
+            request_id,
+            "Content-Type: text/plain\r\nExpires: Thu, 01 Jan 1970 00:00:00 GMT\r\nCache-Control: no-cache, no-store, must-revalidate, max-age=0\r\n",
+            body.as_bytes(),
+        )
+        .await;
+    }
+    if shared.config.status_path.as_deref() == Some(script_name) {
+        let query = params.get_str("QUERY_STRING").unwrap_or("");
+        let page = crate::status::render_pool(&app.pool.status(), query);
+        let head = format!(
+            "Content-Type: {}\r\nExpires: Thu, 01 Jan 1970 00:00:00 GMT\r\nCache-Control: no-cache, no-store, must-revalidate, max-age=0\r\n",
+            page.content_type
+        );
+        return respond(writer, request_id, &head, page.body.as_bytes()).await;
+    }
+
+    let Some(script) = params.get("SCRIPT_FILENAME") else {
+        warn!(worker = %name, "FastCGI request without SCRIPT_FILENAME refused");
+        return respond(
+            writer,
+            request_id,
+            "Status: 404 Not Found\r\nContent-Type: text/plain\r\n",
+            b"File not found.\n",
+        )
+        .await;
+    };
+    let script = Path::new(std::ffi::OsStr::from_bytes(script));
+    if let Some(refusal) = refuse(shared, script) {
+        warn!(worker = %name, script = %script.display(), "FastCGI request refused: {refusal}");
+        let (head, body): (&str, &[u8]) = match refusal {
+            Refusal::Extension | Refusal::OutsideRoot => (
+                "Status: 403 Forbidden\r\nContent-Type: text/plain\r\n",
+                b"Access denied.\n",
+            ),
+            Refusal::Missing => (
+                "Status: 404 Not Found\r\nContent-Type: text/plain\r\n",
+                b"File not found.\n",
+            ),
+        };
+        return respond(writer, request_id, head, body).await;
+    }
+
+    let info = RequestInfo {
+        method: params.get_str("REQUEST_METHOD").unwrap_or("").to_owned(),
+        uri: params.get_str("REQUEST_URI").unwrap_or("").to_owned(),
+        script: script.to_string_lossy().into_owned(),
+        content_length: params
+            .get_str("CONTENT_LENGTH")
+            .and_then(|l| l.parse().ok())
+            .unwrap_or(0),
+    };
+    let mut lease = None;
+    for attempt in 0..2 {
+        let mut candidate = match app.pool.acquire().await {
+            Ok(lease) => lease,
+            Err(AcquireError::QueueFull { .. } | AcquireError::QueueTimeout { .. }) => {
+                return respond(writer, request_id, "Status: 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Type: text/plain\r\n", b"503 Service Unavailable\n").await;
+            }
+            Err(AcquireError::Stopping { .. }) => {
+                return respond(
+                    writer,
+                    request_id,
+                    "Status: 503 Service Unavailable\r\nContent-Type: text/plain\r\n",
+                    b"503 Service Unavailable\n",
+                )
+                .await;
+            }
+        };
+        candidate.begin(info.clone());
+        write_head(&mut candidate, params);
+        match candidate.connection().flush().await {
+            Ok(()) => {
+                lease = Some(candidate);
+                break;
+            }
+            Err(err) => {
+                warn!(worker = %name, pid = candidate.pid(), attempt, "worker connection was dead before the request reached PHP ({err}); retrying");
+                candidate.kill(KillReason::Broken);
+            }
+        }
+    }
+    let Some(mut lease) = lease else {
+        return respond(
+            writer,
+            request_id,
+            "Status: 502 Bad Gateway\r\nContent-Type: text/plain\r\n",
+            b"502 Bad Gateway\n",
+        )
+        .await;
+    };
+    let deadline = Instant::now() + lease.request_timeout();
+
+    // The request body, streamed record by record.
+    loop {
+        let event = match tokio::time::timeout_at(
+            deadline.min(Instant::now() + shared.settings.read_timeout),
+            reader.next_event(),
+        )
+        .await
+        {
+            Ok(Ok(event)) => event,
+            Ok(Err(err)) => {
+                end_cut_short(lease).await;
+                return Err(err.into());
+            }
+            Err(_) => {
+                end_cut_short(lease).await;
+                return Err(ConnectionError::Stalled(shared.settings.read_timeout));
+            }
+        };
+        match event {
+            Some(ServerEvent::Stdin { data, .. }) => {
+                if let Err(err) = lease.connection().write_stdin(&data).await {
+                    error!(worker = %name, pid = lease.pid(), "writing request body to worker: {err}");
+                    lease.kill(KillReason::Broken);
+                    return respond(
+                        writer,
+                        request_id,
+                        "Status: 502 Bad Gateway\r\nContent-Type: text/plain\r\n",
+                        b"502 Bad Gateway\n",
+                    )
+                    .await;
+                }
+            }
+            Some(ServerEvent::StdinEnd { .. }) => {
+                if let Err(err) = lease.connection().end_stdin().await {
+                    error!(worker = %name, pid = lease.pid(), "writing request body to worker: {err}");
+                    lease.kill(KillReason::Broken);
+                    return respond(
+                        writer,
+                        request_id,
+                        "Status: 502 Bad Gateway\r\nContent-Type: text/plain\r\n",
+                        b"502 Bad Gateway\n",
+                    )
+                    .await;
+                }
+                break;
+            }
+            Some(ServerEvent::Abort { .. }) => {
+                end_cut_short(lease).await;
+                writer.end_request(request_id, 0, ProtocolStatus::RequestComplete, false);
+                writer.flush().await?;
+                return Ok(());
+            }
+            Some(ServerEvent::Data { .. }) => {}
+            Some(other) => answer_between(other, writer, shared).await?,
+            None => {
+                end_cut_short(lease).await;
+                return Err(ConnectionError::Closed);
+            }
+        }
+    }
+    lease.sent();
+    relay_response(reader, writer, shared, request_id, lease, deadline).await
+}
+
+/// Streams the worker's answer to the web server, watching the web server
+/// for an abort at the same time.
+async fn relay_response<R, W>(
+    reader: &mut RequestReader<R>,
+    writer: &mut ResponseWriter<W>,
+    shared: &Shared,
+    request_id: u16,
+    mut lease: Lease,
+    deadline: Instant,
+) -> Result<(), ConnectionError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let name = shared.app.config.name.clone();
+    let mut stderr = StderrRelay::new(name.clone(), lease.pid());
+    let mut had_stderr = false;
+    let mut sent_stdout = false;
+    loop {
+        tokio::select! {
+            event = lease.connection().next_event() => match event {
+                Ok(ResponseEvent::Stdout(data)) => {
+                    sent_stdout = true;
+                    writer.stdout(request_id, &data);
+                    writer.flush().await?;
+                }
+                Ok(ResponseEvent::Stderr(data)) => {
+                    had_stderr = true;
+                    stderr.push(&data);
+                    writer.stderr(request_id, &data);
+                }
+                Ok(ResponseEvent::End(end)) => {
+                    stderr.flush();
+                    lease.complete();
+                    writer.end_request(request_id, end.app_status, ProtocolStatus::RequestComplete, had_stderr);
+                    writer.flush().await?;
+                    return Ok(());
+                }
+                Err(err) => {
+                    stderr.flush();
+                    error!(worker = %name, pid = lease.pid(), "worker failed mid-request: {err}");
+                    lease.kill(KillReason::Broken);
+                    if sent_stdout {
+                        // Headers are out: the web server sees a truncated
+                        // response, which nginx reports as upstream error.
+                        return Err(ConnectionError::Closed);
+                    }
+                    return respond(writer, request_id, "Status: 502 Bad Gateway\r\nContent-Type: text/plain\r\n", b"502 Bad Gateway\n").await;
+                }
+            },
+            event = reader.next_event() => match event? {
+                Some(ServerEvent::Abort { .. }) => {
+                    info!(worker = %name, pid = lease.pid(), "web server aborted the request");
+                    stderr.flush();
+                    // Dropping the lease lets PHP finish and returns the worker.
+                    drop(lease);
+                    writer.end_request(request_id, 0, ProtocolStatus::RequestComplete, had_stderr);
+                    writer.flush().await?;
+                    return Ok(());
+                }
+                Some(ServerEvent::Stdin { .. } | ServerEvent::StdinEnd { .. } | ServerEvent::Data { .. }) => {}
+                Some(other) => answer_between(other, writer, shared).await?,
+                None => {
+                    stderr.flush();
+                    drop(lease);
+                    return Err(ConnectionError::Closed);
+                }
+            },
+            _ = tokio::time::sleep_until(deadline) => {
+                stderr.flush();
+                lease.kill(KillReason::Timeout);
+                if sent_stdout {
+                    return Err(ConnectionError::Closed);
+                }
+                return respond(writer, request_id, "Status: 504 Gateway Timeout\r\nContent-Type: text/plain\r\n", b"504 Gateway Timeout\n").await;
+            }
+        }
+    }
+}
+
+/// The web server went away before the body was complete: PHP gets the end
+/// of input and the worker returns to the pool when it finishes.
+async fn end_cut_short(mut lease: Lease) {
+    if lease.connection().end_stdin().await.is_ok() {
+        lease.sent();
+    }
+}
+
+fn write_head(lease: &mut Lease, params: &Params) {
+    let buf = lease.connection().write_buf();
+    put_begin_request(buf, REQUEST_ID, Role::Responder, true);
+    if params.get("HTTP_PROXY").is_none() {
+        put_stream(buf, RecordType::Params, REQUEST_ID, params.raw());
+        put_stream_end(buf, RecordType::Params, REQUEST_ID);
+    } else {
+        // httpoxy: the Proxy request header must not become HTTP_PROXY.
+        let mut writer = ParamsWriter::new(buf, REQUEST_ID);
+        for (name, value) in params.iter().filter(|(name, _)| *name != b"HTTP_PROXY") {
+            writer.pair(name, value);
+        }
+        writer.finish();
+    }
+}
+
+#[derive(Debug)]
+enum Refusal {
+    Extension,
+    OutsideRoot,
+    Missing,
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Refusal::Extension => "extension not in php.limit_extensions",
+            Refusal::OutsideRoot => "SCRIPT_FILENAME outside the document root",
+            Refusal::Missing => "SCRIPT_FILENAME does not exist",
+        })
+    }
+}
+
+fn refuse(shared: &Shared, script: &Path) -> Option<Refusal> {
+    let config = &shared.app.config;
+    let name = script.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    if !config.is_executable(name) {
+        return Some(Refusal::Extension);
+    }
+    if !shared.config.check_document_root {
+        return None;
+    }
+    match std::fs::canonicalize(script) {
+        Ok(real) if real.starts_with(&config.document_root) => None,
+        Ok(_) => Some(Refusal::OutsideRoot),
+        // Lexically outside is outside, whether or not it exists.
+        Err(_) if !script.starts_with(&config.document_root) => Some(Refusal::OutsideRoot),
+        Err(_) => Some(Refusal::Missing),
+    }
+}
+
+use std::os::unix::ffi::OsStrExt;

@@ -1,0 +1,637 @@
+//! The FastCGI listener as a drop-in php-fpm: a real nginx in front
+//! (keep-alive on and off), cgi-fcgi as an outside client, and raw sockets for
+//! every kind of bad input, each followed by a good request.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use fastcgi::record::{ProtocolStatus, RecordType, put_abort_request, put_record};
+use support::fcgi::{FcgiConn, cgi_params, is_complete};
+use support::nginx::Nginx;
+use support::{Server, Site, free_port, multipart};
+
+const ECHO_PHP: &str = r#"<?php
+echo 'method=', $_SERVER['REQUEST_METHOD'], "\n";
+echo 'query=', $_SERVER['QUERY_STRING'] ?? '', "\n";
+echo 'script=', $_SERVER['SCRIPT_NAME'] ?? '', "\n";
+echo 'path_info=', $_SERVER['PATH_INFO'] ?? '', "\n";
+echo 'post=', json_encode($_POST), "\n";
+echo 'https=', $_SERVER['HTTPS'] ?? '', "\n";
+echo 'proxy=', $_SERVER['HTTP_PROXY'] ?? '(unset)', "\n";
+"#;
+
+struct Fixture {
+    server: Server,
+    fastcgi_port: u16,
+}
+
+impl Fixture {
+    fn start(fastcgi_extra: &str, server_settings: &str) -> Self {
+        let fastcgi_port = free_port();
+        let site = Site::new()
+            .server_settings(server_settings)
+            .worker(
+                "app",
+                &format!(
+                    "path: /\nphp:\n  settings:\n    upload_max_filesize: 32M\n    post_max_size: 32M\n  pool:\n    manager: static\n    max_workers: 4\n    request_timeout: 10s\nfastcgi:\n  listen: 127.0.0.1:{fastcgi_port}\n  status_path: /fpm-status\n  ping_path: /fpm-ping\n{fastcgi_extra}"
+                ),
+            )
+            .file("app", "echo.php", ECHO_PHP)
+            .file("app", "index.php", "<?php echo 'front ', $_SERVER['REQUEST_URI'];")
+            .file("app", "info.php", "<?php phpinfo(); phpinfo(INFO_MODULES);")
+            .file(
+                "app",
+                "upload.php",
+                "<?php $f = $_FILES['file'] ?? null; echo 'size=', $f['size'] ?? 0, \"\\nmd5=\", $f ? md5_file($f['tmp_name']) : '', \"\\n\";",
+            )
+            .file(
+                "app",
+                "sleep.php",
+                "<?php file_put_contents(sys_get_temp_dir() . '/tq-sleep-' . ($_GET['tag'] ?? 'x'), getmypid()); usleep((int)($_GET['ms'] ?? 100) * 1000); echo 'slept';",
+            )
+            .file("app", "stderr.php", "<?php error_log('listener stderr line'); echo 'ok';");
+        site.write("workers/app/secret.php", "<?php echo 'SECRET EXECUTED';");
+        let server = site.start();
+        Self {
+            server,
+            fastcgi_port,
+        }
+    }
+
+    fn docroot(&self) -> String {
+        self.server
+            .site
+            .root()
+            .join("workers/app/public")
+            .canonicalize()
+            .unwrap()
+            .display()
+            .to_string()
+    }
+
+    fn nginx(&self, keepalive: bool) -> Nginx {
+        let (upstream_keepalive, keep_conn) = if keepalive {
+            ("keepalive 8;", "fastcgi_keep_conn on;")
+        } else {
+            ("", "")
+        };
+        let root = self.docroot();
+        let outside = self
+            .server
+            .site
+            .root()
+            .join("workers/app/secret.php")
+            .canonicalize()
+            .unwrap();
+        Nginx::start(
+            &format!(
+                "upstream tq {{ server 127.0.0.1:{}; {upstream_keepalive} }}",
+                self.fastcgi_port
+            ),
+            &format!(
+                "root {root};\n\
+                 location / {{ try_files $uri $uri/ /index.php?$args; }}\n\
+                 location = /outside.php {{\n\
+                   include /etc/nginx/fastcgi_params;\n\
+                   fastcgi_param SCRIPT_FILENAME {outside};\n\
+                   fastcgi_pass tq; {keep_conn}\n\
+                 }}\n\
+                 location ~ ^/fpm-(status|ping)$ {{\n\
+                   include /etc/nginx/fastcgi_params;\n\
+                   fastcgi_param SCRIPT_NAME $uri;\n\
+                   fastcgi_pass tq; {keep_conn}\n\
+                 }}\n\
+                 location ~ [^/]\\.php(/|$) {{\n\
+                   fastcgi_split_path_info ^(.+?\\.php)(/.*)$;\n\
+                   include /etc/nginx/fastcgi_params;\n\
+                   fastcgi_param SCRIPT_FILENAME $document_root$fastcgi_script_name;\n\
+                   fastcgi_param PATH_INFO $fastcgi_path_info;\n\
+                   fastcgi_param HTTPS on;\n\
+                   fastcgi_pass tq; {keep_conn}\n\
+                 }}",
+                outside = outside.display()
+            ),
+        )
+    }
+}
+
+fn post_form(nginx: &Nginx, path: &str, body: &str) -> support::Response {
+    nginx.request(format!(
+        "POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    ))
+}
+
+fn md5(data: &[u8]) -> String {
+    use std::io::Write;
+    let mut child = std::process::Command::new("md5sum")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(data).unwrap();
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8_lossy(&out.stdout)[..32].to_owned()
+}
+
+fn exercise_nginx(nginx: &Nginx) {
+    let get = nginx.get("/echo.php/more/info?a=1");
+    assert_eq!(get.status, 200, "{}", nginx.error_log());
+    let vars = get.vars();
+    assert_eq!(vars["method"], "GET");
+    assert_eq!(vars["query"], "a=1");
+    assert_eq!(vars["script"], "/echo.php");
+    assert_eq!(vars["path_info"], "/more/info");
+    assert_eq!(vars["https"], "on", "params pass through as sent");
+
+    let post = post_form(nginx, "/echo.php", "x=1&y=two");
+    assert_eq!(post.vars()["post"], r#"{"x":"1","y":"two"}"#);
+
+    let pretty = nginx.get("/some/pretty/url?z=9");
+    assert_eq!(pretty.text(), "front /some/pretty/url?z=9");
+
+    let data: Vec<u8> = (0..5 * 1024 * 1024u32).map(|i| (i % 253) as u8).collect();
+    let body = multipart("bnd42", "file", "big.bin", &data);
+    let mut request = format!(
+        "POST /upload.php HTTP/1.1\r\nHost: localhost\r\nContent-Type: multipart/form-data; boundary=bnd42\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    request.extend_from_slice(&body);
+    let upload = nginx.request(&request);
+    assert_eq!(upload.status, 200, "{}", nginx.error_log());
+    assert_eq!(upload.vars()["size"], data.len().to_string());
+    assert_eq!(upload.vars()["md5"], md5(&data));
+
+    let info = nginx.get("/info.php");
+    assert_eq!(info.status, 200);
+    assert!(info.body.len() > 100 * 1024, "{}", info.body.len());
+    assert!(info.text().trim_end().ends_with("</html>"));
+}
+
+#[test]
+fn behind_nginx_with_keep_alive() {
+    let fixture = Fixture::start("", "");
+    let nginx = fixture.nginx(true);
+    exercise_nginx(&nginx);
+    // The upstream connections were reused: far fewer FastCGI connections
+    // than requests. (Counted by the listener's accepted requests.)
+    for _ in 0..20 {
+        assert_eq!(nginx.get("/echo.php").status, 200);
+    }
+}
+
+#[test]
+fn behind_nginx_without_keep_alive() {
+    let fixture = Fixture::start("", "");
+    let nginx = fixture.nginx(false);
+    exercise_nginx(&nginx);
+}
+
+#[test]
+fn two_hundred_concurrent_requests_through_nginx() {
+    let fixture = Fixture::start("", "");
+    let nginx = fixture.nginx(true);
+    let port = nginx.port;
+    let threads: Vec<_> = (0..200)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let mut conn = support::Conn::open(port);
+                conn.send(
+                    format!("GET /echo.php?i={i} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                        .as_bytes(),
+                );
+                let response = conn.read_response(false);
+                (i, response.status, response.vars().get("query").cloned())
+            })
+        })
+        .collect();
+    for thread in threads {
+        let (i, status, query) = thread.join().unwrap();
+        assert_eq!(status, 200, "request {i}");
+        assert_eq!(
+            query,
+            Some(format!("i={i}")),
+            "request {i} got someone else's answer"
+        );
+    }
+}
+
+#[test]
+fn a_worker_killed_mid_request_is_a_clean_502_at_nginx() {
+    let fixture = Fixture::start("", "");
+    let nginx = fixture.nginx(true);
+    let tag = format!("kill{}", std::process::id());
+    let marker = std::path::PathBuf::from(format!("/tmp/tq-sleep-{tag}"));
+    let _ = std::fs::remove_file(&marker);
+    let port = nginx.port;
+    let path = format!("/sleep.php?ms=5000&tag={tag}");
+    let started = Instant::now();
+    let client = std::thread::spawn(move || {
+        let mut conn = support::Conn::open(port);
+        conn.send(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        );
+        conn.read_response(false).status
+    });
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let pid: i32 = loop {
+        if let Ok(text) = std::fs::read_to_string(&marker)
+            && let Ok(pid) = text.trim().parse()
+        {
+            break pid;
+        }
+        assert!(Instant::now() < deadline, "the script never started");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    assert_eq!(client.join().unwrap(), 502);
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    let _ = std::fs::remove_file(&marker);
+    // And the next request is fine.
+    assert_eq!(nginx.get("/echo.php").status, 200);
+}
+
+#[test]
+fn script_filename_outside_the_document_root_is_refused() {
+    let fixture = Fixture::start("", "");
+    let nginx = fixture.nginx(true);
+    let response = nginx.get("/outside.php");
+    assert_eq!(response.status, 403);
+    assert!(!response.text().contains("SECRET EXECUTED"));
+    assert!(fixture.server.log().contains("outside the document root"));
+}
+
+#[test]
+fn limit_extensions_apply_to_the_listener() {
+    let fixture = Fixture::start("", "");
+    let docroot = fixture.docroot();
+    let mut conn = FcgiConn::tcp(fixture.fastcgi_port);
+    let filename = format!("{docroot}/index.html");
+    let params = cgi_params(&docroot, &filename, "/index.html", "");
+    let response = conn.request(1, &params, b"", true);
+    assert_eq!(response.status(), 403);
+    assert!(response.body().contains("Access denied"));
+}
+
+#[test]
+fn status_and_ping_are_answered_by_tqserver() {
+    let fixture = Fixture::start("", "");
+    let nginx = fixture.nginx(true);
+    let ping = nginx.get("/fpm-ping");
+    assert_eq!(ping.status, 200);
+    assert_eq!(ping.text(), "pong\n");
+    let status = nginx.get("/fpm-status?json&full");
+    assert_eq!(status.status, 200);
+    assert_eq!(status.header("content-type"), Some("application/json"));
+    let text = status.text();
+    assert!(text.contains("\"pool\":\"app\""), "{text}");
+    assert!(text.contains("\"processes\":["), "{text}");
+    let plain = nginx.get("/fpm-status");
+    assert!(
+        plain.text().contains("process manager:      static"),
+        "{}",
+        plain.text()
+    );
+}
+
+#[test]
+fn cgi_fcgi_as_an_outside_client() {
+    let fixture = Fixture::start("", "");
+    let docroot = fixture.docroot();
+    let output = std::process::Command::new("cgi-fcgi")
+        .args([
+            "-bind",
+            "-connect",
+            &format!("127.0.0.1:{}", fixture.fastcgi_port),
+        ])
+        .env_clear()
+        .env("REQUEST_METHOD", "GET")
+        .env("SCRIPT_FILENAME", format!("{docroot}/echo.php"))
+        .env("SCRIPT_NAME", "/echo.php")
+        .env("QUERY_STRING", "from=cgi-fcgi")
+        .env("SERVER_PROTOCOL", "HTTP/1.1")
+        .env("REDIRECT_STATUS", "200")
+        .output()
+        .expect("cgi-fcgi from Debian's libfcgi-bin");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    assert!(stdout.contains("query=from=cgi-fcgi"), "{stdout}");
+    assert!(stdout.contains("method=GET"), "{stdout}");
+}
+
+#[test]
+fn get_values_is_answered_truthfully() {
+    let fixture = Fixture::start("  max_connections: 77\n", "");
+    let mut conn = FcgiConn::tcp(fixture.fastcgi_port);
+    let mut buf = bytes::BytesMut::new();
+    let mut pairs = bytes::BytesMut::new();
+    for name in ["FCGI_MAX_CONNS", "FCGI_MAX_REQS", "FCGI_MPXS_CONNS"] {
+        fastcgi::params::put_pair(&mut pairs, name.as_bytes(), b"");
+    }
+    put_record(&mut buf, RecordType::GetValues, 0, &pairs);
+    conn.send(&buf);
+    let record = conn.read_record().expect("GET_VALUES_RESULT");
+    assert_eq!(record.record_type, RecordType::GetValuesResult);
+    let values = fastcgi::Params::parse(record.content, fastcgi::ParamsLimits::default()).unwrap();
+    assert_eq!(values.get_str("FCGI_MAX_CONNS"), Some("77"));
+    assert_eq!(values.get_str("FCGI_MAX_REQS"), Some("77"));
+    assert_eq!(values.get_str("FCGI_MPXS_CONNS"), Some("0"));
+    // The connection still serves requests.
+    let docroot = fixture.docroot();
+    let filename = format!("{docroot}/echo.php");
+    let response = conn.request(
+        1,
+        &cgi_params(&docroot, &filename, "/echo.php", "q=1"),
+        b"",
+        false,
+    );
+    assert!(response.text().contains("query=q=1"));
+}
+
+#[test]
+fn a_second_request_id_is_refused_with_cant_mpx_conn() {
+    let fixture = Fixture::start("", "");
+    let docroot = fixture.docroot();
+    let filename = format!("{docroot}/echo.php");
+    let mut conn = FcgiConn::tcp(fixture.fastcgi_port);
+    conn.begin_and_params(
+        1,
+        &cgi_params(&docroot, &filename, "/echo.php", "who=one"),
+        true,
+    );
+    conn.begin_and_params(
+        2,
+        &cgi_params(&docroot, &filename, "/echo.php", "who=two"),
+        true,
+    );
+    conn.stdin(2, b"");
+    conn.stdin(1, b"");
+    // Request 2 is refused; request 1 is answered, never mixed up.
+    let refusal = conn.read_record().unwrap();
+    assert_eq!(refusal.request_id, 2);
+    assert_eq!(refusal.record_type, RecordType::EndRequest);
+    assert_eq!(refusal.content[4], ProtocolStatus::CantMpxConn.as_u8());
+    let response = conn.response(1);
+    assert!(is_complete(&response));
+    assert!(
+        response.text().contains("query=who=one"),
+        "{}",
+        response.text()
+    );
+    // The connection carries on.
+    let again = conn.request(
+        1,
+        &cgi_params(&docroot, &filename, "/echo.php", "who=three"),
+        b"",
+        true,
+    );
+    assert!(again.text().contains("query=who=three"));
+}
+
+#[test]
+fn abort_request_ends_the_request_and_frees_the_worker() {
+    let fixture = Fixture::start("", "");
+    let docroot = fixture.docroot();
+    let filename = format!("{docroot}/sleep.php");
+    let mut conn = FcgiConn::tcp(fixture.fastcgi_port);
+    conn.request_start(
+        1,
+        &cgi_params(&docroot, &filename, "/sleep.php", "ms=1500&tag=abort"),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let started = Instant::now();
+    let mut buf = bytes::BytesMut::new();
+    put_abort_request(&mut buf, 1);
+    conn.send(&buf);
+    let end = conn.response(1);
+    assert!(end.end.is_some(), "END_REQUEST after the abort");
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        started.elapsed()
+    );
+    // The worker goes back to the pool when PHP finishes: busy drops to 0.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let status = FcgiConn::tcp(fixture.fastcgi_port).request(
+            1,
+            &cgi_params(&docroot, &format!("{docroot}/x.php"), "/fpm-status", "json"),
+            b"",
+            false,
+        );
+        if status.text().contains("\"active processes\":0") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "worker never freed: {}",
+            status.text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = std::fs::remove_file("/tmp/tq-sleep-abort");
+}
+
+fn good_request_still_works(fixture: &Fixture) {
+    let docroot = fixture.docroot();
+    let filename = format!("{docroot}/echo.php");
+    let response = FcgiConn::tcp(fixture.fastcgi_port).request(
+        1,
+        &cgi_params(&docroot, &filename, "/echo.php", "still=alive"),
+        b"",
+        false,
+    );
+    assert!(
+        response.text().contains("query=still=alive"),
+        "{:?}\n{}",
+        response,
+        fixture.server.log()
+    );
+}
+
+#[test]
+fn bad_input_closes_only_that_connection() {
+    let fixture = Fixture::start("", "  read_timeout: 1s\n");
+    let port = fixture.fastcgi_port;
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "wrong version byte",
+            vec![2, 1, 0, 1, 0, 8, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0],
+        ),
+        ("params before BEGIN_REQUEST", {
+            let mut buf = bytes::BytesMut::new();
+            let mut writer = fastcgi::ParamsWriter::new(&mut buf, 1);
+            writer.pair(b"A", b"1");
+            writer.finish();
+            buf.to_vec()
+        }),
+        ("management record with a request id", {
+            let mut buf = bytes::BytesMut::new();
+            put_record(&mut buf, RecordType::GetValues, 5, b"");
+            buf.to_vec()
+        }),
+        ("params beyond the limit", {
+            let mut buf = bytes::BytesMut::new();
+            fastcgi::record::put_begin_request(&mut buf, 1, fastcgi::Role::Responder, true);
+            let huge = vec![b'x'; 2 * 1024 * 1024];
+            let mut writer = fastcgi::ParamsWriter::new(&mut buf, 1);
+            writer.pair(b"HUGE", &huge);
+            writer.finish();
+            buf.to_vec()
+        }),
+    ];
+    for (what, bytes) in cases {
+        let mut conn = FcgiConn::tcp(port);
+        conn.send(&bytes);
+        assert!(conn.closed(), "{what}: connection should be closed");
+        good_request_still_works(&fixture);
+    }
+    // A truncated record, then the client closes.
+    {
+        let mut conn = FcgiConn::tcp(port);
+        conn.send(&[1, 1, 0, 1, 0, 8]);
+    }
+    good_request_still_works(&fixture);
+    // A peer that stalls mid-record is cut off after read_timeout.
+    let started = Instant::now();
+    let mut conn = FcgiConn::tcp(port);
+    conn.begin_and_params_partial();
+    assert!(conn.closed(), "stalled connection should be closed");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(5),
+        "{waited:?}"
+    );
+    good_request_still_works(&fixture);
+    let log = fixture.server.log();
+    assert!(log.contains("FastCGI connection dropped"), "{log}");
+    assert!(log.contains("unsupported FastCGI version"), "{log}");
+}
+
+#[test]
+fn allowed_clients_are_enforced_on_tcp() {
+    let fixture = Fixture::start("  allowed_clients: [10.9.8.7]\n", "");
+    let docroot = fixture.docroot();
+    let filename = format!("{docroot}/echo.php");
+    let mut conn = FcgiConn::tcp(fixture.fastcgi_port);
+    conn.begin_and_params(1, &cgi_params(&docroot, &filename, "/echo.php", ""), false);
+    conn.stdin(1, b"");
+    assert!(
+        conn.closed(),
+        "a client not in allowed_clients must be refused"
+    );
+    assert!(
+        fixture
+            .server
+            .log()
+            .contains("not in fastcgi.allowed_clients")
+    );
+
+    let allowed = Fixture::start("  allowed_clients: [127.0.0.1]\n", "");
+    good_request_still_works(&allowed);
+}
+
+#[test]
+fn unix_socket_listener_gets_owner_and_mode() {
+    let site = Site::new()
+        .worker(
+            "app",
+            "path: /\nphp:\n  pool:\n    manager: static\n    max_workers: 1\nfastcgi:\n  listen: ./run/php.sock\n  mode: \"0600\"\n  owner: www-data\n",
+        )
+        .file("app", "echo.php", ECHO_PHP);
+    std::fs::create_dir_all(site.root().join("workers/app/run")).unwrap();
+    let server = site.start();
+    let socket = server.site.root().join("workers/app/run/php.sock");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !socket.exists() {
+        assert!(Instant::now() < deadline, "socket not created");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let meta = std::fs::metadata(&socket).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    let www_data = std::process::Command::new("id")
+        .args(["-u", "www-data"])
+        .output()
+        .unwrap();
+    let uid: u32 = String::from_utf8_lossy(&www_data.stdout)
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(meta.uid(), uid);
+    let docroot = server
+        .site
+        .root()
+        .join("workers/app/public")
+        .canonicalize()
+        .unwrap();
+    let docroot = docroot.display().to_string();
+    let filename = format!("{docroot}/echo.php");
+    let response = FcgiConn::unix(&socket).request(
+        1,
+        &cgi_params(&docroot, &filename, "/echo.php", "via=unix"),
+        b"",
+        false,
+    );
+    assert!(response.text().contains("query=via=unix"));
+}
+
+#[test]
+fn stderr_is_relayed_to_the_web_server_and_logged() {
+    let fixture = Fixture::start("", "");
+    let docroot = fixture.docroot();
+    let filename = format!("{docroot}/stderr.php");
+    let response = FcgiConn::tcp(fixture.fastcgi_port).request(
+        1,
+        &cgi_params(&docroot, &filename, "/stderr.php", ""),
+        b"",
+        false,
+    );
+    assert!(String::from_utf8_lossy(&response.stderr).contains("listener stderr line"));
+    assert!(
+        fixture
+            .server
+            .wait_for_log("listener stderr line", Duration::from_secs(3))
+    );
+}
+
+#[test]
+fn httpoxy_proxy_param_is_dropped() {
+    let fixture = Fixture::start("", "");
+    let docroot = fixture.docroot();
+    let filename = format!("{docroot}/echo.php");
+    let mut params = cgi_params(&docroot, &filename, "/echo.php", "");
+    params.push(("HTTP_PROXY", "http://evil.example:3128"));
+    let response = FcgiConn::tcp(fixture.fastcgi_port).request(1, &params, b"", false);
+    assert!(
+        response.text().contains("proxy=(unset)"),
+        "{}",
+        response.text()
+    );
+}
+
+trait PartialRequests {
+    fn request_start(&mut self, id: u16, params: &[(&str, &str)]);
+    fn begin_and_params_partial(&mut self);
+}
+
+impl PartialRequests for FcgiConn {
+    fn request_start(&mut self, id: u16, params: &[(&str, &str)]) {
+        self.begin_and_params(id, params, true);
+        self.stdin(id, b"");
+    }
+
+    fn begin_and_params_partial(&mut self) {
+        let mut buf = bytes::BytesMut::new();
+        fastcgi::record::put_begin_request(&mut buf, 1, fastcgi::Role::Responder, true);
+        // Half of a PARAMS record header, then nothing.
+        buf.extend_from_slice(&[1, 4, 0]);
+        self.send(&buf);
+    }
+}
