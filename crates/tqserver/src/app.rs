@@ -1,5 +1,5 @@
 //! A running app ("worker" in the config): its validated config, its pool of
-//! PHP processes, and its opened document root.
+//! PHP processes, its opened document root, and its metric and log handles.
 
 use std::sync::Arc;
 
@@ -7,16 +7,24 @@ use pool::WorkerPool;
 
 use crate::config::WorkerConfig;
 use crate::http::resolve::DocumentRoot;
+use crate::metrics::AppMetrics;
+use crate::observe::{AccessLog, Telemetry};
 
 pub struct App {
     pub config: Arc<WorkerConfig>,
     pub pool: WorkerPool,
     pub root: DocumentRoot,
+    pub metrics: AppMetrics,
+    /// The app's own access log, if it has one (else the server's).
+    pub access_log: Option<Arc<AccessLog>>,
 }
 
 impl App {
     /// Starts the app's pool; fails if its first workers cannot start.
-    pub async fn start(config: Arc<WorkerConfig>) -> anyhow::Result<Arc<Self>> {
+    pub async fn start(
+        config: Arc<WorkerConfig>,
+        telemetry: &Telemetry,
+    ) -> anyhow::Result<Arc<Self>> {
         let root = DocumentRoot::open(&config.document_root).map_err(|err| {
             anyhow::anyhow!(
                 "worker {}: cannot open document root {}: {err}",
@@ -24,7 +32,22 @@ impl App {
                 config.document_root.display()
             )
         })?;
+        let access_log = config
+            .access_log
+            .as_ref()
+            .map(|log| telemetry.access_log(log))
+            .transpose()
+            .map_err(|err| {
+                anyhow::anyhow!("worker {}: cannot open access log: {err}", config.name)
+            })?;
+        let metrics = telemetry.metrics.for_app(&config.name);
         let pool = WorkerPool::start(config.pool.clone()).await?;
-        Ok(Arc::new(Self { config, pool, root }))
+        Ok(Arc::new(Self {
+            config,
+            pool,
+            root,
+            metrics,
+            access_log,
+        }))
     }
 }

@@ -7,13 +7,22 @@
 //! `fastcgi` crate), and a route: the HTTP front ([`http`]) sends each
 //! request to the app with the longest matching path prefix ([`router`]),
 //! which serves a static file or runs a script the way nginx's `try_files`
-//! would ([`http::resolve`]). [`server`] ties the lifecycle together.
+//! would ([`http::resolve`]). The FastCGI listener ([`listener`]) feeds the same
+//! pools from a web server in front. [`server`] ties the lifecycle together
+//! (start, reload as a diff, graceful stop); [`observe`], [`metrics`],
+//! [`status`] and [`admin`] make it visible.
 
+pub mod admin;
 pub mod app;
 pub mod config;
+pub mod control;
 pub mod http;
 pub mod listener;
 pub mod logging;
+pub mod metrics;
+pub mod observe;
 pub mod router;
 pub mod server;
 pub mod status;
+pub mod systemd;
+pub mod watch;

@@ -39,6 +39,10 @@ use tracing::{debug, error, info, warn};
 use crate::app::App;
 use crate::config::{FastcgiConfig, ListenAddr, ServerSettings};
 use crate::http::php::StderrRelay;
+use crate::metrics::AppMetrics;
+use crate::observe::{Observation, RequestLine, Telemetry};
+use crate::router::Router;
+use arc_swap::ArcSwap;
 
 /// A bound listener, before it serves.
 pub enum Bound {
@@ -78,34 +82,69 @@ fn remove_stale_socket(path: &Path) -> io::Result<()> {
     }
 }
 
-/// Limits every connection of one listener shares.
-struct Shared {
-    app: Arc<App>,
-    config: FastcgiConfig,
+/// What every connection of one listener shares. The app is looked up per
+/// request, so after a reload kept-alive web server connections move to the
+/// new pool; the listener settings can be swapped without rebinding.
+pub struct Shared {
+    worker: String,
+    router: Arc<ArcSwap<Router>>,
+    telemetry: Arc<Telemetry>,
+    config: ArcSwap<FastcgiConfig>,
     settings: ServerSettings,
-    values: ServerValues,
+    metrics: AppMetrics,
+}
+
+impl Shared {
+    pub fn new(
+        worker: String,
+        router: Arc<ArcSwap<Router>>,
+        telemetry: Arc<Telemetry>,
+        config: FastcgiConfig,
+        settings: ServerSettings,
+    ) -> Arc<Self> {
+        let metrics = telemetry.metrics.for_app(&worker);
+        Arc::new(Self {
+            worker,
+            router,
+            telemetry,
+            config: ArcSwap::from_pointee(config),
+            settings,
+            metrics,
+        })
+    }
+
+    /// New listener settings (same address) from a reload.
+    pub fn reconfigure(&self, config: FastcgiConfig) {
+        self.config.store(Arc::new(config));
+    }
+
+    fn app(&self) -> Option<Arc<App>> {
+        self.router
+            .load()
+            .apps()
+            .iter()
+            .find(|app| app.config.name == self.worker)
+            .cloned()
+    }
+
+    fn values(&self) -> ServerValues {
+        let max = self.config.load().max_connections.max(1) as u32;
+        ServerValues {
+            max_conns: max,
+            max_reqs: max,
+            mpxs_conns: false,
+        }
+    }
 }
 
 /// Accepts connections until `shutdown`.
 pub async fn serve(
     bound: Bound,
-    app: Arc<App>,
-    config: FastcgiConfig,
-    settings: ServerSettings,
+    shared: Arc<Shared>,
     shutdown: CancellationToken,
     connections: TaskTracker,
 ) {
-    let max_connections = config.max_connections.max(1);
-    let shared = Arc::new(Shared {
-        values: ServerValues {
-            max_conns: max_connections as u32,
-            max_reqs: max_connections as u32,
-            mpxs_conns: false,
-        },
-        app,
-        config,
-        settings,
-    });
+    let max_connections = shared.config.load().max_connections.max(1);
     // Beyond max_connections, new connections wait in the kernel backlog.
     let slots = Arc::new(Semaphore::new(max_connections));
     loop {
@@ -122,9 +161,9 @@ pub async fn serve(
         };
         match accepted {
             Ok(Accepted::Tcp(stream, peer)) => {
-                if !client_allowed(&shared.config.allowed_clients, peer.ip()) {
+                if !client_allowed(&shared.config.load().allowed_clients, peer.ip()) {
                     warn!(
-                        worker = %shared.app.config.name,
+                        worker = %shared.worker,
                         %peer,
                         "FastCGI connection refused: client not in fastcgi.allowed_clients"
                     );
@@ -133,14 +172,14 @@ pub async fn serve(
                 let _ = stream.set_nodelay(true);
                 let shared = shared.clone();
                 connections.spawn(async move {
-                    connection(stream, peer.to_string(), shared).await;
+                    connection(stream, Some(peer), shared).await;
                     drop(permit);
                 });
             }
             Ok(Accepted::Unix(stream)) => {
                 let shared = shared.clone();
                 connections.spawn(async move {
-                    connection(stream, "unix".to_owned(), shared).await;
+                    connection(stream, None, shared).await;
                     drop(permit);
                 });
             }
@@ -202,18 +241,21 @@ enum ConnectionError {
 
 async fn connection<S: AsyncRead + AsyncWrite + Send + 'static>(
     stream: S,
-    peer: String,
+    peer: Option<SocketAddr>,
     shared: Arc<Shared>,
 ) {
+    shared.metrics.fastcgi_connections.inc();
     let (read, write) = tokio::io::split(stream);
     let mut reader = RequestReader::new(read, ParamsLimits::default());
     let mut writer = ResponseWriter::new(write);
-    let worker = shared.app.config.name.clone();
-    match serve_requests(&mut reader, &mut writer, &shared).await {
-        Ok(()) => debug!(worker = %worker, peer = %peer, "FastCGI connection closed"),
-        Err(err) => warn!(worker = %worker, peer = %peer, "FastCGI connection dropped: {err}"),
+    let worker = &shared.worker;
+    let peer_text = peer.map_or_else(|| "unix".to_owned(), |p| p.to_string());
+    match serve_requests(&mut reader, &mut writer, &shared, peer).await {
+        Ok(()) => debug!(worker = %worker, peer = %peer_text, "FastCGI connection closed"),
+        Err(err) => warn!(worker = %worker, peer = %peer_text, "FastCGI connection dropped: {err}"),
     }
     let _ = writer.shutdown().await;
+    shared.metrics.fastcgi_connections.dec();
 }
 
 /// Reads the next event within `limit`.
@@ -231,6 +273,7 @@ async fn serve_requests<R, W>(
     reader: &mut RequestReader<R>,
     writer: &mut ResponseWriter<W>,
     shared: &Shared,
+    peer: Option<SocketAddr>,
 ) -> Result<(), ConnectionError>
 where
     R: AsyncRead + Unpin,
@@ -280,8 +323,30 @@ where
             }
             return Ok(());
         }
-        let result = serve_request(reader, writer, shared, request_id, &params).await;
+        let mut observation = Observation::new(
+            shared.telemetry.clone(),
+            None,
+            peer,
+            RequestLine::FastCgi {
+                method: params.get_str("REQUEST_METHOD").unwrap_or("").to_owned(),
+                uri: params.get_str("REQUEST_URI").unwrap_or("").to_owned(),
+            },
+        );
+        let result = serve_request(
+            reader,
+            writer,
+            shared,
+            request_id,
+            &params,
+            &mut observation,
+        )
+        .await;
         reader.finish_request();
+        let (status, bytes) = match &result {
+            Ok(outcome) => (outcome.status, outcome.bytes),
+            Err(_) => (499, 0),
+        };
+        observation.finish(status, bytes);
         result?;
         if !keep_conn {
             return Ok(());
@@ -296,7 +361,7 @@ async fn answer_between<W: AsyncWrite + Unpin>(
     shared: &Shared,
 ) -> Result<(), ConnectionError> {
     match event {
-        ServerEvent::GetValues(asked) => writer.get_values_result(&asked, shared.values),
+        ServerEvent::GetValues(asked) => writer.get_values_result(&asked, shared.values()),
         ServerEvent::UnknownManagement(kind) => writer.unknown_type(kind),
         ServerEvent::Multiplexed { request_id } => {
             writer.end_request(request_id, 0, ProtocolStatus::CantMpxConn, false);
@@ -317,19 +382,51 @@ async fn answer_between<W: AsyncWrite + Unpin>(
     Ok(())
 }
 
+/// What a request came to, for metrics and logs.
+struct Outcome {
+    status: u16,
+    bytes: u64,
+}
+
 /// Answers with a complete CGI response made by tqserver itself.
 async fn respond<W: AsyncWrite + Unpin>(
     writer: &mut ResponseWriter<W>,
     request_id: u16,
     head: &str,
     body: &[u8],
-) -> Result<(), ConnectionError> {
+) -> Result<Outcome, ConnectionError> {
     writer.stdout(request_id, head.as_bytes());
     writer.stdout(request_id, b"\r\n");
     writer.stdout(request_id, body);
     writer.end_request(request_id, 0, ProtocolStatus::RequestComplete, false);
     writer.flush().await?;
-    Ok(())
+    Ok(Outcome {
+        status: cgi_status(head.as_bytes()),
+        bytes: body.len() as u64,
+    })
+}
+
+/// The status in a CGI head ("Status: 404 ..."), 200 without one.
+fn cgi_status(head: &[u8]) -> u16 {
+    let end = memchr::memmem::find(head, b"\r\n\r\n")
+        .or_else(|| memchr::memmem::find(head, b"\n\n"))
+        .unwrap_or(head.len());
+    head[..end]
+        .split(|&b| b == b'\n')
+        .find_map(|line| {
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            let (name, value) = line.split_at(line.iter().position(|&b| b == b':')?);
+            if !name.eq_ignore_ascii_case(b"status") {
+                return None;
+            }
+            std::str::from_utf8(&value[1..])
+                .ok()?
+                .trim()
+                .get(..3)?
+                .parse()
+                .ok()
+        })
+        .unwrap_or(200)
 }
 
 async fn serve_request<R, W>(
@@ -338,16 +435,27 @@ async fn serve_request<R, W>(
     shared: &Shared,
     request_id: u16,
     params: &Params,
-) -> Result<(), ConnectionError>
+    observation: &mut Observation,
+) -> Result<Outcome, ConnectionError>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let app = &shared.app;
+    let Some(app) = shared.app() else {
+        return respond(
+            writer,
+            request_id,
+            "Status: 503 Service Unavailable\r\nContent-Type: text/plain\r\n",
+            b"503 Service Unavailable\n",
+        )
+        .await;
+    };
+    observation.set_app(app.clone());
+    let listener = shared.config.load();
     let name = &app.config.name;
     let script_name = params.get_str("SCRIPT_NAME").unwrap_or("");
-    if shared.config.ping_path.as_deref() == Some(script_name) {
-        let body = format!("{}\n", shared.config.ping_response);
+    if listener.ping_path.as_deref() == Some(script_name) {
+        let body = format!("{}\n", listener.ping_response);
         return respond(
             writer,
             request_id,
@@ -356,7 +464,7 @@ where
         )
         .await;
     }
-    if shared.config.status_path.as_deref() == Some(script_name) {
+    if listener.status_path.as_deref() == Some(script_name) {
         let query = params.get_str("QUERY_STRING").unwrap_or("");
         let page = crate::status::render_pool(&app.pool.status(), query);
         let head = format!(
@@ -377,7 +485,7 @@ where
         .await;
     };
     let script = Path::new(std::ffi::OsStr::from_bytes(script));
-    if let Some(refusal) = refuse(shared, script) {
+    if let Some(refusal) = refuse(&app, &listener, script) {
         warn!(worker = %name, script = %script.display(), "FastCGI request refused: {refusal}");
         let (head, body): (&str, &[u8]) = match refusal {
             Refusal::Extension | Refusal::OutsideRoot => (
@@ -492,7 +600,10 @@ where
                 end_cut_short(lease).await;
                 writer.end_request(request_id, 0, ProtocolStatus::RequestComplete, false);
                 writer.flush().await?;
-                return Ok(());
+                return Ok(Outcome {
+                    status: 499,
+                    bytes: 0,
+                });
             }
             Some(ServerEvent::Data { .. }) => {}
             Some(other) => answer_between(other, writer, shared).await?,
@@ -503,7 +614,7 @@ where
         }
     }
     lease.sent();
-    relay_response(reader, writer, shared, request_id, lease, deadline).await
+    relay_response(reader, writer, shared, &app, request_id, lease, deadline).await
 }
 
 /// Streams the worker's answer to the web server, watching the web server
@@ -512,23 +623,30 @@ async fn relay_response<R, W>(
     reader: &mut RequestReader<R>,
     writer: &mut ResponseWriter<W>,
     shared: &Shared,
+    app: &App,
     request_id: u16,
     mut lease: Lease,
     deadline: Instant,
-) -> Result<(), ConnectionError>
+) -> Result<Outcome, ConnectionError>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let name = shared.app.config.name.clone();
+    let name = app.config.name.clone();
     let mut stderr = StderrRelay::new(name.clone(), lease.pid());
     let mut had_stderr = false;
     let mut sent_stdout = false;
+    let mut status = 200;
+    let mut bytes = 0u64;
     loop {
         tokio::select! {
             event = lease.connection().next_event() => match event {
                 Ok(ResponseEvent::Stdout(data)) => {
+                    if !sent_stdout {
+                        status = cgi_status(&data);
+                    }
                     sent_stdout = true;
+                    bytes += data.len() as u64;
                     writer.stdout(request_id, &data);
                     writer.flush().await?;
                 }
@@ -542,7 +660,7 @@ where
                     lease.complete();
                     writer.end_request(request_id, end.app_status, ProtocolStatus::RequestComplete, had_stderr);
                     writer.flush().await?;
-                    return Ok(());
+                    return Ok(Outcome { status, bytes });
                 }
                 Err(err) => {
                     stderr.flush();
@@ -564,7 +682,7 @@ where
                     drop(lease);
                     writer.end_request(request_id, 0, ProtocolStatus::RequestComplete, had_stderr);
                     writer.flush().await?;
-                    return Ok(());
+                    return Ok(Outcome { status: 499, bytes });
                 }
                 Some(ServerEvent::Stdin { .. } | ServerEvent::StdinEnd { .. } | ServerEvent::Data { .. }) => {}
                 Some(other) => answer_between(other, writer, shared).await?,
@@ -627,13 +745,13 @@ impl std::fmt::Display for Refusal {
     }
 }
 
-fn refuse(shared: &Shared, script: &Path) -> Option<Refusal> {
-    let config = &shared.app.config;
+fn refuse(app: &App, listener: &FastcgiConfig, script: &Path) -> Option<Refusal> {
+    let config = &app.config;
     let name = script.file_name().and_then(|n| n.to_str()).unwrap_or("");
     if !config.is_executable(name) {
         return Some(Refusal::Extension);
     }
-    if !shared.config.check_document_root {
+    if !listener.check_document_root {
         return None;
     }
     match std::fs::canonicalize(script) {

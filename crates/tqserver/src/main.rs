@@ -31,6 +31,12 @@ enum Command {
     /// Validate server.yaml and every worker.yaml, print what is wrong, and exit
     /// non-zero if anything is.
     Check,
+    /// Print the pools and workers of the running server (from its admin
+    /// endpoint).
+    Status,
+    /// Ask the running server (found through its pid file) to reload its
+    /// configuration, and report whether the new one was applied.
+    Reload,
 }
 
 fn main() -> ExitCode {
@@ -38,6 +44,24 @@ fn main() -> ExitCode {
     match cli.command.unwrap_or(Command::Run) {
         Command::Check => check(&cli.config),
         Command::Run => run(&cli.config),
+        Command::Status => print_result(tqserver::control::status(&cli.config)),
+        Command::Reload => print_result(tqserver::control::reload(&cli.config)),
+    }
+}
+
+fn print_result(result: anyhow::Result<String>) -> ExitCode {
+    match result {
+        Ok(text) => {
+            print!("{text}");
+            if !text.ends_with('\n') {
+                println!();
+            }
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("tqserver: {err:#}");
+            ExitCode::FAILURE
+        }
     }
 }
 

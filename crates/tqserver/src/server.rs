@@ -1,74 +1,297 @@
-//! Lifecycle: start every app's pool, serve HTTP, and stop in order on a
-//! signal.
+//! Lifecycle: start, serve, reload, stop.
 //!
-//! Signals map to phases: SIGTERM or SIGINT is a graceful stop (stop
-//! accepting, let in-flight requests finish within `grace_period`, then stop
-//! the workers); a second SIGINT stops at once.
+//! Signals map to phases: SIGTERM, SIGINT and SIGQUIT are a graceful stop
+//! (stop accepting, let in-flight requests finish within `grace_period`, then
+//! stop the workers: SIGTERM, then SIGKILL); a second SIGINT stops at once.
+//! SIGHUP (or `tqserver reload`, or an edit of a config file) reloads; SIGUSR1
+//! reopens the log files.
+//!
+//! A reload is a diff between the running configuration and the new,
+//! validated one: new apps start, removed or disabled ones drain and stop,
+//! changed ones get a new pool that is warm before traffic moves to it (the
+//! old pool finishes its in-flight requests, then stops), and untouched apps
+//! are not disturbed. An invalid configuration changes nothing; its errors
+//! are logged and shown by the admin endpoint.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
 use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
 use crate::app::App;
-use crate::config::{Config, WorkerConfig};
+use crate::config::{Config, FastcgiConfig, WorkerConfig, validate::display_route};
 use crate::http::{self, Frontend};
 use crate::listener;
 use crate::logging::LogFile;
+use crate::metrics::{BuildInfo, Metrics};
+use crate::observe::Telemetry;
 use crate::router::Router;
+use crate::{admin, systemd, watch};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Phase {
+    Starting = 0,
+    Running = 1,
+    Stopping = 2,
+}
+
+/// The outcome of the last reload, for the status output.
+#[derive(Clone, Debug, Default)]
+pub struct ReloadReport {
+    /// How many reloads were attempted.
+    pub seq: u64,
+    pub ok: bool,
+    /// Seconds since the epoch; 0 before any reload.
+    pub at_unix: u64,
+    pub errors: Vec<String>,
+}
+
+struct RunningListener {
+    config: FastcgiConfig,
+    shared: Arc<listener::Shared>,
+    stop: CancellationToken,
+}
+
+/// Everything the running server shares between its parts.
+pub struct ServerState {
+    config_path: PathBuf,
+    config: ArcSwap<Config>,
+    pub router: Arc<ArcSwap<Router>>,
+    pub telemetry: Arc<Telemetry>,
+    phase: AtomicU8,
+    started: Instant,
+    last_reload: Mutex<ReloadReport>,
+    socket_dir: PathBuf,
+    listeners: Mutex<BTreeMap<String, RunningListener>>,
+    /// One reload at a time.
+    reloading: tokio::sync::Mutex<()>,
+    shutdown: CancellationToken,
+    /// Connections of every front end; apps being retired drain here too.
+    connections: TaskTracker,
+    background: TaskTracker,
+}
+
+impl ServerState {
+    pub fn phase(&self) -> Phase {
+        match self.phase.load(Ordering::Acquire) {
+            0 => Phase::Starting,
+            1 => Phase::Running,
+            _ => Phase::Stopping,
+        }
+    }
+
+    fn set_phase(&self, phase: Phase) {
+        self.phase.store(phase as u8, Ordering::Release);
+    }
+
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    pub fn config_path(&self) -> &Path {
+        &self.config_path
+    }
+
+    pub fn last_reload(&self) -> ReloadReport {
+        self.last_reload
+            .lock()
+            .map(|r| r.clone())
+            .unwrap_or_default()
+    }
+
+    /// Why the server cannot take work right now, if it cannot.
+    pub fn not_ready_reason(&self) -> Option<String> {
+        match self.phase() {
+            Phase::Starting => return Some("starting".into()),
+            Phase::Stopping => return Some("stopping".into()),
+            Phase::Running => {}
+        }
+        let router = self.router.load();
+        for app in router.apps() {
+            let status = app.pool.status();
+            if status.draining {
+                return Some(format!("pool {} is draining", app.config.name));
+            }
+            let can_spawn = status.total + status.spawning < status.max_workers
+                && status.backoff_remaining.is_none();
+            if status.idle == 0 && status.spawning == 0 && !can_spawn && status.busy == 0 {
+                return Some(format!(
+                    "pool {} has no worker and cannot start one",
+                    app.config.name
+                ));
+            }
+        }
+        None
+    }
+
+    fn report(&self, ok: bool, errors: Vec<String>) {
+        if let Ok(mut report) = self.last_reload.lock() {
+            *report = ReloadReport {
+                seq: report.seq + 1,
+                ok,
+                at_unix: SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs()),
+                errors,
+            };
+        }
+    }
+}
 
 pub async fn run(mut config: Config, log_file: LogFile) -> anyhow::Result<()> {
     // Sockets of this process live in their own private directory.
     let socket_dir = config.socket_dir.join(std::process::id().to_string());
     pool::socket::prepare_socket_dir(&socket_dir)
         .with_context(|| format!("cannot create socket directory {}", socket_dir.display()))?;
-    for worker in &mut config.workers {
-        set_socket_dir(Arc::make_mut(worker), &socket_dir);
+    set_socket_dirs(&mut config, &socket_dir);
+    let mut pid_file = config.server.pid_file.clone();
+    if let Some(path) = &pid_file
+        && let Err(err) = write_pid_file(path)
+    {
+        warn!("{err:#}; `tqserver reload` will not find this server (SIGHUP still works)");
+        pid_file = None;
     }
-    let result = serve(config, log_file).await;
+    let result = serve(config, log_file, socket_dir.clone()).await;
     let _ = std::fs::remove_dir_all(&socket_dir);
+    if let Some(pid_file) = &pid_file {
+        let _ = std::fs::remove_file(pid_file);
+    }
     result
 }
 
-fn set_socket_dir(worker: &mut WorkerConfig, dir: &std::path::Path) {
-    if let pool::SocketKind::Unix { dir: socket_dir } = &mut worker.pool.command.socket {
-        *socket_dir = dir.to_owned();
+fn set_socket_dirs(config: &mut Config, dir: &Path) {
+    for worker in &mut config.workers {
+        if let pool::SocketKind::Unix { dir: socket_dir } =
+            &mut Arc::make_mut(worker).pool.command.socket
+        {
+            *socket_dir = dir.to_owned();
+        }
     }
 }
 
-async fn serve(config: Config, log_file: LogFile) -> anyhow::Result<()> {
-    let apps = start_apps(&config.workers).await?;
-    let listener = match TcpListener::bind(config.server.listen).await {
+fn write_pid_file(path: &Path) -> anyhow::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(path, format!("{}\n", std::process::id()))
+        .with_context(|| format!("cannot write pid file {}", path.display()))
+}
+
+async fn serve(config: Config, log_file: LogFile, socket_dir: PathBuf) -> anyhow::Result<()> {
+    let router = Arc::new(ArcSwap::from_pointee(Router::default()));
+    let metrics = Metrics::new(
+        router.clone(),
+        BuildInfo {
+            version: env!("CARGO_PKG_VERSION"),
+        },
+    );
+    let telemetry = Telemetry::new(
+        metrics,
+        config.logging.access_log.as_ref(),
+        config.logging.slow_log_threshold,
+        config.logging.slow_log_file.clone(),
+    )
+    .context("cannot open log files")?;
+    let state = Arc::new(ServerState {
+        config_path: config.file.clone(),
+        config: ArcSwap::from_pointee(config.clone()),
+        router: router.clone(),
+        telemetry: telemetry.clone(),
+        phase: AtomicU8::new(Phase::Starting as u8),
+        started: Instant::now(),
+        last_reload: Mutex::new(ReloadReport {
+            ok: true,
+            ..ReloadReport::default()
+        }),
+        socket_dir,
+        listeners: Mutex::new(BTreeMap::new()),
+        reloading: tokio::sync::Mutex::new(()),
+        shutdown: CancellationToken::new(),
+        connections: TaskTracker::new(),
+        background: TaskTracker::new(),
+    });
+    state
+        .background
+        .spawn(telemetry.clone().flush_periodically(state.shutdown.clone()));
+
+    // The admin endpoint answers (not ready) while the pools start and
+    // while they drain; it stops last.
+    let admin_stop = CancellationToken::new();
+    let admin_connections = TaskTracker::new();
+    if let Some(addr) = config.admin {
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on admin.listen {addr}"))?;
+        info!(listen = %addr, "admin endpoint ready");
+        admin_connections.spawn(admin::serve(
+            listener,
+            state.clone(),
+            admin_stop.clone(),
+            admin_connections.clone(),
+        ));
+    }
+    let result = serve_until_stopped(&state, &config, log_file).await;
+    admin_stop.cancel();
+    admin_connections.close();
+    let _ = tokio::time::timeout(Duration::from_secs(2), admin_connections.wait()).await;
+    result
+}
+
+async fn serve_until_stopped(
+    state: &Arc<ServerState>,
+    config: &Config,
+    log_file: LogFile,
+) -> anyhow::Result<()> {
+    let router = state.router.clone();
+    let telemetry = state.telemetry.clone();
+
+    let apps = match start_apps(&config.workers, &telemetry).await {
+        Ok(apps) => apps,
+        Err(err) => {
+            state.shutdown.cancel();
+            return Err(err);
+        }
+    };
+    router.store(Arc::new(Router::new(apps.clone())));
+    let http_listener = match TcpListener::bind(config.server.listen).await {
         Ok(listener) => listener,
         Err(err) => {
+            state.shutdown.cancel();
             stop_apps(&apps, Duration::ZERO).await;
             return Err(err).with_context(|| format!("cannot listen on {}", config.server.listen));
         }
     };
-    let mut fastcgi_listeners = Vec::new();
     for app in &apps {
-        let Some(fastcgi) = &app.config.fastcgi else {
-            continue;
-        };
-        match listener::bind(fastcgi).await {
-            Ok(bound) => fastcgi_listeners.push((app.clone(), fastcgi.clone(), bound)),
-            Err(err) => {
-                stop_apps(&apps, Duration::ZERO).await;
-                return Err(err).with_context(|| {
-                    format!(
-                        "worker {}: cannot listen on fastcgi.listen {:?}",
-                        app.config.name, fastcgi.listen
-                    )
-                });
-            }
+        if let Err(err) = start_listener(state, &app.config).await {
+            state.shutdown.cancel();
+            stop_apps(&apps, Duration::ZERO).await;
+            return Err(err);
         }
     }
+    let front = Arc::new(Frontend {
+        router: router.clone(),
+        settings: config.server.clone(),
+        telemetry: telemetry.clone(),
+    });
+    let accept = tokio::spawn(http::serve(
+        http_listener,
+        front,
+        state.shutdown.clone(),
+        state.connections.clone(),
+    ));
+    state.set_phase(Phase::Running);
     info!(
         listen = %config.server.listen,
         workers = apps.len(),
@@ -78,45 +301,46 @@ async fn serve(config: Config, log_file: LogFile) -> anyhow::Result<()> {
     for app in &apps {
         info!(
             worker = %app.config.name,
-            route = crate::config::validate::display_route(&app.config.route),
+            route = display_route(&app.config.route),
             php = %app.config.php.version,
             "route ready"
         );
     }
-    let front = Arc::new(Frontend {
-        router: ArcSwap::from_pointee(Router::new(apps.clone())),
-        settings: config.server.clone(),
-    });
-    let shutdown = CancellationToken::new();
-    let connections = TaskTracker::new();
-    let accept = tokio::spawn(http::serve(
-        listener,
-        front.clone(),
-        shutdown.clone(),
-        connections.clone(),
-    ));
-    let mut fastcgi_accepts = Vec::new();
-    for (app, fastcgi, bound) in fastcgi_listeners {
-        info!(worker = %app.config.name, listen = ?fastcgi.listen, "FastCGI listener ready");
-        fastcgi_accepts.push(tokio::spawn(listener::serve(
-            bound,
-            app,
-            fastcgi,
-            config.server.clone(),
-            shutdown.clone(),
-            connections.clone(),
-        )));
+    systemd::ready();
+    let watchdog = systemd::watchdog_interval();
+    if let Some(interval) = watchdog {
+        state
+            .background
+            .spawn(systemd::keep_alive(interval, state.shutdown.clone()));
     }
+
+    // Reload requests from signals and the file watcher.
+    let (reload_tx, mut reload_rx) = mpsc::channel::<&'static str>(4);
+    let _watcher = match watch::start(config, reload_tx.clone()) {
+        Ok(watcher) => Some(watcher),
+        Err(err) => {
+            warn!(
+                "config files will not be watched (SIGHUP and `tqserver reload` still work): {err}"
+            );
+            None
+        }
+    };
 
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigquit = signal(SignalKind::quit())?;
+    let mut sighup = signal(SignalKind::hangup())?;
     let mut sigusr1 = signal(SignalKind::user_defined1())?;
     loop {
         tokio::select! {
             _ = sigterm.recv() => { info!("SIGTERM: stopping gracefully"); break; }
+            _ = sigquit.recv() => { info!("SIGQUIT: stopping gracefully"); break; }
             _ = sigint.recv() => { info!("SIGINT: stopping gracefully (again to stop at once)"); break; }
+            _ = sighup.recv() => reload(state, "SIGHUP").await,
+            Some(why) = reload_rx.recv() => reload(state, why).await,
             _ = sigusr1.recv() => {
-                match log_file.reopen() {
+                let result = log_file.reopen().and_then(|()| telemetry.reopen().map_err(Into::into));
+                match result {
                     Ok(()) => info!("SIGUSR1: log files reopened"),
                     Err(err) => error!("SIGUSR1: cannot reopen log files: {err}"),
                 }
@@ -125,17 +349,16 @@ async fn serve(config: Config, log_file: LogFile) -> anyhow::Result<()> {
     }
 
     // Phase 1: stop accepting; connections finish their requests.
-    let grace = config.server.grace_period;
-    let deadline = tokio::time::Instant::now() + grace;
-    shutdown.cancel();
+    systemd::stopping();
+    state.set_phase(Phase::Stopping);
+    let grace = state.config.load().server.grace_period;
+    let deadline = Instant::now() + grace;
+    state.shutdown.cancel();
     let _ = accept.await;
-    for accept in fastcgi_accepts {
-        let _ = accept.await;
-    }
-    connections.close();
-    let apps_now = front.router.load().apps().to_vec();
+    state.connections.close();
+    let apps_now = router.load().apps().to_vec();
     tokio::select! {
-        _ = tokio::time::timeout_at(deadline, connections.wait()) => {}
+        _ = tokio::time::timeout_at(deadline, state.connections.wait()) => {}
         _ = sigint.recv() => {
             warn!("second SIGINT: stopping now");
             stop_apps(&apps_now, Duration::ZERO).await;
@@ -143,17 +366,210 @@ async fn serve(config: Config, log_file: LogFile) -> anyhow::Result<()> {
         }
     }
     // Phase 2: workers (anything still running is cut off at the deadline).
-    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+    let left = deadline.saturating_duration_since(Instant::now());
     stop_apps(&apps_now, left).await;
+    state.background.close();
+    let _ = tokio::time::timeout(Duration::from_secs(5), state.background.wait()).await;
+    telemetry.flush();
     info!("stopped");
     Ok(())
 }
 
+async fn start_listener(state: &Arc<ServerState>, worker: &WorkerConfig) -> anyhow::Result<()> {
+    let Some(fastcgi) = &worker.fastcgi else {
+        return Ok(());
+    };
+    let bound = listener::bind(fastcgi).await.with_context(|| {
+        format!(
+            "worker {}: cannot listen on fastcgi.listen {:?}",
+            worker.name, fastcgi.listen
+        )
+    })?;
+    let shared = listener::Shared::new(
+        worker.name.clone(),
+        state.router.clone(),
+        state.telemetry.clone(),
+        fastcgi.clone(),
+        state.config.load().server.clone(),
+    );
+    let stop = state.shutdown.child_token();
+    state.background.spawn(listener::serve(
+        bound,
+        shared.clone(),
+        stop.clone(),
+        state.connections.clone(),
+    ));
+    info!(worker = %worker.name, listen = ?fastcgi.listen, "FastCGI listener ready");
+    if let Ok(mut listeners) = state.listeners.lock() {
+        listeners.insert(
+            worker.name.clone(),
+            RunningListener {
+                config: fastcgi.clone(),
+                shared,
+                stop,
+            },
+        );
+    }
+    Ok(())
+}
+
+fn stop_listener(state: &ServerState, name: &str) {
+    if let Ok(mut listeners) = state.listeners.lock()
+        && let Some(listener) = listeners.remove(name)
+    {
+        listener.stop.cancel();
+    }
+}
+
+/// Loads the configuration again and applies the difference.
+pub async fn reload(state: &Arc<ServerState>, why: &str) {
+    let _one_at_a_time = state.reloading.lock().await;
+    if state.phase() != Phase::Running {
+        return;
+    }
+    let started = Instant::now();
+    systemd::reloading();
+    info!("reloading configuration ({why})");
+    let result = apply_reload(state).await;
+    match result {
+        Ok(summary) => {
+            state.telemetry.metrics.reloads.inc();
+            state.report(true, Vec::new());
+            info!(
+                took_ms = started.elapsed().as_millis() as u64,
+                "configuration reloaded: {summary}"
+            );
+        }
+        Err(errors) => {
+            state.telemetry.metrics.reload_failures.inc();
+            for error in &errors {
+                error!("reload refused, the running configuration stays: {error}");
+            }
+            state.report(false, errors);
+        }
+    }
+    systemd::ready();
+}
+
+async fn apply_reload(state: &Arc<ServerState>) -> Result<String, Vec<String>> {
+    let mut new = tokio::task::spawn_blocking({
+        let path = state.config_path.clone();
+        move || crate::config::load(&path)
+    })
+    .await
+    .map_err(|err| vec![err.to_string()])?
+    .map_err(|errors| errors.0.iter().map(ToString::to_string).collect::<Vec<_>>())?;
+    set_socket_dirs(&mut new, &state.socket_dir);
+    let old = state.config.load_full();
+    if new.server != old.server || new.admin != old.admin || new.logging != old.logging {
+        warn!(
+            "changes to server.yaml's server, admin and logging sections take effect after a restart"
+        );
+    }
+
+    let current: BTreeMap<String, Arc<App>> = state
+        .router
+        .load()
+        .apps()
+        .iter()
+        .map(|app| (app.config.name.clone(), app.clone()))
+        .collect();
+    let mut keep = Vec::new();
+    let mut to_start = Vec::new();
+    for worker in &new.workers {
+        match current.get(&worker.name) {
+            Some(app) if *app.config == **worker => keep.push(app.clone()),
+            _ => to_start.push(worker.clone()),
+        }
+    }
+    let removed: Vec<Arc<App>> = current
+        .values()
+        .filter(|app| !new.workers.iter().any(|w| w.name == app.config.name))
+        .cloned()
+        .collect();
+
+    // New pools are warm before any traffic moves to them.
+    let started = start_apps(&to_start, &state.telemetry)
+        .await
+        .map_err(|err| vec![format!("{err:#}")])?;
+    let replaced: Vec<Arc<App>> = started
+        .iter()
+        .filter_map(|app| current.get(&app.config.name).cloned())
+        .collect();
+
+    // Listener addresses that change are bound before the switch.
+    for app in &started {
+        let name = &app.config.name;
+        let running = state
+            .listeners
+            .lock()
+            .ok()
+            .and_then(|l| l.get(name).map(|r| (r.config.clone(), r.shared.clone())));
+        match (&app.config.fastcgi, running) {
+            (Some(new_listener), Some((old_listener, shared)))
+                if new_listener.listen == old_listener.listen =>
+            {
+                shared.reconfigure(new_listener.clone());
+            }
+            (new_listener, running) => {
+                if running.is_some() {
+                    stop_listener(state, name);
+                }
+                if new_listener.is_some()
+                    && let Err(err) = start_listener(state, &app.config).await
+                {
+                    stop_apps(&started, Duration::ZERO).await;
+                    return Err(vec![format!("{err:#}")]);
+                }
+            }
+        }
+    }
+    for app in &removed {
+        stop_listener(state, &app.config.name);
+    }
+
+    let mut apps = keep;
+    apps.extend(started.iter().cloned());
+    state.router.store(Arc::new(Router::new(apps)));
+    state.config.store(Arc::new(new));
+
+    // The old pools finish what they are running, then stop.
+    let grace = state.config.load().server.grace_period;
+    for app in replaced.iter().chain(&removed) {
+        let pool = app.pool.clone();
+        state
+            .background
+            .spawn(async move { pool.drain(grace).await });
+    }
+    let names = |apps: &[Arc<App>]| {
+        apps.iter()
+            .map(|a| a.config.name.clone())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let added: Vec<_> = started
+        .iter()
+        .filter(|a| !current.contains_key(&a.config.name))
+        .cloned()
+        .collect();
+    Ok(format!(
+        "added [{}], changed [{}], removed [{}]",
+        names(&added),
+        names(&replaced),
+        names(&removed)
+    ))
+}
+
 /// Starts every app concurrently; if one fails, the others are stopped.
-pub async fn start_apps(workers: &[Arc<WorkerConfig>]) -> anyhow::Result<Vec<Arc<App>>> {
+pub async fn start_apps(
+    workers: &[Arc<WorkerConfig>],
+    telemetry: &Arc<Telemetry>,
+) -> anyhow::Result<Vec<Arc<App>>> {
     let mut starting = tokio::task::JoinSet::new();
     for worker in workers {
-        starting.spawn(App::start(worker.clone()));
+        let worker = worker.clone();
+        let telemetry = telemetry.clone();
+        starting.spawn(async move { App::start(worker, &telemetry).await });
     }
     let mut apps = Vec::new();
     let mut failure = None;

@@ -80,7 +80,7 @@ fn since(time: SystemTime) -> u64 {
 }
 
 /// php-fpm's "26/Nov/2026:08:00:00 +0000".
-fn fpm_time(time: SystemTime) -> String {
+pub fn fpm_time(time: SystemTime) -> String {
     let secs = unix_seconds(time) as i64;
     let days = secs.div_euclid(86_400);
     let rem = secs.rem_euclid(86_400);

@@ -37,6 +37,8 @@ pub mod defaults {
     pub const GRACE_PERIOD: Duration = Duration::from_secs(30);
     pub const WORKERS_DIRECTORY: &str = "workers";
     pub const ADMIN_LISTEN: &str = "127.0.0.1:9180";
+    /// Relative to the server root; `tqserver reload` finds the server here.
+    pub const PID_FILE: &str = "tqserver.pid";
 
     pub const DOCUMENT_ROOT: &str = "public";
     pub const FRONT_CONTROLLER: &str = "index.php";

@@ -18,6 +18,40 @@ use super::{
     ServerSettings, WorkerConfig, defaults,
 };
 
+/// Only what `tqserver status` and `tqserver reload` need from server.yaml
+/// (the admin address and the pid file), without validating the apps, so
+/// they work even while a worker.yaml is broken.
+pub fn control_settings(
+    server_file: &Path,
+) -> Result<(Option<SocketAddr>, Option<PathBuf>), ConfigError> {
+    let (raw, _) = yaml::load::<RawServerFile>(server_file)?;
+    let config_dir = absolute(server_file.parent().unwrap_or(Path::new(".")));
+    let server = raw.server.unwrap_or_default();
+    let root = match &server.root {
+        Some(root) => config_dir.join(root),
+        None => config_dir
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or(config_dir.clone()),
+    };
+    let admin = raw.admin.unwrap_or_default();
+    let admin = if admin.enabled == Some(false) {
+        None
+    } else {
+        admin
+            .listen
+            .unwrap_or_else(|| defaults::ADMIN_LISTEN.to_owned())
+            .parse()
+            .ok()
+    };
+    let pid_file = match server.pid_file.as_deref() {
+        Some("") | Some("off") => None,
+        Some(path) => Some(root.join(path)),
+        None => Some(root.join(defaults::PID_FILE)),
+    };
+    Ok((admin, pid_file))
+}
+
 /// Loads `config/server.yaml` and every enabled worker under the workers
 /// directory.
 pub fn load(server_file: &Path) -> Result<Config, ConfigErrors> {
@@ -77,7 +111,11 @@ pub fn load(server_file: &Path) -> Result<Config, ConfigErrors> {
             .map(|s| s.0)
             .unwrap_or(defaults::MAX_BODY_BYTES),
         grace_period: dur(server_raw.grace_period, defaults::GRACE_PERIOD),
-        pid_file: server_raw.pid_file.as_deref().map(|p| root.join(p)),
+        pid_file: match server_raw.pid_file.as_deref() {
+            Some("") | Some("off") => None,
+            Some(path) => Some(root.join(path)),
+            None => Some(root.join(defaults::PID_FILE)),
+        },
     };
 
     let workers_dir = root.join(

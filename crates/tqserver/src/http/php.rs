@@ -30,6 +30,7 @@ use super::cgi_response::{CgiHead, HeadParser};
 use super::errors;
 use super::resolve::Script;
 use crate::app::App;
+use crate::observe::Observation;
 
 /// The request body as it will be sent to PHP.
 pub enum RequestBody {
@@ -63,6 +64,7 @@ pub async fn serve(
     script: Script,
     peer: SocketAddr,
     local: SocketAddr,
+    observation: &mut Observation,
 ) -> Response<Body> {
     let info = RequestInfo {
         method: parts.method.to_string(),
@@ -85,6 +87,7 @@ pub async fn serve(
         local,
         content_length: body.content_length(),
     };
+    observation.script = Some(info.script.clone());
     let mut body = Some(body);
     for attempt in 0..2 {
         let mut lease = match app.pool.acquire().await {
@@ -96,6 +99,8 @@ pub async fn serve(
                 return errors::status(StatusCode::SERVICE_UNAVAILABLE);
             }
         };
+        observation.pid = Some(lease.pid());
+        observation.queue_waited(lease.queue_wait());
         lease.begin(info.clone());
         let deadline = Instant::now() + lease.request_timeout();
         match exchange(app, lease, &cgi, &mut body, deadline).await {
@@ -252,6 +257,8 @@ fn respond(
             pending: chunks.into(),
             deadline: Box::pin(tokio::time::sleep_until(deadline)),
             stderr,
+            observation: None,
+            sent_bytes: 0,
         }))
     };
     let mut response = Response::new(body);
@@ -379,6 +386,9 @@ pub struct PhpStream {
     pending: std::collections::VecDeque<Bytes>,
     deadline: Pin<Box<Sleep>>,
     stderr: StderrRelay,
+    /// Finished (metrics, logs) when the body ends or is dropped.
+    observation: Option<(Observation, u16)>,
+    sent_bytes: u64,
 }
 
 impl PhpStream {
@@ -386,7 +396,26 @@ impl PhpStream {
         self.lease.is_none() && self.pending.is_empty()
     }
 
+    /// Hands over the request's observation, finished with the body.
+    pub fn observe(&mut self, observation: Observation, status: u16) {
+        self.observation = Some((observation, status));
+    }
+
     pub fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<Option<io::Result<Bytes>>> {
+        let chunk = self.next_chunk(cx);
+        match &chunk {
+            Poll::Ready(Some(Ok(data))) => self.sent_bytes += data.len() as u64,
+            Poll::Ready(_) => {
+                if let Some((observation, status)) = self.observation.take() {
+                    observation.finish(status, self.sent_bytes);
+                }
+            }
+            Poll::Pending => {}
+        }
+        chunk
+    }
+
+    fn next_chunk(&mut self, cx: &mut Context<'_>) -> Poll<Option<io::Result<Bytes>>> {
         if let Some(chunk) = self.pending.pop_front() {
             return Poll::Ready(Some(Ok(chunk)));
         }
@@ -430,6 +459,15 @@ impl PhpStream {
                     return Poll::Pending;
                 }
             }
+        }
+    }
+}
+
+impl Drop for PhpStream {
+    fn drop(&mut self) {
+        // The client went away before the end: still counted and logged.
+        if let Some((observation, status)) = self.observation.take() {
+            observation.finish(status, self.sent_bytes);
         }
     }
 }

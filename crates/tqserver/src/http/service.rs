@@ -15,13 +15,15 @@ use super::php::{self, RequestBody};
 use super::resolve::{self, Target};
 use super::{errors, static_files};
 use crate::config::ServerSettings;
+use crate::observe::{Observation, RequestLine, Telemetry};
 use crate::router::Router;
 
 /// What every request handler shares.
 pub struct Frontend {
     /// Swapped whole on reload; a request keeps the router it started with.
-    pub router: ArcSwap<Router>,
+    pub router: Arc<ArcSwap<Router>>,
     pub settings: ServerSettings,
+    pub telemetry: Arc<Telemetry>,
 }
 
 pub async fn handle(
@@ -31,12 +33,65 @@ pub async fn handle(
     local: SocketAddr,
 ) -> Response<Body> {
     let router = front.router.load();
-    let Some((app, rest)) = router.route(request.uri().path()) else {
-        return errors::status(StatusCode::NOT_FOUND);
-    };
-    let app = app.clone();
+    let app = router
+        .route(request.uri().path())
+        .map(|(app, rest)| (app.clone(), rest.len()));
     drop(router);
+    let line = RequestLine::Http {
+        method: request.method().clone(),
+        uri: request.uri().clone(),
+        version: request.version(),
+        referer: request.headers().get(http::header::REFERER).cloned(),
+        user_agent: request.headers().get(http::header::USER_AGENT).cloned(),
+    };
+    let mut observation = Observation::new(
+        front.telemetry.clone(),
+        app.as_ref().map(|(app, _)| app.clone()),
+        Some(peer),
+        line,
+    );
+    let response = match app {
+        Some((app, rest_len)) => {
+            route(
+                &front,
+                app,
+                request,
+                rest_len,
+                peer,
+                local,
+                &mut observation,
+            )
+            .await
+        }
+        None => errors::status(StatusCode::NOT_FOUND),
+    };
+    finish(response, observation)
+}
 
+/// Finishes the observation now, or hands it to a streaming body.
+fn finish(mut response: Response<Body>, observation: Observation) -> Response<Body> {
+    let status = response.status().as_u16();
+    match response.body_mut() {
+        Body::Php(stream) => stream.observe(observation, status),
+        body => {
+            let bytes = body.size_hint().exact().unwrap_or(0);
+            observation.finish(status, bytes);
+        }
+    }
+    response
+}
+
+async fn route(
+    front: &Frontend,
+    app: Arc<crate::app::App>,
+    request: Request<Incoming>,
+    rest_len: usize,
+    peer: SocketAddr,
+    local: SocketAddr,
+    observation: &mut Observation,
+) -> Response<Body> {
+    let path = request.uri().path();
+    let rest = &path[path.len() - rest_len..];
     match resolve::resolve(&app.config, &app.root, rest) {
         Target::Script(script) => {
             let (parts, incoming) = request.into_parts();
@@ -55,7 +110,7 @@ pub async fn handle(
                     Err(status) => return errors::status(status),
                 }
             };
-            php::serve(&app, parts, body, script, peer, local).await
+            php::serve(&app, parts, body, script, peer, local, observation).await
         }
         Target::Static { file, meta, path } if app.config.static_files => static_files::serve(
             request.method(),

@@ -32,6 +32,8 @@ pub struct Site {
     pub port: u16,
     server_settings: String,
     server_extra: String,
+    /// Admin endpoint port, when a test turns it on.
+    pub admin_port: Option<u16>,
 }
 
 impl Site {
@@ -44,6 +46,7 @@ impl Site {
             port: free_port(),
             server_settings: String::new(),
             server_extra: String::new(),
+            admin_port: None,
         };
         site.write_server_yaml();
         site
@@ -71,9 +74,20 @@ impl Site {
         self
     }
 
+    /// Turns the admin endpoint on, on a free port.
+    pub fn with_admin(mut self) -> Self {
+        self.admin_port = Some(free_port());
+        self.write_server_yaml();
+        self
+    }
+
     fn write_server_yaml(&self) {
+        let admin = match self.admin_port {
+            Some(port) => format!("admin:\n  listen: 127.0.0.1:{port}\n"),
+            None => "admin:\n  enabled: false\n".to_owned(),
+        };
         let text = format!(
-            "server:\n  host: 127.0.0.1\n  port: {}\n  grace_period: 10s\n{}admin:\n  enabled: false\n{}",
+            "server:\n  host: 127.0.0.1\n  port: {}\n  grace_period: 10s\n{}{admin}{}",
             self.port, self.server_settings, self.server_extra
         );
         self.write("config/server.yaml", &text);
@@ -195,6 +209,29 @@ impl Server {
 
     pub fn connect(&self) -> Conn {
         Conn::open(self.port())
+    }
+
+    /// GET from the admin endpoint.
+    pub fn admin(&self, path: &str) -> Response {
+        let port = self
+            .site
+            .admin_port
+            .expect("Site::with_admin() for admin requests");
+        let mut conn = Conn::open(port);
+        conn.send(
+            format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        );
+        conn.read_response(false)
+    }
+
+    /// The value of one sample in /metrics (Prometheus text), e.g.
+    /// `tqserver_requests_total{worker="app",code="200"}`.
+    pub fn metric(&self, sample: &str) -> Option<f64> {
+        let text = self.admin("/metrics").text();
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .find_map(|l| l.strip_prefix(sample).and_then(|v| v.trim().parse().ok()))
     }
 
     /// php-cgi processes whose parent is this tqserver.

@@ -1,0 +1,414 @@
+//! Prometheus metrics, labelled by worker (app).
+//!
+//! Request-path metrics (requests by status, durations, queue waits,
+//! connection gauges) are updated as requests finish, through handles each
+//! app resolves once, so a request never builds a label set. Everything the
+//! pools already count (processes by state, queue length, spawns, recycles,
+//! timeouts, crashes, rejections, RSS) is read from the pools at scrape time
+//! by a collector, so it costs nothing between scrapes.
+
+use std::sync::{Arc, OnceLock};
+
+use arc_swap::ArcSwap;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::{Registry, Unit};
+
+use crate::router::Router;
+
+type WorkerLabel = [(&'static str, String); 1];
+type CodeLabels = [(&'static str, String); 2];
+/// A metric read off a pool's status: name, help, how to read it.
+type PoolReading<T> = (&'static str, &'static str, fn(&pool::PoolStatus) -> T);
+
+/// Request latency buckets, 1 ms to 60 s.
+const DURATION_BUCKETS: [f64; 16] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0,
+];
+/// Queue wait buckets, 0.1 ms to 30 s.
+const WAIT_BUCKETS: [f64; 14] = [
+    0.0001, 0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 10.0, 30.0,
+];
+
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<CodeLabels, Counter>,
+    durations: Family<WorkerLabel, Histogram>,
+    queue_waits: Family<WorkerLabel, Histogram>,
+    fastcgi_connections: Family<WorkerLabel, Gauge>,
+    pub http_connections: Gauge,
+    pub reloads: Counter,
+    pub reload_failures: Counter,
+}
+
+/// One app's request-path handles.
+pub struct AppMetrics {
+    worker: String,
+    requests: Family<CodeLabels, Counter>,
+    /// By status code 100..=599, created on first use.
+    by_code: Box<[OnceLock<Counter>]>,
+    pub duration: Histogram,
+    pub queue_wait: Histogram,
+    pub fastcgi_connections: Gauge,
+}
+
+impl AppMetrics {
+    pub fn count(&self, status: u16) {
+        let counter = match self.by_code.get(status.wrapping_sub(100) as usize) {
+            Some(slot) => slot.get_or_init(|| self.counter_for(status)),
+            None => &self.counter_for(status),
+        };
+        counter.inc();
+    }
+
+    fn counter_for(&self, status: u16) -> Counter {
+        self.requests
+            .get_or_create(&[
+                ("worker", self.worker.clone()),
+                ("code", status.to_string()),
+            ])
+            .clone()
+    }
+}
+
+impl Metrics {
+    /// `router` is read at scrape time for the per-pool numbers.
+    pub fn new(router: Arc<ArcSwap<Router>>, info: BuildInfo) -> Arc<Self> {
+        let mut registry = Registry::with_prefix("tqserver");
+        let requests = Family::<CodeLabels, Counter>::default();
+        registry.register(
+            "requests",
+            "Requests answered, by worker and HTTP status code",
+            requests.clone(),
+        );
+        let durations = Family::<WorkerLabel, Histogram>::new_with_constructor(|| {
+            Histogram::new(DURATION_BUCKETS)
+        });
+        registry.register_with_unit(
+            "request_duration",
+            "Time from request to complete response",
+            Unit::Seconds,
+            durations.clone(),
+        );
+        let queue_waits =
+            Family::<WorkerLabel, Histogram>::new_with_constructor(|| Histogram::new(WAIT_BUCKETS));
+        registry.register_with_unit(
+            "queue_wait",
+            "Time requests waited for a free worker",
+            Unit::Seconds,
+            queue_waits.clone(),
+        );
+        let http_connections = Gauge::default();
+        registry.register(
+            "http_connections",
+            "Open HTTP connections",
+            http_connections.clone(),
+        );
+        let fastcgi_connections = Family::<WorkerLabel, Gauge>::default();
+        registry.register(
+            "fastcgi_connections",
+            "Open connections on a worker's FastCGI listener",
+            fastcgi_connections.clone(),
+        );
+        let reloads = Counter::default();
+        registry.register(
+            "config_reloads",
+            "Configuration reloads applied",
+            reloads.clone(),
+        );
+        let reload_failures = Counter::default();
+        registry.register(
+            "config_reload_failures",
+            "Configuration reloads refused (invalid configuration)",
+            reload_failures.clone(),
+        );
+        registry.register_collector(Box::new(PoolCollector { router, info }));
+        Arc::new(Self {
+            registry,
+            requests,
+            durations,
+            queue_waits,
+            fastcgi_connections,
+            http_connections,
+            reloads,
+            reload_failures,
+        })
+    }
+
+    pub fn for_app(&self, worker: &str) -> AppMetrics {
+        let label = [("worker", worker.to_owned())];
+        AppMetrics {
+            worker: worker.to_owned(),
+            requests: self.requests.clone(),
+            by_code: (100..600).map(|_| OnceLock::new()).collect(),
+            duration: self.durations.get_or_create(&label).clone(),
+            queue_wait: self.queue_waits.get_or_create(&label).clone(),
+            fastcgi_connections: self.fastcgi_connections.get_or_create(&label).clone(),
+        }
+    }
+
+    /// Prometheus text format (0.0.4), or OpenMetrics when asked for.
+    pub fn encode(&self, openmetrics: bool) -> String {
+        let mut out = String::with_capacity(16 * 1024);
+        let result = if openmetrics {
+            prometheus_client::encoding::text::encode(&mut out, &self.registry)
+        } else {
+            prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry)
+        };
+        if result.is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+/// Version facts for `tqserver_build_info`.
+pub struct BuildInfo {
+    pub version: &'static str,
+}
+
+struct PoolCollector {
+    router: Arc<ArcSwap<Router>>,
+    info: BuildInfo,
+}
+
+impl std::fmt::Debug for PoolCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PoolCollector")
+    }
+}
+
+/// Writes one metric family whose samples are (labels, value).
+fn family<M: EncodeMetric, L: prometheus_client::encoding::EncodeLabelSet>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    unit: Option<&Unit>,
+    samples: Vec<(L, M)>,
+) -> Result<(), std::fmt::Error> {
+    let Some((_, first)) = samples.first() else {
+        return Ok(());
+    };
+    let metric_type = first.metric_type();
+    let mut metric = encoder.encode_descriptor(name, help, unit, metric_type)?;
+    for (labels, value) in &samples {
+        value.encode(metric.encode_family(labels)?)?;
+    }
+    Ok(())
+}
+
+impl Collector for PoolCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let router = self.router.load();
+        let apps = router.apps();
+        let statuses: Vec<_> = apps
+            .iter()
+            .map(|app| (app.clone(), app.pool.status()))
+            .collect();
+        let worker = |name: &str| [("worker", name.to_owned())];
+
+        let mut build = Vec::new();
+        for (app, _) in &statuses {
+            build.push((
+                [
+                    ("version", self.info.version.to_owned()),
+                    ("worker", app.config.name.clone()),
+                    ("php_version", app.config.php.version.clone()),
+                ],
+                ConstGauge::new(1i64),
+            ));
+        }
+        if build.is_empty() {
+            build.push((
+                [
+                    ("version", self.info.version.to_owned()),
+                    ("worker", String::new()),
+                    ("php_version", String::new()),
+                ],
+                ConstGauge::new(1i64),
+            ));
+        }
+        family(
+            &mut encoder,
+            "build_info",
+            "tqserver version and the PHP version of each worker",
+            None,
+            build,
+        )?;
+
+        let mut states = Vec::new();
+        for (app, status) in &statuses {
+            let name = &app.config.name;
+            let stopping = status.total.saturating_sub(status.idle + status.busy);
+            for (state, value) in [
+                ("idle", status.idle),
+                ("busy", status.busy),
+                ("starting", status.spawning),
+                ("stopping", stopping),
+            ] {
+                states.push((
+                    [("worker", name.clone()), ("state", state.to_owned())],
+                    ConstGauge::new(value as i64),
+                ));
+            }
+        }
+        family(
+            &mut encoder,
+            "workers",
+            "Worker processes by state",
+            None,
+            states,
+        )?;
+
+        let gauges: [PoolReading<i64>; 5] = [
+            ("queue_length", "Requests waiting for a worker", |s| {
+                s.queue_len as i64
+            }),
+            (
+                "queue_length_max",
+                "Most requests ever waiting for a worker",
+                |s| s.max_queue_len as i64,
+            ),
+            (
+                "workers_min",
+                "Configured minimum of worker processes",
+                |s| s.min_workers as i64,
+            ),
+            (
+                "workers_max",
+                "Configured maximum of worker processes",
+                |s| s.max_workers as i64,
+            ),
+            (
+                "workers_max_active",
+                "Most workers ever busy at once",
+                |s| s.max_active as i64,
+            ),
+        ];
+        for (name, help, get) in gauges {
+            let samples = statuses
+                .iter()
+                .map(|(app, status)| (worker(&app.config.name), ConstGauge::new(get(status))))
+                .collect();
+            family(&mut encoder, name, help, None, samples)?;
+        }
+
+        let counters: [PoolReading<u64>; 8] = [
+            ("worker_spawns", "Worker processes started", |s| s.spawns),
+            (
+                "worker_spawn_failures",
+                "Worker processes that failed to start",
+                |s| s.spawn_failures,
+            ),
+            (
+                "worker_recycles",
+                "Workers retired after max_requests",
+                |s| s.recycles,
+            ),
+            (
+                "worker_timeouts",
+                "Requests killed at request_timeout",
+                |s| s.timeouts,
+            ),
+            ("worker_crashes", "Workers that exited unexpectedly", |s| {
+                s.crashes
+            }),
+            (
+                "max_workers_reached",
+                "Times every worker was busy at max_workers",
+                |s| s.max_children_reached,
+            ),
+            (
+                "slow_requests",
+                "Requests slower than the slow-log threshold",
+                |s| s.slow_requests,
+            ),
+            (
+                "pool_requests",
+                "Requests that asked the pool for a worker",
+                |s| s.accepted,
+            ),
+        ];
+        for (name, help, get) in counters {
+            let samples = statuses
+                .iter()
+                .map(|(app, status)| (worker(&app.config.name), ConstCounter::new(get(status))))
+                .collect();
+            family(&mut encoder, name, help, None, samples)?;
+        }
+
+        let mut rejections = Vec::new();
+        for (app, status) in &statuses {
+            for (reason, value) in [
+                ("queue_full", status.rejected_queue_full),
+                ("queue_timeout", status.rejected_queue_timeout),
+            ] {
+                rejections.push((
+                    [
+                        ("worker", app.config.name.clone()),
+                        ("reason", reason.to_owned()),
+                    ],
+                    ConstCounter::new(value),
+                ));
+            }
+        }
+        family(
+            &mut encoder,
+            "rejections",
+            "Requests refused with 503 because the pool was saturated",
+            None,
+            rejections,
+        )?;
+
+        let rss = statuses
+            .iter()
+            .map(|(app, status)| {
+                let total: u64 = status.workers.iter().filter_map(|w| w.rss_bytes).sum();
+                (worker(&app.config.name), ConstGauge::new(total as i64))
+            })
+            .collect();
+        family(
+            &mut encoder,
+            "worker_rss",
+            "Resident memory of all worker processes",
+            Some(&Unit::Bytes),
+            rss,
+        )?;
+        let rss_max = statuses
+            .iter()
+            .map(|(app, status)| {
+                let max = status
+                    .workers
+                    .iter()
+                    .filter_map(|w| w.rss_bytes)
+                    .max()
+                    .unwrap_or(0);
+                (worker(&app.config.name), ConstGauge::new(max as i64))
+            })
+            .collect();
+        family(
+            &mut encoder,
+            "worker_rss_max",
+            "Resident memory of the largest worker process",
+            Some(&Unit::Bytes),
+            rss_max,
+        )?;
+
+        let own_rss = pool::stats::rss_bytes(std::process::id()).unwrap_or(0);
+        family(
+            &mut encoder,
+            "process_resident_memory",
+            "Resident memory of tqserver itself (not its workers)",
+            Some(&Unit::Bytes),
+            vec![(
+                Vec::<(String, String)>::new(),
+                ConstGauge::new(own_rss as i64),
+            )],
+        )?;
+        Ok(())
+    }
+}

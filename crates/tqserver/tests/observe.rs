@@ -1,0 +1,577 @@
+//! Observability: metrics after a known workload, under saturation, for
+//! timeouts and crashes; promtool; the php-fpm compatible status page in every
+//! format (and in headless Chromium); health and readiness; the slow log, the
+//! access log, STDERR relay; `tqserver status`.
+
+mod support;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::{BIN, Conn, Server, Site};
+
+fn site(pool: &str) -> Site {
+    Site::new()
+        .with_admin()
+        .worker("app", &format!("path: /\nphp:\n  pool:\n{pool}"))
+        .file("app", "ok.php", "<?php echo 'ok';")
+        .file(
+            "app",
+            "index.php",
+            "<?php http_response_code(404); echo 'no such page';",
+        )
+        .file(
+            "app",
+            "sleep.php",
+            "<?php usleep((int)($_GET['ms'] ?? 100) * 1000); echo 'slept';",
+        )
+        .file(
+            "app",
+            "loop.php",
+            "<?php set_time_limit(0); while (true) {}",
+        )
+        .file("app", "crash.php", "<?php posix_kill(getmypid(), 9);")
+        .file(
+            "app",
+            "long-stderr.php",
+            "<?php error_log('BEGIN' . str_repeat('x', 10240) . 'END'); echo 'logged';",
+        )
+}
+
+fn background_get(server: &Server, path: &str) -> std::thread::JoinHandle<u16> {
+    let port = server.port();
+    let path = path.to_owned();
+    std::thread::spawn(move || {
+        let mut conn = Conn::open(port);
+        conn.send(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        );
+        conn.read_response(false).status
+    })
+}
+
+#[test]
+fn request_counters_and_histograms_match_a_known_workload() {
+    let server = site("    manager: static\n    max_workers: 2\n").start();
+    for _ in 0..8 {
+        assert_eq!(server.get("/ok.php").status, 200);
+    }
+    for _ in 0..2 {
+        assert_eq!(server.get("/missing/page").status, 404);
+    }
+    assert_eq!(
+        server.metric("tqserver_requests_total{worker=\"app\",code=\"200\"}"),
+        Some(8.0)
+    );
+    assert_eq!(
+        server.metric("tqserver_requests_total{worker=\"app\",code=\"404\"}"),
+        Some(2.0)
+    );
+    assert_eq!(
+        server.metric("tqserver_request_duration_seconds_count{worker=\"app\"}"),
+        Some(10.0)
+    );
+    assert_eq!(
+        server.metric("tqserver_pool_requests_total{worker=\"app\"}"),
+        Some(10.0)
+    );
+    assert_eq!(
+        server.metric("tqserver_workers{worker=\"app\",state=\"idle\"}"),
+        Some(2.0)
+    );
+    assert_eq!(
+        server.metric("tqserver_workers_max{worker=\"app\"}"),
+        Some(2.0)
+    );
+    assert!(
+        server
+            .metric("tqserver_worker_rss_bytes{worker=\"app\"}")
+            .unwrap()
+            > 1e6
+    );
+    assert!(
+        server
+            .metric("tqserver_process_resident_memory_bytes")
+            .unwrap()
+            > 1e6
+    );
+    let text = server.admin("/metrics").text();
+    assert!(text.contains("tqserver_build_info{version=\""), "{text}");
+    assert!(text.contains("php_version=\"8."), "{text}");
+}
+
+#[test]
+fn promtool_accepts_the_metrics() {
+    let server = site("    manager: dynamic\n    min_workers: 1\n    max_workers: 3\n").start();
+    server.get("/ok.php");
+    server.get("/nothing-here");
+    for (accept, label) in [
+        ("", "prometheus"),
+        ("application/openmetrics-text; version=1.0.0", "openmetrics"),
+    ] {
+        let mut conn = Conn::open(server.site.admin_port.unwrap());
+        conn.send(
+            format!(
+                "GET /metrics HTTP/1.1\r\nHost: x\r\nAccept: {accept}\r\nConnection: close\r\n\r\n"
+            )
+            .as_bytes(),
+        );
+        let response = conn.read_response(false);
+        assert_eq!(response.status, 200);
+        if label == "openmetrics" {
+            // promtool reads the Prometheus format; OpenMetrics differs in
+            // naming (counters' HELP lines drop _total), so check its shape.
+            assert!(
+                response
+                    .header("content-type")
+                    .unwrap()
+                    .starts_with("application/openmetrics-text")
+            );
+            let text = response.text();
+            assert!(text.trim_end().ends_with("# EOF"));
+            assert!(text.contains("# TYPE tqserver_requests counter"), "{text}");
+            continue;
+        }
+        let mut promtool = Command::new("promtool")
+            .args(["check", "metrics"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("promtool (Debian package prometheus)");
+        use std::io::Write;
+        promtool
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(&response.body)
+            .unwrap();
+        let output = promtool.wait_with_output().unwrap();
+        assert!(
+            output.status.success(),
+            "{label}: promtool says:\n{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}
+
+#[test]
+fn queue_length_and_rejections_move_under_saturation() {
+    let server = site(
+        "    manager: static\n    max_workers: 1\n    max_queue: 3\n    queue_timeout: 800ms\n",
+    )
+    .start();
+    let busy: Vec<_> = (0..4)
+        .map(|_| background_get(&server, "/sleep.php?ms=1500"))
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        server.metric("tqserver_queue_length{worker=\"app\"}"),
+        Some(3.0)
+    );
+    // The queue is full: refused at once.
+    assert_eq!(server.get("/ok.php").status, 503);
+    let statuses: Vec<u16> = busy.into_iter().map(|h| h.join().unwrap()).collect();
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        1,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        server.metric("tqserver_rejections_total{worker=\"app\",reason=\"queue_full\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        server.metric("tqserver_rejections_total{worker=\"app\",reason=\"queue_timeout\"}"),
+        Some(3.0)
+    );
+    assert_eq!(
+        server.metric("tqserver_queue_length{worker=\"app\"}"),
+        Some(0.0)
+    );
+    assert_eq!(
+        server.metric("tqserver_queue_length_max{worker=\"app\"}"),
+        Some(3.0)
+    );
+    assert_eq!(
+        server.metric("tqserver_max_workers_reached_total{worker=\"app\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        server.metric("tqserver_requests_total{worker=\"app\",code=\"503\"}"),
+        Some(4.0)
+    );
+    assert!(
+        server
+            .metric("tqserver_queue_wait_seconds_count{worker=\"app\"}")
+            .unwrap()
+            >= 1.0
+    );
+}
+
+#[test]
+fn timeouts_and_crashes_are_counted() {
+    let server =
+        site("    manager: static\n    max_workers: 2\n    request_timeout: 500ms\n    kill_grace: 200ms\n").start();
+    assert_eq!(server.get("/loop.php").status, 504);
+    assert_eq!(server.get("/crash.php").status, 502);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while server.metric("tqserver_worker_crashes_total{worker=\"app\"}") != Some(1.0) {
+        assert!(
+            Instant::now() < deadline,
+            "{}",
+            server.admin("/metrics").text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        server.metric("tqserver_worker_timeouts_total{worker=\"app\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        server.metric("tqserver_requests_total{worker=\"app\",code=\"504\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        server.metric("tqserver_requests_total{worker=\"app\",code=\"502\"}"),
+        Some(1.0)
+    );
+    // Both replaced.
+    while server.worker_pids().len() != 2 {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        server
+            .metric("tqserver_worker_spawns_total{worker=\"app\"}")
+            .unwrap()
+            >= 4.0
+    );
+}
+
+#[test]
+fn status_json_full_has_every_php_fpm_field() {
+    let server = site(
+        "    manager: dynamic\n    min_workers: 2\n    max_workers: 5\n    start_workers: 2\n",
+    )
+    .start();
+    for _ in 0..3 {
+        server.get("/ok.php");
+    }
+    let response = server.admin("/status/app?json&full");
+    assert_eq!(response.status, 200);
+    assert_eq!(response.header("content-type"), Some("application/json"));
+    let status: serde_json::Value = serde_json::from_slice(&response.body).unwrap();
+    assert_eq!(status["pool"], "app");
+    assert_eq!(status["process manager"], "dynamic");
+    for field in [
+        "start time",
+        "start since",
+        "accepted conn",
+        "listen queue",
+        "max listen queue",
+        "listen queue len",
+        "idle processes",
+        "active processes",
+        "total processes",
+        "max active processes",
+        "max children reached",
+        "slow requests",
+        "max children",
+        "min children",
+    ] {
+        assert!(status[field].is_u64(), "{field}: {}", status[field]);
+    }
+    assert_eq!(status["accepted conn"], 3);
+    assert_eq!(status["total processes"], 2);
+    assert_eq!(status["max children"], 5);
+    assert_eq!(status["min children"], 2);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let start = status["start time"].as_u64().unwrap();
+    assert!(start <= now && now - start < 60, "start time {start}");
+    let processes = status["processes"].as_array().unwrap();
+    assert_eq!(processes.len(), 2);
+    for process in processes {
+        for field in [
+            "pid",
+            "start time",
+            "start since",
+            "requests",
+            "request duration",
+            "content length",
+            "last request memory",
+            "rss",
+        ] {
+            assert!(process[field].is_u64(), "{field}: {process}");
+        }
+        for field in ["state", "request method", "request uri", "user", "script"] {
+            assert!(process[field].is_string(), "{field}: {process}");
+        }
+        assert!(process["last request cpu"].is_number());
+        assert!(process["rss"].as_u64().unwrap() > 1_000_000);
+        assert_eq!(process["state"], "Idle");
+    }
+    let served: u64 = processes
+        .iter()
+        .map(|p| p["requests"].as_u64().unwrap())
+        .sum();
+    assert_eq!(served, 3);
+    let busiest = processes
+        .iter()
+        .find(|p| p["requests"].as_u64().unwrap() > 0)
+        .unwrap();
+    assert_eq!(busiest["request method"], "GET");
+    assert_eq!(busiest["request uri"], "/ok.php");
+    assert!(busiest["script"].as_str().unwrap().ends_with("/ok.php"));
+
+    // The other formats.
+    let text = server.admin("/status/app").text();
+    assert!(text.starts_with("pool:                 app\n"), "{text}");
+    assert!(text.contains("accepted conn:        3"), "{text}");
+    let full = server.admin("/status/app?full").text();
+    assert_eq!(full.matches("************************").count(), 2);
+    let xml = server.admin("/status/app?xml").text();
+    assert!(xml.contains("<pool>app</pool>"));
+    let om = server.admin("/status/app?openmetrics").text();
+    assert!(om.contains("phpfpm_accepted_connections_total 3"), "{om}");
+    assert!(om.trim_end().ends_with("# EOF"));
+    assert_eq!(server.admin("/status/nope").status, 404);
+    // All pools at once.
+    let all: serde_json::Value = serde_json::from_slice(&server.admin("/status").body).unwrap();
+    assert_eq!(all["phase"], "running");
+    assert_eq!(all["pools"][0]["pool"], "app");
+    assert_eq!(all["pools"][0]["route"], "/");
+}
+
+#[test]
+fn html_status_renders_in_headless_chromium() {
+    let server = site("    manager: static\n    max_workers: 3\n").start();
+    server.get("/ok.php");
+    let html = server.admin("/status/app?html&full");
+    assert_eq!(html.status, 200);
+    assert!(html.text().contains("http-equiv=\"refresh\""));
+    let chromium = ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .expect("chromium not found: install the Debian package chromium (scripts/deps.sh test)");
+    let url = format!(
+        "http://127.0.0.1:{}/status/app?html&full",
+        server.site.admin_port.unwrap()
+    );
+    let profile = tempfile::tempdir().unwrap();
+    let screenshot = std::env::temp_dir().join("tqserver-status.png");
+    let flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+    ];
+    let dom = Command::new(chromium)
+        .args(flags)
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .args(["--virtual-time-budget=2000", "--dump-dom"])
+        .arg(&url)
+        .output()
+        .expect("run chromium");
+    let dom = String::from_utf8_lossy(&dom.stdout);
+    assert!(dom.contains("<h1>Pool app</h1>"), "{dom}");
+    assert!(dom.contains("Processes"), "{dom}");
+    assert_eq!(dom.matches("<tr class=\"Idle\">").count(), 3, "{dom}");
+    let shot = Command::new(chromium)
+        .args(flags)
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg(format!("--screenshot={}", screenshot.display()))
+        .arg("--window-size=1200,700")
+        .arg(&url)
+        .output()
+        .expect("run chromium");
+    assert!(shot.status.success() || screenshot.exists());
+    assert!(
+        std::fs::metadata(&screenshot)
+            .map(|m| m.len() > 1000)
+            .unwrap_or(false)
+    );
+}
+
+#[test]
+fn health_and_readiness() {
+    let mut server = site("    manager: static\n    max_workers: 1\n").start();
+    assert_eq!(server.admin("/healthz").status, 200);
+    let ready = server.admin("/readyz");
+    assert_eq!(ready.status, 200, "{}", ready.text());
+    // Draining: a request keeps the server in its stop phase.
+    let slow = background_get(&server, "/sleep.php?ms=1500");
+    std::thread::sleep(Duration::from_millis(200));
+    server.signal(libc::SIGTERM);
+    std::thread::sleep(Duration::from_millis(300));
+    let draining = server.admin("/readyz");
+    assert_eq!(draining.status, 503);
+    assert!(draining.text().contains("stopping"), "{}", draining.text());
+    assert_eq!(slow.join().unwrap(), 200);
+    assert!(
+        server
+            .wait_exit(Duration::from_secs(10))
+            .is_some_and(|s| s.success())
+    );
+}
+
+#[test]
+fn slow_requests_are_logged_and_quick_ones_are_not() {
+    let server = site("    manager: static\n    max_workers: 2\n")
+        .server_yaml("logging:\n  slow_log:\n    threshold: 1s\n")
+        .start();
+    assert_eq!(server.get("/sleep.php?ms=1500").status, 200);
+    for _ in 0..5 {
+        assert_eq!(server.get("/ok.php").status, 200);
+    }
+    assert!(
+        server.wait_for_log("slow request", Duration::from_secs(3)),
+        "{}",
+        server.log()
+    );
+    let log = server.log();
+    let slow: Vec<_> = log.lines().filter(|l| l.contains("slow request")).collect();
+    assert_eq!(slow.len(), 1, "{log}");
+    let line = slow[0];
+    for part in [
+        "worker=app",
+        "pid=",
+        "method=GET",
+        "uri=/sleep.php?ms=1500",
+        "script=",
+        "sleep.php",
+        "status=200",
+        "duration_ms=",
+    ] {
+        assert!(line.contains(part), "{part} missing in {line}");
+    }
+    assert_eq!(
+        server.metric("tqserver_slow_requests_total{worker=\"app\"}"),
+        Some(1.0)
+    );
+    let status: serde_json::Value =
+        serde_json::from_slice(&server.admin("/status/app?json").body).unwrap();
+    assert_eq!(status["slow requests"], 1);
+}
+
+#[test]
+fn a_10_kb_stderr_line_is_logged_whole() {
+    let server = site("    manager: static\n    max_workers: 1\n").start();
+    assert_eq!(server.get("/long-stderr.php").text(), "logged");
+    assert!(server.wait_for_log("END", Duration::from_secs(3)));
+    let log = server.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("BEGIN"))
+        .expect("stderr line");
+    assert!(
+        line.contains(&format!("BEGIN{}END", "x".repeat(10240))),
+        "line was cut: {} bytes",
+        line.len()
+    );
+    assert!(
+        line.contains("worker=app") && line.contains("pid="),
+        "{line}"
+    );
+}
+
+#[test]
+fn access_log_in_combined_and_json_formats() {
+    let site = site("    manager: static\n    max_workers: 1\n");
+    let combined = site.root().join("logs/access.log");
+    let json = site.root().join("logs/app-access.json");
+    let site = site.server_yaml(&format!(
+        "logging:\n  access_log:\n    file: {}\n",
+        combined.display()
+    ));
+    let server = site.start();
+    server.request("GET /ok.php?x=1 HTTP/1.1\r\nHost: x\r\nReferer: http://ref.example/\r\nUser-Agent: tester/1.0\r\nConnection: close\r\n\r\n");
+    server.get("/missing");
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let text = loop {
+        let text = std::fs::read_to_string(&combined).unwrap_or_default();
+        if text.lines().count() >= 2 || Instant::now() > deadline {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let lines: Vec<_> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert!(lines[0].starts_with("127.0.0.1 - - ["), "{}", lines[0]);
+    assert!(
+        lines[0]
+            .contains("\"GET /ok.php?x=1 HTTP/1.1\" 200 2 \"http://ref.example/\" \"tester/1.0\""),
+        "{}",
+        lines[0]
+    );
+    assert!(
+        lines[1].contains("\"GET /missing HTTP/1.1\" 404 "),
+        "{}",
+        lines[1]
+    );
+    drop(server);
+
+    // A worker's own JSON access log.
+    let site = self::site("    manager: static\n    max_workers: 1\n");
+    site.write(
+        "workers/app/config/worker.yaml",
+        format!(
+            "path: /\nphp:\n  pool:\n    manager: static\n    max_workers: 1\naccess_log:\n  format: json\n  file: {}\n",
+            json.display()
+        ),
+    );
+    let server = site.start();
+    server.get("/ok.php");
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let text = loop {
+        let text = std::fs::read_to_string(&json).unwrap_or_default();
+        if !text.is_empty() || Instant::now() > deadline {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let entry: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    assert_eq!(entry["worker"], "app");
+    assert_eq!(entry["status"], 200);
+    assert_eq!(entry["uri"], "/ok.php");
+    assert_eq!(entry["bytes"], 2);
+    assert!(entry["pid"].as_u64().unwrap() > 0);
+    assert!(entry["duration_ms"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn tqserver_status_prints_pools_and_workers() {
+    let server = site("    manager: static\n    max_workers: 2\n").start();
+    server.get("/ok.php");
+    let output = Command::new(BIN)
+        .args(["status", "--config"])
+        .arg(server.site.config_path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("WORKER"), "{stdout}");
+    let row = stdout
+        .lines()
+        .find(|l| l.starts_with("app "))
+        .expect("pool row");
+    assert!(row.contains("static"), "{row}");
+    assert!(stdout.contains("app workers:"), "{stdout}");
+    assert_eq!(
+        stdout.lines().filter(|l| l.contains(" Idle ")).count(),
+        2,
+        "{stdout}"
+    );
+}
