@@ -510,8 +510,9 @@ where
             .unwrap_or(0),
     };
     let mut lease = None;
+    let mut app = app.clone();
     for attempt in 0..2 {
-        let mut candidate = match app.pool.acquire().await {
+        let mut candidate = match crate::http::php::acquire(&mut app, &shared.router).await {
             Ok(lease) => lease,
             Err(AcquireError::QueueFull { .. } | AcquireError::QueueTimeout { .. }) => {
                 return respond(writer, request_id, "Status: 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Type: text/plain\r\n", b"503 Service Unavailable\n").await;

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use notify::{RecursiveMode, Watcher};
+use notify::{EventKind, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
@@ -82,7 +82,10 @@ pub fn start(config: &Config, reload: mpsc::Sender<&'static str>) -> notify::Res
     let filter = paths.clone();
     let watcher =
         notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
+            // Reading the files (as a reload does) is no change.
+            Ok(event) if matches!(event.kind, EventKind::Access(_)) => {}
             Ok(event) if event.paths.iter().any(|p| filter.relevant(p)) => {
+                debug!(?event, "config change");
                 let _ = events_tx.send(());
             }
             Ok(_) => {}

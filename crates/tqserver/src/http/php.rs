@@ -31,6 +31,8 @@ use super::errors;
 use super::resolve::Script;
 use crate::app::App;
 use crate::observe::Observation;
+use crate::router::Router;
+use arc_swap::ArcSwap;
 
 /// The request body as it will be sent to PHP.
 pub enum RequestBody {
@@ -59,6 +61,7 @@ enum Failure {
 
 pub async fn serve(
     app: &Arc<App>,
+    router: &ArcSwap<Router>,
     parts: Parts,
     body: RequestBody,
     script: Script,
@@ -89,8 +92,9 @@ pub async fn serve(
     };
     observation.script = Some(info.script.clone());
     let mut body = Some(body);
+    let mut app = app.clone();
     for attempt in 0..2 {
-        let mut lease = match app.pool.acquire().await {
+        let mut lease = match acquire(&mut app, router).await {
             Ok(lease) => lease,
             Err(AcquireError::QueueFull { .. } | AcquireError::QueueTimeout { .. }) => {
                 return errors::overloaded(1);
@@ -103,7 +107,7 @@ pub async fn serve(
         observation.queue_waited(lease.queue_wait());
         lease.begin(info.clone());
         let deadline = Instant::now() + lease.request_timeout();
-        match exchange(app, lease, &cgi, &mut body, deadline).await {
+        match exchange(&app, lease, &cgi, &mut body, deadline).await {
             Ok(response) => return response,
             Err(Failure::Response(response)) => return *response,
             Err(Failure::Retry) if attempt == 0 => {}
@@ -111,6 +115,32 @@ pub async fn serve(
         }
     }
     errors::status(StatusCode::BAD_GATEWAY)
+}
+
+/// Takes a worker from the app's pool. A pool that stopped taking requests
+/// was replaced by a reload after this request was routed: the request moves
+/// to the app's new pool.
+pub async fn acquire(app: &mut Arc<App>, router: &ArcSwap<Router>) -> Result<Lease, AcquireError> {
+    match app.pool.acquire().await {
+        Err(AcquireError::Stopping { pool }) => {
+            let successor = router
+                .load()
+                .apps()
+                .iter()
+                .find(|candidate| {
+                    candidate.config.name == app.config.name && !Arc::ptr_eq(candidate, app)
+                })
+                .cloned();
+            match successor {
+                Some(successor) => {
+                    *app = successor;
+                    app.pool.acquire().await
+                }
+                None => Err(AcquireError::Stopping { pool }),
+            }
+        }
+        other => other,
+    }
 }
 
 /// Writes the request and reads the response head. Every outcome decides

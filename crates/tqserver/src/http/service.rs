@@ -110,7 +110,17 @@ async fn route(
                     Err(status) => return errors::status(status),
                 }
             };
-            php::serve(&app, parts, body, script, peer, local, observation).await
+            php::serve(
+                &app,
+                &front.router,
+                parts,
+                body,
+                script,
+                peer,
+                local,
+                observation,
+            )
+            .await
         }
         Target::Static { file, meta, path } if app.config.static_files => static_files::serve(
             request.method(),

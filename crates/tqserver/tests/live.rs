@@ -1,0 +1,488 @@
+//! Live operations: reload under load with zero failed requests, apps added
+//! and removed without a restart, broken configs that change nothing,
+//! graceful shutdown, log reopening, `tqserver reload`.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use support::{BIN, Conn, Server, Site, all_php_cgi, wait_gone};
+
+const SETTINGS_PHP: &str =
+    "<?php echo 'memory_limit=', ini_get('memory_limit'), \"\\npid=\", getmypid(), \"\\n\";";
+
+fn worker_yaml(generation: usize) -> String {
+    // Pool sizes and a PHP setting change with every generation.
+    format!(
+        "path: /\nphp:\n  settings:\n    memory_limit: {}M\n  pool:\n    manager: dynamic\n    min_workers: {}\n    max_workers: {}\n    start_workers: {}\n",
+        100 + generation,
+        1 + generation % 3,
+        4 + generation % 4,
+        1 + generation % 3,
+    )
+}
+
+/// Writes a file the way editors do: a temporary file renamed over it.
+fn write_by_rename(path: &std::path::Path, text: &str) {
+    let tmp = path.with_extension("yaml.tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+fn memory_limit(server: &Server) -> Option<String> {
+    server
+        .get("/settings.php")
+        .vars()
+        .get("memory_limit")
+        .cloned()
+}
+
+fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) -> Duration {
+    let started = Instant::now();
+    while !check() {
+        assert!(
+            started.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    started.elapsed()
+}
+
+#[test]
+fn reload_under_load_fails_no_request() {
+    let site = Site::new()
+        .with_admin()
+        .worker("app", &worker_yaml(0))
+        .file("app", "settings.php", SETTINGS_PHP);
+    let worker_file = site.root().join("workers/app/config/worker.yaml");
+    let server = site.start();
+    assert_eq!(memory_limit(&server).as_deref(), Some("100M"));
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicUsize::new(0));
+    let failed = Arc::new(AtomicUsize::new(0));
+    let port = server.port();
+    let load: Vec<_> = (0..20)
+        .map(|_| {
+            let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+            std::thread::spawn(move || {
+                let mut failures = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    // Keep-alive connections, renewed now and then.
+                    let Ok(stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    };
+                    stream
+                        .set_read_timeout(Some(Duration::from_secs(10)))
+                        .unwrap();
+                    let mut conn = std::io::BufReader::new(stream);
+                    for _ in 0..50 {
+                        if stop.load(Ordering::Relaxed) {
+                            break;
+                        }
+                        match one_request(&mut conn) {
+                            Ok(200) => {
+                                ok.fetch_add(1, Ordering::Relaxed);
+                            }
+                            other => {
+                                failed.fetch_add(1, Ordering::Relaxed);
+                                failures.push(format!("{other:?}"));
+                                break;
+                            }
+                        }
+                    }
+                }
+                failures
+            })
+        })
+        .collect();
+
+    let mut reload_times = Vec::new();
+    let test_started = Instant::now();
+    for generation in 1..=10 {
+        std::thread::sleep(Duration::from_millis(800));
+        let written = Instant::now();
+        if generation % 2 == 0 {
+            std::fs::write(&worker_file, worker_yaml(generation)).unwrap();
+        } else {
+            write_by_rename(&worker_file, &worker_yaml(generation));
+        }
+        let expected = format!("{}M", 100 + generation);
+        wait_for(
+            &format!("generation {generation}"),
+            Duration::from_secs(15),
+            || memory_limit(&server).as_deref() == Some(expected.as_str()),
+        );
+        reload_times.push(written.elapsed());
+    }
+    // Keep the load on for the full 20 s.
+    if let Some(rest) = Duration::from_secs(20).checked_sub(test_started.elapsed()) {
+        std::thread::sleep(rest);
+    }
+    stop.store(true, Ordering::Relaxed);
+    let failures: Vec<String> = load.into_iter().flat_map(|t| t.join().unwrap()).collect();
+    let ok = ok.load(Ordering::Relaxed);
+    eprintln!(
+        "reload under load: {ok} requests ok, {} failed, 10 reloads, file write to new pool serving: {:?}",
+        failed.load(Ordering::Relaxed),
+        reload_times
+    );
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "{failures:?}\n{}",
+        server.log()
+    );
+    assert!(ok > 1000, "only {ok} requests in 20 s");
+    assert_eq!(server.metric("tqserver_config_reloads_total"), Some(10.0));
+    // Old pools drained and stopped: only the current pool's workers remain.
+    wait_for("old pools stopped", Duration::from_secs(15), || {
+        let workers = server.worker_pids().len();
+        (2..=8).contains(&workers)
+            && server
+                .metric("tqserver_workers{worker=\"app\",state=\"idle\"}")
+                .unwrap_or(0.0) as usize
+                + server
+                    .metric("tqserver_workers{worker=\"app\",state=\"busy\"}")
+                    .unwrap_or(0.0) as usize
+                == workers
+    });
+}
+
+/// One GET on a kept-alive connection: the status code.
+fn one_request(conn: &mut std::io::BufReader<std::net::TcpStream>) -> std::io::Result<u16> {
+    use std::io::BufRead;
+    conn.get_mut()
+        .write_all(b"GET /settings.php HTTP/1.1\r\nHost: x\r\n\r\n")?;
+    let mut status = String::new();
+    conn.read_line(&mut status)?;
+    if status.is_empty() {
+        return Err(std::io::Error::other("connection closed"));
+    }
+    let code: u16 = status.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let mut length = 0usize;
+    let mut close = false;
+    loop {
+        let mut line = String::new();
+        conn.read_line(&mut line)?;
+        let line = line.trim_end().to_ascii_lowercase();
+        if line.is_empty() {
+            break;
+        }
+        if let Some(v) = line.strip_prefix("content-length:") {
+            length = v.trim().parse().unwrap_or(0);
+        }
+        if line == "connection: close" {
+            close = true;
+        }
+    }
+    let mut body = vec![0; length];
+    conn.read_exact(&mut body)?;
+    if close {
+        return Err(std::io::Error::other(
+            "server closed a kept-alive connection",
+        ));
+    }
+    Ok(code)
+}
+
+#[test]
+fn adding_and_removing_a_worker_folder_needs_no_restart() {
+    let site = Site::new()
+        .worker(
+            "main",
+            "path: /\nphp:\n  pool:\n    manager: static\n    max_workers: 1\n",
+        )
+        .file("main", "index.php", "<?php echo 'main front';");
+    let server = site.start();
+    assert_eq!(server.get("/shop/").text(), "main front");
+    assert_eq!(server.get("/shop/item.php").status, 404);
+
+    // A new app folder appears: files first, worker.yaml last (as a deploy would).
+    let root = server.site.root().to_owned();
+    std::fs::create_dir_all(root.join("workers/shop/public")).unwrap();
+    std::fs::write(
+        root.join("workers/shop/public/item.php"),
+        "<?php usleep((int)($_GET['ms'] ?? 0) * 1000); echo 'shop item';",
+    )
+    .unwrap();
+    let _ = std::process::Command::new("chmod")
+        .args(["-R", "a+rX"])
+        .arg(&root)
+        .status();
+    std::fs::create_dir_all(root.join("workers/shop/config")).unwrap();
+    std::fs::write(
+        root.join("workers/shop/config/worker.yaml"),
+        "path: /shop\nphp:\n  pool:\n    manager: static\n    max_workers: 1\n",
+    )
+    .unwrap();
+    wait_for("the new route", Duration::from_secs(10), || {
+        server.get("/shop/item.php").text() == "shop item"
+    });
+
+    // Removed while a request is in flight: the request finishes, then 404.
+    let port = server.port();
+    let in_flight = std::thread::spawn(move || {
+        let mut conn = Conn::open(port);
+        conn.send(b"GET /shop/item.php?ms=1500 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        let response = conn.read_response(false);
+        (response.status, response.text())
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    std::fs::remove_dir_all(root.join("workers/shop")).unwrap();
+    wait_for("the route to go", Duration::from_secs(10), || {
+        server.get("/shop/").text() == "main front"
+    });
+    assert_eq!(server.get("/shop/item.php").status, 404);
+    assert_eq!(in_flight.join().unwrap(), (200, "shop item".to_owned()));
+    // The main app never noticed.
+    assert_eq!(server.get("/").text(), "main front");
+    wait_for(
+        "the shop's workers to stop",
+        Duration::from_secs(10),
+        || server.worker_pids().len() == 1,
+    );
+}
+
+#[test]
+fn a_broken_worker_yaml_leaves_the_old_config_serving() {
+    let site = Site::new()
+        .with_admin()
+        .worker("app", &worker_yaml(0))
+        .file("app", "settings.php", SETTINGS_PHP);
+    let worker_file = site.root().join("workers/app/config/worker.yaml");
+    let server = site.start();
+    let pids = server.worker_pids();
+    for (broken, expected) in [
+        ("path: /\nphp:\n  pool: [\n", "worker.yaml:"),
+        (
+            "path: /\nphp:\n  pool:\n    max_wrokers: 3\n",
+            "did you mean `max_workers`",
+        ),
+    ] {
+        let before = server
+            .metric("tqserver_config_reload_failures_total")
+            .unwrap_or(0.0);
+        std::fs::write(&worker_file, broken).unwrap();
+        wait_for("the refused reload", Duration::from_secs(10), || {
+            server
+                .metric("tqserver_config_reload_failures_total")
+                .unwrap_or(0.0)
+                > before
+        });
+        assert!(server.log().contains("reload refused"), "{}", server.log());
+        assert!(server.log().contains(expected), "{}", server.log());
+        let status: serde_json::Value =
+            serde_json::from_slice(&server.admin("/status").body).unwrap();
+        assert_eq!(status["last reload"]["ok"], false);
+        let errors = status["last reload"]["errors"].to_string();
+        assert!(errors.contains("worker.yaml"), "{errors}");
+        // Still serving, with the same workers.
+        assert_eq!(memory_limit(&server).as_deref(), Some("100M"));
+        assert_eq!(server.worker_pids(), pids);
+    }
+    // Fixed: applied.
+    std::fs::write(&worker_file, worker_yaml(5)).unwrap();
+    wait_for("the fix", Duration::from_secs(10), || {
+        memory_limit(&server).as_deref() == Some("105M")
+    });
+}
+
+#[test]
+fn sigterm_lets_in_flight_requests_finish_then_exits_0() {
+    let mut server = Site::new()
+        .worker(
+            "app",
+            "path: /\nphp:\n  pool:\n    manager: static\n    max_workers: 10\n",
+        )
+        .file("app", "slow.php", "<?php sleep(2); echo 'done';")
+        .start();
+    let pids = server.worker_pids();
+    let port = server.port();
+    let requests: Vec<_> = (0..10)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let mut conn = Conn::open(port);
+                conn.send(b"GET /slow.php HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+                let response = conn.read_response(false);
+                (response.status, response.text())
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let signalled = Instant::now();
+    server.signal(libc::SIGTERM);
+    // New connections are refused while the old ones finish.
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
+    for request in requests {
+        assert_eq!(request.join().unwrap(), (200, "done".to_owned()));
+    }
+    let status = server
+        .wait_exit(Duration::from_secs(10))
+        .expect("tqserver exits");
+    assert!(status.success(), "{status}");
+    assert!(signalled.elapsed() < Duration::from_secs(5));
+    assert!(
+        wait_gone(&pids, Duration::from_secs(1)),
+        "php-cgi left behind"
+    );
+}
+
+#[test]
+fn a_second_sigint_stops_at_once() {
+    let mut server = Site::new()
+        .worker(
+            "app",
+            "path: /\nphp:\n  pool:\n    manager: static\n    max_workers: 2\n",
+        )
+        .file("app", "slow.php", "<?php sleep(20); echo 'done';")
+        .start();
+    let pids = server.worker_pids();
+    let port = server.port();
+    let _request = std::thread::spawn(move || {
+        let mut conn = Conn::open(port);
+        conn.send(b"GET /slow.php HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        let mut sink = Vec::new();
+        let _ = conn.stream().read_to_end(&mut sink);
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    server.signal(libc::SIGINT);
+    std::thread::sleep(Duration::from_millis(300));
+    let started = Instant::now();
+    server.signal(libc::SIGINT);
+    assert!(
+        server.wait_exit(Duration::from_secs(5)).is_some(),
+        "second SIGINT did not stop tqserver"
+    );
+    assert!(started.elapsed() < Duration::from_secs(4));
+    assert!(wait_gone(&pids, Duration::from_secs(2)));
+}
+
+#[test]
+fn sigusr1_reopens_log_files() {
+    let site = Site::new()
+        .worker(
+            "app",
+            "path: /\nphp:\n  pool:\n    manager: static\n    max_workers: 1\n",
+        )
+        .file("app", "ok.php", "<?php echo 'ok';");
+    let logs = site.root().join("logs");
+    let site = site.server_yaml(&format!(
+        "logging:\n  file: {}/tqserver.log\n  access_log:\n    file: {}/access.log\n",
+        logs.display(),
+        logs.display()
+    ));
+    let server = site.start();
+    server.get("/ok.php?before");
+    wait_for("first access line", Duration::from_secs(3), || {
+        std::fs::read_to_string(logs.join("access.log")).is_ok_and(|t| t.contains("before"))
+    });
+    // logrotate moves the files away...
+    std::fs::rename(logs.join("tqserver.log"), logs.join("tqserver.log.1")).unwrap();
+    std::fs::rename(logs.join("access.log"), logs.join("access.log.1")).unwrap();
+    // ...and signals.
+    server.signal(libc::SIGUSR1);
+    wait_for("a fresh server log", Duration::from_secs(3), || {
+        std::fs::read_to_string(logs.join("tqserver.log"))
+            .is_ok_and(|t| t.contains("log files reopened"))
+    });
+    server.get("/ok.php?after");
+    wait_for("a fresh access log", Duration::from_secs(3), || {
+        std::fs::read_to_string(logs.join("access.log")).is_ok_and(|t| t.contains("after"))
+    });
+    let old_access = std::fs::read_to_string(logs.join("access.log.1")).unwrap();
+    assert!(old_access.contains("before") && !old_access.contains("after"));
+    let old_log = std::fs::read_to_string(logs.join("tqserver.log.1")).unwrap();
+    assert!(old_log.contains("serving") && !old_log.contains("reopened"));
+}
+
+#[test]
+fn tqserver_reload_applies_or_reports_errors() {
+    let site = Site::new()
+        .with_admin()
+        .worker("app", &worker_yaml(0))
+        .file("app", "settings.php", SETTINGS_PHP);
+    let worker_file = site.root().join("workers/app/config/worker.yaml");
+    // No file watching involved: SIGHUP via the pid file.
+    let server = site.start();
+    let config = server.site.config_path();
+    // Changed on disk, applied by `tqserver reload` (or by the watcher, first).
+    std::fs::write(&worker_file, worker_yaml(7)).unwrap();
+    let output = std::process::Command::new(BIN)
+        .args(["reload", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(String::from_utf8_lossy(&output.stdout).contains("reloaded"));
+    wait_for("new settings", Duration::from_secs(5), || {
+        memory_limit(&server).as_deref() == Some("107M")
+    });
+    std::fs::write(
+        &worker_file,
+        "path: /\nphp:\n  pool:\n    manager: elastic\n",
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(800));
+    let output = std::process::Command::new(BIN)
+        .args(["reload", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains("reload refused"), "{stderr}");
+    assert!(stderr.contains("php.pool.manager"), "{stderr}");
+    assert_eq!(memory_limit(&server).as_deref(), Some("107M"));
+}
+
+#[test]
+fn sighup_reloads() {
+    let site = Site::new()
+        .with_admin()
+        .worker("app", &worker_yaml(0))
+        .file("app", "settings.php", SETTINGS_PHP);
+    let server = site.start();
+    let before = server
+        .metric("tqserver_config_reloads_total")
+        .unwrap_or(0.0);
+    server.signal(libc::SIGHUP);
+    wait_for("the reload", Duration::from_secs(5), || {
+        server
+            .metric("tqserver_config_reloads_total")
+            .unwrap_or(0.0)
+            > before
+    });
+    // Nothing changed: nothing restarted.
+    assert!(
+        server.log().contains("added [], changed [], removed []"),
+        "{}",
+        server.log()
+    );
+}
+
+#[test]
+fn no_worker_is_left_behind_by_these_tests() {
+    // Runs alongside the others; checks that nothing from a finished test
+    // leaks by looking for php-cgi processes whose parent is gone (pid 1).
+    std::thread::sleep(Duration::from_secs(1));
+    for pid in all_php_cgi() {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let ppid: u32 = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0);
+        assert_ne!(ppid, 1, "orphaned php-cgi {pid}");
+    }
+}
