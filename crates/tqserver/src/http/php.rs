@@ -65,8 +65,7 @@ pub async fn serve(
     parts: Parts,
     body: RequestBody,
     script: Script,
-    peer: SocketAddr,
-    local: SocketAddr,
+    (peer, local): (SocketAddr, SocketAddr),
     observation: &mut Observation,
 ) -> Response<Body> {
     let info = RequestInfo {

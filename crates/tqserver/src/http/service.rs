@@ -116,8 +116,7 @@ async fn route(
                 parts,
                 body,
                 script,
-                peer,
-                local,
+                (peer, local),
                 observation,
             )
             .await
