@@ -472,6 +472,55 @@ fn sighup_reloads() {
 }
 
 #[test]
+fn systemd_notifications_and_watchdog() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket_path = dir.path().join("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let socket_text = socket_path.display().to_string();
+    let mut server = Site::new()
+        .worker(
+            "app",
+            "path: /\nphp:\n  pool:\n    manager: static\n    max_workers: 1\n",
+        )
+        .file("app", "ok.php", "<?php echo 'ok';")
+        .start_with_env(&[("NOTIFY_SOCKET", &socket_text), ("WATCHDOG_USEC", "400000")]);
+    let mut messages = Vec::new();
+    let mut receive_until = |needle: &str, messages: &mut Vec<String>| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            let mut buf = [0u8; 4096];
+            let Ok(n) = socket.recv(&mut buf) else { break };
+            let message = String::from_utf8_lossy(&buf[..n]).into_owned();
+            messages.push(message.clone());
+            if message.contains(needle) {
+                return true;
+            }
+        }
+        false
+    };
+    assert!(receive_until("READY=1", &mut messages), "{messages:?}");
+    // Watchdog pings every 200 ms.
+    assert!(receive_until("WATCHDOG=1", &mut messages), "{messages:?}");
+    server.signal(libc::SIGHUP);
+    assert!(receive_until("RELOADING=1", &mut messages), "{messages:?}");
+    assert!(
+        messages.last().unwrap().contains("MONOTONIC_USEC="),
+        "{messages:?}"
+    );
+    assert!(receive_until("READY=1", &mut messages), "{messages:?}");
+    server.signal(libc::SIGTERM);
+    assert!(receive_until("STOPPING=1", &mut messages), "{messages:?}");
+    assert!(
+        server
+            .wait_exit(Duration::from_secs(10))
+            .is_some_and(|s| s.success())
+    );
+}
+
+#[test]
 fn no_worker_is_left_behind_by_these_tests() {
     // Runs alongside the others; checks that nothing from a finished test
     // leaks by looking for php-cgi processes whose parent is gone (pid 1).

@@ -123,7 +123,12 @@ impl Site {
 
     /// Starts tqserver and waits until it serves.
     pub fn start(self) -> Server {
-        Server::start(self)
+        Server::start(self, &[])
+    }
+
+    /// Starts tqserver with extra environment variables.
+    pub fn start_with_env(self, env: &[(&str, &str)]) -> Server {
+        Server::start(self, env)
     }
 }
 
@@ -135,9 +140,9 @@ pub struct Server {
 }
 
 impl Server {
-    fn start(site: Site) -> Self {
+    fn start(site: Site, env: &[(&str, &str)]) -> Self {
         let log = site.root().join("tqserver.log");
-        let child = spawn_server(&site.config_path(), &log);
+        let child = spawn_server(&site.config_path(), &log, env);
         let mut server = Self {
             site,
             child: Some(child),
@@ -286,12 +291,13 @@ impl Drop for Server {
     }
 }
 
-pub fn spawn_server(config: &Path, log: &Path) -> Child {
+pub fn spawn_server(config: &Path, log: &Path, env: &[(&str, &str)]) -> Child {
     let log_file = std::fs::File::create(log).unwrap();
     Command::new(BIN)
         .arg("--config")
         .arg(config)
         .env("RUST_LOG", "info")
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(log_file.try_clone().unwrap())
         .stderr(log_file)
