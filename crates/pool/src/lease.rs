@@ -69,6 +69,16 @@ impl Lease {
         }
     }
 
+    pub(crate) fn set_queue_wait(&mut self, wait: Duration) {
+        self.queue_wait = wait;
+    }
+
+    /// Takes the worker back out without any accounting (the caller undoes
+    /// the checkout itself).
+    pub(crate) fn into_worker(mut self) -> Worker {
+        self.worker.take().expect("a fresh lease holds its worker")
+    }
+
     fn worker(&self) -> &Worker {
         self.worker
             .as_ref()

@@ -42,15 +42,12 @@ pub(crate) struct Worker {
     started_requests: u64,
 }
 
-/// A worker on its way to a queued request.
-pub(crate) struct Handover {
-    worker: Worker,
-    retiring: bool,
-}
-
+/// A queued request. A worker travels to it as a ready-made lease, so a
+/// request that gives up after the worker was sent (its future dropped)
+/// still returns the worker: the lease's drop checks it back in.
 struct Waiter {
     id: u64,
-    tx: oneshot::Sender<Handover>,
+    tx: oneshot::Sender<Lease>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -81,7 +78,7 @@ struct PoolState {
     last_idle_stop: Option<Instant>,
     max_active: usize,
     max_queue_len: usize,
-    /// In a "max_workers reached" episode (logged once per episode).
+    /// In a "max_workers reached" episode (counted and logged once).
     at_max: bool,
 }
 
@@ -113,9 +110,43 @@ pub(crate) struct PoolInner {
     wake: Notify,
     /// Signalled when a lease returns or a worker exits while draining.
     settled: Notify,
+    /// Rejections are counted always, logged at most once a second.
+    rejection_log: LogThrottle,
     /// Worker, drain and manager tasks: all awaited when the pool stops.
     pub(crate) tasks: TaskTracker,
     cancel: CancellationToken,
+}
+
+/// Lets a log line through at most once a second, counting the ones it held
+/// back, so an overload does not also flood the log.
+#[derive(Default)]
+struct LogThrottle {
+    last_ms: AtomicU64,
+    suppressed: AtomicU64,
+}
+
+impl LogThrottle {
+    /// `Some(lines held back since the last one)` when a line may be logged.
+    fn allow(&self) -> Option<u64> {
+        static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+        let now_ms = START
+            .get_or_init(std::time::Instant::now)
+            .elapsed()
+            .as_millis() as u64
+            + 1000;
+        let last = self.last_ms.load(Ordering::Relaxed);
+        if now_ms.saturating_sub(last) >= 1000
+            && self
+                .last_ms
+                .compare_exchange(last, now_ms, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            Some(self.suppressed.swap(0, Ordering::Relaxed))
+        } else {
+            self.suppressed.fetch_add(1, Ordering::Relaxed);
+            None
+        }
+    }
 }
 
 /// A pool of worker processes for one app. Cheap to clone.
@@ -155,6 +186,7 @@ impl WorkerPool {
             started_at: SystemTime::now(),
             wake: Notify::new(),
             settled: Notify::new(),
+            rejection_log: LogThrottle::default(),
             tasks: TaskTracker::new(),
             cancel: CancellationToken::new(),
         });
@@ -256,11 +288,14 @@ impl WorkerPool {
             state.prune_waiters();
             if state.waiters.len() >= inner.config.max_queue {
                 PoolCounters::bump(&inner.counters.rejected_queue_full);
-                warn!(
-                    worker = %inner.config.name,
-                    max_queue = inner.config.max_queue,
-                    "request rejected: wait queue full"
-                );
+                if let Some(suppressed) = inner.rejection_log.allow() {
+                    warn!(
+                        worker = %inner.config.name,
+                        max_queue = inner.config.max_queue,
+                        similar_since_last = suppressed,
+                        "request rejected with 503: wait queue full"
+                    );
+                }
                 return Err(AcquireError::QueueFull {
                     pool: inner.config.name.clone(),
                     max_queue: inner.config.max_queue,
@@ -286,8 +321,8 @@ impl WorkerPool {
         };
         let queued_at = Instant::now();
         PoolCounters::bump(&inner.counters.queued);
-        let handover = tokio::select! {
-            handover = &mut rx => handover.ok(),
+        let lease = tokio::select! {
+            lease = &mut rx => lease.ok(),
             _ = tokio::time::sleep(inner.config.queue_timeout) => {
                 let mut state = inner.lock();
                 state.waiters.retain(|waiter| waiter.id != waiter_id);
@@ -301,20 +336,24 @@ impl WorkerPool {
             .counters
             .queue_wait_micros
             .fetch_add(waited.as_micros() as u64, Ordering::Relaxed);
-        match handover {
-            Some(Handover { worker, retiring }) => {
-                Ok(Lease::new(inner.clone(), worker, retiring, waited))
+        match lease {
+            Some(mut lease) => {
+                lease.set_queue_wait(waited);
+                Ok(lease)
             }
             None if inner.lock().phase != Phase::Running => Err(AcquireError::Stopping {
                 pool: inner.config.name.clone(),
             }),
             None => {
                 PoolCounters::bump(&inner.counters.rejected_queue_timeout);
-                warn!(
-                    worker = %inner.config.name,
-                    waited_ms = waited.as_millis() as u64,
-                    "request rejected: no worker became free within queue_timeout"
-                );
+                if let Some(suppressed) = inner.rejection_log.allow() {
+                    warn!(
+                        worker = %inner.config.name,
+                        waited_ms = waited.as_millis() as u64,
+                        similar_since_last = suppressed,
+                        "request rejected with 503: no worker became free within queue_timeout"
+                    );
+                }
                 Err(AcquireError::QueueTimeout {
                     pool: inner.config.name.clone(),
                     waited,
@@ -529,11 +568,16 @@ impl PoolInner {
             if waiter.tx.is_closed() {
                 continue;
             }
+            let Some(pool) = self.me.upgrade() else { break };
             let retiring = self.checkout(state, &mut worker);
-            match waiter.tx.send(Handover { worker, retiring }) {
+            match waiter
+                .tx
+                .send(Lease::new(pool, worker, retiring, Duration::ZERO))
+            {
                 Ok(()) => return,
                 Err(returned) => {
-                    worker = returned.worker;
+                    // Disarmed before it drops: we hold the pool lock here.
+                    worker = returned.into_worker();
                     self.undo_checkout(state, &mut worker, retiring);
                 }
             }
@@ -542,7 +586,6 @@ impl PoolInner {
             worker.shared.request_stop(self.config.kill_grace);
             return;
         }
-        state.at_max = false;
         worker.idle_since = Instant::now();
         worker.shared.set_state(WorkerState::Idle);
         state.idle.push(worker);
@@ -714,6 +757,12 @@ impl PoolInner {
             return next;
         }
         state.prune_waiters();
+        // A "max_workers reached" episode ends when a worker has been idle
+        // at a maintenance pass (as php-fpm counts it once a second), not at
+        // every momentary idle under sustained load.
+        if !state.idle.is_empty() && state.waiters.is_empty() {
+            state.at_max = false;
+        }
         let idle_since: Vec<_> = state.idle.iter().map(|w| w.idle_since).collect();
         let capacity = state.counts().capacity;
         let to_stop = scaling::idle_to_stop(

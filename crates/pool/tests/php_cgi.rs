@@ -229,3 +229,34 @@ async fn a_binary_that_exits_at_once_fails_start_up_clearly() {
     assert!(message.contains("exit code 3"), "{message}");
     assert!(message.contains("broken build"), "{message}");
 }
+
+#[tokio::test]
+async fn a_request_that_gives_up_after_its_worker_was_sent_returns_it() {
+    let fixture = Fixture::new();
+    let pool = WorkerPool::start(fixture.config(&php_cgi(), Manager::Static, 0, 1))
+        .await
+        .unwrap();
+    for _ in 0..5 {
+        let busy = pool.acquire().await.unwrap();
+        // A second request queues behind it...
+        let mut queued = Box::pin(pool.acquire());
+        std::future::poll_fn(|cx| {
+            assert!(queued.as_mut().poll(cx).is_pending());
+            std::task::Poll::Ready(())
+        })
+        .await;
+        // ...the worker is sent to it, and it gives up before reading it
+        // (its client disconnected).
+        busy.complete();
+        drop(queued);
+        // The worker is back: not lost, not counted busy.
+        let lease = tokio::time::timeout(Duration::from_secs(2), pool.acquire())
+            .await
+            .expect("the worker came back")
+            .unwrap();
+        drop(lease);
+        assert_eq!(pool.status().busy, 0);
+    }
+    assert!(get(&pool, &fixture.script("hello.php"), "").await.starts_with("hello"));
+    pool.drain(Duration::from_secs(5)).await;
+}
