@@ -27,6 +27,7 @@ use fastcgi::client::{REQUEST_ID, ResponseEvent};
 use fastcgi::record::{RecordType, put_begin_request, put_stream, put_stream_end};
 use fastcgi::server::{RequestReader, ResponseWriter, ServerError, ServerEvent, ServerValues};
 use fastcgi::{Params, ParamsLimits, ParamsWriter, ProtocolStatus, Role};
+use http::StatusCode;
 use pool::{AcquireError, KillReason, Lease, RequestInfo};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, UnixListener};
@@ -406,6 +407,60 @@ async fn respond<W: AsyncWrite + Unpin>(
     })
 }
 
+/// Answers with an error of tqserver's own ("Retry-After: 1" when the pool
+/// is saturated).
+async fn respond_error<W: AsyncWrite + Unpin>(
+    writer: &mut ResponseWriter<W>,
+    request_id: u16,
+    status: StatusCode,
+    retry_after: bool,
+) -> Result<Outcome, ConnectionError> {
+    let reason = status.canonical_reason().unwrap_or("");
+    let head = format!(
+        "Status: {} {reason}\r\n{}Content-Type: text/plain\r\n",
+        status.as_u16(),
+        if retry_after {
+            "Retry-After: 1\r\n"
+        } else {
+            ""
+        }
+    );
+    let body = format!("{} {reason}\n", status.as_u16());
+    respond(writer, request_id, &head, body.as_bytes()).await
+}
+
+/// php-fpm's answers to a script it will not run.
+async fn refuse_with<W: AsyncWrite + Unpin>(
+    writer: &mut ResponseWriter<W>,
+    request_id: u16,
+    refusal: Refusal,
+) -> Result<Outcome, ConnectionError> {
+    let (head, body): (&str, &[u8]) = match refusal {
+        Refusal::Extension | Refusal::OutsideRoot => (
+            "Status: 403 Forbidden\r\nContent-Type: text/plain\r\n",
+            b"Access denied.\n",
+        ),
+        Refusal::Missing => (
+            "Status: 404 Not Found\r\nContent-Type: text/plain\r\n",
+            b"File not found.\n",
+        ),
+    };
+    respond(writer, request_id, head, body).await
+}
+
+/// Writing the request body to the worker failed: the worker is replaced and
+/// the web server gets a 502.
+async fn worker_write_failed<W: AsyncWrite + Unpin>(
+    writer: &mut ResponseWriter<W>,
+    request_id: u16,
+    lease: Lease,
+    err: &io::Error,
+) -> Result<Outcome, ConnectionError> {
+    error!(pid = lease.pid(), "writing request body to worker: {err}");
+    lease.kill(KillReason::Broken);
+    respond_error(writer, request_id, StatusCode::BAD_GATEWAY, false).await
+}
+
 /// The status in a CGI head ("Status: 404 ..."), 200 without one.
 fn cgi_status(head: &[u8]) -> u16 {
     let end = memchr::memmem::find(head, b"\r\n\r\n")
@@ -442,13 +497,7 @@ where
     W: AsyncWrite + Unpin,
 {
     let Some(app) = shared.app() else {
-        return respond(
-            writer,
-            request_id,
-            "Status: 503 Service Unavailable\r\nContent-Type: text/plain\r\n",
-            b"503 Service Unavailable\n",
-        )
-        .await;
+        return respond_error(writer, request_id, StatusCode::SERVICE_UNAVAILABLE, false).await;
     };
     observation.set_app(app.clone());
     let listener = shared.config.load();
@@ -476,28 +525,12 @@ where
 
     let Some(script) = params.get("SCRIPT_FILENAME") else {
         warn!(worker = %name, "FastCGI request without SCRIPT_FILENAME refused");
-        return respond(
-            writer,
-            request_id,
-            "Status: 404 Not Found\r\nContent-Type: text/plain\r\n",
-            b"File not found.\n",
-        )
-        .await;
+        return refuse_with(writer, request_id, Refusal::Missing).await;
     };
     let script = Path::new(std::ffi::OsStr::from_bytes(script));
     if let Some(refusal) = refuse(&app, &listener, script) {
         warn!(worker = %name, script = %script.display(), "FastCGI request refused: {refusal}");
-        let (head, body): (&str, &[u8]) = match refusal {
-            Refusal::Extension | Refusal::OutsideRoot => (
-                "Status: 403 Forbidden\r\nContent-Type: text/plain\r\n",
-                b"Access denied.\n",
-            ),
-            Refusal::Missing => (
-                "Status: 404 Not Found\r\nContent-Type: text/plain\r\n",
-                b"File not found.\n",
-            ),
-        };
-        return respond(writer, request_id, head, body).await;
+        return refuse_with(writer, request_id, refusal).await;
     }
 
     let info = RequestInfo {
@@ -515,16 +548,12 @@ where
         let mut candidate = match crate::http::php::acquire(&mut app, &shared.router).await {
             Ok(lease) => lease,
             Err(AcquireError::QueueFull { .. } | AcquireError::QueueTimeout { .. }) => {
-                return respond(writer, request_id, "Status: 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Type: text/plain\r\n", b"503 Service Unavailable\n").await;
+                return respond_error(writer, request_id, StatusCode::SERVICE_UNAVAILABLE, true)
+                    .await;
             }
             Err(AcquireError::Stopping { .. }) => {
-                return respond(
-                    writer,
-                    request_id,
-                    "Status: 503 Service Unavailable\r\nContent-Type: text/plain\r\n",
-                    b"503 Service Unavailable\n",
-                )
-                .await;
+                return respond_error(writer, request_id, StatusCode::SERVICE_UNAVAILABLE, false)
+                    .await;
             }
         };
         candidate.begin(info.clone());
@@ -541,13 +570,7 @@ where
         }
     }
     let Some(mut lease) = lease else {
-        return respond(
-            writer,
-            request_id,
-            "Status: 502 Bad Gateway\r\nContent-Type: text/plain\r\n",
-            b"502 Bad Gateway\n",
-        )
-        .await;
+        return respond_error(writer, request_id, StatusCode::BAD_GATEWAY, false).await;
     };
     let deadline = Instant::now() + lease.request_timeout();
 
@@ -572,28 +595,12 @@ where
         match event {
             Some(ServerEvent::Stdin { data, .. }) => {
                 if let Err(err) = lease.connection().write_stdin(&data).await {
-                    error!(worker = %name, pid = lease.pid(), "writing request body to worker: {err}");
-                    lease.kill(KillReason::Broken);
-                    return respond(
-                        writer,
-                        request_id,
-                        "Status: 502 Bad Gateway\r\nContent-Type: text/plain\r\n",
-                        b"502 Bad Gateway\n",
-                    )
-                    .await;
+                    return worker_write_failed(writer, request_id, lease, &err).await;
                 }
             }
             Some(ServerEvent::StdinEnd { .. }) => {
                 if let Err(err) = lease.connection().end_stdin().await {
-                    error!(worker = %name, pid = lease.pid(), "writing request body to worker: {err}");
-                    lease.kill(KillReason::Broken);
-                    return respond(
-                        writer,
-                        request_id,
-                        "Status: 502 Bad Gateway\r\nContent-Type: text/plain\r\n",
-                        b"502 Bad Gateway\n",
-                    )
-                    .await;
+                    return worker_write_failed(writer, request_id, lease, &err).await;
                 }
                 break;
             }
@@ -672,7 +679,7 @@ where
                         // response, which nginx reports as upstream error.
                         return Err(ConnectionError::Closed);
                     }
-                    return respond(writer, request_id, "Status: 502 Bad Gateway\r\nContent-Type: text/plain\r\n", b"502 Bad Gateway\n").await;
+                    return respond_error(writer, request_id, StatusCode::BAD_GATEWAY, false).await;
                 }
             },
             event = reader.next_event() => match event? {
@@ -699,7 +706,7 @@ where
                 if sent_stdout {
                     return Err(ConnectionError::Closed);
                 }
-                return respond(writer, request_id, "Status: 504 Gateway Timeout\r\nContent-Type: text/plain\r\n", b"504 Gateway Timeout\n").await;
+                return respond_error(writer, request_id, StatusCode::GATEWAY_TIMEOUT, false).await;
             }
         }
     }

@@ -540,7 +540,7 @@ mod tests {
 
     #[test]
     fn fpm_dates() {
-        let t = UNIX_EPOCH + Duration::from_secs(1_795_689_600 + 3_723);
+        let t = UNIX_EPOCH + Duration::from_secs(1_795_651_200 + 3_723);
         assert_eq!(fpm_time(t), "26/Nov/2026:01:02:03 +0000");
         assert_eq!(fpm_time(UNIX_EPOCH), "01/Jan/1970:00:00:00 +0000");
     }

@@ -5,7 +5,7 @@ mod support;
 
 use std::time::Duration;
 
-use support::{Site, multipart, worker_yaml};
+use support::{Site, md5, multipart, worker_yaml};
 
 const ENV_PHP: &str = r#"<?php
 foreach (['REQUEST_METHOD','REQUEST_URI','SCRIPT_NAME','SCRIPT_FILENAME','PATH_INFO','PATH_TRANSLATED',
@@ -374,21 +374,4 @@ fn worker_stderr_reaches_the_log_with_worker_and_pid() {
 
 fn nix_is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
-}
-
-/// MD5 via the system's md5sum, to compare with PHP's md5().
-fn md5(data: &[u8]) -> String {
-    use std::io::Write;
-    let mut child = std::process::Command::new("md5sum")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(data).unwrap();
-    let output = child.wait_with_output().unwrap();
-    String::from_utf8_lossy(&output.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_owned()
 }

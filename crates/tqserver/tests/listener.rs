@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use fastcgi::record::{ProtocolStatus, RecordType, put_abort_request, put_record};
 use support::fcgi::{FcgiConn, cgi_params, is_complete};
 use support::nginx::Nginx;
-use support::{Server, Site, free_port, multipart};
+use support::{Server, Site, free_port, md5, multipart};
 
 const ECHO_PHP: &str = r#"<?php
 echo 'method=', $_SERVER['REQUEST_METHOD'], "\n";
@@ -121,18 +121,6 @@ fn post_form(nginx: &Nginx, path: &str, body: &str) -> support::Response {
         "POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     ))
-}
-
-fn md5(data: &[u8]) -> String {
-    use std::io::Write;
-    let mut child = std::process::Command::new("md5sum")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(data).unwrap();
-    let out = child.wait_with_output().unwrap();
-    String::from_utf8_lossy(&out.stdout)[..32].to_owned()
 }
 
 fn exercise_nginx(nginx: &Nginx) {

@@ -488,7 +488,7 @@ fn systemd_notifications_and_watchdog() {
         .file("app", "ok.php", "<?php echo 'ok';")
         .start_with_env(&[("NOTIFY_SOCKET", &socket_text), ("WATCHDOG_USEC", "400000")]);
     let mut messages = Vec::new();
-    let mut receive_until = |needle: &str, messages: &mut Vec<String>| {
+    let receive_until = |needle: &str, messages: &mut Vec<String>| {
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             let mut buf = [0u8; 4096];

@@ -515,3 +515,19 @@ pub fn worker_yaml(path: &str, workers: usize) -> String {
         "path: {path}\nphp:\n  settings:\n    upload_max_filesize: 32M\n    post_max_size: 32M\n  pool:\n    manager: static\n    max_workers: {workers}\n"
     )
 }
+
+/// MD5 via the system's md5sum, to compare with PHP's md5().
+pub fn md5(data: &[u8]) -> String {
+    let mut child = Command::new("md5sum")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(data).unwrap();
+    let output = child.wait_with_output().unwrap();
+    String::from_utf8_lossy(&output.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned()
+}
