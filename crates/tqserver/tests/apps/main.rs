@@ -1,0 +1,28 @@
+//! Real applications, unmodified, on tqserver: WordPress (Debian's
+//! `wordpress` package on a private MariaDB server) and a Laravel app built
+//! on Debian's `php-laravel-framework`, driven end to end over HTTP the way
+//! a browser drives them (forms, cookies, nonces, redirects, uploads).
+//!
+//! Heavy, so it is its own target behind the `app-tests` feature:
+//!
+//! ```text
+//! cargo nextest run -p tqserver --features app-tests --test apps
+//! ```
+//!
+//! The tests install what they need (`scripts/deps.sh apps`, as root) and
+//! start their own MariaDB; anything missing fails a test, nothing skips.
+//! `bench_opcache` (ignored) measures what php-cgi's per-process OPcache
+//! costs on WordPress; see docs/OPCACHE.md.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod browser;
+mod html;
+mod laravel;
+mod mariadb;
+mod nginx;
+mod opcache;
+mod png;
+mod setup;
+mod wordpress;

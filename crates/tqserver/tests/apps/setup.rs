@@ -1,0 +1,182 @@
+//! What the app suites need on the machine: Debian packages, installed once
+//! per machine (`scripts/deps.sh apps`, under a lock, since nextest runs the
+//! tests as parallel processes), and small process helpers with bounded
+//! waits.
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// The repository's root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// Installs the Debian packages (when missing) and checks that everything
+/// the suites use is there. Panics, with what is missing, otherwise.
+pub fn ensure_packages() {
+    static DONE: OnceLock<()> = OnceLock::new();
+    DONE.get_or_init(|| {
+        // One apt-get at a time on this machine: parallel test processes
+        // would otherwise fight over dpkg's lock.
+        let lock = File::create(std::env::temp_dir().join("tqserver-apps-deps.lock"))
+            .expect("create the deps lock file");
+        // SAFETY: flock on a descriptor we own; released when `lock` drops.
+        assert_eq!(
+            unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) },
+            0,
+            "lock the deps lock file"
+        );
+        let script = repo_root().join("scripts/deps.sh");
+        let output = run(Command::new(&script).arg("apps"), Duration::from_secs(600));
+        assert!(
+            output.status.success(),
+            "{} apps failed:\n{}{}",
+            script.display(),
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        drop(lock);
+        for path in [
+            "/usr/share/wordpress/wp-settings.php",
+            "/usr/share/wordpress/wp-content/themes/twentytwentythree/theme.json",
+            "/usr/share/php/Illuminate/autoload.php",
+            "/usr/share/php/Illuminate/Foundation/Application.php",
+            "/usr/sbin/mariadbd",
+            "/usr/bin/mariadb-install-db",
+            "/usr/bin/mariadb",
+        ] {
+            assert!(Path::new(path).exists(), "{path} is missing after deps.sh");
+        }
+        let modules = run(Command::new("php-cgi").arg("-m"), Duration::from_secs(30));
+        let modules = String::from_utf8_lossy(&modules.stdout);
+        for module in ["mysqli", "gd", "mbstring", "xml", "Zend OPcache"] {
+            assert!(
+                modules.lines().any(|line| line == module),
+                "php-cgi lacks the {module} extension:\n{modules}"
+            );
+        }
+    });
+}
+
+/// Runs a command to completion within `timeout` (killed after it), with
+/// output captured.
+pub fn run(command: &mut Command, timeout: Duration) -> Output {
+    let described = format!("{command:?}");
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {described}: {e}"));
+    // Drain the pipes on threads so a chatty child cannot block on them.
+    let mut stdout = child.stdout.take().expect("piped stdout");
+    let mut stderr = child.stderr.take().expect("piped stderr");
+    let out = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut stdout, &mut buf);
+        buf
+    });
+    let err = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut stderr, &mut buf);
+        buf
+    });
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for a child") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            // SAFETY: kills the process group this child leads.
+            unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
+            let _ = child.wait();
+            panic!("{described} did not finish within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Output {
+        status,
+        stdout: out.join().unwrap_or_default(),
+        stderr: err.join().unwrap_or_default(),
+    }
+}
+
+/// Runs a command that must succeed; returns its stdout.
+pub fn run_ok(command: &mut Command, timeout: Duration) -> String {
+    let described = format!("{command:?}");
+    let output = run(command, timeout);
+    assert!(
+        output.status.success(),
+        "{described} failed ({}):\n{}{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Whether the tests run as root (then workers run as www-data, and what
+/// they write must belong to www-data).
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no failure mode.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Makes `path` (recursively) owned by the user workers run as.
+pub fn give_to_workers(path: &Path) {
+    if is_root() {
+        run_ok(
+            Command::new("chown")
+                .arg("-R")
+                .arg("www-data:www-data")
+                .arg(path),
+            Duration::from_secs(60),
+        );
+    }
+}
+
+/// Makes a tree readable (and directories searchable) by everyone.
+pub fn make_readable(path: &Path) {
+    run_ok(
+        Command::new("chmod").arg("-R").arg("a+rX").arg(path),
+        Duration::from_secs(60),
+    );
+}
+
+/// Copies a directory tree (following symlinks, so the copy stands alone).
+pub fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("create the copy's directory");
+    run_ok(
+        Command::new("cp")
+            .arg("-rL")
+            .arg(format!("{}/.", from.display()))
+            .arg(to),
+        Duration::from_secs(120),
+    );
+}
+
+/// Prints a server's log when the test fails, so a failure shows what
+/// tqserver saw.
+pub struct LogOnPanic<'a> {
+    pub name: &'a str,
+    pub log: &'a dyn Fn() -> String,
+}
+
+impl Drop for LogOnPanic<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log = (self.log)();
+            let tail: Vec<&str> = log.lines().rev().take(80).collect();
+            eprintln!("---- last lines of the {} log ----", self.name);
+            for line in tail.into_iter().rev() {
+                eprintln!("{line}");
+            }
+        }
+    }
+}
