@@ -32,6 +32,8 @@ pub struct Database {
 
 static SERVER: OnceLock<Mariadb> = OnceLock::new();
 static CHILD: Mutex<Option<Child>> = Mutex::new(None);
+/// The server's folder, removed at exit.
+static STARTED_DIR: OnceLock<PathBuf> = OnceLock::new();
 
 /// Server options for a small, fast, throw-away server.
 const SERVER_OPTIONS: &[&str] = &[
@@ -61,13 +63,26 @@ impl Mariadb {
         // www-data must reach the socket.
         std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755))
             .expect("chmod MariaDB's directory");
+        // From here on, the process's exit removes the folder (and stops the
+        // server, once there is one), also when a step below fails.
+        STARTED_DIR
+            .set(dir.clone())
+            .expect("MariaDB starts once per process");
+        // SAFETY: registers a plain extern "C" function.
+        unsafe { libc::atexit(stop_at_exit) };
         let datadir = dir.join("data");
         let socket = dir.join("mysqld.sock");
+        // Its own tmpdir: temporary tables are files named after the server's
+        // pid, and /tmp is shared with everything else on the machine.
+        let tmpdir = dir.join("tmp");
+        std::fs::create_dir_all(&tmpdir).expect("create MariaDB's tmpdir");
+        let tmpdir = format!("--tmpdir={}", tmpdir.display());
         let mut install = Command::new("mariadb-install-db");
         install
             .arg("--no-defaults")
             .arg(format!("--datadir={}", datadir.display()))
             .args(["--auth-root-authentication-method=normal", "--skip-test-db"])
+            .arg(&tmpdir)
             .args(SERVER_OPTIONS);
         if is_root() {
             install.arg("--user=root");
@@ -81,6 +96,7 @@ impl Mariadb {
             .arg(format!("--socket={}", socket.display()))
             .arg(format!("--pid-file={}", dir.join("mysqld.pid").display()))
             .arg(format!("--log-error={}", dir.join("error.log").display()))
+            .arg(&tmpdir)
             .args(SERVER_OPTIONS);
         if is_root() {
             server.arg("--user=root");
@@ -114,11 +130,6 @@ impl Mariadb {
             .expect("the MariaDB parent thread answers")
             .expect("start mariadbd");
         *CHILD.lock().unwrap_or_else(|e| e.into_inner()) = Some(child);
-        // SAFETY: registers a plain extern "C" function.
-        unsafe { libc::atexit(stop_at_exit) };
-        STARTED_DIR
-            .set(dir.clone())
-            .expect("MariaDB starts once per process");
 
         let server = Self { dir, socket };
         server.wait_ready(Duration::from_secs(60));
@@ -180,8 +191,6 @@ impl Mariadb {
         }
     }
 }
-
-static STARTED_DIR: OnceLock<PathBuf> = OnceLock::new();
 
 /// Stops the server (SIGTERM, then SIGKILL) and removes its directory.
 extern "C" fn stop_at_exit() {

@@ -23,7 +23,7 @@
 //!   own manager (`php-cgi -b` with PHP_FCGI_CHILDREN).
 //!
 //! Environment: `BENCH_SECONDS` (default 5) per wrk run, `BENCH_ROUNDS`
-//! (default 3).
+//! (default 3), `BENCH_VERBOSE=1` prints wrk's whole output.
 
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -316,7 +316,7 @@ fn bench_opcache() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(3);
     let db = mariadb::shared().create_database("wp_bench");
-    let wordpress = WordpressSite::new("/", &db, WORKERS, "", None);
+    let wordpress = WordpressSite::new("/", &db, WORKERS, None);
     let root = wordpress.site.root().to_path_buf();
     let config = wordpress.site.config_path();
     let port = wordpress.site.port;
@@ -396,10 +396,48 @@ fn bench_opcache() {
                 &[("X-WP-Nonce", nonce.trim())],
                 &json,
             );
-            assert_eq!(response.status, 201, "{}", response.text());
+            assert_eq!(
+                response.status,
+                201,
+                "{}",
+                crate::html::short(&response.text())
+            );
         }
     }
 
+    // The references: workers forked from one master share its OPcache.
+    // They stay up, idle, while tqserver is measured; the site's URL moves to
+    // their nginx's port while they are.
+    let set_url = |port: u16| {
+        mariadb::shared().query(&format!(
+            "UPDATE `{}`.wp_options SET option_value = 'http://localhost:{port}' WHERE option_name IN ('siteurl', 'home')",
+            db.name
+        ));
+    };
+    let mut references = Vec::new();
+    for name in [
+        "nginx + php-fpm (pm=static)",
+        "nginx + php-cgi -b, PHP_FCGI_CHILDREN",
+    ] {
+        let dir = root.join(name.split_whitespace().nth(2).unwrap_or("ref"));
+        std::fs::create_dir_all(&dir).expect("create a reference folder");
+        give_to_workers(&dir);
+        let server = if name.contains("fpm") {
+            ForkingServer::php_fpm(&dir)
+        } else {
+            ForkingServer::php_cgi_children(&dir)
+        };
+        let nginx = crate::nginx::php_site(
+            &docroot,
+            "/",
+            &format!("unix:{}", server.socket.display()),
+            false,
+        );
+        references.push((name, server, nginx, Vec::<Sample>::new()));
+    }
+
+    // Rounds: every configuration once per round, in turn, so that the
+    // machine's other load spreads over all of them.
     let mut samples: Vec<Vec<Sample>> = variants.iter().map(|_| Vec::new()).collect();
     for round in 0..rounds {
         for (index, variant) in variants.iter().enumerate() {
@@ -435,44 +473,14 @@ fn bench_opcache() {
             );
             samples[index].push(sample);
         }
-    }
-
-    // The references: workers forked from one master share its OPcache.
-    // The site's URL moves to nginx's port for this part.
-    let set_url = |port: u16| {
-        mariadb::shared().query(&format!(
-            "UPDATE `{}`.wp_options SET option_value = 'http://localhost:{port}' WHERE option_name IN ('siteurl', 'home')",
-            db.name
-        ));
-    };
-    let mut references: Vec<(&str, Vec<Sample>)> = Vec::new();
-    for name in [
-        "nginx + php-fpm (pm=static)",
-        "nginx + php-cgi -b, PHP_FCGI_CHILDREN",
-    ] {
-        let dir = root.join(name.split_whitespace().nth(2).unwrap_or("ref"));
-        std::fs::create_dir_all(&dir).expect("create a reference folder");
-        give_to_workers(&dir);
-        let server = if name.contains("fpm") {
-            ForkingServer::php_fpm(&dir)
-        } else {
-            ForkingServer::php_cgi_children(&dir)
-        };
-        let nginx = crate::nginx::php_site(
-            &docroot,
-            "/",
-            &format!("unix:{}", server.socket.display()),
-            false,
-        );
-        set_url(nginx.port);
-        let page = Browser::new(nginx.port).get("/");
-        assert_eq!(page.status, 200, "{name}: front page");
-        assert!(
-            page.text().contains("Benchmark post 5"),
-            "{name}: front page"
-        );
-        let mut reference = Vec::new();
-        for round in 0..rounds {
+        for (name, server, nginx, reference) in &mut references {
+            set_url(nginx.port);
+            let page = Browser::new(nginx.port).get("/");
+            assert_eq!(page.status, 200, "{name}: front page");
+            assert!(
+                page.text().contains("Benchmark post 5"),
+                "{name}: front page"
+            );
             let mut sample = Sample::default();
             wrk(nginx.port, 2);
             (sample.requests_per_second, sample.p50_ms, sample.p99_ms) = wrk(nginx.port, seconds);
@@ -489,10 +497,9 @@ fn bench_opcache() {
                 sample.cached_scripts
             );
             reference.push(sample);
+            set_url(port);
         }
-        references.push((name, reference));
     }
-    set_url(port);
 
     // The table (medians over the rounds).
     let mut table = String::from(
@@ -520,7 +527,7 @@ fn bench_opcache() {
             pick(&|s| s.warm_ms),
         ));
     }
-    for (name, samples) in &references {
+    for (name, _, _, samples) in &references {
         let pick =
             |f: &dyn Fn(&Sample) -> f64| median(&mut samples.iter().map(f).collect::<Vec<_>>());
         table.push_str(&format!(

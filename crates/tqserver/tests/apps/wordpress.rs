@@ -10,9 +10,9 @@
 //! Debian's, byte for byte.
 //!
 //! The scenario ([`browse_like_a_user`]) talks only to a [`Front`]: a port
-//! and a path prefix. Today the front is tqserver's HTTP server; the same
-//! scenario runs through nginx → tqserver's FastCGI listener once that
-//! listener serves (see `nginx.rs`).
+//! and a path prefix. It runs over tqserver's HTTP front and through nginx →
+//! tqserver's FastCGI listener (see `nginx.rs`), with WordPress at the root
+//! and under `/blog`.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -23,8 +23,8 @@ use crate::mariadb::{self, Database};
 use crate::setup::{LogOnPanic, copy_tree, ensure_packages, give_to_workers, make_readable};
 use crate::support::{Response, Site, free_port};
 
-pub const ADMIN_USER: &str = "admin";
-pub const ADMIN_PASSWORD: &str = "tq-Adm1n-Passw0rd-xyzzy";
+const ADMIN_USER: &str = "admin";
+const ADMIN_PASSWORD: &str = "tq-Adm1n-Passw0rd-xyzzy";
 const POST_TITLE: &str = "Hello from tqserver";
 const POST_SLUG: &str = "hello-from-tqserver";
 const POST_BODY: &str = "Published through the REST API, served by php-cgi workers.";
@@ -70,7 +70,7 @@ pub fn install_files(docroot: &Path, db: &Database) {
 }
 
 /// The wp-config.php of a test site (wp-config-sample.php, filled in).
-pub fn wp_config(db: &Database) -> String {
+fn wp_config(db: &Database) -> String {
     let keys: String = [
         "AUTH_KEY",
         "SECURE_AUTH_KEY",
@@ -115,8 +115,7 @@ require_once ABSPATH . 'wp-settings.php';
 }
 
 /// A tqserver site with WordPress at `prefix` ("/" or "/blog") on a
-/// static pool of `workers`. `php_settings` are extra `php.settings` lines
-/// (YAML, indented by four spaces); `fastcgi_port` adds tqserver's FastCGI
+/// static pool of `workers`. `fastcgi_port` adds tqserver's FastCGI
 /// listener for nginx, and then the document root is `www{prefix}` so that
 /// nginx can serve `www` with the app under `prefix`.
 pub struct WordpressSite {
@@ -125,13 +124,7 @@ pub struct WordpressSite {
 }
 
 impl WordpressSite {
-    pub fn new(
-        prefix: &str,
-        db: &Database,
-        workers: usize,
-        php_settings: &str,
-        fastcgi_port: Option<u16>,
-    ) -> Self {
+    pub fn new(prefix: &str, db: &Database, workers: usize, fastcgi_port: Option<u16>) -> Self {
         let (document_root, fastcgi) = match fastcgi_port {
             Some(port) => (
                 format!("www{}", prefix.trim_end_matches('/')),
@@ -140,7 +133,7 @@ impl WordpressSite {
             None => ("public".to_owned(), String::new()),
         };
         let yaml = format!(
-            "path: {prefix}\ndocument_root: {document_root}\nphp:\n  settings:\n    upload_max_filesize: 16M\n    post_max_size: 16M\n    memory_limit: 256M\n{php_settings}  pool:\n    manager: static\n    max_workers: {workers}\n{fastcgi}"
+            "path: {prefix}\ndocument_root: {document_root}\nphp:\n  settings:\n    upload_max_filesize: 16M\n    post_max_size: 16M\n    memory_limit: 256M\n  pool:\n    manager: static\n    max_workers: {workers}\n{fastcgi}"
         );
         let site = Site::new().worker("wordpress", &yaml);
         let docroot = site.root().join("workers/wordpress").join(&document_root);
@@ -175,7 +168,7 @@ pub fn install(front: &Front, title: &str) {
     assert!(
         response.text().contains("<h1>Success!</h1>"),
         "install step 2 did not succeed: {}",
-        response.text()
+        short(&response.text())
     );
 }
 
@@ -656,7 +649,7 @@ pub fn assert_links_under(front: &Front, page: &Response, what: &str) {
 
 fn run_over_http(prefix: &str, database: &str) {
     let db = mariadb::shared().create_database(database);
-    let mut site = WordpressSite::new(prefix, &db, 2, "", None).site;
+    let mut site = WordpressSite::new(prefix, &db, 2, None).site;
     if prefix != "/" {
         // Another app owns the rest of the site.
         site = site
@@ -681,7 +674,7 @@ fn run_over_http(prefix: &str, database: &str) {
 fn run_through_nginx(prefix: &str, database: &str) {
     let db = mariadb::shared().create_database(database);
     let fastcgi_port = free_port();
-    let wordpress = WordpressSite::new(prefix, &db, 2, "", Some(fastcgi_port));
+    let wordpress = WordpressSite::new(prefix, &db, 2, Some(fastcgi_port));
     let www = wordpress.site.root().join("workers/wordpress/www");
     let server = wordpress.site.start();
     let nginx = crate::nginx::php_site(&www, prefix, &format!("127.0.0.1:{fastcgi_port}"), true);
