@@ -129,36 +129,45 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ClientConnection<S> {
     /// Reads until the next response event.
     pub fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<Result<ResponseEvent, ClientError>> {
         loop {
-            while let Some(record) = self.decoder.decode(&mut self.read_buf)? {
-                if record.request_id != REQUEST_ID {
-                    return Poll::Ready(Err(ClientError::UnexpectedRecord {
-                        record_type: record.record_type,
-                        request_id: record.request_id,
-                    }));
-                }
-                match record.record_type {
-                    RecordType::Stdout if !record.content.is_empty() => {
-                        return Poll::Ready(Ok(ResponseEvent::Stdout(record.content)));
-                    }
-                    RecordType::Stderr if !record.content.is_empty() => {
-                        return Poll::Ready(Ok(ResponseEvent::Stderr(record.content)));
-                    }
-                    // Empty records close a stream; END_REQUEST is what counts.
-                    RecordType::Stdout | RecordType::Stderr => {}
-                    RecordType::EndRequest => {
-                        let end = EndRequest::parse(&record.content)
-                            .ok_or(ClientError::MalformedEndRequest)?;
-                        return Poll::Ready(Ok(ResponseEvent::End(end)));
-                    }
-                    other => {
-                        return Poll::Ready(Err(ClientError::UnexpectedRecord {
-                            record_type: other,
-                            request_id: record.request_id,
-                        }));
-                    }
-                }
+            if let Some(event) = self.buffered_event() {
+                return Poll::Ready(event);
             }
             ready!(self.poll_fill(cx))?;
+        }
+    }
+
+    /// The next event if it is already buffered; never reads. Lets a caller
+    /// handle everything that arrived together before it flushes or waits.
+    pub fn buffered_event(&mut self) -> Option<Result<ResponseEvent, ClientError>> {
+        loop {
+            let record = match self.decoder.decode(&mut self.read_buf) {
+                Ok(Some(record)) => record,
+                Ok(None) => return None,
+                Err(err) => return Some(Err(err.into())),
+            };
+            if record.request_id != REQUEST_ID {
+                return Some(Err(ClientError::UnexpectedRecord {
+                    record_type: record.record_type,
+                    request_id: record.request_id,
+                }));
+            }
+            return Some(match record.record_type {
+                RecordType::Stdout if !record.content.is_empty() => {
+                    Ok(ResponseEvent::Stdout(record.content))
+                }
+                RecordType::Stderr if !record.content.is_empty() => {
+                    Ok(ResponseEvent::Stderr(record.content))
+                }
+                // Empty records close a stream; END_REQUEST is what counts.
+                RecordType::Stdout | RecordType::Stderr => continue,
+                RecordType::EndRequest => EndRequest::parse(&record.content)
+                    .map(ResponseEvent::End)
+                    .ok_or(ClientError::MalformedEndRequest),
+                other => Err(ClientError::UnexpectedRecord {
+                    record_type: other,
+                    request_id: record.request_id,
+                }),
+            });
         }
     }
 

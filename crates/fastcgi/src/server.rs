@@ -112,7 +112,7 @@ impl<R: AsyncRead + Unpin> RequestReader<R> {
     pub fn new(io: R, limits: ParamsLimits) -> Self {
         Self {
             io,
-            buf: BytesMut::with_capacity(16 * 1024),
+            buf: BytesMut::with_capacity(4 * 1024),
             decoder: RecordDecoder::new(),
             limits,
             current: None,
@@ -139,12 +139,10 @@ impl<R: AsyncRead + Unpin> RequestReader<R> {
     /// Next event, or `None` at a clean end of stream (between records).
     pub async fn next_event(&mut self) -> Result<Option<ServerEvent>, ServerError> {
         loop {
-            while let Some(record) = self.decoder.decode(&mut self.buf)? {
-                if let Some(event) = self.on_record(record)? {
-                    return Ok(Some(event));
-                }
+            if let Some(event) = self.buffered_event()? {
+                return Ok(Some(event));
             }
-            self.buf.reserve(8 * 1024);
+            self.buf.reserve(4 * 1024);
             let read = tokio::io::AsyncReadExt::read_buf(&mut self.io, &mut self.buf).await?;
             if read == 0 {
                 return if self.buf.is_empty() {
@@ -154,6 +152,16 @@ impl<R: AsyncRead + Unpin> RequestReader<R> {
                 };
             }
         }
+    }
+
+    /// The next event if its records are already buffered; never reads.
+    pub fn buffered_event(&mut self) -> Result<Option<ServerEvent>, ServerError> {
+        while let Some(record) = self.decoder.decode(&mut self.buf)? {
+            if let Some(event) = self.on_record(record)? {
+                return Ok(Some(event));
+            }
+        }
+        Ok(None)
     }
 
     fn on_record(
@@ -266,7 +274,7 @@ impl<W: AsyncWrite + Unpin> ResponseWriter<W> {
     pub fn new(io: W) -> Self {
         Self {
             io,
-            buf: BytesMut::with_capacity(16 * 1024),
+            buf: BytesMut::with_capacity(4 * 1024),
         }
     }
 

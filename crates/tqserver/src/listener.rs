@@ -38,6 +38,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
 
 use crate::app::App;
+use crate::http::resolve::Location;
 use crate::config::{FastcgiConfig, ListenAddr, ServerSettings};
 use crate::http::php::StderrRelay;
 use crate::metrics::AppMetrics;
@@ -173,14 +174,14 @@ pub async fn serve(
                 let _ = stream.set_nodelay(true);
                 let shared = shared.clone();
                 connections.spawn(async move {
-                    connection(stream, Some(peer), shared).await;
+                    connection(stream.into_split(), Some(peer), shared).await;
                     drop(permit);
                 });
             }
             Ok(Accepted::Unix(stream)) => {
                 let shared = shared.clone();
                 connections.spawn(async move {
-                    connection(stream, None, shared).await;
+                    connection(stream.into_split(), None, shared).await;
                     drop(permit);
                 });
             }
@@ -240,13 +241,15 @@ enum ConnectionError {
     Closed,
 }
 
-async fn connection<S: AsyncRead + AsyncWrite + Send + 'static>(
-    stream: S,
+async fn connection<R, W>(
+    (read, write): (R, W),
     peer: Option<SocketAddr>,
     shared: Arc<Shared>,
-) {
+) where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
     shared.metrics.fastcgi_connections.inc();
-    let (read, write) = tokio::io::split(stream);
     let mut reader = RequestReader::new(read, ParamsLimits::default());
     let mut writer = ResponseWriter::new(write);
     let worker = &shared.worker;
@@ -574,14 +577,21 @@ where
     };
     let deadline = Instant::now() + lease.request_timeout();
 
-    // The request body, streamed record by record.
+    // The request body, streamed record by record (usually all buffered
+    // already: nginx sends a small request in one write).
     loop {
-        let event = match tokio::time::timeout_at(
-            deadline.min(Instant::now() + shared.settings.read_timeout),
-            reader.next_event(),
-        )
-        .await
-        {
+        let next = match reader.buffered_event() {
+            Ok(Some(event)) => Ok(Ok(Some(event))),
+            Ok(None) => {
+                tokio::time::timeout_at(
+                    deadline.min(Instant::now() + shared.settings.read_timeout),
+                    reader.next_event(),
+                )
+                .await
+            }
+            Err(err) => Ok(Err(err)),
+        };
+        let event = match next {
             Ok(Ok(event)) => event,
             Ok(Err(err)) => {
                 end_cut_short(lease).await;
@@ -647,66 +657,82 @@ where
     let mut status = 200;
     let mut bytes = 0u64;
     loop {
-        tokio::select! {
-            event = lease.connection().next_event() => match event {
-                Ok(ResponseEvent::Stdout(data)) => {
-                    if !sent_stdout {
-                        status = cgi_status(&data);
+        // Everything the worker already sent goes out in one write; only
+        // then wait (for the worker, an abort, or the deadline).
+        let event = match lease.connection().buffered_event() {
+            Some(event) => event,
+            None => {
+                writer.flush().await?;
+                tokio::select! {
+                    event = lease.connection().next_event() => event,
+                    event = reader.next_event() => {
+                        match event? {
+                            Some(ServerEvent::Abort { .. }) => {
+                                info!(worker = %name, pid = lease.pid(), "web server aborted the request");
+                                stderr.flush();
+                                // Dropping the lease lets PHP finish and returns the worker.
+                                drop(lease);
+                                writer.end_request(request_id, 0, ProtocolStatus::RequestComplete, had_stderr);
+                                writer.flush().await?;
+                                return Ok(Outcome { status: 499, bytes });
+                            }
+                            Some(ServerEvent::Stdin { .. } | ServerEvent::StdinEnd { .. } | ServerEvent::Data { .. }) => {}
+                            Some(other) => answer_between(other, writer, shared).await?,
+                            None => {
+                                stderr.flush();
+                                drop(lease);
+                                return Err(ConnectionError::Closed);
+                            }
+                        }
+                        continue;
                     }
-                    sent_stdout = true;
-                    bytes += data.len() as u64;
-                    writer.stdout(request_id, &data);
-                    writer.flush().await?;
-                }
-                Ok(ResponseEvent::Stderr(data)) => {
-                    had_stderr = true;
-                    stderr.push(&data);
-                    writer.stderr(request_id, &data);
-                }
-                Ok(ResponseEvent::End(end)) => {
-                    stderr.flush();
-                    lease.complete();
-                    writer.end_request(request_id, end.app_status, ProtocolStatus::RequestComplete, had_stderr);
-                    writer.flush().await?;
-                    return Ok(Outcome { status, bytes });
-                }
-                Err(err) => {
-                    stderr.flush();
-                    error!(worker = %name, pid = lease.pid(), "worker failed mid-request: {err}");
-                    lease.kill(KillReason::Broken);
-                    if sent_stdout {
-                        // Headers are out: the web server sees a truncated
-                        // response, which nginx reports as upstream error.
-                        return Err(ConnectionError::Closed);
+                    _ = tokio::time::sleep_until(deadline) => {
+                        stderr.flush();
+                        lease.kill(KillReason::Timeout);
+                        if sent_stdout {
+                            return Err(ConnectionError::Closed);
+                        }
+                        return respond_error(writer, request_id, StatusCode::GATEWAY_TIMEOUT, false).await;
                     }
-                    return respond_error(writer, request_id, StatusCode::BAD_GATEWAY, false).await;
                 }
-            },
-            event = reader.next_event() => match event? {
-                Some(ServerEvent::Abort { .. }) => {
-                    info!(worker = %name, pid = lease.pid(), "web server aborted the request");
-                    stderr.flush();
-                    // Dropping the lease lets PHP finish and returns the worker.
-                    drop(lease);
-                    writer.end_request(request_id, 0, ProtocolStatus::RequestComplete, had_stderr);
-                    writer.flush().await?;
-                    return Ok(Outcome { status: 499, bytes });
+            }
+        };
+        match event {
+            Ok(ResponseEvent::Stdout(data)) => {
+                if !sent_stdout {
+                    status = cgi_status(&data);
                 }
-                Some(ServerEvent::Stdin { .. } | ServerEvent::StdinEnd { .. } | ServerEvent::Data { .. }) => {}
-                Some(other) => answer_between(other, writer, shared).await?,
-                None => {
-                    stderr.flush();
-                    drop(lease);
-                    return Err(ConnectionError::Closed);
-                }
-            },
-            _ = tokio::time::sleep_until(deadline) => {
+                sent_stdout = true;
+                bytes += data.len() as u64;
+                writer.stdout(request_id, &data);
+            }
+            Ok(ResponseEvent::Stderr(data)) => {
+                had_stderr = true;
+                stderr.push(&data);
+                writer.stderr(request_id, &data);
+            }
+            Ok(ResponseEvent::End(end)) => {
                 stderr.flush();
-                lease.kill(KillReason::Timeout);
+                lease.complete();
+                writer.end_request(
+                    request_id,
+                    end.app_status,
+                    ProtocolStatus::RequestComplete,
+                    had_stderr,
+                );
+                writer.flush().await?;
+                return Ok(Outcome { status, bytes });
+            }
+            Err(err) => {
+                stderr.flush();
+                error!(worker = %name, pid = lease.pid(), "worker failed mid-request: {err}");
+                lease.kill(KillReason::Broken);
                 if sent_stdout {
+                    // Headers are out: the web server sees a truncated
+                    // response, which nginx reports as upstream error.
                     return Err(ConnectionError::Closed);
                 }
-                return respond_error(writer, request_id, StatusCode::GATEWAY_TIMEOUT, false).await;
+                return respond_error(writer, request_id, StatusCode::BAD_GATEWAY, false).await;
             }
         }
     }
@@ -762,12 +788,14 @@ fn refuse(app: &App, listener: &FastcgiConfig, script: &Path) -> Option<Refusal>
     if !listener.check_document_root {
         return None;
     }
-    match std::fs::canonicalize(script) {
-        Ok(real) if real.starts_with(&config.document_root) => None,
-        Ok(_) => Some(Refusal::OutsideRoot),
+    match app.root.locate(script) {
+        Location::Inside => None,
+        Location::Outside => Some(Refusal::OutsideRoot),
         // Lexically outside is outside, whether or not it exists.
-        Err(_) if !script.starts_with(&config.document_root) => Some(Refusal::OutsideRoot),
-        Err(_) => Some(Refusal::Missing),
+        Location::Missing if !script.starts_with(&config.document_root) => {
+            Some(Refusal::OutsideRoot)
+        }
+        Location::Missing => Some(Refusal::Missing),
     }
 }
 

@@ -98,6 +98,8 @@ pub struct ServerSettings {
     /// How long in-flight requests may finish on shutdown.
     pub grace_period: Duration,
     pub pid_file: Option<PathBuf>,
+    /// Threads serving requests; 0 is one per CPU.
+    pub threads: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -35,6 +35,7 @@ pub struct RawServer {
     pub max_body_bytes: Option<RawSize>,
     pub grace_period: Option<RawDuration>,
     pub pid_file: Option<String>,
+    pub threads: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -111,6 +111,7 @@ pub fn load(server_file: &Path) -> Result<Config, ConfigErrors> {
             .map(|s| s.0)
             .unwrap_or(defaults::MAX_BODY_BYTES),
         grace_period: dur(server_raw.grace_period, defaults::GRACE_PERIOD),
+        threads: server_raw.threads.unwrap_or(0),
         pid_file: match server_raw.pid_file.as_deref() {
             Some("") | Some("off") => None,
             Some(path) => Some(root.join(path)),

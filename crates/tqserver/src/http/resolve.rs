@@ -45,6 +45,14 @@ pub enum Target {
     BadRequest(&'static str),
 }
 
+/// See [`DocumentRoot::locate`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Location {
+    Inside,
+    Outside,
+    Missing,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Script {
     /// Path below the document root, starting with '/': "/index.php".
@@ -77,6 +85,29 @@ impl DocumentRoot {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Where a file named by absolute path (a web server's SCRIPT_FILENAME)
+    /// really is: inside this root, outside it, or nowhere. Symlinks are
+    /// followed as far as the root allows, in one `openat2` for the common
+    /// case of a path written under the root.
+    pub fn locate(&self, file: &Path) -> Location {
+        let result = match file.strip_prefix(&self.path) {
+            Ok(relative) => self.open_beneath(relative.as_os_str().as_bytes(), false),
+            // Written under another name (a symlinked root, `..`): resolve it.
+            Err(_) => match std::fs::canonicalize(file) {
+                Ok(real) => match real.strip_prefix(&self.path) {
+                    Ok(relative) => self.open_beneath(relative.as_os_str().as_bytes(), false),
+                    Err(_) => return Location::Outside,
+                },
+                Err(_) => return Location::Missing,
+            },
+        };
+        match result {
+            Ok(_) => Location::Inside,
+            Err(Errno::EXDEV | Errno::ELOOP) => Location::Outside,
+            Err(_) => Location::Missing,
+        }
     }
 
     /// Opens `relative` (no leading slash, already normalized) for reading.
