@@ -375,3 +375,107 @@ fn worker_stderr_reaches_the_log_with_worker_and_pid() {
 fn nix_is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
+
+#[test]
+fn pipelined_requests_are_answered_in_order() {
+    let server = blog_site().start();
+    let mut conn = server.connect();
+    conn.send(
+        b"GET /blog/env.php?n=1 HTTP/1.1\r\nHost: x\r\n\r\nGET /blog/assets/data.txt HTTP/1.1\r\nHost: x\r\n\r\nGET /blog/env.php?n=3 HTTP/1.1\r\nHost: x\r\n\r\n",
+    );
+    assert_eq!(conn.read_response(false).vars()["QUERY_STRING"], "n=1");
+    assert_eq!(
+        conn.read_response(false).text(),
+        "0123456789abcdefghijklmnopqrstuvwxyz"
+    );
+    assert_eq!(conn.read_response(false).vars()["QUERY_STRING"], "n=3");
+}
+
+#[test]
+fn http_1_0_keep_alive_and_close() {
+    let server = blog_site().start();
+    let mut conn = server.connect();
+    conn.send(b"GET /blog/hello.php HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
+    let first = conn.read_response(false);
+    assert!(first.status == 200 && first.header("connection") == Some("keep-alive"));
+    conn.send(b"GET /blog/hello.php HTTP/1.0\r\n\r\n");
+    let second = conn.read_response(false);
+    assert_eq!(second.text(), "Hello, World!");
+    assert_eq!(second.header("connection"), Some("close"));
+}
+
+#[test]
+fn expect_100_continue_gets_its_interim_response() {
+    let server = blog_site().start();
+    let mut conn = server.connect();
+    conn.send(b"POST /blog/input.php HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n");
+    let interim = conn.read_response(true);
+    assert_eq!(interim.status, 100);
+    conn.send(b"hello");
+    let response = conn.read_response(false);
+    assert_eq!(response.vars()["len"], "5");
+}
+
+#[test]
+fn streamed_php_output_is_chunked_and_arrives_as_it_is_flushed() {
+    let server = blog_site()
+        .file(
+            "blog",
+            "stream.php",
+            "<?php while (ob_get_level()) { ob_end_flush(); } for ($i = 0; $i < 5; $i++) { echo \"part $i\\n\"; flush(); usleep(100000); }",
+        )
+        .start();
+    let mut conn = server.connect();
+    let started = std::time::Instant::now();
+    conn.send(b"GET /blog/stream.php HTTP/1.1\r\nHost: x\r\n\r\n");
+    let response = conn.read_response(false);
+    assert_eq!(response.header("transfer-encoding"), Some("chunked"));
+    assert_eq!(response.text(), "part 0\npart 1\npart 2\npart 3\npart 4\n");
+    assert!(started.elapsed() >= Duration::from_millis(400));
+    // The connection carries on.
+    conn.send(b"GET /blog/hello.php HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(conn.read_response(false).text(), "Hello, World!");
+}
+
+#[test]
+fn a_slow_request_head_times_out_and_an_idle_connection_closes() {
+    let server = Site::new()
+        .server_settings("  read_timeout: 1s\n  idle_timeout: 2s\n")
+        .worker("blog", &worker_yaml("/blog", 1))
+        .file("blog", "hello.php", "<?php echo 'hi';")
+        .start();
+    use std::io::Read;
+    // Slowloris: a head that never ends gets 408 after read_timeout.
+    let mut slow = server.connect();
+    slow.send(b"GET /blog/hello.php HTTP/1.1\r\nHost: x\r\n");
+    let started = std::time::Instant::now();
+    let mut buf = Vec::new();
+    let _ = slow.stream().read_to_end(&mut buf);
+    let waited = started.elapsed();
+    assert!(
+        String::from_utf8_lossy(&buf).starts_with("HTTP/1.1 408"),
+        "{}",
+        String::from_utf8_lossy(&buf)
+    );
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(3),
+        "{waited:?}"
+    );
+    // A kept-alive connection may idle longer than read_timeout, up to
+    // idle_timeout.
+    let mut idle = server.connect();
+    idle.send(b"GET /blog/hello.php HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(idle.read_response(false).text(), "hi");
+    std::thread::sleep(Duration::from_millis(1500));
+    idle.send(b"GET /blog/hello.php HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(idle.read_response(false).text(), "hi");
+    let started = std::time::Instant::now();
+    let mut rest = Vec::new();
+    let _ = idle.stream().read_to_end(&mut rest);
+    assert!(rest.is_empty());
+    assert!(
+        started.elapsed() >= Duration::from_millis(1900),
+        "{:?}",
+        started.elapsed()
+    );
+}

@@ -13,13 +13,13 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
+use super::body_reader::RequestBody;
 use bytes::{Bytes, BytesMut};
 use fastcgi::client::{REQUEST_ID, ResponseEvent};
 use fastcgi::record::{RecordType, Role, put_begin_request, put_stream_end};
 use http::request::Parts;
 use http::{Response, StatusCode, header};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use pool::{AcquireError, KillReason, Lease, RequestInfo};
 use tokio::time::{Instant, Sleep};
 use tracing::{error, warn};
@@ -35,16 +35,16 @@ use crate::router::Router;
 use arc_swap::ArcSwap;
 
 /// The request body as it will be sent to PHP.
-pub enum RequestBody {
+pub enum PhpBody {
     Empty,
     /// Streamed from the client; the length is known up front.
-    Sized(Incoming, u64),
+    Sized(RequestBody, u64),
     /// A chunked body written to a temporary file first, because PHP needs
     /// CONTENT_LENGTH to read a body at all.
     Spooled(std::fs::File, u64),
 }
 
-impl RequestBody {
+impl PhpBody {
     fn content_length(&self) -> Option<u64> {
         match self {
             Self::Empty => None,
@@ -63,7 +63,7 @@ pub async fn serve(
     app: &Arc<App>,
     router: &ArcSwap<Router>,
     parts: Parts,
-    body: RequestBody,
+    body: PhpBody,
     script: Script,
     (peer, local): (SocketAddr, SocketAddr),
     observation: &mut Observation,
@@ -148,10 +148,10 @@ async fn exchange(
     app: &Arc<App>,
     mut lease: Lease,
     cgi: &CgiRequest<'_>,
-    body: &mut Option<RequestBody>,
+    body: &mut Option<PhpBody>,
     deadline: Instant,
 ) -> Result<Response<Body>, Failure> {
-    let no_body = matches!(body, None | Some(RequestBody::Empty));
+    let no_body = matches!(body, None | Some(PhpBody::Empty));
     {
         let buf = lease.connection().write_buf();
         put_begin_request(buf, REQUEST_ID, Role::Responder, true);
@@ -327,10 +327,10 @@ enum BodyError {
     Worker(io::Error),
 }
 
-async fn send_body(lease: &mut Lease, body: RequestBody) -> Result<(), BodyError> {
+async fn send_body(lease: &mut Lease, body: PhpBody) -> Result<(), BodyError> {
     match body {
-        RequestBody::Empty => {}
-        RequestBody::Sized(mut incoming, length) => {
+        PhpBody::Empty => {}
+        PhpBody::Sized(mut incoming, length) => {
             let mut sent = 0u64;
             while let Some(frame) = incoming.frame().await {
                 let Ok(frame) = frame else {
@@ -354,7 +354,7 @@ async fn send_body(lease: &mut Lease, body: RequestBody) -> Result<(), BodyError
                 return Err(BodyError::Client);
             }
         }
-        RequestBody::Spooled(file, _) => {
+        PhpBody::Spooled(file, _) => {
             let mut file = tokio::fs::File::from_std(file);
             let mut buf = vec![0u8; 64 * 1024];
             loop {
@@ -389,7 +389,10 @@ async fn end_short(lease: &mut Lease) -> Result<(), BodyError> {
 
 /// Writes a chunked request body to an unnamed temporary file (bounded by
 /// `limit`), so PHP can be told its length.
-pub async fn spool(mut incoming: Incoming, limit: u64) -> Result<(std::fs::File, u64), StatusCode> {
+pub async fn spool(
+    mut incoming: RequestBody,
+    limit: u64,
+) -> Result<(std::fs::File, u64), StatusCode> {
     use std::io::{Seek, Write};
     let mut file = tempfile::tempfile().map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)?;
     let mut length = 0u64;

@@ -130,13 +130,24 @@ impl DocumentRoot {
             // RESOLVE_BENEATH refuses every absolute symlink, even one that
             // points back inside the root: check where it really leads.
             Err(Errno::EXDEV) => self.open_canonical(relative),
+            // No openat2 (kernel before 5.6, or a seccomp filter that does
+            // not know it): resolve the path and check it the slow way.
+            Err(Errno::ENOSYS | Errno::EPERM) if !escape_allowed => self.open_canonical(relative),
+            Err(Errno::ENOSYS | Errno::EPERM) => {
+                let path = self.path.join(OsStr::from_bytes(relative));
+                std::fs::OpenOptions::new()
+                    .read(true)
+                    .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+                    .open(path)
+                    .map_err(|err| Errno::from_raw(err.raw_os_error().unwrap_or(libc::ENOENT)))
+            }
             Err(err) => Err(err),
         }
     }
 
     fn open_canonical(&self, relative: &[u8]) -> Result<File, Errno> {
         let canonical = std::fs::canonicalize(self.path.join(OsStr::from_bytes(relative)))
-            .map_err(|_| Errno::ENOENT)?;
+            .map_err(|err| Errno::from_raw(err.raw_os_error().unwrap_or(libc::ENOENT)))?;
         if !canonical.starts_with(&self.path) {
             return Err(Errno::EXDEV);
         }

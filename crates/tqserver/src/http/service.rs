@@ -7,11 +7,11 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use http::{Request, Response, StatusCode};
 use http_body::Body as _;
-use hyper::body::Incoming;
 use tracing::{info, warn};
 
 use super::body::Body;
-use super::php::{self, RequestBody};
+use super::body_reader::RequestBody;
+use super::php::{self, PhpBody};
 use super::resolve::{self, Target};
 use super::{errors, static_files};
 use crate::config::ServerSettings;
@@ -28,7 +28,7 @@ pub struct Frontend {
 
 pub async fn handle(
     front: Arc<Frontend>,
-    request: Request<Incoming>,
+    request: Request<RequestBody>,
     peer: SocketAddr,
     local: SocketAddr,
 ) -> Response<Body> {
@@ -84,7 +84,7 @@ fn finish(mut response: Response<Body>, observation: Observation) -> Response<Bo
 async fn route(
     front: &Frontend,
     app: Arc<crate::app::App>,
-    request: Request<Incoming>,
+    request: Request<RequestBody>,
     rest_len: usize,
     peer: SocketAddr,
     local: SocketAddr,
@@ -97,16 +97,16 @@ async fn route(
             let (parts, incoming) = request.into_parts();
             let limit = front.settings.max_body_bytes;
             let body = if incoming.is_end_stream() {
-                RequestBody::Empty
+                PhpBody::Empty
             } else if let Some(length) = incoming.size_hint().exact() {
                 if length > limit {
                     info!(worker = %app.config.name, length, limit, "request body too large");
                     return errors::status(StatusCode::PAYLOAD_TOO_LARGE);
                 }
-                RequestBody::Sized(incoming, length)
+                PhpBody::Sized(incoming, length)
             } else {
                 match php::spool(incoming, limit).await {
-                    Ok((file, length)) => RequestBody::Spooled(file, length),
+                    Ok((file, length)) => PhpBody::Spooled(file, length),
                     Err(status) => return errors::status(status),
                 }
             };

@@ -1,0 +1,424 @@
+//! The reading side of a client connection, and the request body read from
+//! it.
+//!
+//! [`ConnReader`] owns the socket's read half and a buffer that exists only
+//! while there are bytes in it, so an idle keep-alive connection holds no
+//! buffer at all. While a request with a body is being served the reader
+//! travels inside its [`RequestBody`] (bodies stream: nothing is collected
+//! whole) and comes back to the connection when the body is dropped,
+//! together with what is left of the body, which the connection then
+//! discards or gives up on.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use http_body::{Frame, SizeHint};
+use tokio::net::tcp::OwnedReadHalf;
+use tokio::sync::oneshot;
+use tokio::time::Sleep;
+
+/// Read granularity while a request is coming in.
+const READ_CHUNK: usize = 8 * 1024;
+/// Longest chunk-size line (with extensions) accepted in a chunked body.
+const MAX_CHUNK_LINE: usize = 1024;
+/// Longest trailer section accepted after the last chunk.
+const MAX_TRAILERS: usize = 16 * 1024;
+
+pub struct ConnReader {
+    half: OwnedReadHalf,
+    pub(super) buf: BytesMut,
+}
+
+impl ConnReader {
+    pub fn new(half: OwnedReadHalf) -> Self {
+        Self {
+            half,
+            buf: BytesMut::new(),
+        }
+    }
+
+    /// Reads more bytes into the buffer; `Ok(0)` at EOF.
+    pub fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.buf.capacity() - self.buf.len() < 1024 {
+            self.buf.reserve(READ_CHUNK);
+        }
+        tokio_util::io::poll_read_buf(Pin::new(&mut self.half), cx, &mut self.buf)
+    }
+
+    pub async fn fill(&mut self) -> io::Result<usize> {
+        std::future::poll_fn(|cx| self.poll_fill(cx)).await
+    }
+
+    /// Whether the socket has something to read (data or EOF).
+    pub async fn readable(&self) -> io::Result<()> {
+        self.half.readable().await
+    }
+
+    /// Reads what is there without waiting; `Ok(0)` at EOF. Readiness can
+    /// be stale, so a read that finds nothing gives the buffer back.
+    pub fn try_fill(&mut self) -> io::Result<usize> {
+        if self.buf.capacity() - self.buf.len() < 1024 {
+            self.buf.reserve(READ_CHUNK);
+        }
+        let result = self.half.try_read_buf(&mut self.buf);
+        if !matches!(result, Ok(read) if read > 0) {
+            self.shrink();
+        }
+        result
+    }
+
+    /// Drops the buffer's memory when it holds nothing (idle connection).
+    pub fn shrink(&mut self) {
+        if self.buf.is_empty() {
+            self.buf = BytesMut::new();
+        }
+    }
+}
+
+/// How the body of a request is delimited.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Framing {
+    None,
+    Length(u64),
+    Chunked,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Chunked {
+    /// Expecting a chunk-size line.
+    Size,
+    /// Inside a chunk with this many bytes to go.
+    Data(u64),
+    /// Expecting the CRLF after a chunk's data.
+    DataEnd,
+    /// After the last chunk: trailers until an empty line.
+    Trailers,
+    Done,
+}
+
+/// What remains of a body when it comes back to the connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Remaining {
+    Nothing,
+    Bytes(u64),
+    Chunked,
+    /// The body broke (bad chunk syntax, client gone): the connection cannot
+    /// carry another request.
+    Broken,
+}
+
+/// A request body streamed from the client.
+pub struct RequestBody {
+    inner: Option<Inner>,
+}
+
+struct Inner {
+    reader: Box<ConnReader>,
+    state: State,
+    read_timeout: Duration,
+    stall: Option<Pin<Box<Sleep>>>,
+    home: oneshot::Sender<(Box<ConnReader>, Remaining)>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    Length(u64),
+    Chunked(Chunked),
+    Broken,
+}
+
+impl RequestBody {
+    /// A body-less request.
+    pub fn empty() -> Self {
+        Self { inner: None }
+    }
+
+    /// A body read from `reader` as `framing` says; the reader is sent home
+    /// when the body is dropped.
+    pub fn new(
+        reader: Box<ConnReader>,
+        framing: Framing,
+        read_timeout: Duration,
+    ) -> (Self, oneshot::Receiver<(Box<ConnReader>, Remaining)>) {
+        let (home, back) = oneshot::channel();
+        let state = match framing {
+            Framing::None | Framing::Length(0) => State::Length(0),
+            Framing::Length(length) => State::Length(length),
+            Framing::Chunked => State::Chunked(Chunked::Size),
+        };
+        (
+            Self {
+                inner: Some(Inner {
+                    reader,
+                    state,
+                    read_timeout,
+                    stall: None,
+                    home,
+                }),
+            },
+            back,
+        )
+    }
+}
+
+impl Drop for RequestBody {
+    fn drop(&mut self) {
+        if let Some(inner) = self.inner.take() {
+            let remaining = match inner.state {
+                State::Length(0) | State::Chunked(Chunked::Done) => Remaining::Nothing,
+                State::Length(left) => Remaining::Bytes(left),
+                State::Chunked(_) => Remaining::Chunked,
+                State::Broken => Remaining::Broken,
+            };
+            let _ = inner.home.send((inner.reader, remaining));
+        }
+    }
+}
+
+fn invalid(message: &'static str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, message)
+}
+
+impl Inner {
+    /// Reads more, with the read timeout running only while nothing comes.
+    fn poll_more(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.reader.poll_fill(cx) {
+            Poll::Ready(Ok(0)) => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "client closed the connection mid-body",
+            ))),
+            Poll::Ready(Ok(_)) => {
+                self.stall = None;
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(err)) => Poll::Ready(Err(err)),
+            Poll::Pending => {
+                let timeout = self.read_timeout;
+                let stall = self
+                    .stall
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                ready!(stall.as_mut().poll(cx));
+                Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "client stopped sending the request body",
+                )))
+            }
+        }
+    }
+
+    fn poll_data(&mut self, cx: &mut Context<'_>) -> Poll<Option<io::Result<Bytes>>> {
+        loop {
+            match self.state {
+                State::Broken => return Poll::Ready(Some(Err(invalid("request body broken")))),
+                State::Length(0) | State::Chunked(Chunked::Done) => return Poll::Ready(None),
+                State::Length(left) => {
+                    if self.reader.buf.is_empty() {
+                        ready!(self.poll_more(cx))?;
+                        continue;
+                    }
+                    let take = (self.reader.buf.len() as u64).min(left) as usize;
+                    self.state = State::Length(left - take as u64);
+                    return Poll::Ready(Some(Ok(self.reader.buf.split_to(take).freeze())));
+                }
+                State::Chunked(Chunked::Size) => {
+                    let buf = &self.reader.buf;
+                    match buf.iter().position(|&b| b == b'\n') {
+                        None if buf.len() > MAX_CHUNK_LINE => {
+                            return Poll::Ready(Some(Err(invalid("chunk size line too long"))));
+                        }
+                        None => ready!(self.poll_more(cx))?,
+                        Some(end) => {
+                            let line = &buf[..end];
+                            let line = line.strip_suffix(b"\r").unwrap_or(line);
+                            let digits = line.split(|&b| b == b';').next().unwrap_or(b"");
+                            let digits = std::str::from_utf8(digits)
+                                .ok()
+                                .map(str::trim)
+                                .filter(|d| !d.is_empty() && d.len() <= 16);
+                            let Some(size) = digits.and_then(|d| u64::from_str_radix(d, 16).ok())
+                            else {
+                                return Poll::Ready(Some(Err(invalid("bad chunk size"))));
+                            };
+                            self.reader.buf.advance(end + 1);
+                            self.state = State::Chunked(if size == 0 {
+                                Chunked::Trailers
+                            } else {
+                                Chunked::Data(size)
+                            });
+                        }
+                    }
+                }
+                State::Chunked(Chunked::Data(left)) => {
+                    if self.reader.buf.is_empty() {
+                        ready!(self.poll_more(cx))?;
+                        continue;
+                    }
+                    let take = (self.reader.buf.len() as u64).min(left) as usize;
+                    let rest = left - take as u64;
+                    self.state = State::Chunked(if rest == 0 {
+                        Chunked::DataEnd
+                    } else {
+                        Chunked::Data(rest)
+                    });
+                    return Poll::Ready(Some(Ok(self.reader.buf.split_to(take).freeze())));
+                }
+                State::Chunked(Chunked::DataEnd) => {
+                    if self.reader.buf.len() < 2 {
+                        ready!(self.poll_more(cx))?;
+                        continue;
+                    }
+                    if &self.reader.buf[..2] != b"\r\n" {
+                        return Poll::Ready(Some(Err(invalid("chunk not followed by CRLF"))));
+                    }
+                    self.reader.buf.advance(2);
+                    self.state = State::Chunked(Chunked::Size);
+                }
+                State::Chunked(Chunked::Trailers) => {
+                    // Trailers are read and dropped, up to an empty line.
+                    let buf = &self.reader.buf;
+                    match buf.iter().position(|&b| b == b'\n') {
+                        None if buf.len() > MAX_TRAILERS => {
+                            return Poll::Ready(Some(Err(invalid("trailers too long"))));
+                        }
+                        None => ready!(self.poll_more(cx))?,
+                        Some(end) => {
+                            let empty = end == 0 || (end == 1 && buf[0] == b'\r');
+                            self.reader.buf.advance(end + 1);
+                            if empty {
+                                self.state = State::Chunked(Chunked::Done);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl http_body::Body for RequestBody {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        let Some(inner) = self.get_mut().inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match ready!(inner.poll_data(cx)) {
+            Some(Ok(data)) => Poll::Ready(Some(Ok(Frame::data(data)))),
+            Some(Err(err)) => {
+                inner.state = State::Broken;
+                Poll::Ready(Some(Err(err)))
+            }
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.inner {
+            None => true,
+            Some(inner) => matches!(
+                inner.state,
+                State::Length(0) | State::Chunked(Chunked::Done)
+            ),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.inner {
+            None => SizeHint::with_exact(0),
+            Some(inner) => match inner.state {
+                State::Length(left) => SizeHint::with_exact(left),
+                _ => SizeHint::default(),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+    use tokio::io::AsyncWriteExt;
+
+    async fn pair() -> (Box<ConnReader>, tokio::net::TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let (read, _write) = server.into_split();
+        std::mem::forget(_write);
+        (Box::new(ConnReader::new(read)), client)
+    }
+
+    async fn read_all(body: &mut RequestBody) -> io::Result<Vec<u8>> {
+        let mut out = Vec::new();
+        while let Some(frame) = body.frame().await {
+            out.extend_from_slice(&frame?.into_data().unwrap());
+        }
+        Ok(out)
+    }
+
+    #[tokio::test]
+    async fn chunked_bodies_decode_and_leave_the_next_request() {
+        let (reader, mut client) = pair().await;
+        client
+            .write_all(b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: 1\r\n\r\nGET /next")
+            .await
+            .unwrap();
+        let (mut body, back) = RequestBody::new(reader, Framing::Chunked, Duration::from_secs(5));
+        assert_eq!(read_all(&mut body).await.unwrap(), b"hello world");
+        assert!(http_body::Body::is_end_stream(&body));
+        drop(body);
+        let (reader, remaining) = back.await.unwrap();
+        assert_eq!(remaining, Remaining::Nothing);
+        assert_eq!(&reader.buf[..], b"GET /next");
+    }
+
+    #[tokio::test]
+    async fn length_bodies_stop_at_their_length() {
+        let (reader, mut client) = pair().await;
+        client.write_all(b"abcdefGET /").await.unwrap();
+        let (mut body, back) = RequestBody::new(reader, Framing::Length(6), Duration::from_secs(5));
+        assert_eq!(read_all(&mut body).await.unwrap(), b"abcdef");
+        drop(body);
+        let (reader, remaining) = back.await.unwrap();
+        assert_eq!(remaining, Remaining::Nothing);
+        assert_eq!(&reader.buf[..], b"GET /");
+    }
+
+    #[tokio::test]
+    async fn bad_chunks_and_early_eof_are_errors() {
+        let (reader, mut client) = pair().await;
+        client.write_all(b"zz\r\n").await.unwrap();
+        let (mut body, back) = RequestBody::new(reader, Framing::Chunked, Duration::from_secs(5));
+        assert!(read_all(&mut body).await.is_err());
+        drop(body);
+        assert_eq!(back.await.unwrap().1, Remaining::Broken);
+
+        let (reader, mut client) = pair().await;
+        client.write_all(b"abc").await.unwrap();
+        drop(client);
+        let (mut body, back) =
+            RequestBody::new(reader, Framing::Length(10), Duration::from_secs(5));
+        assert!(read_all(&mut body).await.is_err());
+        drop(body);
+        assert_eq!(back.await.unwrap().1, Remaining::Broken);
+    }
+
+    #[tokio::test]
+    async fn a_stalled_body_times_out() {
+        let (reader, mut client) = pair().await;
+        client.write_all(b"abc").await.unwrap();
+        let (mut body, _back) =
+            RequestBody::new(reader, Framing::Length(10), Duration::from_millis(200));
+        let err = read_all(&mut body).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+    }
+}

@@ -1,0 +1,630 @@
+//! HTTP/1.1 on one client connection: read a request head, hand the request
+//! to the service, write the response, repeat while the connection is kept
+//! alive.
+//!
+//! Why not hyper here: an idle keep-alive connection in hyper keeps 16 KiB of
+//! buffers (read buffer and header buffer) for its whole life, which puts
+//! 10,000 idle connections at 160 MB. Here buffers exist only while bytes
+//! are in them, and the service future is boxed only while a request runs,
+//! so an idle connection costs its socket and a small task. (The admin
+//! endpoint, with its handful of connections, still uses hyper.)
+//!
+//! Parsing is httparse's. The rules that keep requests unambiguous between
+//! tqserver and anything in front of it: a body is delimited by
+//! Content-Length or by chunked Transfer-Encoding, never both; several
+//! different Content-Lengths, other transfer codings, or chunked on HTTP/1.0
+//! are refused; HTTP/1.1 requests must have exactly one Host.
+//!
+//! Timeouts: `idle_timeout` while waiting for the first byte of the next
+//! request, `read_timeout` from that byte to the end of the head (slowloris)
+//! and for any stall in a body, `write_timeout` for any stall in a write.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body::Body as _;
+use http_body_util::BodyExt;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+use super::body::Body;
+use super::body_reader::{ConnReader, Framing, Remaining, RequestBody};
+use super::service::{self, Frontend};
+
+/// Unread request body discarded to keep a connection alive; beyond this
+/// the connection is closed instead.
+const MAX_DISCARD: u64 = 256 * 1024;
+
+/// A parsed request head.
+struct Head {
+    method: Method,
+    uri: Uri,
+    version: Version,
+    headers: HeaderMap,
+}
+
+enum HeadError {
+    /// The connection ended or stayed idle: close quietly.
+    Closed,
+    TimedOut,
+    TooLarge,
+    Malformed(&'static str),
+    Version,
+}
+
+pub async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    local: SocketAddr,
+    front: Arc<Frontend>,
+    shutdown: CancellationToken,
+) {
+    let (read, write) = stream.into_split();
+    let mut reader = Box::new(ConnReader::new(read));
+    let mut writer = Writer {
+        half: write,
+        buf: BytesMut::new(),
+        timeout: front.settings.write_timeout,
+    };
+    let settings = &front.settings;
+    let mut first = true;
+    loop {
+        let wait = if first {
+            settings.read_timeout
+        } else {
+            settings.idle_timeout
+        };
+        first = false;
+        let head = match read_head(
+            &mut reader,
+            wait,
+            settings.read_timeout,
+            settings.max_header_bytes,
+            settings.max_headers,
+            &shutdown,
+        )
+        .await
+        {
+            Ok(head) => head,
+            Err(HeadError::Closed) => return,
+            Err(error) => {
+                let (status, why) = match error {
+                    HeadError::TimedOut => (
+                        StatusCode::REQUEST_TIMEOUT,
+                        "request head not received in time",
+                    ),
+                    HeadError::TooLarge => (
+                        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                        "request head too large",
+                    ),
+                    HeadError::Version => (
+                        StatusCode::HTTP_VERSION_NOT_SUPPORTED,
+                        "unsupported HTTP version",
+                    ),
+                    HeadError::Malformed(why) => (StatusCode::BAD_REQUEST, why),
+                    HeadError::Closed => unreachable!(),
+                };
+                debug!(%peer, "refusing request: {why}");
+                let _ = writer.simple(status, Version::HTTP_11).await;
+                return;
+            }
+        };
+        let framing = match framing(&head) {
+            Ok(framing) => framing,
+            Err((status, why)) => {
+                debug!(%peer, "refusing request: {why}");
+                let _ = writer.simple(status, head.version).await;
+                return;
+            }
+        };
+        let mut keep_alive = wants_keep_alive(&head) && !shutdown.is_cancelled();
+        let version = head.version;
+        let is_head = head.method == Method::HEAD;
+
+        // The body, if any, takes the reader with it while the request runs.
+        let (body, reader_back, idle_reader) = match framing {
+            Framing::None | Framing::Length(0) => (RequestBody::empty(), None, Some(reader)),
+            _ => {
+                if let Framing::Length(length) = framing
+                    && length > settings.max_body_bytes
+                {
+                    // Refused before the client sends it (no 100 Continue).
+                    let _ = writer.simple(StatusCode::PAYLOAD_TOO_LARGE, version).await;
+                    return;
+                }
+                if expects_continue(&head)
+                    && writer
+                        .write(b"HTTP/1.1 100 Continue\r\n\r\n")
+                        .await
+                        .is_err()
+                {
+                    return;
+                }
+                let (body, back) = RequestBody::new(reader, framing, settings.read_timeout);
+                (body, Some(back), None)
+            }
+        };
+        let mut request = Request::new(body);
+        *request.method_mut() = head.method;
+        *request.uri_mut() = head.uri;
+        *request.version_mut() = version;
+        *request.headers_mut() = head.headers;
+
+        let service = Box::pin(service::handle(front.clone(), request, peer, local));
+        let response = match idle_reader {
+            // No body to read: watch the socket, so a client that goes away
+            // cancels its request (and the worker is freed).
+            Some(mut idle) => {
+                let response = watch_client(&mut idle, service, settings.max_header_bytes).await;
+                reader = idle;
+                match response {
+                    Some(response) => response,
+                    None => return,
+                }
+            }
+            None => {
+                let response = service.await;
+                let Some(back) = reader_back else { return };
+                let Ok((home, remaining)) = back.await else {
+                    return;
+                };
+                reader = home;
+                if let Err(done) = settle_body(&mut reader, remaining, settings.read_timeout).await
+                {
+                    keep_alive = keep_alive && done;
+                }
+                response
+            }
+        };
+
+        if shutdown.is_cancelled() {
+            keep_alive = false;
+        }
+        match writer
+            .response(response, version, is_head, keep_alive)
+            .await
+        {
+            Ok(true) if keep_alive => {}
+            _ => {
+                let _ = writer.half.shutdown().await;
+                return;
+            }
+        }
+        reader.shrink();
+        writer.shrink();
+    }
+}
+
+/// Runs the service while watching the client; `None` if the client left.
+async fn watch_client(
+    reader: &mut ConnReader,
+    mut service: std::pin::Pin<Box<impl Future<Output = Response<Body>>>>,
+    max_buffered: usize,
+) -> Option<Response<Body>> {
+    loop {
+        tokio::select! {
+            biased;
+            response = &mut service => return Some(response),
+            readable = reader.readable(), if reader.buf.len() < max_buffered => {
+                if readable.is_err() {
+                    return None;
+                }
+                match reader.try_fill() {
+                    Ok(0) => return None,
+                    // A pipelined request: kept for later.
+                    Ok(_) => {}
+                    Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(_) => return None,
+                }
+            }
+        }
+    }
+}
+
+/// Reads and drops what the service left of the request body, so the
+/// connection can carry the next request. `Err(false)` when it cannot.
+async fn settle_body(
+    reader: &mut ConnReader,
+    remaining: Remaining,
+    timeout: Duration,
+) -> Result<(), bool> {
+    match remaining {
+        Remaining::Nothing => Ok(()),
+        Remaining::Broken | Remaining::Chunked => Err(false),
+        Remaining::Bytes(left) if left > MAX_DISCARD => Err(false),
+        Remaining::Bytes(left) => discard(reader, left, timeout).await.map_err(|_| false),
+    }
+}
+
+async fn discard(reader: &mut ConnReader, mut left: u64, timeout: Duration) -> io::Result<()> {
+    while left > 0 {
+        if reader.buf.is_empty()
+            && tokio::time::timeout(timeout, reader.fill())
+                .await
+                .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))??
+                == 0
+        {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        let take = (reader.buf.len() as u64).min(left) as usize;
+        let _ = reader.buf.split_to(take);
+        left -= take as u64;
+    }
+    Ok(())
+}
+
+async fn read_head(
+    reader: &mut ConnReader,
+    wait: Duration,
+    read_timeout: Duration,
+    max_bytes: usize,
+    max_headers: usize,
+    shutdown: &CancellationToken,
+) -> Result<Head, HeadError> {
+    // Wait for the first byte (unless a pipelined request is already here)
+    // without a buffer: an idle connection holds no memory for reading.
+    while reader.buf.is_empty() {
+        tokio::select! {
+            _ = shutdown.cancelled() => return Err(HeadError::Closed),
+            readable = tokio::time::timeout(wait, reader.readable()) => match readable {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) | Err(_) => return Err(HeadError::Closed),
+            }
+        }
+        match reader.try_fill() {
+            Ok(0) => return Err(HeadError::Closed),
+            Ok(_) => {}
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
+            Err(_) => return Err(HeadError::Closed),
+        }
+    }
+    let deadline = tokio::time::Instant::now() + read_timeout;
+    loop {
+        match parse_head(reader, max_bytes, max_headers)? {
+            Some(head) => return Ok(head),
+            None => match tokio::time::timeout_at(deadline, reader.fill()).await {
+                Ok(Ok(0)) => return Err(HeadError::Closed),
+                Ok(Ok(_)) => {}
+                Ok(Err(_)) => return Err(HeadError::Closed),
+                Err(_) => return Err(HeadError::TimedOut),
+            },
+        }
+    }
+}
+
+fn parse_head(
+    reader: &mut ConnReader,
+    max_bytes: usize,
+    max_headers: usize,
+) -> Result<Option<Head>, HeadError> {
+    // Tolerate blank lines before a request (RFC 9112 2.2).
+    while reader.buf.starts_with(b"\r\n") {
+        let _ = reader.buf.split_to(2);
+    }
+    let mut slots = [httparse::EMPTY_HEADER; 128];
+    let slots = &mut slots[..max_headers.min(128)];
+    let mut parsed = httparse::Request::new(slots);
+    let length = match parsed.parse(&reader.buf) {
+        Ok(httparse::Status::Complete(length)) => length,
+        Ok(httparse::Status::Partial) => {
+            return if reader.buf.len() > max_bytes {
+                Err(HeadError::TooLarge)
+            } else {
+                Ok(None)
+            };
+        }
+        Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
+        Err(httparse::Error::Version) => return Err(HeadError::Version),
+        Err(_) => return Err(HeadError::Malformed("malformed request head")),
+    };
+    if length > max_bytes {
+        return Err(HeadError::TooLarge);
+    }
+    let version = match parsed.version {
+        Some(1) => Version::HTTP_11,
+        Some(0) => Version::HTTP_10,
+        _ => return Err(HeadError::Version),
+    };
+    let method = Method::from_bytes(parsed.method.unwrap_or("").as_bytes())
+        .map_err(|_| HeadError::Malformed("bad method"))?;
+    let path = parsed.path.unwrap_or("");
+    // Offsets into the buffer, so the head's bytes can be shared, not copied.
+    let base = reader.buf.as_ptr() as usize;
+    let offset = |slice: &[u8]| slice.as_ptr() as usize - base;
+    let path_at = (offset(path.as_bytes()), path.len());
+    let fields: Vec<(usize, usize, usize, usize)> = parsed
+        .headers
+        .iter()
+        .map(|h| {
+            (
+                offset(h.name.as_bytes()),
+                h.name.len(),
+                offset(h.value),
+                h.value.len(),
+            )
+        })
+        .collect();
+    let head = reader.buf.split_to(length).freeze();
+    let uri = Uri::from_maybe_shared(head.slice(path_at.0..path_at.0 + path_at.1))
+        .map_err(|_| HeadError::Malformed("bad request target"))?;
+    let mut headers = HeaderMap::with_capacity(fields.len());
+    for (name_at, name_len, value_at, value_len) in fields {
+        let name = HeaderName::from_bytes(&head[name_at..name_at + name_len])
+            .map_err(|_| HeadError::Malformed("bad header name"))?;
+        let value = HeaderValue::from_maybe_shared(head.slice(value_at..value_at + value_len))
+            .map_err(|_| HeadError::Malformed("bad header value"))?;
+        headers.append(name, value);
+    }
+    Ok(Some(Head {
+        method,
+        uri,
+        version,
+        headers,
+    }))
+}
+
+/// How the request body is delimited, refusing anything ambiguous.
+fn framing(head: &Head) -> Result<Framing, (StatusCode, &'static str)> {
+    let bad = |why| Err((StatusCode::BAD_REQUEST, why));
+    if head.version == Version::HTTP_11 {
+        let hosts = head.headers.get_all(header::HOST).iter().count();
+        if hosts != 1 {
+            return bad("HTTP/1.1 request without exactly one Host");
+        }
+    }
+    let mut transfer = head.headers.get_all(header::TRANSFER_ENCODING).iter();
+    let chunked = match (transfer.next(), transfer.next()) {
+        (None, _) => false,
+        (Some(value), None) if value.as_bytes().eq_ignore_ascii_case(b"chunked") => true,
+        _ => {
+            return Err((
+                StatusCode::NOT_IMPLEMENTED,
+                "only chunked transfer coding is supported",
+            ));
+        }
+    };
+    let mut length = None;
+    for value in head.headers.get_all(header::CONTENT_LENGTH) {
+        let parsed = std::str::from_utf8(value.as_bytes())
+            .ok()
+            .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|v| v.parse::<u64>().ok());
+        match (parsed, length) {
+            (None, _) => return bad("bad Content-Length"),
+            (Some(a), Some(b)) if a != b => return bad("conflicting Content-Length"),
+            (Some(a), _) => length = Some(a),
+        }
+    }
+    match (chunked, length) {
+        (true, Some(_)) => bad("both Content-Length and Transfer-Encoding"),
+        (true, None) if head.version == Version::HTTP_10 => bad("chunked body on HTTP/1.0"),
+        (true, None) => Ok(Framing::Chunked),
+        (false, Some(length)) => Ok(Framing::Length(length)),
+        (false, None) => Ok(Framing::None),
+    }
+}
+
+fn connection_has(headers: &HeaderMap, token: &str) -> bool {
+    headers.get_all(header::CONNECTION).iter().any(|value| {
+        value
+            .to_str()
+            .map(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+            .unwrap_or(false)
+    })
+}
+
+fn wants_keep_alive(head: &Head) -> bool {
+    match head.version {
+        Version::HTTP_11 => !connection_has(&head.headers, "close"),
+        _ => connection_has(&head.headers, "keep-alive"),
+    }
+}
+
+fn expects_continue(head: &Head) -> bool {
+    head.version == Version::HTTP_11
+        && head
+            .headers
+            .get(header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+}
+
+/// The writing side of a connection.
+struct Writer {
+    half: OwnedWriteHalf,
+    buf: BytesMut,
+    timeout: Duration,
+}
+
+impl Writer {
+    async fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
+        tokio::time::timeout(self.timeout, self.half.write_all(bytes))
+            .await
+            .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))?
+    }
+
+    async fn flush_buf(&mut self) -> io::Result<()> {
+        let buf = std::mem::take(&mut self.buf);
+        let result = self.write(&buf).await;
+        self.buf = buf;
+        self.buf.clear();
+        result
+    }
+
+    fn shrink(&mut self) {
+        if self.buf.capacity() > 16 * 1024 || self.buf.is_empty() {
+            self.buf = BytesMut::new();
+        }
+    }
+
+    /// An error page of our own, then the connection closes.
+    async fn simple(&mut self, status: StatusCode, version: Version) -> io::Result<()> {
+        let response = super::errors::status(status);
+        self.response(response, version, false, false)
+            .await
+            .map(|_| ())
+    }
+
+    /// Writes a response. `Ok(true)` if the connection can carry another
+    /// request afterwards.
+    async fn response(
+        &mut self,
+        response: Response<Body>,
+        version: Version,
+        is_head: bool,
+        keep_alive: bool,
+    ) -> io::Result<bool> {
+        let (parts, mut body) = response.into_parts();
+        let status = parts.status;
+        let no_body = is_head
+            || status.is_informational()
+            || status == StatusCode::NO_CONTENT
+            || status == StatusCode::NOT_MODIFIED;
+        let exact = body.size_hint().exact();
+        // A streamed body of unknown length is chunked on HTTP/1.1; on
+        // HTTP/1.0 the end of the connection marks its end.
+        let declared = parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        // A HEAD response describes the body it would have had.
+        let length = if is_head {
+            declared.or(exact)
+        } else {
+            exact.or(declared)
+        };
+        let chunked = length.is_none() && !no_body && version == Version::HTTP_11;
+        let keep_alive = keep_alive && (length.is_some() || chunked || no_body);
+
+        let buf = &mut self.buf;
+        buf.reserve(256);
+        buf.extend_from_slice(match version {
+            Version::HTTP_10 => b"HTTP/1.0 ",
+            _ => b"HTTP/1.1 ",
+        });
+        buf.extend_from_slice(status.as_str().as_bytes());
+        buf.extend_from_slice(b" ");
+        buf.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+        buf.extend_from_slice(b"\r\n");
+        for (name, value) in &parts.headers {
+            if name == header::CONTENT_LENGTH
+                || name == header::TRANSFER_ENCODING
+                || name == header::CONNECTION
+            {
+                continue;
+            }
+            buf.extend_from_slice(name.as_str().as_bytes());
+            buf.extend_from_slice(b": ");
+            buf.extend_from_slice(value.as_bytes());
+            buf.extend_from_slice(b"\r\n");
+        }
+        if !parts.headers.contains_key(header::DATE) {
+            buf.extend_from_slice(b"date: ");
+            date::append(buf);
+            buf.extend_from_slice(b"\r\n");
+        }
+        if let Some(length) = length {
+            if !(status == StatusCode::NOT_MODIFIED
+                || status.is_informational()
+                || status == StatusCode::NO_CONTENT)
+            {
+                buf.extend_from_slice(b"content-length: ");
+                buf.extend_from_slice(itoa::Buffer::new().format(length).as_bytes());
+                buf.extend_from_slice(b"\r\n");
+            }
+        } else if chunked {
+            buf.extend_from_slice(b"transfer-encoding: chunked\r\n");
+        }
+        if !keep_alive {
+            buf.extend_from_slice(b"connection: close\r\n");
+        } else if version == Version::HTTP_10 {
+            buf.extend_from_slice(b"connection: keep-alive\r\n");
+        }
+        buf.extend_from_slice(b"\r\n");
+
+        if no_body {
+            self.flush_buf().await?;
+            return Ok(keep_alive);
+        }
+        // Small bodies already in memory go out with the head in one write.
+        if let super::body::Body::Bytes(Some(bytes)) = &mut body
+            && bytes.len() <= 64 * 1024
+        {
+            let bytes = std::mem::take(bytes);
+            self.buf.extend_from_slice(&bytes);
+            self.flush_buf().await?;
+            return Ok(keep_alive);
+        }
+        self.flush_buf().await?;
+        let mut sent = 0u64;
+        while let Some(frame) = body.frame().await {
+            let Ok(data) = frame?.into_data() else {
+                continue;
+            };
+            if data.is_empty() {
+                continue;
+            }
+            sent += data.len() as u64;
+            if let Some(length) = length
+                && sent > length
+            {
+                // More than the declared length: the framing would break.
+                return Ok(false);
+            }
+            if chunked {
+                let mut size = [0u8; 18];
+                let line = chunk_size_line(&mut size, data.len());
+                self.buf.extend_from_slice(line);
+                self.buf.extend_from_slice(&data);
+                self.buf.extend_from_slice(b"\r\n");
+                self.flush_buf().await?;
+            } else {
+                self.write(&data).await?;
+            }
+        }
+        if chunked {
+            self.write(b"0\r\n\r\n").await?;
+        }
+        Ok(keep_alive && length.is_none_or(|length| sent == length))
+    }
+}
+
+fn chunk_size_line(buf: &mut [u8; 18], size: usize) -> &[u8] {
+    use std::io::Write;
+    let mut cursor = std::io::Cursor::new(&mut buf[..]);
+    let _ = write!(cursor, "{size:x}\r\n");
+    let end = cursor.position() as usize;
+    &buf[..end]
+}
+
+/// The Date header, formatted once a second.
+mod date {
+    use std::cell::RefCell;
+    use std::time::{SystemTime, UNIX_EPOCH};
+
+    thread_local! {
+        static CACHE: RefCell<(u64, [u8; 29])> = const { RefCell::new((0, [0; 29])) };
+    }
+
+    pub fn append(buf: &mut bytes::BytesMut) {
+        let now = SystemTime::now();
+        let second = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        CACHE.with(|cache| {
+            let mut cache = cache.borrow_mut();
+            if cache.0 != second {
+                let text = httpdate::fmt_http_date(now);
+                cache.1.copy_from_slice(&text.as_bytes()[..29]);
+                cache.0 = second;
+            }
+            buf.extend_from_slice(&cache.1);
+        });
+    }
+}
