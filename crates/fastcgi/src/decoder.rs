@@ -4,7 +4,7 @@
 //! buffered, then splits the content off without copying, then drops the
 //! padding. A partial record leaves the buffer untouched.
 
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 
 use crate::record::{HEADER_LEN, Header, Record, VERSION_1};
 
@@ -13,6 +13,9 @@ pub enum DecodeError {
     #[error("unsupported FastCGI version {0} (only version 1 exists)")]
     UnsupportedVersion(u8),
 }
+
+/// Content up to this size is copied out of the input buffer (see `decode`).
+const SMALL_CONTENT: usize = 4096;
 
 /// Stateless record decoder; a struct so limits can grow without API churn.
 #[derive(Debug, Default, Clone)]
@@ -40,7 +43,16 @@ impl RecordDecoder {
             return Ok(None);
         }
         buf.advance(HEADER_LEN);
-        let content = buf.split_to(header.content_length as usize).freeze();
+        let length = header.content_length as usize;
+        // Small content is copied out, so the buffer stays unshared and the
+        // next read reuses its memory; large content is shared, not copied.
+        let content = if length <= SMALL_CONTENT {
+            let content = Bytes::copy_from_slice(&buf[..length]);
+            buf.advance(length);
+            content
+        } else {
+            buf.split_to(length).freeze()
+        };
         buf.advance(header.padding_length as usize);
         Ok(Some(Record {
             record_type: header.record_type,

@@ -71,13 +71,41 @@ impl WorkerState {
     }
 }
 
-/// What a request is, as far as status pages care.
+/// What a request is, as far as status pages care. One allocation holds
+/// all three strings; clones share it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RequestInfo {
-    pub method: String,
-    pub uri: String,
-    pub script: String,
+    text: std::sync::Arc<str>,
+    method_end: usize,
+    uri_end: usize,
     pub content_length: u64,
+}
+
+impl RequestInfo {
+    pub fn new(method: &str, uri: &str, script: &str, content_length: u64) -> Self {
+        let mut text = String::with_capacity(method.len() + uri.len() + script.len());
+        text.push_str(method);
+        text.push_str(uri);
+        text.push_str(script);
+        Self {
+            text: text.into(),
+            method_end: method.len(),
+            uri_end: method.len() + uri.len(),
+            content_length,
+        }
+    }
+
+    pub fn method(&self) -> &str {
+        &self.text[..self.method_end]
+    }
+
+    pub fn uri(&self) -> &str {
+        &self.text[self.method_end..self.uri_end]
+    }
+
+    pub fn script(&self) -> &str {
+        &self.text[self.uri_end..]
+    }
 }
 
 #[derive(Clone, Debug, Default)]

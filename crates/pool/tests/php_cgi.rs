@@ -71,12 +71,7 @@ impl Fixture {
 /// Runs one GET through the pool and returns the body after the CGI headers.
 async fn get(pool: &WorkerPool, script: &str, query: &str) -> String {
     let mut lease = pool.acquire().await.expect("a worker");
-    lease.begin(RequestInfo {
-        method: "GET".into(),
-        uri: script.into(),
-        script: script.into(),
-        content_length: 0,
-    });
+    lease.begin(RequestInfo::new("GET", script, script, 0));
     let conn = lease.connection();
     let buf = conn.write_buf();
     put_begin_request(buf, 1, Role::Responder, true);

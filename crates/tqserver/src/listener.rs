@@ -536,15 +536,15 @@ where
         return refuse_with(writer, request_id, refusal).await;
     }
 
-    let info = RequestInfo {
-        method: params.get_str("REQUEST_METHOD").unwrap_or("").to_owned(),
-        uri: params.get_str("REQUEST_URI").unwrap_or("").to_owned(),
-        script: script.to_string_lossy().into_owned(),
-        content_length: params
+    let info = RequestInfo::new(
+        params.get_str("REQUEST_METHOD").unwrap_or(""),
+        params.get_str("REQUEST_URI").unwrap_or(""),
+        &script.to_string_lossy(),
+        params
             .get_str("CONTENT_LENGTH")
             .and_then(|l| l.parse().ok())
             .unwrap_or(0),
-    };
+    );
     let mut lease = None;
     let mut app = app.clone();
     for attempt in 0..2 {

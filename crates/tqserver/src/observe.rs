@@ -199,7 +199,8 @@ pub struct Observation {
     line: RequestLine,
     /// The worker process that ran it, if PHP did.
     pub pid: Option<u32>,
-    pub script: Option<String>,
+    /// What PHP was asked to run (for the slow log).
+    pub request: Option<pool::RequestInfo>,
 }
 
 impl Observation {
@@ -216,7 +217,7 @@ impl Observation {
             peer,
             line,
             pid: None,
-            script: None,
+            request: None,
         }
     }
 
@@ -280,7 +281,7 @@ impl Observation {
             app.pool.record_slow_request();
         }
         let (method, uri) = self.method_and_uri();
-        let script = self.script.as_deref().unwrap_or("-");
+        let script = self.request.as_ref().map_or("-", |r| r.script());
         let pid = self.pid.unwrap_or(0);
         let duration_ms = duration.as_secs_f64() * 1000.0;
         match &self.telemetry.slow_log {

@@ -135,15 +135,15 @@ impl Process<'_> {
     }
 
     fn method(&self) -> &str {
-        self.request().map_or("-", |(info, _)| info.method.as_str())
+        self.request().map_or("-", |(info, _)| info.method())
     }
 
     fn uri(&self) -> &str {
-        self.request().map_or("-", |(info, _)| info.uri.as_str())
+        self.request().map_or("-", |(info, _)| info.uri())
     }
 
     fn script(&self) -> &str {
-        self.request().map_or("-", |(info, _)| info.script.as_str())
+        self.request().map_or("-", |(info, _)| info.script())
     }
 
     fn content_length(&self) -> u64 {

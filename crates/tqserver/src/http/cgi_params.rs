@@ -80,17 +80,21 @@ pub fn write(buf: &mut BytesMut, request: &CgiRequest<'_>) {
     params.pair(b"REDIRECT_STATUS", b"200");
 
     let mut numbers = itoa::Buffer::new();
-    params.pair(b"REMOTE_ADDR", ip_text(&request.peer).as_bytes());
+    let mut ip = IpText::default();
+    params.pair(b"REMOTE_ADDR", ip.format(&request.peer));
     params.pair(
         b"REMOTE_PORT",
         numbers.format(request.peer.port()).as_bytes(),
     );
-    params.pair(b"SERVER_ADDR", ip_text(&request.local).as_bytes());
+    params.pair(b"SERVER_ADDR", ip.format(&request.local));
     params.pair(
         b"SERVER_PORT",
         numbers.format(request.local.port()).as_bytes(),
     );
-    params.pair(b"SERVER_NAME", server_name(request).as_bytes());
+    match server_name(request) {
+        Some(name) => params.pair(b"SERVER_NAME", name.as_bytes()),
+        None => params.pair(b"SERVER_NAME", ip.format(&request.local)),
+    };
 
     let content_type = request
         .headers
@@ -103,7 +107,11 @@ pub fn write(buf: &mut BytesMut, request: &CgiRequest<'_>) {
         None => params.pair(b"CONTENT_LENGTH", b""),
     };
 
-    for name in request.headers.keys() {
+    // HeaderMap yields the values of one name one after another; a name
+    // with a single value (nearly all of them) needs no second lookup.
+    let mut headers = request.headers.iter().peekable();
+    while let Some((name, value)) = headers.next() {
+        let repeated = headers.peek().is_some_and(|(next, _)| *next == name);
         if name == header::CONTENT_TYPE
             || name == header::CONTENT_LENGTH
             || name.as_str() == "proxy"
@@ -112,32 +120,42 @@ pub fn write(buf: &mut BytesMut, request: &CgiRequest<'_>) {
             continue;
         }
         let separator: &[u8] = if name == header::COOKIE { b"; " } else { b", " };
-        let mut value_len = 0;
-        let mut count = 0usize;
-        for value in request.headers.get_all(name) {
-            value_len += value.len();
-            count += 1;
-        }
-        value_len += separator.len() * count.saturating_sub(1);
-        let name_bytes = name.as_str().as_bytes();
         let out = params.buffer();
-        put_pair_lengths(out, 5 + name_bytes.len(), value_len);
-        out.put_slice(b"HTTP_");
-        for &byte in name_bytes {
-            out.put_u8(if byte == b'-' {
-                b'_'
-            } else {
-                byte.to_ascii_uppercase()
-            });
+        if !repeated {
+            put_http_name(out, name, value.len());
+            out.put_slice(value.as_bytes());
+            continue;
         }
-        for (index, value) in request.headers.get_all(name).iter().enumerate() {
+        let values = request.headers.get_all(name);
+        let count = values.iter().count();
+        let value_len =
+            values.iter().map(|v| v.len()).sum::<usize>() + separator.len() * (count - 1);
+        put_http_name(out, name, value_len);
+        for (index, value) in values.iter().enumerate() {
             if index > 0 {
                 out.put_slice(separator);
             }
             out.put_slice(value.as_bytes());
         }
+        while headers.peek().is_some_and(|(next, _)| *next == name) {
+            headers.next();
+        }
     }
     params.finish();
+}
+
+/// The lengths of an `HTTP_*` pair and its name, upper-cased in place.
+fn put_http_name(out: &mut BytesMut, name: &http::HeaderName, value_len: usize) {
+    let name = name.as_str().as_bytes();
+    put_pair_lengths(out, 5 + name.len(), value_len);
+    out.put_slice(b"HTTP_");
+    for &byte in name {
+        out.put_u8(if byte == b'-' {
+            b'_'
+        } else {
+            byte.to_ascii_uppercase()
+        });
+    }
 }
 
 fn protocol(version: Version) -> &'static [u8] {
@@ -148,38 +166,51 @@ fn protocol(version: Version) -> &'static [u8] {
     }
 }
 
-fn ip_text(addr: &SocketAddr) -> String {
-    match addr {
-        SocketAddr::V4(v4) => v4.ip().to_string(),
-        // IPv4 clients on a dual-stack socket show as themselves.
-        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
-            Some(v4) => v4.to_string(),
-            None => v6.ip().to_string(),
-        },
+/// An IP address as text, without the formatting machinery for IPv4.
+#[derive(Default)]
+struct IpText {
+    buf: Vec<u8>,
+}
+
+impl IpText {
+    fn format(&mut self, addr: &SocketAddr) -> &[u8] {
+        self.buf.clear();
+        let v4 = match addr {
+            SocketAddr::V4(v4) => Some(*v4.ip()),
+            // IPv4 clients on a dual-stack socket show as themselves.
+            SocketAddr::V6(v6) => v6.ip().to_ipv4_mapped(),
+        };
+        match v4 {
+            Some(ip) => {
+                let mut digits = itoa::Buffer::new();
+                for (index, octet) in ip.octets().iter().enumerate() {
+                    if index > 0 {
+                        self.buf.push(b'.');
+                    }
+                    self.buf.extend_from_slice(digits.format(*octet).as_bytes());
+                }
+            }
+            None => self.buf.extend_from_slice(addr.ip().to_string().as_bytes()),
+        }
+        &self.buf
     }
 }
 
-/// The Host header without its port, if it is a plausible host name;
-/// otherwise the local address.
-fn server_name(request: &CgiRequest<'_>) -> String {
+/// The Host header without its port, if it is a plausible host name.
+fn server_name<'a>(request: &'a CgiRequest<'_>) -> Option<&'a str> {
     let host = request
         .headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
-        .or_else(|| request.uri.host());
-    if let Some(host) = host {
-        let name = if host.starts_with('[') {
-            host.split_inclusive(']').next().unwrap_or(host)
-        } else {
-            host.rsplit_once(':').map(|(name, _)| name).unwrap_or(host)
-        };
-        if !name.is_empty()
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-.[]:".contains(&b))
-        {
-            return name.to_owned();
-        }
-    }
-    ip_text(&request.local)
+        .or_else(|| request.uri.host())?;
+    let name = if host.starts_with('[') {
+        host.split_inclusive(']').next().unwrap_or(host)
+    } else {
+        host.rsplit_once(':').map(|(name, _)| name).unwrap_or(host)
+    };
+    (!name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-.[]:".contains(&b)))
+    .then_some(name)
 }

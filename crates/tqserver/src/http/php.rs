@@ -68,16 +68,12 @@ pub async fn serve(
     (peer, local): (SocketAddr, SocketAddr),
     observation: &mut Observation,
 ) -> Response<Body> {
-    let info = RequestInfo {
-        method: parts.method.to_string(),
-        uri: parts
-            .uri
-            .path_and_query()
-            .map(|pq| pq.as_str().to_owned())
-            .unwrap_or_default(),
-        script: script.filename.to_string_lossy().into_owned(),
-        content_length: body.content_length().unwrap_or(0),
-    };
+    let info = RequestInfo::new(
+        parts.method.as_str(),
+        parts.uri.path_and_query().map_or("", |pq| pq.as_str()),
+        &script.filename.to_string_lossy(),
+        body.content_length().unwrap_or(0),
+    );
     let cgi = CgiRequest {
         config: &app.config,
         script: &script,
@@ -89,7 +85,7 @@ pub async fn serve(
         local,
         content_length: body.content_length(),
     };
-    observation.script = Some(info.script.clone());
+    observation.request = Some(info.clone());
     let mut body = Some(body);
     let mut app = app.clone();
     for attempt in 0..2 {
