@@ -1,7 +1,10 @@
 //! A running app ("worker" in the config): its validated config, its pool of
 //! PHP processes, its opened document root, and its metric and log handles.
 
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use pool::WorkerPool;
 
@@ -17,6 +20,19 @@ pub struct App {
     pub metrics: AppMetrics,
     /// The app's own access log, if it has one (else the server's).
     pub access_log: Option<Arc<AccessLog>>,
+    /// This pool's OPcache file cache, removed with the app.
+    opcache_dir: Option<PathBuf>,
+}
+
+/// Numbers the file caches of successive pools of one app (reloads).
+static POOL_GENERATION: AtomicU64 = AtomicU64::new(1);
+
+impl Drop for App {
+    fn drop(&mut self) {
+        if let Some(dir) = &self.opcache_dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
 }
 
 impl App {
@@ -41,13 +57,64 @@ impl App {
                 anyhow::anyhow!("worker {}: cannot open access log: {err}", config.name)
             })?;
         let metrics = telemetry.metrics.for_app(&config.name);
-        let pool = WorkerPool::start(config.pool.clone()).await?;
+        let mut pool_config = config.pool.clone();
+        let opcache_dir = match (&config.php.cache_dir, config.php.opcache_file_cache) {
+            (Some(base), true) => {
+                let dir = base.join(format!(
+                    "{}-{}",
+                    config.name,
+                    POOL_GENERATION.fetch_add(1, Ordering::Relaxed)
+                ));
+                prepare_cache_dir(&dir, pool_config.command.credentials).map_err(|err| {
+                    anyhow::anyhow!(
+                        "worker {}: cannot create the OPcache file cache {}: {err} \
+                         (set php.opcache_file_cache: false, or php.cache_dir in server.yaml)",
+                        config.name,
+                        dir.display()
+                    )
+                })?;
+                let mut setting = std::ffi::OsString::from("opcache.file_cache=");
+                setting.push(&dir);
+                pool_config.command.args.push("-d".into());
+                pool_config.command.args.push(setting);
+                Some(dir)
+            }
+            _ => None,
+        };
+        let pool = match WorkerPool::start(pool_config).await {
+            Ok(pool) => pool,
+            Err(err) => {
+                if let Some(dir) = &opcache_dir {
+                    let _ = std::fs::remove_dir_all(dir);
+                }
+                return Err(err.into());
+            }
+        };
         Ok(Arc::new(Self {
             config,
             pool,
             root,
             metrics,
             access_log,
+            opcache_dir,
         }))
     }
+}
+
+/// A fresh, empty folder only the pool's user can use (a cache from an
+/// earlier run could hold code that changed since).
+fn prepare_cache_dir(dir: &Path, credentials: Option<(u32, u32)>) -> std::io::Result<()> {
+    let _ = std::fs::remove_dir_all(dir);
+    if let Some(parent) = dir.parent() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(parent)?;
+    }
+    std::fs::DirBuilder::new().mode(0o700).create(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    if let Some((uid, gid)) = credentials {
+        std::os::unix::fs::chown(dir, Some(uid), Some(gid))?;
+    }
+    Ok(())
 }

@@ -38,9 +38,9 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
 
 use crate::app::App;
-use crate::http::resolve::Location;
 use crate::config::{FastcgiConfig, ListenAddr, ServerSettings};
 use crate::http::php::StderrRelay;
+use crate::http::resolve::Location;
 use crate::metrics::AppMetrics;
 use crate::observe::{Observation, RequestLine, Telemetry};
 use crate::router::Router;
@@ -241,11 +241,8 @@ enum ConnectionError {
     Closed,
 }
 
-async fn connection<R, W>(
-    (read, write): (R, W),
-    peer: Option<SocketAddr>,
-    shared: Arc<Shared>,
-) where
+async fn connection<R, W>((read, write): (R, W), peer: Option<SocketAddr>, shared: Arc<Shared>)
+where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
 {

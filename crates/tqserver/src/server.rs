@@ -151,11 +151,17 @@ impl ServerState {
 }
 
 pub async fn run(mut config: Config, log_file: LogFile) -> anyhow::Result<()> {
+    // Folders of earlier runs that died without cleaning up (kill -9).
+    remove_stale_runtime_dirs(&config.socket_dir);
+    remove_stale_runtime_dirs(&config.cache_dir);
     // Sockets of this process live in their own private directory.
     let socket_dir = config.socket_dir.join(std::process::id().to_string());
     pool::socket::prepare_socket_dir(&socket_dir)
         .with_context(|| format!("cannot create socket directory {}", socket_dir.display()))?;
     set_socket_dirs(&mut config, &socket_dir);
+    // OPcache file caches of this process, emptied with it.
+    let cache_dir = config.cache_dir.join(std::process::id().to_string());
+    set_cache_dirs(&mut config, &cache_dir);
     let mut pid_file = config.server.pid_file.clone();
     if let Some(path) = &pid_file
         && let Err(err) = write_pid_file(path)
@@ -165,6 +171,7 @@ pub async fn run(mut config: Config, log_file: LogFile) -> anyhow::Result<()> {
     }
     let result = serve(config, log_file, socket_dir.clone()).await;
     let _ = std::fs::remove_dir_all(&socket_dir);
+    let _ = std::fs::remove_dir_all(&cache_dir);
     if let Some(pid_file) = &pid_file {
         let _ = std::fs::remove_file(pid_file);
     }
@@ -178,6 +185,31 @@ fn set_socket_dirs(config: &mut Config, dir: &Path) {
         {
             *socket_dir = dir.to_owned();
         }
+    }
+}
+
+/// Removes `base/<pid>` folders whose process is gone.
+fn remove_stale_runtime_dirs(base: &Path) {
+    let Ok(entries) = std::fs::read_dir(base) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+fn set_cache_dirs(config: &mut Config, dir: &Path) {
+    for worker in &mut config.workers {
+        Arc::make_mut(worker).php.cache_dir = Some(dir.to_owned());
     }
 }
 
@@ -460,6 +492,8 @@ async fn apply_reload(state: &Arc<ServerState>) -> Result<String, Vec<String>> {
     .map_err(|err| vec![err.to_string()])?
     .map_err(|errors| errors.0.iter().map(ToString::to_string).collect::<Vec<_>>())?;
     set_socket_dirs(&mut new, &state.socket_dir);
+    let cache_dir = new.cache_dir.join(std::process::id().to_string());
+    set_cache_dirs(&mut new, &cache_dir);
     let old = state.config.load_full();
     if new.server != old.server || new.admin != old.admin || new.logging != old.logging {
         warn!(

@@ -479,3 +479,63 @@ fn a_slow_request_head_times_out_and_an_idle_connection_closes() {
         started.elapsed()
     );
 }
+
+#[test]
+fn each_pool_gets_a_private_opcache_file_cache_removed_at_stop() {
+    let site = blog_site().server_yaml("php:\n  cache_dir: cache\n").file(
+        "blog",
+        "opcache.php",
+        "<?php echo ini_get('opcache.file_cache');",
+    );
+    let cache_base = site.root().join("cache");
+    let mut server = site.start();
+    let dir = server.get("/blog/opcache.php").text();
+    let dir = std::path::PathBuf::from(dir);
+    assert!(dir.starts_with(&cache_base), "{}", dir.display());
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let meta = std::fs::metadata(&dir).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o700);
+    if unsafe { libc::geteuid() } == 0 {
+        // Owned by the workers' user, who write it.
+        assert_ne!(meta.uid(), 0);
+    }
+    // Compiled scripts land there (once they are older than OPcache's
+    // file_update_protection, 2 s).
+    let deadline = std::time::Instant::now() + Duration::from_secs(8);
+    while walk(&dir).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no file cache written"
+        );
+        server.get("/blog/env.php");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    server.signal(libc::SIGTERM);
+    assert!(server.wait_exit(Duration::from_secs(10)).is_some());
+    assert!(!dir.exists(), "the file cache outlived the server");
+}
+
+#[test]
+fn settings_that_choose_for_opcache_turn_the_file_cache_off() {
+    let server = Site::new()
+        .worker(
+            "blog",
+            "path: /blog\nphp:\n  settings:\n    opcache.enable: 0\n  pool:\n    manager: static\n    max_workers: 1\n",
+        )
+        .file("blog", "opcache.php", "<?php echo '[', ini_get('opcache.file_cache'), ']';")
+        .start();
+    assert_eq!(server.get("/blog/opcache.php").text(), "[]");
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            files.extend(walk(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
+}

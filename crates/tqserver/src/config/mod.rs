@@ -77,6 +77,8 @@ pub struct Config {
     pub server: ServerSettings,
     pub workers_dir: PathBuf,
     pub socket_dir: PathBuf,
+    /// Where OPcache file caches of the pools go (one folder per pool).
+    pub cache_dir: PathBuf,
     pub logging: LoggingConfig,
     pub admin: Option<SocketAddr>,
     /// Enabled workers, in name order.
@@ -159,6 +161,12 @@ pub struct PhpConfig {
     /// As `php-cgi -v` reports it, e.g. "8.2.29".
     pub version: String,
     pub user: Option<String>,
+    /// Give each pool a private `opcache.file_cache`, so a new worker (start,
+    /// scale-up, recycle, crash) starts warm (off when the settings already
+    /// choose for OPcache).
+    pub opcache_file_cache: bool,
+    /// This process's cache folder (set at start, under `Config::cache_dir`).
+    pub cache_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -49,6 +49,8 @@ pub struct RawWorkers {
 pub struct RawServerPhp {
     /// Where worker sockets are created (a private directory).
     pub socket_dir: Option<String>,
+    /// Where OPcache file caches are kept.
+    pub cache_dir: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -143,6 +145,7 @@ pub struct RawPhp {
     pub env: Option<BTreeMap<String, RawScalar>>,
     pub socket: Option<String>,
     pub port_range: Option<String>,
+    pub opcache_file_cache: Option<bool>,
     pub pool: Option<RawPool>,
 }
 

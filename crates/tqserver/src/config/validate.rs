@@ -124,9 +124,14 @@ pub fn load(server_file: &Path) -> Result<Config, ConfigErrors> {
             .and_then(|w| w.directory)
             .unwrap_or_else(|| defaults::WORKERS_DIRECTORY.to_owned()),
     );
-    let socket_dir = match raw.php.and_then(|p| p.socket_dir) {
+    let server_php = raw.php.unwrap_or_default();
+    let socket_dir = match server_php.socket_dir {
         Some(dir) => root.join(dir),
         None => default_socket_dir(),
+    };
+    let cache_dir = match server_php.cache_dir {
+        Some(dir) => root.join(dir),
+        None => default_cache_dir(),
     };
 
     let logging = logging(&raw.logging.unwrap_or_default(), &root, &at, &mut errors);
@@ -210,6 +215,7 @@ pub fn load(server_file: &Path) -> Result<Config, ConfigErrors> {
         server,
         workers_dir,
         socket_dir,
+        cache_dir,
         logging,
         admin,
         workers,
@@ -603,6 +609,12 @@ fn load_worker(
             binary,
             version,
             user: credentials.map(|_| user_name),
+            // Settings that choose for OPcache themselves win.
+            opcache_file_cache: php_raw.opcache_file_cache.unwrap_or(true)
+                && !php_raw.settings.iter().flatten().any(|(key, value)| {
+                    key == "opcache.file_cache" || (key == "opcache.enable" && value.0 == "0")
+                }),
+            cache_dir: None,
         },
         pool,
         fastcgi,
@@ -899,6 +911,18 @@ pub fn php_version(binary: &Path) -> Result<String, String> {
         ));
     }
     Ok(version)
+}
+
+fn default_cache_dir() -> PathBuf {
+    if nix::unistd::geteuid().is_root() {
+        PathBuf::from("/var/cache/tqserver")
+    } else if let Some(cache) = std::env::var_os("XDG_CACHE_HOME") {
+        PathBuf::from(cache).join("tqserver")
+    } else if let Some(home) = std::env::var_os("HOME") {
+        PathBuf::from(home).join(".cache/tqserver")
+    } else {
+        std::env::temp_dir().join(format!("tqserver-cache-{}", nix::unistd::geteuid()))
+    }
 }
 
 fn default_socket_dir() -> PathBuf {

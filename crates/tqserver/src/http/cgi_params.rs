@@ -19,7 +19,14 @@ use http::{HeaderMap, Method, Uri, Version, header};
 use super::resolve::Script;
 use crate::config::WorkerConfig;
 
-pub const SERVER_SOFTWARE: &str = concat!("tqserver/", env!("CARGO_PKG_VERSION"));
+/// Apps pick URL-rewriting behaviour by server name (WordPress offers pretty
+/// permalinks to Apache, nginx and Caddy only); tqserver routes like nginx's
+/// `try_files`, and says so.
+pub const SERVER_SOFTWARE: &str = concat!(
+    "tqserver/",
+    env!("CARGO_PKG_VERSION"),
+    " (nginx-compatible)"
+);
 
 /// What the params are built from.
 pub struct CgiRequest<'a> {
