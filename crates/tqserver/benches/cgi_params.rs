@@ -36,6 +36,8 @@ fn worker() -> WorkerConfig {
             binary: "/usr/bin/php-cgi".into(),
             version: "8.2".into(),
             user: None,
+            opcache_file_cache: false,
+            cache_dir: None,
         },
         pool: PoolConfig::with_command(
             "blog",
