@@ -253,6 +253,19 @@ where
     let peer_text = peer.map_or_else(|| "unix".to_owned(), |p| p.to_string());
     match serve_requests(&mut reader, &mut writer, &shared, peer).await {
         Ok(()) => debug!(worker = %worker, peer = %peer_text, "FastCGI connection closed"),
+        // A web server closing mid-request is its client going away;
+        // broken protocol and stalls are worth a warning.
+        Err(err @ (ConnectionError::Closed | ConnectionError::Write(_))) => {
+            info!(worker = %worker, peer = %peer_text, "FastCGI connection ended: {err}")
+        }
+        Err(ConnectionError::Protocol(ServerError::Io(err)))
+            if matches!(
+                err.kind(),
+                io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
+            ) =>
+        {
+            info!(worker = %worker, peer = %peer_text, "FastCGI connection ended: {err}")
+        }
         Err(err) => warn!(worker = %worker, peer = %peer_text, "FastCGI connection dropped: {err}"),
     }
     let _ = writer.shutdown().await;

@@ -33,7 +33,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio_util::sync::CancellationToken;
-use tracing::debug;
+use tracing::info;
 
 use super::body::Body;
 use super::body_reader::{ConnReader, Framing, Remaining, RequestBody};
@@ -112,7 +112,7 @@ pub async fn serve_connection(
                     HeadError::Malformed(why) => (StatusCode::BAD_REQUEST, why),
                     HeadError::Closed => unreachable!(),
                 };
-                debug!(%peer, "refusing request: {why}");
+                info!(%peer, status = status.as_u16(), "refusing request: {why}");
                 let _ = writer.simple(status, Version::HTTP_11).await;
                 return;
             }
@@ -120,7 +120,7 @@ pub async fn serve_connection(
         let framing = match framing(&head) {
             Ok(framing) => framing,
             Err((status, why)) => {
-                debug!(%peer, "refusing request: {why}");
+                info!(%peer, status = status.as_u16(), uri = %head.uri, "refusing request: {why}");
                 let _ = writer.simple(status, head.version).await;
                 return;
             }
@@ -177,9 +177,8 @@ pub async fn serve_connection(
                     return;
                 };
                 reader = home;
-                if let Err(done) = settle_body(&mut reader, remaining, settings.read_timeout).await
-                {
-                    keep_alive = keep_alive && done;
+                if !settle_body(&mut reader, remaining, settings.read_timeout).await {
+                    keep_alive = false;
                 }
                 response
             }
@@ -229,18 +228,14 @@ async fn watch_client(
     }
 }
 
-/// Reads and drops what the service left of the request body, so the
-/// connection can carry the next request. `Err(false)` when it cannot.
-async fn settle_body(
-    reader: &mut ConnReader,
-    remaining: Remaining,
-    timeout: Duration,
-) -> Result<(), bool> {
+/// Reads and drops what the service left of the request body; whether the
+/// connection can carry the next request.
+async fn settle_body(reader: &mut ConnReader, remaining: Remaining, timeout: Duration) -> bool {
     match remaining {
-        Remaining::Nothing => Ok(()),
-        Remaining::Broken | Remaining::Chunked => Err(false),
-        Remaining::Bytes(left) if left > MAX_DISCARD => Err(false),
-        Remaining::Bytes(left) => discard(reader, left, timeout).await.map_err(|_| false),
+        Remaining::Nothing => true,
+        Remaining::Broken | Remaining::Chunked => false,
+        Remaining::Bytes(left) if left > MAX_DISCARD => false,
+        Remaining::Bytes(left) => discard(reader, left, timeout).await.is_ok(),
     }
 }
 
