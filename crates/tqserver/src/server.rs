@@ -286,6 +286,13 @@ async fn serve_until_stopped(
     config: &Config,
     log_file: LogFile,
 ) -> anyhow::Result<()> {
+    // Handlers first: a signal that arrives while starting (a systemd reload
+    // right after READY, say) must not hit the default action and kill us.
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigquit = signal(SignalKind::quit())?;
+    let mut sighup = signal(SignalKind::hangup())?;
+    let mut sigusr1 = signal(SignalKind::user_defined1())?;
     let router = state.router.clone();
     let telemetry = state.telemetry.clone();
 
@@ -297,6 +304,14 @@ async fn serve_until_stopped(
         }
     };
     router.store(Arc::new(Router::new(apps.clone())));
+    // FastCGI listeners first: once the HTTP port answers, everything does.
+    for app in &apps {
+        if let Err(err) = start_listener(state, &app.config).await {
+            state.shutdown.cancel();
+            stop_apps(&apps, Duration::ZERO).await;
+            return Err(err);
+        }
+    }
     let http_listener = match TcpListener::bind(config.server.listen).await {
         Ok(listener) => listener,
         Err(err) => {
@@ -305,13 +320,6 @@ async fn serve_until_stopped(
             return Err(err).with_context(|| format!("cannot listen on {}", config.server.listen));
         }
     };
-    for app in &apps {
-        if let Err(err) = start_listener(state, &app.config).await {
-            state.shutdown.cancel();
-            stop_apps(&apps, Duration::ZERO).await;
-            return Err(err);
-        }
-    }
     let front = Arc::new(Frontend {
         router: router.clone(),
         settings: config.server.clone(),
@@ -358,11 +366,6 @@ async fn serve_until_stopped(
         }
     };
 
-    let mut sigterm = signal(SignalKind::terminate())?;
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sigquit = signal(SignalKind::quit())?;
-    let mut sighup = signal(SignalKind::hangup())?;
-    let mut sigusr1 = signal(SignalKind::user_defined1())?;
     loop {
         tokio::select! {
             _ = sigterm.recv() => { info!("SIGTERM: stopping gracefully"); break; }

@@ -505,7 +505,11 @@ fn systemd_notifications_and_watchdog() {
     // Watchdog pings every 200 ms.
     assert!(receive_until("WATCHDOG=1", &mut messages), "{messages:?}");
     server.signal(libc::SIGHUP);
-    assert!(receive_until("RELOADING=1", &mut messages), "{messages:?}");
+    assert!(
+        receive_until("RELOADING=1", &mut messages),
+        "{messages:?}\n{}",
+        server.log()
+    );
     assert!(
         messages.last().unwrap().contains("MONOTONIC_USEC="),
         "{messages:?}"
