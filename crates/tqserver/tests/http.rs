@@ -539,3 +539,70 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     files
 }
+
+#[test]
+fn workers_on_tcp_ports_from_a_range() {
+    let base = support::free_port();
+    let server = Site::new()
+        .worker(
+            "blog",
+            &format!(
+                "path: /blog\nphp:\n  socket: tcp\n  port_range: {base}-{}\n  pool:\n    manager: static\n    max_workers: 2\n",
+                base + 20
+            ),
+        )
+        .file("blog", "hello.php", "<?php echo 'over tcp';")
+        .start();
+    assert_eq!(server.get("/blog/hello.php").text(), "over tcp");
+    // The workers listen on ports of the range.
+    let listening = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    let in_range = listening
+        .lines()
+        .skip(1)
+        .filter(|line| line.split_whitespace().nth(3) == Some("0A"))
+        .filter_map(|line| {
+            let local = line.split_whitespace().nth(1)?;
+            u16::from_str_radix(local.split(':').nth(1)?, 16).ok()
+        })
+        .filter(|port| (base..=base + 20).contains(port))
+        .count();
+    assert_eq!(in_range, 2);
+}
+
+#[test]
+fn each_app_runs_its_own_php_binary() {
+    // Two "PHP versions" side by side: wrappers around php-cgi that say
+    // which one they are through a setting PHP prints back.
+    let site = Site::new();
+    for (name, tag) in [("legacy", "111M"), ("modern", "222M")] {
+        let wrapper = site.root().join(format!("php-{name}"));
+        std::fs::write(
+            &wrapper,
+            format!("#!/bin/sh\nexec php-cgi -d memory_limit={tag} \"$@\"\n"),
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let root = site.root().to_owned();
+    let server = site
+        .worker(
+            "legacy",
+            &format!(
+                "path: /legacy\nphp:\n  binary: {}\n  pool:\n    manager: static\n    max_workers: 1\n",
+                root.join("php-legacy").display()
+            ),
+        )
+        .file("legacy", "v.php", "<?php echo ini_get('memory_limit');")
+        .worker(
+            "modern",
+            &format!(
+                "path: /modern\nphp:\n  binary: {}\n  pool:\n    manager: static\n    max_workers: 1\n",
+                root.join("php-modern").display()
+            ),
+        )
+        .file("modern", "v.php", "<?php echo ini_get('memory_limit');")
+        .start();
+    assert_eq!(server.get("/legacy/v.php").text(), "111M");
+    assert_eq!(server.get("/modern/v.php").text(), "222M");
+}

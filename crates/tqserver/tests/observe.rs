@@ -577,3 +577,28 @@ fn tqserver_status_prints_pools_and_workers() {
         "{stdout}"
     );
 }
+
+#[test]
+fn the_server_log_can_be_json() {
+    let server = site("    manager: static\n    max_workers: 1\n")
+        .server_yaml("logging:\n  format: json\n  slow_log:\n    threshold: 1ms\n")
+        .start();
+    server.get("/sleep.php?ms=20");
+    assert!(server.wait_for_log("slow request", Duration::from_secs(3)));
+    let log = server.log();
+    let mut parsed = 0;
+    for line in log.lines().filter(|l| l.starts_with('{')) {
+        let entry: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(
+            entry["timestamp"].is_string() && entry["level"].is_string(),
+            "{line}"
+        );
+        parsed += 1;
+        if entry["message"] == "slow request" {
+            assert_eq!(entry["worker"], "app");
+            assert_eq!(entry["status"], 200);
+        }
+    }
+    assert!(parsed >= 3, "{log}");
+}
