@@ -13,7 +13,8 @@
 //! - [`params`]: name-value pairs (1- and 4-byte lengths), a writer that
 //!   frames a PARAMS stream in place, and a bounded collector for reading one;
 //! - [`decoder`]: bytes in, records out; checks a record is complete before
-//!   taking it, and shares the input buffer instead of copying content;
+//!   taking it; large content shares the input buffer instead of being
+//!   copied, small content is copied out so the buffer can be reused;
 //! - [`client`] and [`server`] (feature `tokio`): thin async layers that own a
 //!   socket and a buffer and stream bodies through in record-sized pieces.
 //!

@@ -50,9 +50,7 @@ pub fn put_pair_lengths(buf: &mut BytesMut, name_len: usize, value_len: usize) {
 
 /// Appends one encoded pair (no record framing).
 pub fn put_pair(buf: &mut BytesMut, name: &[u8], value: &[u8]) {
-    buf.reserve(pair_len(name, value));
-    put_length(buf, name.len());
-    put_length(buf, value.len());
+    put_pair_lengths(buf, name.len(), value.len());
     buf.put_slice(name);
     buf.put_slice(value);
 }
@@ -151,10 +149,7 @@ impl<'a> ParamsWriter<'a> {
     pub fn pair_parts(&mut self, name: &[&[u8]], value: &[&[u8]]) -> &mut Self {
         let name_len: usize = name.iter().map(|p| p.len()).sum();
         let value_len: usize = value.iter().map(|p| p.len()).sum();
-        self.buf
-            .reserve(length_len(name_len) + length_len(value_len) + name_len + value_len);
-        put_length(self.buf, name_len);
-        put_length(self.buf, value_len);
+        put_pair_lengths(self.buf, name_len, value_len);
         for part in name.iter().chain(value) {
             self.buf.put_slice(part);
         }
@@ -231,6 +226,11 @@ impl ParamsCollector {
         }
         self.buf.extend_from_slice(content);
         Ok(())
+    }
+
+    /// Forgets a half-collected stream, keeping the buffer's memory.
+    pub fn clear(&mut self) {
+        self.buf.clear();
     }
 
     /// Parses the collected stream into pairs that share one buffer.

@@ -14,6 +14,7 @@
 //! Neither holds a request or response body whole.
 
 use std::io;
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
@@ -133,7 +134,7 @@ impl<R: AsyncRead + Unpin> RequestReader<R> {
         self.finished = self.current.map(|(id, _)| id);
         self.current = None;
         self.refused.clear();
-        self.params = ParamsCollector::default();
+        self.params.clear();
     }
 
     /// Next event, or `None` at a clean end of stream (between records).
@@ -268,6 +269,7 @@ pub struct ServerValues {
 pub struct ResponseWriter<W> {
     io: W,
     buf: BytesMut,
+    write_timeout: Option<Duration>,
 }
 
 impl<W: AsyncWrite + Unpin> ResponseWriter<W> {
@@ -275,7 +277,16 @@ impl<W: AsyncWrite + Unpin> ResponseWriter<W> {
         Self {
             io,
             buf: BytesMut::with_capacity(4 * 1024),
+            write_timeout: None,
         }
+    }
+
+    /// Bounds every [`flush`](Self::flush): a peer that stops reading for
+    /// longer than `limit` gets a `TimedOut` error instead of holding the
+    /// connection (and whatever backs it) forever.
+    pub fn with_write_timeout(mut self, limit: Duration) -> Self {
+        self.write_timeout = Some(limit);
+        self
     }
 
     pub fn stdout(&mut self, request_id: u16, data: &[u8]) {
@@ -340,11 +351,19 @@ impl<W: AsyncWrite + Unpin> ResponseWriter<W> {
     }
 
     pub async fn flush(&mut self) -> io::Result<()> {
-        if !self.buf.is_empty() {
-            self.io.write_all(&self.buf).await?;
-            self.buf.clear();
+        let write = async {
+            if !self.buf.is_empty() {
+                self.io.write_all(&self.buf).await?;
+                self.buf.clear();
+            }
+            self.io.flush().await
+        };
+        match self.write_timeout {
+            None => write.await,
+            Some(limit) => tokio::time::timeout(limit, write)
+                .await
+                .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "peer stopped reading"))?,
         }
-        self.io.flush().await
     }
 
     pub async fn shutdown(&mut self) -> io::Result<()> {
