@@ -172,16 +172,16 @@ pub async fn serve(
                     continue;
                 }
                 let _ = stream.set_nodelay(true);
-                let shared = shared.clone();
+                let (shared, stop) = (shared.clone(), shutdown.clone());
                 connections.spawn(async move {
-                    connection(stream.into_split(), Some(peer), shared).await;
+                    connection(stream.into_split(), Some(peer), shared, stop).await;
                     drop(permit);
                 });
             }
             Ok(Accepted::Unix(stream)) => {
-                let shared = shared.clone();
+                let (shared, stop) = (shared.clone(), shutdown.clone());
                 connections.spawn(async move {
-                    connection(stream.into_split(), None, shared).await;
+                    connection(stream.into_split(), None, shared, stop).await;
                     drop(permit);
                 });
             }
@@ -241,17 +241,23 @@ enum ConnectionError {
     Closed,
 }
 
-async fn connection<R, W>((read, write): (R, W), peer: Option<SocketAddr>, shared: Arc<Shared>)
-where
+/// Serves one web server connection. `stop` closes it once it is idle
+/// between requests (a request in flight finishes first).
+async fn connection<R, W>(
+    (read, write): (R, W),
+    peer: Option<SocketAddr>,
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+) where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
 {
     shared.metrics.fastcgi_connections.inc();
     let mut reader = RequestReader::new(read, ParamsLimits::default());
-    let mut writer = ResponseWriter::new(write);
+    let mut writer = ResponseWriter::new(write).with_write_timeout(shared.settings.write_timeout);
     let worker = &shared.worker;
     let peer_text = peer.map_or_else(|| "unix".to_owned(), |p| p.to_string());
-    match serve_requests(&mut reader, &mut writer, &shared, peer).await {
+    match serve_requests(&mut reader, &mut writer, &shared, peer, &stop).await {
         Ok(()) => debug!(worker = %worker, peer = %peer_text, "FastCGI connection closed"),
         // A web server closing mid-request is its client going away;
         // broken protocol and stalls are worth a warning.
@@ -288,6 +294,7 @@ async fn serve_requests<R, W>(
     writer: &mut ResponseWriter<W>,
     shared: &Shared,
     peer: Option<SocketAddr>,
+    stop: &CancellationToken,
 ) -> Result<(), ConnectionError>
 where
     R: AsyncRead + Unpin,
@@ -296,10 +303,19 @@ where
     let idle = shared.settings.idle_timeout;
     let read_timeout = shared.settings.read_timeout;
     loop {
-        let event = match tokio::time::timeout(idle, reader.next_event()).await {
-            Ok(event) => event?,
-            // An idle kept-alive connection: close it quietly.
-            Err(_) => return Ok(()),
+        // Between requests: an idle kept-alive connection closes quietly
+        // after idle_timeout, or as soon as the listener stops (a request
+        // the web server already sent is served first).
+        let event = match reader.buffered_event()? {
+            Some(event) => Some(event),
+            None => tokio::select! {
+                biased;
+                _ = stop.cancelled() => return Ok(()),
+                event = tokio::time::timeout(idle, reader.next_event()) => match event {
+                    Ok(event) => event?,
+                    Err(_) => return Ok(()),
+                },
+            },
         };
         let Some(event) = event else { return Ok(()) };
         let (request_id, role, keep_conn) = match event {
@@ -461,17 +477,29 @@ async fn refuse_with<W: AsyncWrite + Unpin>(
     respond(writer, request_id, head, body).await
 }
 
-/// Writing the request body to the worker failed: the worker is replaced and
-/// the web server gets a 502.
-async fn worker_write_failed<W: AsyncWrite + Unpin>(
+/// Checks a write of the request body to the worker. A failed write replaces
+/// the worker and answers 502; one still blocked at the request deadline
+/// (PHP stopped reading its input) kills the worker as timed out and
+/// answers 504.
+async fn check_stdin<W: AsyncWrite + Unpin>(
     writer: &mut ResponseWriter<W>,
     request_id: u16,
     lease: Lease,
-    err: &io::Error,
-) -> Result<Outcome, ConnectionError> {
-    error!(pid = lease.pid(), "writing request body to worker: {err}");
-    lease.kill(KillReason::Broken);
-    respond_error(writer, request_id, StatusCode::BAD_GATEWAY, false).await
+    written: Result<io::Result<()>, tokio::time::error::Elapsed>,
+) -> Result<Lease, Result<Outcome, ConnectionError>> {
+    let status = match written {
+        Ok(Ok(())) => return Ok(lease),
+        Ok(Err(err)) => {
+            error!(pid = lease.pid(), "writing request body to worker: {err}");
+            lease.kill(KillReason::Broken);
+            StatusCode::BAD_GATEWAY
+        }
+        Err(_) => {
+            lease.kill(KillReason::Timeout);
+            StatusCode::GATEWAY_TIMEOUT
+        }
+    };
+    Err(respond_error(writer, request_id, status, false).await)
 }
 
 /// The status in a CGI head ("Status: 404 ..."), 200 without one.
@@ -614,14 +642,22 @@ where
         };
         match event {
             Some(ServerEvent::Stdin { data, .. }) => {
-                if let Err(err) = lease.connection().write_stdin(&data).await {
-                    return worker_write_failed(writer, request_id, lease, &err).await;
-                }
+                // PHP may stop reading its input (a script that never reads
+                // php://input, or one stuck): the request deadline bounds it.
+                let written =
+                    tokio::time::timeout_at(deadline, lease.connection().write_stdin(&data)).await;
+                lease = match check_stdin(writer, request_id, lease, written).await {
+                    Ok(lease) => lease,
+                    Err(outcome) => return outcome,
+                };
             }
             Some(ServerEvent::StdinEnd { .. }) => {
-                if let Err(err) = lease.connection().end_stdin().await {
-                    return worker_write_failed(writer, request_id, lease, &err).await;
-                }
+                let written =
+                    tokio::time::timeout_at(deadline, lease.connection().end_stdin()).await;
+                lease = match check_stdin(writer, request_id, lease, written).await {
+                    Ok(lease) => lease,
+                    Err(outcome) => return outcome,
+                };
                 break;
             }
             Some(ServerEvent::Abort { .. }) => {

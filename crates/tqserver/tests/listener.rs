@@ -623,3 +623,85 @@ impl PartialRequests for FcgiConn {
         self.send(&buf);
     }
 }
+
+#[test]
+fn graceful_stop_closes_idle_kept_alive_connections_at_once() {
+    // The test site stops with grace_period 10s.
+    let mut fixture = Fixture::start("", "");
+    let docroot = fixture.docroot();
+    let filename = format!("{docroot}/echo.php");
+    let mut conn = FcgiConn::tcp(fixture.fastcgi_port);
+    let response = conn.request(
+        1,
+        &cgi_params(&docroot, &filename, "/echo.php", "kept=1"),
+        b"",
+        true,
+    );
+    assert!(response.text().contains("query=kept=1"));
+    // The web server keeps the connection open; tqserver is told to stop.
+    let started = Instant::now();
+    fixture.server.signal(libc::SIGTERM);
+    assert!(conn.closed(), "idle connection closed by the stop");
+    let status = fixture.server.wait_exit(Duration::from_secs(10));
+    assert!(status.is_some(), "tqserver still running");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "stop waited for an idle connection: {:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn a_worker_that_stops_reading_the_body_gets_a_504_at_the_request_timeout() {
+    let fastcgi_port = free_port();
+    let server = Site::new()
+        .worker(
+            "app",
+            &format!(
+                "path: /\nphp:\n  settings:\n    enable_post_data_reading: '0'\n  pool:\n    manager: static\n    max_workers: 1\n    request_timeout: 2s\nfastcgi:\n  listen: 127.0.0.1:{fastcgi_port}\n"
+            ),
+        )
+        .file("app", "stuck.php", "<?php sleep(30); echo 'late';")
+        .file("app", "echo.php", ECHO_PHP)
+        .start();
+    let docroot = server
+        .site
+        .root()
+        .join("workers/app/public")
+        .canonicalize()
+        .unwrap()
+        .display()
+        .to_string();
+    let filename = format!("{docroot}/stuck.php");
+    let body = vec![b'x'; 8 << 20];
+    let length = body.len().to_string();
+    let mut params = cgi_params(&docroot, &filename, "/stuck.php", "");
+    params.retain(|(name, _)| *name != "REQUEST_METHOD");
+    params.push(("REQUEST_METHOD", "POST"));
+    params.push(("CONTENT_TYPE", "application/octet-stream"));
+    params.push(("CONTENT_LENGTH", &length));
+    let started = Instant::now();
+    // Kept alive, so tqserver reads (and drops) the rest of the body after
+    // answering instead of resetting the connection.
+    let response = FcgiConn::tcp(fastcgi_port).request(1, &params, &body, true);
+    assert_eq!(response.status(), 504, "{}", response.text());
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(server.wait_for_log("request timed out", Duration::from_secs(3)));
+    // The pool replaced the worker and serves the next request.
+    let echo = FcgiConn::tcp(fastcgi_port).request(
+        1,
+        &cgi_params(
+            &docroot,
+            &format!("{docroot}/echo.php"),
+            "/echo.php",
+            "next=1",
+        ),
+        b"",
+        false,
+    );
+    assert!(echo.text().contains("query=next=1"), "{}", server.log());
+}
