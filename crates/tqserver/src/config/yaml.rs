@@ -135,6 +135,20 @@ fn bare_message(rendered: &str) -> String {
 /// Turns serde's unknown-field message into "unknown key", with the full key
 /// path and a suggestion.
 fn explain(key: Option<String>, message: &str) -> (Option<String>, String) {
+    if let Some(rest) = message.strip_prefix("duplicate mapping key: ") {
+        // "duplicate mapping key: grace_period, set DuplicateKeyPolicy ..."
+        // with the path "server.?": name the key, not the parser's option.
+        let field = rest.split(',').next().unwrap_or(rest).trim();
+        let parent = key
+            .as_deref()
+            .map(|path| path.trim_end_matches('?').trim_end_matches('.'))
+            .filter(|path| !path.is_empty());
+        let key = match parent {
+            Some(parent) => format!("{parent}.{field}"),
+            None => field.to_owned(),
+        };
+        return (Some(key), "key given twice; keep one".to_owned());
+    }
     let Some(rest) = message.strip_prefix("unknown field `") else {
         return (key, message.to_owned());
     };
@@ -239,6 +253,15 @@ mod tests {
         let err = parse_worker("php:\n  pool:\n    max_workers: lots\n").unwrap_err();
         assert_eq!(err.line, Some(3));
         assert_eq!(err.key.as_deref(), Some("php.pool.max_workers"));
+    }
+
+    #[test]
+    fn duplicate_key_is_named() {
+        let err = parse_worker("path: /a\nphp:\n  pool:\n    max_workers: 2\n    max_workers: 3\n")
+            .unwrap_err();
+        assert_eq!(err.key.as_deref(), Some("php.pool.max_workers"), "{err}");
+        assert_eq!(err.line, Some(5), "{err}");
+        assert!(err.to_string().contains("given twice"), "{err}");
     }
 
     #[test]
