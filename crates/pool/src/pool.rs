@@ -326,6 +326,9 @@ impl WorkerPool {
             _ = tokio::time::sleep(inner.config.queue_timeout) => {
                 let mut state = inner.lock();
                 state.waiters.retain(|waiter| waiter.id != waiter_id);
+                if state.phase != Phase::Running {
+                    inner.settled.notify_waiters();
+                }
                 drop(state);
                 // A worker may have been sent just before we left the queue.
                 rx.try_recv().ok()
@@ -380,18 +383,26 @@ impl WorkerPool {
         loop {
             let settled = inner.settled.notified();
             {
-                let state = inner.lock();
+                let mut state = inner.lock();
+                // Queued requests whose clients went away count for nothing.
+                state.prune_waiters();
                 if state.busy == 0 && state.waiters.is_empty() {
                     break;
                 }
             }
-            if tokio::time::timeout_at(deadline, settled).await.is_err() {
+            // Woken when a request ends; the short tick also catches queued
+            // requests that were cancelled without telling the pool.
+            let tick = deadline.min(Instant::now() + Duration::from_millis(100));
+            let _ = tokio::time::timeout_at(tick, settled).await;
+            if Instant::now() >= deadline {
                 let state = inner.lock();
-                warn!(
-                    worker = %inner.config.name,
-                    busy = state.busy,
-                    "grace period over; stopping workers with requests still running"
-                );
+                if state.busy > 0 {
+                    warn!(
+                        worker = %inner.config.name,
+                        busy = state.busy,
+                        "grace period over; stopping workers with requests still running"
+                    );
+                }
                 break;
             }
         }
