@@ -9,8 +9,9 @@
 //! seconds.
 //!
 //! Scale down gently: only the least recently used idle worker is stopped,
-//! only once it has been idle for `idle_timeout`, at most one per second, and
-//! never below the floor. Since dispatch takes the most recently used idle
+//! only once it has been idle for `idle_timeout`, at most one per second,
+//! never below the floor and never below `min_spare` idle workers (which
+//! would only be spawned again). Since dispatch takes the most recently used idle
 //! worker first, a hovering load keeps a stable set warm and lets the rest
 //! age out instead of cycling through all of them.
 
@@ -86,7 +87,10 @@ pub fn idle_to_stop(
                 return Vec::new();
             };
             let too_many_spare = config.max_spare.is_some_and(|max| idle_since.len() > max);
-            if expired(oldest) || too_many_spare {
+            // Stopping one of the last min_spare idle workers would only
+            // have it spawned again.
+            let above_spare = idle_since.len() > config.min_spare;
+            if (expired(oldest) && above_spare) || too_many_spare {
                 vec![0]
             } else {
                 Vec::new()
@@ -228,6 +232,19 @@ mod tests {
         assert!(idle_to_stop(&config, now, 2, &[old, old], None).is_empty());
         // Nothing idle long enough.
         assert!(idle_to_stop(&config, now, 5, &[fresh], None).is_empty());
+    }
+
+    #[test]
+    fn min_spare_idle_workers_are_not_stopped_and_respawned() {
+        let mut config = config(Manager::Dynamic, 1, 10);
+        config.min_spare = 2;
+        let now = Instant::now();
+        let old = now - Duration::from_secs(30);
+        assert!(idle_to_stop(&config, now, 5, &[old, old], None).is_empty());
+        assert_eq!(
+            idle_to_stop(&config, now, 5, &[old, old, old], None),
+            vec![0]
+        );
     }
 
     #[test]
