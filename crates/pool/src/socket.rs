@@ -7,6 +7,7 @@ use std::os::fd::OwnedFd;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
 use socket2::{Domain, Socket, Type};
@@ -48,12 +49,19 @@ pub fn prepare_socket_dir(dir: &Path) -> io::Result<()> {
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
 }
 
+/// Numbers unix socket names across every pool of this process, so two
+/// generations of a pool (old and new during a reload) never pick the same
+/// name and unlink each other's socket before connecting.
+static SOCKET_SEQ: AtomicU64 = AtomicU64::new(0);
+
 /// Binds a listening socket for worker `slot` of pool `pool`.
 pub fn bind(kind: &SocketKind, pool: &str, slot: u64) -> io::Result<BoundSocket> {
     match kind {
         SocketKind::Unix { dir } => {
-            let path = dir.join(format!("{pool}-{slot}.sock"));
-            // A stale file from a crashed run would make bind fail.
+            let seq = SOCKET_SEQ.fetch_add(1, Ordering::Relaxed);
+            let path = dir.join(format!("{pool}-{slot}.{seq}.sock"));
+            // A stale file from a crashed run (same pid reused) would make
+            // bind fail.
             match std::fs::remove_file(&path) {
                 Err(err) if err.kind() != io::ErrorKind::NotFound => return Err(err),
                 _ => {}
