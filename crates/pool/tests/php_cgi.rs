@@ -252,6 +252,10 @@ async fn a_request_that_gives_up_after_its_worker_was_sent_returns_it() {
         drop(lease);
         assert_eq!(pool.status().busy, 0);
     }
-    assert!(get(&pool, &fixture.script("hello.php"), "").await.starts_with("hello"));
+    assert!(
+        get(&pool, &fixture.script("hello.php"), "")
+            .await
+            .starts_with("hello")
+    );
     pool.drain(Duration::from_secs(5)).await;
 }
