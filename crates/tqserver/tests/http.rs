@@ -437,6 +437,47 @@ fn streamed_php_output_is_chunked_and_arrives_as_it_is_flushed() {
     assert_eq!(conn.read_response(false).text(), "Hello, World!");
 }
 
+/// tqserver's resident memory in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn a_large_response_to_a_slow_reader_is_streamed_not_buffered() {
+    let server = blog_site()
+        .file(
+            "blog",
+            "big.php",
+            "<?php $line = str_repeat('0123456789abcdef', 64); for ($i = 0; $i < 48 * 1024; $i++) { echo $line; }",
+        )
+        .start();
+    assert_eq!(server.get("/blog/hello.php").text(), "Hello, World!");
+    let before = rss_kib(server.pid());
+    let mut conn = server.connect();
+    conn.send(b"GET /blog/big.php HTTP/1.1\r\nHost: x\r\n\r\n");
+    // The client does not read yet: PHP may only get as far as the socket
+    // buffers let it, not 48 MiB into tqserver's memory.
+    std::thread::sleep(Duration::from_secs(1));
+    let grown = rss_kib(server.pid()).saturating_sub(before);
+    assert!(grown < 16 * 1024, "tqserver grew by {grown} KiB");
+    let response = conn.read_response(false);
+    assert_eq!(response.status, 200);
+    assert_eq!(response.body.len(), 48 << 20);
+    assert!(
+        response
+            .body
+            .chunks(16)
+            .all(|chunk| chunk == b"0123456789abcdef")
+    );
+    conn.send(b"GET /blog/hello.php HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(conn.read_response(false).text(), "Hello, World!");
+}
+
 #[test]
 fn a_slow_request_head_times_out_and_an_idle_connection_closes() {
     let server = Site::new()

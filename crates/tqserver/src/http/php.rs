@@ -230,9 +230,14 @@ async fn exchange(
     Ok(respond(head, first, ended, lease, stderr, deadline))
 }
 
-/// Builds the response. Whatever of the body is already buffered is taken
-/// without waiting; if the response is complete by then the worker goes back
-/// to the pool at once and the body is sent with a Content-Length.
+/// How much of a response body [`respond`] collects before it starts
+/// streaming.
+const PREREAD_LIMIT: usize = 256 * 1024;
+
+/// Builds the response. Whatever of the body is already buffered (up to
+/// [`PREREAD_LIMIT`]) is taken without waiting; if the response is complete
+/// by then the worker goes back to the pool at once and the body is sent
+/// with a Content-Length.
 fn respond(
     head: CgiHead,
     first: Bytes,
@@ -241,6 +246,7 @@ fn respond(
     mut stderr: StderrRelay,
     deadline: Instant,
 ) -> Response<Body> {
+    let mut taken = first.len();
     let mut chunks = Vec::new();
     if !first.is_empty() {
         chunks.push(first);
@@ -248,9 +254,14 @@ fn respond(
     let mut failed = false;
     if !ended {
         let mut cx = Context::from_waker(Waker::noop());
-        loop {
+        // A large response that keeps arriving streams instead of being
+        // collected here.
+        while taken < PREREAD_LIMIT {
             match lease.connection().poll_event(&mut cx) {
-                Poll::Ready(Ok(ResponseEvent::Stdout(data))) => chunks.push(data),
+                Poll::Ready(Ok(ResponseEvent::Stdout(data))) => {
+                    taken += data.len();
+                    chunks.push(data);
+                }
                 Poll::Ready(Ok(ResponseEvent::Stderr(data))) => stderr.push(&data),
                 Poll::Ready(Ok(ResponseEvent::End(_))) => {
                     ended = true;
