@@ -82,6 +82,31 @@ fn semantic_errors_point_at_their_line() {
 }
 
 #[test]
+fn php_workers_may_not_run_as_root() {
+    if !nix_is_root() {
+        return; // user switching (and this check) only happen as root
+    }
+    let site = Site::new()
+        .worker("a", "path: /a\nphp:\n  user: root\n")
+        .worker("b", "path: /b\nphp:\n  user: www-data\n  group: root\n");
+    let output = tqserver(&["check", "--config", site.config_path().to_str().unwrap()]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("worker.yaml:3: php.user: `root` is root (uid 0)"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("worker.yaml:4: php.group: `root` is gid 0"),
+        "{stderr}"
+    );
+}
+
+fn nix_is_root() -> bool {
+    unsafe { libc::geteuid() == 0 }
+}
+
+#[test]
 fn a_missing_php_cgi_stops_start_up_with_the_package_to_install() {
     let site = Site::new().worker(
         "blog",

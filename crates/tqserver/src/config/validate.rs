@@ -479,11 +479,39 @@ fn load_worker(
         .unwrap_or_else(|| defaults::PHP_USER.to_owned());
     let credentials = if running_as_root {
         match nix::unistd::User::from_name(&user_name) {
+            // PHP running as root would turn any hole in an app into root.
+            Ok(Some(user)) if user.uid.is_root() => {
+                errors.push(at(
+                    "php.user",
+                    format!(
+                        "`{user_name}` is root (uid 0); workers never run as root: name an unprivileged user such as www-data"
+                    ),
+                ));
+                None
+            }
             Ok(Some(user)) => {
                 let gid = match &php_raw.group {
+                    None if user.gid.as_raw() == 0 => {
+                        errors.push(at(
+                            "php.user",
+                            format!(
+                                "`{user_name}` has gid 0 (root's group) as its group; set php.group to an unprivileged group"
+                            ),
+                        ));
+                        None
+                    }
                     None => Some(user.gid.as_raw()),
                     Some(group) => match nix::unistd::Group::from_name(group) {
-                        Ok(Some(group)) => Some(group.gid.as_raw()),
+                        Ok(Some(found)) if found.gid.as_raw() == 0 => {
+                            errors.push(at(
+                                "php.group",
+                                format!(
+                                    "`{group}` is gid 0 (root's group); workers never run with it"
+                                ),
+                            ));
+                            None
+                        }
+                        Ok(Some(found)) => Some(found.gid.as_raw()),
                         _ => {
                             errors.push(at("php.group", format!("no such group `{group}`")));
                             None
