@@ -39,6 +39,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::app::App;
 use crate::config::{FastcgiConfig, ListenAddr, ServerSettings};
+use crate::http::cgi_response::parse_status;
 use crate::http::php::StderrRelay;
 use crate::http::resolve::Location;
 use crate::metrics::AppMetrics;
@@ -515,12 +516,9 @@ fn cgi_status(head: &[u8]) -> u16 {
             if !name.eq_ignore_ascii_case(b"status") {
                 return None;
             }
-            std::str::from_utf8(&value[1..])
-                .ok()?
-                .trim()
-                .get(..3)?
-                .parse()
-                .ok()
+            let value = std::str::from_utf8(&value[1..]).ok()?.trim();
+            // A status nginx would refuse shows as its 502.
+            Some(parse_status(value.as_bytes()).map_or(502, |status| status.as_u16()))
         })
         .unwrap_or(200)
 }

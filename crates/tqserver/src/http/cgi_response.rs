@@ -117,10 +117,21 @@ fn parse_head(head: &[u8]) -> Result<CgiHead, CgiError> {
     Ok(CgiHead { status, headers })
 }
 
-fn parse_status(value: &[u8]) -> Result<StatusCode, CgiError> {
-    let digits = value.get(..3).unwrap_or(value);
-    StatusCode::from_bytes(digits)
-        .map_err(|_| CgiError::BadStatus(String::from_utf8_lossy(value).into_owned()))
+/// "404" or "404 Not Found": three digits, then nothing or a space. A 1xx
+/// cannot be a final response, so only 200..=999 pass.
+pub(crate) fn parse_status(value: &[u8]) -> Result<StatusCode, CgiError> {
+    let bad = || CgiError::BadStatus(String::from_utf8_lossy(value).into_owned());
+    let (digits, rest) = value.split_at(value.len().min(3));
+    if digits.len() != 3 || !digits.iter().all(u8::is_ascii_digit) {
+        return Err(bad());
+    }
+    if !rest.is_empty() && rest[0] != b' ' && rest[0] != b'\t' {
+        return Err(bad());
+    }
+    match StatusCode::from_bytes(digits) {
+        Ok(status) if status.as_u16() >= 200 => Ok(status),
+        _ => Err(bad()),
+    }
 }
 
 fn trim(value: &[u8]) -> &[u8] {
@@ -164,6 +175,32 @@ mod tests {
         assert_eq!(head.status, StatusCode::NOT_FOUND);
         assert_eq!(head.headers.get_all("set-cookie").iter().count(), 2);
         assert_eq!(rest.as_ref(), b"body");
+    }
+
+    #[test]
+    fn status_must_be_three_digits_and_final() {
+        for good in [&b"404"[..], b"404 Not Found", b"200 OK", b"599"] {
+            assert!(
+                parse_status(good).is_ok(),
+                "{}",
+                String::from_utf8_lossy(good)
+            );
+        }
+        for bad in [
+            &b"4040"[..],
+            b"40",
+            b"abc",
+            b"103 Early Hints",
+            b"100",
+            b"20x",
+            b"",
+        ] {
+            assert!(
+                parse_status(bad).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
     }
 
     #[test]
