@@ -16,7 +16,7 @@ use std::task::{Context, Poll, Waker};
 use super::body_reader::RequestBody;
 use bytes::{Bytes, BytesMut};
 use fastcgi::client::{REQUEST_ID, ResponseEvent};
-use fastcgi::record::{RecordType, Role, put_begin_request, put_stream_end};
+use fastcgi::record::{RecordType, Role, put_begin_request, put_stream, put_stream_end};
 use http::request::Parts;
 use http::{Response, StatusCode, header};
 use http_body_util::BodyExt;
@@ -39,15 +39,18 @@ pub enum PhpBody {
     Empty,
     /// Streamed from the client; the length is known up front.
     Sized(RequestBody, u64),
-    /// A chunked body written to a temporary file first, because PHP needs
-    /// CONTENT_LENGTH to read a body at all.
-    Spooled(std::fs::File, u64),
+    /// A small chunked body, read whole first because PHP needs
+    /// CONTENT_LENGTH to read a body at all; it goes out with the params.
+    Buffered(Bytes),
+    /// A larger chunked body, written to an unnamed temporary file first.
+    Spooled(tokio::fs::File, u64),
 }
 
 impl PhpBody {
     fn content_length(&self) -> Option<u64> {
         match self {
             Self::Empty => None,
+            Self::Buffered(bytes) => Some(bytes.len() as u64),
             Self::Sized(_, length) | Self::Spooled(_, length) => Some(*length),
         }
     }
@@ -147,12 +150,16 @@ async fn exchange(
     body: &mut Option<PhpBody>,
     deadline: Instant,
 ) -> Result<Response<Body>, Failure> {
-    let no_body = matches!(body, None | Some(PhpBody::Empty));
+    // No body, or a small one at hand: the whole request is one write.
+    let whole = matches!(body, None | Some(PhpBody::Empty | PhpBody::Buffered(_)));
     {
         let buf = lease.connection().write_buf();
         put_begin_request(buf, REQUEST_ID, Role::Responder, true);
         cgi_params::write(buf, cgi);
-        if no_body {
+        if let Some(PhpBody::Buffered(bytes)) = body {
+            put_stream(buf, RecordType::Stdin, REQUEST_ID, bytes);
+        }
+        if whole {
             put_stream_end(buf, RecordType::Stdin, REQUEST_ID);
         }
     }
@@ -169,7 +176,7 @@ async fn exchange(
         }
         Err(_) => return Err(Failure::Response(Box::new(timed_out(lease)))),
     }
-    if !no_body && let Some(body) = body.take() {
+    if !whole && let Some(body) = body.take() {
         match tokio::time::timeout_at(deadline, send_body(&mut lease, body)).await {
             Ok(Ok(())) => {}
             Ok(Err(BodyError::Worker(err))) => {
@@ -336,7 +343,8 @@ enum BodyError {
 
 async fn send_body(lease: &mut Lease, body: PhpBody) -> Result<(), BodyError> {
     match body {
-        PhpBody::Empty => {}
+        // Sent with the params.
+        PhpBody::Empty | PhpBody::Buffered(_) => {}
         PhpBody::Sized(mut incoming, length) => {
             let mut sent = 0u64;
             while let Some(frame) = incoming.frame().await {
@@ -361,8 +369,7 @@ async fn send_body(lease: &mut Lease, body: PhpBody) -> Result<(), BodyError> {
                 return Err(BodyError::Client);
             }
         }
-        PhpBody::Spooled(file, _) => {
-            let mut file = tokio::fs::File::from_std(file);
+        PhpBody::Spooled(mut file, _) => {
             let mut buf = vec![0u8; 64 * 1024];
             loop {
                 let read = tokio::io::AsyncReadExt::read(&mut file, &mut buf)
@@ -394,29 +401,60 @@ async fn end_short(lease: &mut Lease) -> Result<(), BodyError> {
         .map_err(BodyError::Worker)
 }
 
-/// Writes a chunked request body to an unnamed temporary file (bounded by
-/// `limit`), so PHP can be told its length.
-pub async fn spool(
-    mut incoming: RequestBody,
-    limit: u64,
-) -> Result<(std::fs::File, u64), StatusCode> {
-    use std::io::{Seek, Write};
-    let mut file = tempfile::tempfile().map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)?;
+/// Chunked request bodies up to this size stay in memory.
+const BUFFER_BODY_LIMIT: usize = 64 * 1024;
+
+/// Reads a chunked request body whole (bounded by `limit`), so PHP can be
+/// told its length: in memory when small, else in an unnamed temporary file
+/// written through tokio's blocking pool.
+pub async fn collect_chunked(mut incoming: RequestBody, limit: u64) -> Result<PhpBody, StatusCode> {
+    use tokio::io::{AsyncSeekExt, AsyncWriteExt};
+    let internal = |err: io::Error| {
+        error!("spooling a request body to a temporary file: {err}");
+        StatusCode::INTERNAL_SERVER_ERROR
+    };
+    let mut memory = BytesMut::new();
+    let mut file: Option<tokio::io::BufWriter<tokio::fs::File>> = None;
     let mut length = 0u64;
     while let Some(frame) = incoming.frame().await {
         let frame = frame.map_err(|_| StatusCode::BAD_REQUEST)?;
-        if let Ok(data) = frame.into_data() {
-            length += data.len() as u64;
-            if length > limit {
-                return Err(StatusCode::PAYLOAD_TOO_LARGE);
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        length += data.len() as u64;
+        if length > limit {
+            return Err(StatusCode::PAYLOAD_TOO_LARGE);
+        }
+        if file.is_none() && memory.len() + data.len() <= BUFFER_BODY_LIMIT {
+            memory.extend_from_slice(&data);
+            continue;
+        }
+        let spool = match &mut file {
+            Some(spool) => spool,
+            None => {
+                let created = tokio::task::spawn_blocking(tempfile::tempfile)
+                    .await
+                    .map_err(|err| internal(io::Error::other(err)))?
+                    .map_err(internal)?;
+                let mut spool = tokio::io::BufWriter::with_capacity(
+                    256 * 1024,
+                    tokio::fs::File::from_std(created),
+                );
+                spool.write_all(&memory).await.map_err(internal)?;
+                file.insert(spool)
             }
-            file.write_all(&data)
-                .map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)?;
+        };
+        spool.write_all(&data).await.map_err(internal)?;
+    }
+    match file {
+        None => Ok(PhpBody::Buffered(memory.freeze())),
+        Some(mut spool) => {
+            spool.flush().await.map_err(internal)?;
+            let mut file = spool.into_inner();
+            file.rewind().await.map_err(internal)?;
+            Ok(PhpBody::Spooled(file, length))
         }
     }
-    file.rewind()
-        .map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)?;
-    Ok((file, length))
 }
 
 /// A PHP response body still arriving from the worker.

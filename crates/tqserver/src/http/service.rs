@@ -105,8 +105,8 @@ async fn route(
                 }
                 PhpBody::Sized(incoming, length)
             } else {
-                match php::spool(incoming, limit).await {
-                    Ok((file, length)) => PhpBody::Spooled(file, length),
+                match php::collect_chunked(incoming, limit).await {
+                    Ok(body) => body,
                     Err(status) => return errors::status(status),
                 }
             };
