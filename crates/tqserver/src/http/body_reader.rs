@@ -94,8 +94,8 @@ enum Chunked {
     Data(u64),
     /// Expecting the CRLF after a chunk's data.
     DataEnd,
-    /// After the last chunk: trailers until an empty line.
-    Trailers,
+    /// After the last chunk: trailers until an empty line (bytes so far).
+    Trailers(usize),
     Done,
 }
 
@@ -178,6 +178,31 @@ impl Drop for RequestBody {
     }
 }
 
+/// The size in a chunk-size line (without its LF): hex digits, optionally
+/// `;extensions`, then CR. Anything looser (a sign, spaces, a bare LF, more
+/// than 16 digits) is refused: lenient parsers that disagree with a proxy
+/// in front are how requests get smuggled.
+fn chunk_size(line: &[u8]) -> Option<u64> {
+    let line = line.strip_suffix(b"\r")?;
+    let digits = match line.iter().position(|&b| b == b';') {
+        // Whitespace is allowed only before the extensions (BWS).
+        Some(semi) => {
+            let digits = &line[..semi];
+            let end = digits
+                .iter()
+                .rposition(|&b| b != b' ' && b != b'\t')
+                .map_or(0, |p| p + 1);
+            &digits[..end]
+        }
+        None => line,
+    };
+    if digits.is_empty() || digits.len() > 16 || !digits.iter().all(u8::is_ascii_hexdigit) {
+        return None;
+    }
+    let text = std::str::from_utf8(digits).ok()?;
+    u64::from_str_radix(text, 16).ok()
+}
+
 fn invalid(message: &'static str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, message)
 }
@@ -231,20 +256,12 @@ impl Inner {
                         }
                         None => ready!(self.poll_more(cx))?,
                         Some(end) => {
-                            let line = &buf[..end];
-                            let line = line.strip_suffix(b"\r").unwrap_or(line);
-                            let digits = line.split(|&b| b == b';').next().unwrap_or(b"");
-                            let digits = std::str::from_utf8(digits)
-                                .ok()
-                                .map(str::trim)
-                                .filter(|d| !d.is_empty() && d.len() <= 16);
-                            let Some(size) = digits.and_then(|d| u64::from_str_radix(d, 16).ok())
-                            else {
+                            let Some(size) = chunk_size(&buf[..end]) else {
                                 return Poll::Ready(Some(Err(invalid("bad chunk size"))));
                             };
                             self.reader.buf.advance(end + 1);
                             self.state = State::Chunked(if size == 0 {
-                                Chunked::Trailers
+                                Chunked::Trailers(0)
                             } else {
                                 Chunked::Data(size)
                             });
@@ -276,20 +293,28 @@ impl Inner {
                     self.reader.buf.advance(2);
                     self.state = State::Chunked(Chunked::Size);
                 }
-                State::Chunked(Chunked::Trailers) => {
-                    // Trailers are read and dropped, up to an empty line.
+                State::Chunked(Chunked::Trailers(seen)) => {
+                    // Trailers are read and dropped, up to an empty line;
+                    // MAX_TRAILERS bounds the whole section.
                     let buf = &self.reader.buf;
                     match buf.iter().position(|&b| b == b'\n') {
-                        None if buf.len() > MAX_TRAILERS => {
+                        None if seen + buf.len() > MAX_TRAILERS => {
                             return Poll::Ready(Some(Err(invalid("trailers too long"))));
                         }
                         None => ready!(self.poll_more(cx))?,
+                        Some(end) if seen + end + 1 > MAX_TRAILERS => {
+                            return Poll::Ready(Some(Err(invalid("trailers too long"))));
+                        }
+                        Some(end) if end == 0 || buf[end - 1] != b'\r' => {
+                            return Poll::Ready(Some(Err(invalid("trailer line without CRLF"))));
+                        }
                         Some(end) => {
-                            let empty = end == 0 || (end == 1 && buf[0] == b'\r');
                             self.reader.buf.advance(end + 1);
-                            if empty {
-                                self.state = State::Chunked(Chunked::Done);
-                            }
+                            self.state = State::Chunked(if end == 1 {
+                                Chunked::Done
+                            } else {
+                                Chunked::Trailers(seen + end + 1)
+                            });
                         }
                     }
                 }
@@ -410,6 +435,46 @@ mod tests {
         assert!(read_all(&mut body).await.is_err());
         drop(body);
         assert_eq!(back.await.unwrap().1, Remaining::Broken);
+    }
+
+    #[test]
+    fn chunk_size_lines_are_strict() {
+        assert_eq!(chunk_size(b"1a\r"), Some(26));
+        assert_eq!(chunk_size(b"0\r"), Some(0));
+        assert_eq!(chunk_size(b"5;name=value\r"), Some(5));
+        assert_eq!(chunk_size(b"5 ;ext\r"), Some(5));
+        assert_eq!(chunk_size(b"ffffffffffffffff\r"), Some(u64::MAX));
+        for bad in [
+            &b"5"[..],
+            b"+5\r",
+            b"-5\r",
+            b" 5\r",
+            b"5 \r",
+            b"0x5\r",
+            b"\r",
+            b"1ffffffffffffffff\r",
+            b"5\r\r",
+        ] {
+            assert_eq!(chunk_size(bad), None, "{}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[tokio::test]
+    async fn endless_trailers_are_refused() {
+        let (reader, mut client) = pair().await;
+        let (mut body, _back) = RequestBody::new(reader, Framing::Chunked, Duration::from_secs(5));
+        let writer = tokio::spawn(async move {
+            client.write_all(b"1\r\nx\r\n0\r\n").await.unwrap();
+            for _ in 0..MAX_TRAILERS {
+                if client.write_all(b"X-T: 1\r\n").await.is_err() {
+                    break;
+                }
+            }
+        });
+        let err = read_all(&mut body).await.unwrap_err();
+        assert!(err.to_string().contains("trailers too long"), "{err}");
+        drop(body);
+        writer.abort();
     }
 
     #[tokio::test]
