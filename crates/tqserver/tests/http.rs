@@ -323,6 +323,37 @@ fn two_workers_route_by_longest_prefix_on_segment_boundaries() {
 }
 
 #[test]
+fn an_upload_refused_as_too_large_still_gets_its_413() {
+    // curl without `Expect: 100-continue` sends the whole body; the 413 must
+    // reach it rather than a connection reset halfway through the upload.
+    let server = blog_site()
+        .server_settings("  max_body_bytes: 1K\n")
+        .start();
+    let body = vec![b'z'; 2 << 20];
+    let mut conn = server.connect();
+    conn.send(
+        format!(
+            "POST /blog/input.php HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .as_bytes(),
+    );
+    let mut upload = conn.stream().try_clone().unwrap();
+    let uploader = std::thread::spawn(move || {
+        use std::io::Write;
+        for piece in body.chunks(16 * 1024) {
+            upload.write_all(piece)?;
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        Ok::<(), std::io::Error>(())
+    });
+    let response = conn.read_response(false);
+    assert_eq!(response.status, 413);
+    let sent = uploader.join().unwrap();
+    assert!(sent.is_ok(), "upload cut off: {sent:?}");
+}
+
+#[test]
 fn keep_alive_carries_many_requests() {
     let server = blog_site().start();
     let mut conn = server.connect();

@@ -113,7 +113,9 @@ pub async fn serve_connection(
                     HeadError::Closed => unreachable!(),
                 };
                 info!(%peer, status = status.as_u16(), "refusing request: {why}");
-                let _ = writer.simple(status, Version::HTTP_11).await;
+                if writer.simple(status, Version::HTTP_11).await.is_ok() {
+                    linger(&mut reader, &mut writer).await;
+                }
                 return;
             }
         };
@@ -121,11 +123,15 @@ pub async fn serve_connection(
             Ok(framing) => framing,
             Err((status, why)) => {
                 info!(%peer, status = status.as_u16(), uri = %head.uri, "refusing request: {why}");
-                let _ = writer.simple(status, head.version).await;
+                if writer.simple(status, head.version).await.is_ok() {
+                    linger(&mut reader, &mut writer).await;
+                }
                 return;
             }
         };
         let mut keep_alive = wants_keep_alive(&head) && !shutdown.is_cancelled();
+        // The client may still be sending a body nobody read.
+        let mut unread_input = false;
         let version = head.version;
         let is_head = head.method == Method::HEAD;
 
@@ -136,8 +142,15 @@ pub async fn serve_connection(
                 if let Framing::Length(length) = framing
                     && length > settings.max_body_bytes
                 {
-                    // Refused before the client sends it (no 100 Continue).
-                    let _ = writer.simple(StatusCode::PAYLOAD_TOO_LARGE, version).await;
+                    // Refused before the client sends it (no 100 Continue);
+                    // a client that sends it anyway still gets the 413.
+                    if writer
+                        .simple(StatusCode::PAYLOAD_TOO_LARGE, version)
+                        .await
+                        .is_ok()
+                    {
+                        linger(&mut reader, &mut writer).await;
+                    }
                     return;
                 }
                 if expects_continue(&head)
@@ -179,6 +192,7 @@ pub async fn serve_connection(
                 reader = home;
                 if !settle_body(&mut reader, remaining, settings.read_timeout).await {
                     keep_alive = false;
+                    unread_input = true;
                 }
                 response
             }
@@ -192,6 +206,10 @@ pub async fn serve_connection(
             .await
         {
             Ok(true) if keep_alive => {}
+            Ok(true) if unread_input || !reader.buf.is_empty() => {
+                linger(&mut reader, &mut writer).await;
+                return;
+            }
             _ => {
                 let _ = writer.half.shutdown().await;
                 return;
@@ -199,6 +217,31 @@ pub async fn serve_connection(
         }
         reader.shrink();
         writer.shrink();
+    }
+}
+
+/// Longest time spent draining a client's input after a closing response.
+const LINGER_TIME: Duration = Duration::from_secs(5);
+/// Longest wait for more input while lingering.
+const LINGER_IDLE: Duration = Duration::from_secs(1);
+
+/// Closes a connection whose client may still be sending (a refused upload,
+/// a body nobody read): the response goes out with a FIN, then input is
+/// read and dropped for a while. Closing with unread input would make the
+/// kernel answer with a reset, and the client would see "connection reset"
+/// instead of the response (as nginx's lingering_close explains).
+async fn linger(reader: &mut ConnReader, writer: &mut Writer) {
+    if writer.half.shutdown().await.is_err() {
+        return;
+    }
+    let deadline = tokio::time::Instant::now() + LINGER_TIME;
+    loop {
+        reader.buf.clear();
+        let wait = deadline.min(tokio::time::Instant::now() + LINGER_IDLE);
+        match tokio::time::timeout_at(wait, reader.fill()).await {
+            Ok(Ok(read)) if read > 0 => {}
+            _ => return,
+        }
     }
 }
 
