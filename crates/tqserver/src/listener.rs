@@ -60,16 +60,26 @@ pub async fn bind(config: &FastcgiConfig) -> io::Result<Bound> {
         ListenAddr::Unix(path) => {
             remove_stale_socket(path)?;
             let listener = UnixListener::bind(path)?;
-            std::fs::set_permissions(
-                path,
-                std::fs::Permissions::from_mode(config.mode.unwrap_or(0o660)),
-            )?;
-            if config.owner.is_some() || config.group.is_some() {
-                std::os::unix::fs::chown(path, config.owner, config.group)?;
-            }
+            apply_access(config)?;
             Ok(Bound::Unix(listener))
         }
     }
+}
+
+/// Gives a unix socket its mode, owner and group (a reload that only
+/// changes those applies them to the running socket).
+pub fn apply_access(config: &FastcgiConfig) -> io::Result<()> {
+    let ListenAddr::Unix(path) = &config.listen else {
+        return Ok(());
+    };
+    std::fs::set_permissions(
+        path,
+        std::fs::Permissions::from_mode(config.mode.unwrap_or(0o660)),
+    )?;
+    if config.owner.is_some() || config.group.is_some() {
+        std::os::unix::fs::chown(path, config.owner, config.group)?;
+    }
+    Ok(())
 }
 
 fn remove_stale_socket(path: &Path) -> io::Result<()> {

@@ -414,12 +414,31 @@ async fn start_listener(state: &Arc<ServerState>, worker: &WorkerConfig) -> anyh
     let Some(fastcgi) = &worker.fastcgi else {
         return Ok(());
     };
-    let bound = listener::bind(fastcgi).await.with_context(|| {
+    let bound = bind_listener(worker, fastcgi).await?;
+    run_listener(state, worker, fastcgi, bound);
+    Ok(())
+}
+
+async fn bind_listener(
+    worker: &WorkerConfig,
+    fastcgi: &crate::config::FastcgiConfig,
+) -> anyhow::Result<listener::Bound> {
+    listener::bind(fastcgi).await.with_context(|| {
         format!(
             "worker {}: cannot listen on fastcgi.listen {:?}",
             worker.name, fastcgi.listen
         )
-    })?;
+    })
+}
+
+/// Serves a bound listener, replacing (and stopping) any earlier one of the
+/// same worker.
+fn run_listener(
+    state: &Arc<ServerState>,
+    worker: &WorkerConfig,
+    fastcgi: &crate::config::FastcgiConfig,
+    bound: listener::Bound,
+) {
     let shared = listener::Shared::new(
         worker.name.clone(),
         state.router.clone(),
@@ -435,17 +454,18 @@ async fn start_listener(state: &Arc<ServerState>, worker: &WorkerConfig) -> anyh
         state.connections.clone(),
     ));
     info!(worker = %worker.name, listen = ?fastcgi.listen, "FastCGI listener ready");
-    if let Ok(mut listeners) = state.listeners.lock() {
-        listeners.insert(
+    if let Ok(mut listeners) = state.listeners.lock()
+        && let Some(old) = listeners.insert(
             worker.name.clone(),
             RunningListener {
                 config: fastcgi.clone(),
                 shared,
                 stop,
             },
-        );
+        )
+    {
+        old.stop.cancel();
     }
-    Ok(())
 }
 
 fn stop_listener(state: &ServerState, name: &str) {
@@ -534,7 +554,11 @@ async fn apply_reload(state: &Arc<ServerState>) -> Result<String, Vec<String>> {
         .filter_map(|app| current.get(&app.config.name).cloned())
         .collect();
 
-    // Listener addresses that change are bound before the switch.
+    // New listener addresses are all bound before anything switches: if one
+    // cannot be, the reload is refused and every old listener still serves.
+    let mut same_address = Vec::new();
+    let mut bound = Vec::new();
+    let mut dropped = Vec::new();
     for app in &started {
         let name = &app.config.name;
         let running = state
@@ -546,23 +570,40 @@ async fn apply_reload(state: &Arc<ServerState>) -> Result<String, Vec<String>> {
             (Some(new_listener), Some((old_listener, shared)))
                 if new_listener.listen == old_listener.listen =>
             {
-                shared.reconfigure(new_listener.clone());
+                same_address.push((app, new_listener, old_listener, shared));
             }
-            (new_listener, running) => {
-                if running.is_some() {
-                    stop_listener(state, name);
-                }
-                if new_listener.is_some()
-                    && let Err(err) = start_listener(state, &app.config).await
-                {
+            (Some(new_listener), _) => match bind_listener(&app.config, new_listener).await {
+                Ok(listener) => bound.push((app, new_listener, listener)),
+                Err(err) => {
+                    drop(bound);
                     stop_apps(&started, Duration::ZERO).await;
                     return Err(vec![format!("{err:#}")]);
                 }
-            }
+            },
+            (None, Some(_)) => dropped.push(name.clone()),
+            (None, None) => {}
         }
     }
-    for app in &removed {
-        stop_listener(state, &app.config.name);
+    for (app, new_listener, old_listener, shared) in same_address {
+        if new_listener.max_connections != old_listener.max_connections {
+            warn!(
+                worker = %app.config.name,
+                "fastcgi.max_connections changes take effect after a restart (or a change of fastcgi.listen)"
+            );
+        }
+        if let Err(err) = listener::apply_access(new_listener) {
+            warn!(worker = %app.config.name, "fastcgi socket owner/mode not updated: {err}");
+        }
+        shared.reconfigure(new_listener.clone());
+    }
+    for (app, new_listener, listener) in bound {
+        run_listener(state, &app.config, new_listener, listener);
+    }
+    for name in dropped
+        .iter()
+        .chain(removed.iter().map(|app| &app.config.name))
+    {
+        stop_listener(state, name);
     }
 
     let mut apps = keep;

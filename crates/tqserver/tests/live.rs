@@ -447,6 +447,76 @@ fn tqserver_reload_applies_or_reports_errors() {
 }
 
 #[test]
+fn moving_the_fastcgi_listener_binds_the_new_address_before_letting_go() {
+    use support::fcgi::{FcgiConn, cgi_params};
+    let (first, second) = (support::free_port(), support::free_port());
+    let listener_yaml = |port: u16| {
+        format!(
+            "path: /\nphp:\n  pool:\n    manager: static\n    max_workers: 1\nfastcgi:\n  listen: 127.0.0.1:{port}\n"
+        )
+    };
+    let site = Site::new()
+        .with_admin()
+        .worker("app", &listener_yaml(first))
+        .file("app", "who.php", "<?php echo 'served';");
+    let worker_file = site.root().join("workers/app/config/worker.yaml");
+    let server = site.start();
+    let docroot = server
+        .site
+        .root()
+        .join("workers/app/public")
+        .canonicalize()
+        .unwrap();
+    let script = docroot.join("who.php");
+    let (docroot, script) = (docroot.display().to_string(), script.display().to_string());
+    let ask = |port: u16| {
+        FcgiConn::tcp(port)
+            .request(
+                1,
+                &cgi_params(&docroot, &script, "/who.php", ""),
+                b"",
+                false,
+            )
+            .body()
+    };
+    assert_eq!(ask(first), "served");
+    let reload = || {
+        std::process::Command::new(BIN)
+            .args(["reload", "--config"])
+            .arg(server.site.config_path())
+            .output()
+            .unwrap()
+    };
+
+    // An address someone else holds: the reload is refused, the old
+    // listener keeps serving.
+    let squatter = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = squatter.local_addr().unwrap().port();
+    std::fs::write(&worker_file, listener_yaml(taken)).unwrap();
+    let output = reload();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}\n{}", server.log());
+    assert!(
+        stderr.contains("cannot listen on fastcgi.listen"),
+        "{stderr}"
+    );
+    assert_eq!(ask(first), "served");
+
+    // A free address: the new one serves, the old one is closed.
+    std::fs::write(&worker_file, listener_yaml(second)).unwrap();
+    let output = reload();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(ask(second), "served");
+    wait_for("the old listener to close", Duration::from_secs(5), || {
+        std::net::TcpStream::connect(("127.0.0.1", first)).is_err()
+    });
+}
+
+#[test]
 fn sighup_reloads() {
     let site = Site::new()
         .with_admin()
