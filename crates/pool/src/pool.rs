@@ -277,8 +277,9 @@ impl WorkerPool {
                 }
                 if worker.shared.is_alive() {
                     let retiring = inner.checkout(&mut state, &mut worker);
-                    if state.idle.is_empty() {
-                        // The last idle worker is taken: get ahead of demand.
+                    if retiring || state.idle.is_empty() {
+                        // A replacement for a retiring worker, or the last
+                        // idle worker is taken: get ahead of demand.
                         inner.spawn_if_needed(&mut state);
                     }
                     drop(state);
@@ -535,9 +536,9 @@ impl PoolInner {
         let retiring =
             self.config.max_requests > 0 && worker.started_requests >= self.config.max_requests;
         if retiring {
+            // The caller starts the replacement once the handover holds, so
+            // capacity never dips.
             state.retiring += 1;
-            // Start the replacement now, so capacity never dips.
-            self.spawn_if_needed(state);
         }
         retiring
     }
@@ -585,7 +586,12 @@ impl PoolInner {
                 .tx
                 .send(Lease::new(pool, worker, retiring, Duration::ZERO))
             {
-                Ok(()) => return,
+                Ok(()) => {
+                    if retiring {
+                        self.spawn_if_needed(state);
+                    }
+                    return;
+                }
                 Err(returned) => {
                     // Disarmed before it drops: we hold the pool lock here.
                     worker = returned.into_worker();
