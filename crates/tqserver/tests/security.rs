@@ -246,3 +246,26 @@ fn malformed_requests_get_400_and_the_server_keeps_serving() {
     assert_eq!(response.status, 431);
     assert_eq!(get_raw(&server, "/blog/ok.php").status, 200);
 }
+
+#[test]
+fn header_count_limit_is_enforced_and_can_be_raised() {
+    let with_headers = |count: usize| {
+        let mut raw = String::from("GET /blog/ok.php HTTP/1.1\r\nHost: x\r\n");
+        for i in 1..count {
+            raw.push_str(&format!("X-H{i}: v\r\n"));
+        }
+        raw.push_str("\r\n");
+        raw
+    };
+    let server = Site::new()
+        .server_settings("  max_headers: 300\n")
+        .worker("blog", &worker_yaml("/blog", 1))
+        .file("blog", "ok.php", "<?php echo 'ok';")
+        .start();
+    let mut conn = server.connect();
+    conn.send(with_headers(300).as_bytes());
+    assert_eq!(conn.read_response(false).status, 200);
+    let mut conn = server.connect();
+    conn.send(with_headers(301).as_bytes());
+    assert_eq!(conn.read_response(false).status, 431);
+}

@@ -96,8 +96,11 @@ pub fn load(server_file: &Path) -> Result<Config, ConfigErrors> {
         ));
     }
     let max_headers = server_raw.max_headers.unwrap_or(defaults::MAX_HEADERS);
-    if max_headers == 0 {
-        errors.push(at("server.max_headers", "must be at least 1".to_owned()));
+    if max_headers == 0 || max_headers > 10_000 {
+        errors.push(at(
+            "server.max_headers",
+            format!("{max_headers} is out of range; expected 1 to 10000"),
+        ));
     }
     let server = ServerSettings {
         listen,

@@ -347,8 +347,16 @@ fn parse_head(
     while reader.buf.starts_with(b"\r\n") {
         let _ = reader.buf.split_to(2);
     }
-    let mut slots = [httparse::EMPTY_HEADER; 128];
-    let slots = &mut slots[..max_headers.min(128)];
+    // The usual limit fits on the stack; a larger configured one is honoured
+    // with a heap allocation.
+    let (mut stack, mut heap);
+    let slots: &mut [httparse::Header<'_>] = if max_headers <= 128 {
+        stack = [httparse::EMPTY_HEADER; 128];
+        &mut stack[..max_headers]
+    } else {
+        heap = vec![httparse::EMPTY_HEADER; max_headers];
+        &mut heap
+    };
     let mut parsed = httparse::Request::new(slots);
     let length = match parsed.parse(&reader.buf) {
         Ok(httparse::Status::Complete(length)) => length,
