@@ -71,8 +71,9 @@ impl WorkerState {
     }
 }
 
-/// What a request is, as far as status pages care. One allocation holds
-/// all three strings; clones share it.
+/// What a request is, as far as status pages care. The three strings live
+/// in one shared buffer, so a clone (one per status snapshot) is a
+/// reference-count bump.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RequestInfo {
     text: std::sync::Arc<str>,
