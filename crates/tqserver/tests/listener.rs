@@ -60,14 +60,7 @@ impl Fixture {
     }
 
     fn docroot(&self) -> String {
-        self.server
-            .site
-            .root()
-            .join("workers/app/public")
-            .canonicalize()
-            .unwrap()
-            .display()
-            .to_string()
+        self.server.docroot("app")
     }
 
     fn nginx(&self, keepalive: bool) -> Nginx {
@@ -332,13 +325,7 @@ fn get_values_is_answered_truthfully() {
     assert_eq!(values.get_str("FCGI_MPXS_CONNS"), Some("0"));
     // The connection still serves requests.
     let docroot = fixture.docroot();
-    let filename = format!("{docroot}/echo.php");
-    let response = conn.request(
-        1,
-        &cgi_params(&docroot, &filename, "/echo.php", "q=1"),
-        b"",
-        false,
-    );
+    let response = conn.get(&docroot, "/echo.php", "q=1", false);
     assert!(response.text().contains("query=q=1"));
 }
 
@@ -428,13 +415,8 @@ fn abort_request_ends_the_request_and_frees_the_worker() {
 
 fn good_request_still_works(fixture: &Fixture) {
     let docroot = fixture.docroot();
-    let filename = format!("{docroot}/echo.php");
-    let response = FcgiConn::tcp(fixture.fastcgi_port).request(
-        1,
-        &cgi_params(&docroot, &filename, "/echo.php", "still=alive"),
-        b"",
-        false,
-    );
+    let response =
+        FcgiConn::tcp(fixture.fastcgi_port).get(&docroot, "/echo.php", "still=alive", false);
     assert!(
         response.text().contains("query=still=alive"),
         "{:?}\n{}",
@@ -553,20 +535,8 @@ fn unix_socket_listener_gets_owner_and_mode() {
         .parse()
         .unwrap();
     assert_eq!(meta.uid(), uid);
-    let docroot = server
-        .site
-        .root()
-        .join("workers/app/public")
-        .canonicalize()
-        .unwrap();
-    let docroot = docroot.display().to_string();
-    let filename = format!("{docroot}/echo.php");
-    let response = FcgiConn::unix(&socket).request(
-        1,
-        &cgi_params(&docroot, &filename, "/echo.php", "via=unix"),
-        b"",
-        false,
-    );
+    let docroot = server.docroot("app");
+    let response = FcgiConn::unix(&socket).get(&docroot, "/echo.php", "via=unix", false);
     assert!(response.text().contains("query=via=unix"));
 }
 
@@ -574,13 +544,7 @@ fn unix_socket_listener_gets_owner_and_mode() {
 fn stderr_is_relayed_to_the_web_server_and_logged() {
     let fixture = Fixture::start("", "");
     let docroot = fixture.docroot();
-    let filename = format!("{docroot}/stderr.php");
-    let response = FcgiConn::tcp(fixture.fastcgi_port).request(
-        1,
-        &cgi_params(&docroot, &filename, "/stderr.php", ""),
-        b"",
-        false,
-    );
+    let response = FcgiConn::tcp(fixture.fastcgi_port).get(&docroot, "/stderr.php", "", false);
     assert!(String::from_utf8_lossy(&response.stderr).contains("listener stderr line"));
     assert!(
         fixture
@@ -664,14 +628,7 @@ fn a_worker_that_stops_reading_the_body_gets_a_504_at_the_request_timeout() {
         .file("app", "stuck.php", "<?php sleep(30); echo 'late';")
         .file("app", "echo.php", ECHO_PHP)
         .start();
-    let docroot = server
-        .site
-        .root()
-        .join("workers/app/public")
-        .canonicalize()
-        .unwrap()
-        .display()
-        .to_string();
+    let docroot = server.docroot("app");
     let filename = format!("{docroot}/stuck.php");
     let body = vec![b'x'; 8 << 20];
     let length = body.len().to_string();
@@ -692,16 +649,6 @@ fn a_worker_that_stops_reading_the_body_gets_a_504_at_the_request_timeout() {
     );
     assert!(server.wait_for_log("request timed out", Duration::from_secs(3)));
     // The pool replaced the worker and serves the next request.
-    let echo = FcgiConn::tcp(fastcgi_port).request(
-        1,
-        &cgi_params(
-            &docroot,
-            &format!("{docroot}/echo.php"),
-            "/echo.php",
-            "next=1",
-        ),
-        b"",
-        false,
-    );
+    let echo = FcgiConn::tcp(fastcgi_port).get(&docroot, "/echo.php", "next=1", false);
     assert!(echo.text().contains("query=next=1"), "{}", server.log());
 }

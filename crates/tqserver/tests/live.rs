@@ -448,7 +448,7 @@ fn tqserver_reload_applies_or_reports_errors() {
 
 #[test]
 fn moving_the_fastcgi_listener_binds_the_new_address_before_letting_go() {
-    use support::fcgi::{FcgiConn, cgi_params};
+    use support::fcgi::FcgiConn;
     let (first, second) = (support::free_port(), support::free_port());
     let listener_yaml = |port: u16| {
         format!(
@@ -461,22 +461,10 @@ fn moving_the_fastcgi_listener_binds_the_new_address_before_letting_go() {
         .file("app", "who.php", "<?php echo 'served';");
     let worker_file = site.root().join("workers/app/config/worker.yaml");
     let server = site.start();
-    let docroot = server
-        .site
-        .root()
-        .join("workers/app/public")
-        .canonicalize()
-        .unwrap();
-    let script = docroot.join("who.php");
-    let (docroot, script) = (docroot.display().to_string(), script.display().to_string());
+    let docroot = server.docroot("app");
     let ask = |port: u16| {
         FcgiConn::tcp(port)
-            .request(
-                1,
-                &cgi_params(&docroot, &script, "/who.php", ""),
-                b"",
-                false,
-            )
+            .get(&docroot, "/who.php", "", false)
             .body()
     };
     assert_eq!(ask(first), "served");

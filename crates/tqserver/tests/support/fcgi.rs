@@ -130,6 +130,12 @@ impl FcgiConn {
         self.response(id)
     }
 
+    /// A whole GET of `script` (a path under `docroot`) with nginx's params.
+    pub fn get(&mut self, docroot: &str, script: &str, query: &str, keep: bool) -> FcgiResponse {
+        let filename = format!("{docroot}{script}");
+        self.request(1, &cgi_params(docroot, &filename, script, query), b"", keep)
+    }
+
     pub fn response(&mut self, id: u16) -> FcgiResponse {
         let mut response = FcgiResponse::default();
         while let Some(record) = self.read_record() {

@@ -179,6 +179,17 @@ impl Server {
         self.site.port
     }
 
+    /// A worker's document root as PHP sees it (canonical).
+    pub fn docroot(&self, worker: &str) -> String {
+        self.site
+            .root()
+            .join(format!("workers/{worker}/public"))
+            .canonicalize()
+            .unwrap()
+            .display()
+            .to_string()
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map(|c| c.id()).unwrap_or(0)
     }
