@@ -81,10 +81,6 @@ impl<S> ClientConnection<S> {
         &mut self.write_buf
     }
 
-    pub fn get_ref(&self) -> &S {
-        &self.stream
-    }
-
     /// Bytes received but not yet decoded. Non-empty between requests means
     /// the application sent something it should not have.
     pub fn has_buffered_input(&self) -> bool {

@@ -436,11 +436,6 @@ impl WorkerPool {
         }
     }
 
-    /// Whether the pool takes new requests.
-    pub fn is_running(&self) -> bool {
-        self.inner.lock().phase == Phase::Running
-    }
-
     pub fn status(&self) -> PoolStatus {
         let inner = &self.inner;
         let c = &inner.counters;
@@ -667,9 +662,7 @@ impl PoolInner {
         tokio::process::Child,
         mpsc::UnboundedReceiver<process::Control>,
     ) {
-        let Spawned {
-            child, pid, conn, ..
-        } = spawned;
+        let Spawned { child, pid, conn } = spawned;
         let (control_tx, control_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(WorkerShared::new(id, pid, control_tx));
         let mut state = self.lock();

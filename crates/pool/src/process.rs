@@ -43,7 +43,6 @@ pub struct Spawned {
     pub child: Child,
     pub pid: u32,
     pub conn: ClientConnection<WorkerStream>,
-    pub stderr_tail: Arc<Mutex<VecDeque<String>>>,
 }
 
 /// Spawns one worker and waits until it has answered a probe request over the
@@ -117,7 +116,7 @@ pub async fn spawn(
     let probe = tokio::time::timeout(spawn_timeout, probe(&mut conn));
     tokio::select! {
         result = probe => match result {
-            Ok(Ok(())) => Ok(Spawned { child, pid, conn, stderr_tail }),
+            Ok(Ok(())) => Ok(Spawned { child, pid, conn }),
             Ok(Err(err)) => {
                 // The probe failed: usually the process died. Give the exit
                 // status a moment to arrive for a useful message.

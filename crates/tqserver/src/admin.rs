@@ -117,7 +117,7 @@ pub fn handle(state: &ServerState, request: Request<Incoming>) -> Response<Full<
         _ => match path.strip_prefix("/status/") {
             Some(worker) => {
                 let router = state.router.load();
-                match router.apps().iter().find(|app| app.config.name == worker) {
+                match router.app_named(worker) {
                     Some(app) => {
                         let page = status::render_pool(&app.pool.status(), query);
                         respond(StatusCode::OK, page.content_type, page.body)

@@ -40,6 +40,7 @@ use tracing::{debug, error, info, warn};
 use crate::app::App;
 use crate::config::{FastcgiConfig, ListenAddr, ServerSettings};
 use crate::http::cgi_response::parse_status;
+use crate::http::errors;
 use crate::http::php::StderrRelay;
 use crate::http::resolve::Location;
 use crate::metrics::AppMetrics;
@@ -132,12 +133,7 @@ impl Shared {
     }
 
     fn app(&self) -> Option<Arc<App>> {
-        self.router
-            .load()
-            .apps()
-            .iter()
-            .find(|app| app.config.name == self.worker)
-            .cloned()
+        self.router.load().app_named(&self.worker).cloned()
     }
 
     fn values(&self) -> ServerValues {
@@ -455,18 +451,18 @@ async fn respond_error<W: AsyncWrite + Unpin>(
     status: StatusCode,
     retry_after: bool,
 ) -> Result<Outcome, ConnectionError> {
-    let reason = status.canonical_reason().unwrap_or("");
     let head = format!(
-        "Status: {} {reason}\r\n{}Content-Type: text/plain\r\n",
+        "Status: {} {}\r\n{}Content-Type: {}\r\n",
         status.as_u16(),
+        status.canonical_reason().unwrap_or(""),
         if retry_after {
             "Retry-After: 1\r\n"
         } else {
             ""
-        }
+        },
+        errors::CONTENT_TYPE,
     );
-    let body = format!("{} {reason}\n", status.as_u16());
-    respond(writer, request_id, &head, body.as_bytes()).await
+    respond(writer, request_id, &head, errors::text(status).as_bytes()).await
 }
 
 /// php-fpm's answers to a script it will not run.

@@ -311,7 +311,7 @@ impl Observation {
                 user_agent,
                 ..
             } => (
-                version_text(*version),
+                crate::http::cgi_params::protocol(*version),
                 header_text(referer.as_ref()),
                 header_text(user_agent.as_ref()),
             ),
@@ -355,14 +355,6 @@ impl Observation {
             quote(&referer),
             quote(&agent),
         )
-    }
-}
-
-fn version_text(version: Version) -> &'static str {
-    match version {
-        Version::HTTP_10 => "HTTP/1.0",
-        Version::HTTP_2 => "HTTP/2.0",
-        _ => "HTTP/1.1",
     }
 }
 

@@ -28,6 +28,11 @@ impl Router {
     pub fn apps(&self) -> &[Arc<App>] {
         &self.apps
     }
+
+    /// The app of the worker called `name` (worker names are unique).
+    pub fn app_named(&self, name: &str) -> Option<&Arc<App>> {
+        self.apps.iter().find(|app| app.config.name == name)
+    }
 }
 
 /// `rest` of `path` below `route` ("" for the root route), on a segment

@@ -6,18 +6,24 @@ use http::{Response, StatusCode};
 
 use super::body::Body;
 
-pub fn status(status: StatusCode) -> Response<Body> {
-    let text = format!(
+/// The page's text: "503 Service Unavailable\n". The FastCGI listener's
+/// own errors use it too.
+pub fn text(status: StatusCode) -> String {
+    format!(
         "{} {}\n",
         status.as_u16(),
         status.canonical_reason().unwrap_or("")
-    );
-    let mut response = Response::new(Body::text(text));
+    )
+}
+
+pub const CONTENT_TYPE: &str = "text/plain; charset=utf-8";
+
+pub fn status(status: StatusCode) -> Response<Body> {
+    let mut response = Response::new(Body::text(text(status)));
     *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
     response
 }
 

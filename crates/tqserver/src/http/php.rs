@@ -123,11 +123,8 @@ pub async fn acquire(app: &mut Arc<App>, router: &ArcSwap<Router>) -> Result<Lea
         Err(AcquireError::Stopping { pool }) => {
             let successor = router
                 .load()
-                .apps()
-                .iter()
-                .find(|candidate| {
-                    candidate.config.name == app.config.name && !Arc::ptr_eq(candidate, app)
-                })
+                .app_named(&app.config.name)
+                .filter(|candidate| !Arc::ptr_eq(candidate, app))
                 .cloned();
             match successor {
                 Some(successor) => {
