@@ -457,6 +457,70 @@ fn pipelined_requests_are_answered_in_order() {
     assert_eq!(conn.read_response(false).vars()["QUERY_STRING"], "n=3");
 }
 
+/// One client that pipelines requests without pause must not hold the
+/// server's thread: another client's request is answered meanwhile.
+#[test]
+fn a_flooding_connection_does_not_starve_the_others() {
+    use std::io::{Read, Write};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+    let server = blog_site().server_settings("  threads: 1\n").start();
+    let flood = std::net::TcpStream::connect(("127.0.0.1", server.port())).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let answered = Arc::new(AtomicU64::new(0));
+    let writer = {
+        let (mut flood, stop) = (flood.try_clone().unwrap(), stop.clone());
+        std::thread::spawn(move || {
+            let batch = b"GET /blog/assets/data.txt HTTP/1.1\r\nHost: x\r\n\r\n".repeat(256);
+            let started = std::time::Instant::now();
+            while !stop.load(Ordering::Relaxed) && started.elapsed() < Duration::from_secs(20) {
+                if flood.write_all(&batch).is_err() {
+                    break;
+                }
+            }
+        })
+    };
+    let reader = {
+        let (mut flood, answered) = (flood, answered.clone());
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 256 * 1024];
+            while let Ok(read) = flood.read(&mut buf) {
+                if read == 0 {
+                    break;
+                }
+                let responses = buf[..read].windows(8).filter(|w| w == b"HTTP/1.1").count();
+                answered.fetch_add(responses as u64, Ordering::Relaxed);
+            }
+        })
+    };
+    // The flood is being served...
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while answered.load(Ordering::Relaxed) < 1000 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the flood is not served"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // ...and a second client still gets its answer at once: while it waits,
+    // the flood gets a few turns' worth of responses, not thousands.
+    let before = answered.load(Ordering::Relaxed);
+    let started = std::time::Instant::now();
+    let response = server.get("/blog/assets/data.txt");
+    let waited = started.elapsed();
+    let served_meanwhile = answered.load(Ordering::Relaxed) - before;
+    stop.store(true, Ordering::Relaxed);
+    assert_eq!(response.text(), "0123456789abcdefghijklmnopqrstuvwxyz");
+    assert!(
+        served_meanwhile < 1000,
+        "the second client waited {waited:?} while the flood got {served_meanwhile} responses"
+    );
+    drop(server);
+    writer.join().unwrap();
+    reader.join().unwrap();
+}
+
 #[test]
 fn http_1_0_keep_alive_and_close() {
     let server = blog_site().start();

@@ -76,6 +76,7 @@ pub async fn serve_connection(
     };
     let settings = &front.settings;
     let mut first = true;
+    let mut served = 0u64;
     loop {
         let wait = if first {
             settings.read_timeout
@@ -217,8 +218,22 @@ pub async fn serve_connection(
         }
         reader.shrink();
         writer.shrink();
+        // A client that sends its next request the moment it has the
+        // response (a load generator, a pipelining proxy) would keep this
+        // task running, and the other connections on this thread waiting:
+        // step aside now and then so every connection gets its turn.
+        served += 1;
+        if served % FAIR_SHARE == 0 {
+            tokio::task::yield_now().await;
+        }
     }
 }
+
+/// Requests a connection serves back to back before letting the others on
+/// its thread go first. Socket reads and writes that succeed at once never
+/// yield on their own; without this, p99 latency of a saturated server rose
+/// from about 1.5 ms to 10-25 ms (bench, 10 KB static file at c=20).
+const FAIR_SHARE: u64 = 16;
 
 /// Longest time spent draining a client's input after a closing response.
 const LINGER_TIME: Duration = Duration::from_secs(5);
@@ -491,17 +506,19 @@ struct Writer {
 
 impl Writer {
     async fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
-        tokio::time::timeout(self.timeout, self.half.write_all(bytes))
-            .await
-            .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))?
+        write_two(&self.half, self.timeout, bytes, &[]).await
+    }
+
+    /// Sends the buffered head, then `body`, in one system call when the
+    /// socket takes them (no copy of the body into the buffer).
+    async fn flush_buf_with(&mut self, body: &[u8]) -> io::Result<()> {
+        let result = write_two(&self.half, self.timeout, &self.buf, body).await;
+        self.buf.clear();
+        result
     }
 
     async fn flush_buf(&mut self) -> io::Result<()> {
-        let buf = std::mem::take(&mut self.buf);
-        let result = self.write(&buf).await;
-        self.buf = buf;
-        self.buf.clear();
-        result
+        self.flush_buf_with(&[]).await
     }
 
     fn shrink(&mut self) {
@@ -551,7 +568,13 @@ impl Writer {
         let keep_alive = keep_alive && (length.is_some() || chunked || no_body);
 
         let buf = &mut self.buf;
-        buf.reserve(256);
+        // One allocation for the whole head.
+        let fields: usize = parts
+            .headers
+            .iter()
+            .map(|(name, value)| name.as_str().len() + value.len() + 4)
+            .sum();
+        buf.reserve(160 + fields);
         buf.extend_from_slice(match version {
             Version::HTTP_10 => b"HTTP/1.0 ",
             _ => b"HTTP/1.1 ",
@@ -600,13 +623,10 @@ impl Writer {
             self.flush_buf().await?;
             return Ok(keep_alive);
         }
-        // Small bodies already in memory go out with the head in one write.
-        if let super::body::Body::Bytes(Some(bytes)) = &mut body
-            && bytes.len() <= 64 * 1024
-        {
+        // A body already in memory goes out with the head in one write.
+        if let super::body::Body::Bytes(Some(bytes)) = &mut body {
             let bytes = std::mem::take(bytes);
-            self.buf.extend_from_slice(&bytes);
-            self.flush_buf().await?;
+            self.flush_buf_with(&bytes).await?;
             return Ok(keep_alive);
         }
         self.flush_buf().await?;
@@ -641,6 +661,51 @@ impl Writer {
         }
         Ok(keep_alive && length.is_none_or(|length| sent == length))
     }
+}
+
+/// Writes `first` then `second` to the socket. The common case, a socket
+/// that takes everything at once, costs one `writev` and no timer; otherwise
+/// each wait for the client to take more is bounded by `timeout`.
+async fn write_two(
+    half: &OwnedWriteHalf,
+    timeout: Duration,
+    mut first: &[u8],
+    mut second: &[u8],
+) -> io::Result<()> {
+    try_write_two(half, &mut first, &mut second)?;
+    if first.is_empty() && second.is_empty() {
+        return Ok(());
+    }
+    // Boxed: waiting is the rare case, and its timer would otherwise make
+    // every connection's future larger, idle or not.
+    Box::pin(async move {
+        while !first.is_empty() || !second.is_empty() {
+            tokio::time::timeout(timeout, half.writable())
+                .await
+                .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))??;
+            try_write_two(half, &mut first, &mut second)?;
+        }
+        Ok(())
+    })
+    .await
+}
+
+/// Writes what the socket takes without waiting, advancing both slices.
+fn try_write_two(half: &OwnedWriteHalf, first: &mut &[u8], second: &mut &[u8]) -> io::Result<()> {
+    while !first.is_empty() || !second.is_empty() {
+        let slices = [io::IoSlice::new(first), io::IoSlice::new(second)];
+        let mut written = match half.try_write_vectored(&slices) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(written) => written,
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+            Err(err) => return Err(err),
+        };
+        let from_first = written.min(first.len());
+        *first = &first[from_first..];
+        written -= from_first;
+        *second = &second[written.min(second.len())..];
+    }
+    Ok(())
 }
 
 fn chunk_size_line(buf: &mut [u8; 18], size: usize) -> &[u8] {

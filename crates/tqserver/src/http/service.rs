@@ -105,12 +105,14 @@ async fn route(
                 }
                 PhpBody::Sized(incoming, length)
             } else {
-                match php::collect_chunked(incoming, limit).await {
+                match Box::pin(php::collect_chunked(incoming, limit)).await {
                     Ok(body) => body,
                     Err(status) => return errors::status(status),
                 }
             };
-            php::serve(
+            // Boxed: the PHP exchange is a large future, and keeping it out
+            // of this one keeps every request's future small to create and move.
+            Box::pin(php::serve(
                 &app,
                 &front.router,
                 parts,
@@ -118,7 +120,7 @@ async fn route(
                 script,
                 (peer, local),
                 observation,
-            )
+            ))
             .await
         }
         Target::Static { file, meta, path } if app.config.static_files => static_files::serve(
