@@ -472,7 +472,7 @@ fn a_flooding_connection_does_not_starve_the_others() {
     let writer = {
         let (mut flood, stop) = (flood.try_clone().unwrap(), stop.clone());
         std::thread::spawn(move || {
-            let batch = b"GET /blog/assets/data.txt HTTP/1.1\r\nHost: x\r\n\r\n".repeat(256);
+            let batch = b"GET /blog/assets/data.txt HTTP/1.1\r\nHost: x\r\n\r\n".repeat(4096);
             let started = std::time::Instant::now();
             while !stop.load(Ordering::Relaxed) && started.elapsed() < Duration::from_secs(20) {
                 if flood.write_all(&batch).is_err() {
@@ -504,7 +504,10 @@ fn a_flooding_connection_does_not_starve_the_others() {
         std::thread::sleep(Duration::from_millis(10));
     }
     // ...and a second client still gets its answer at once: while it waits,
-    // the flood gets a few turns' worth of responses, not thousands.
+    // the flood gets a few turns' worth of responses, not thousands (without
+    // turns: thousands, over 60 ms). Both must be seen to call it starved: a
+    // busy machine can delay the answer, or the flood's reader can count
+    // late responses that were already buffered, but not both by chance.
     let before = answered.load(Ordering::Relaxed);
     let started = std::time::Instant::now();
     let response = server.get("/blog/assets/data.txt");
@@ -513,7 +516,7 @@ fn a_flooding_connection_does_not_starve_the_others() {
     stop.store(true, Ordering::Relaxed);
     assert_eq!(response.text(), "0123456789abcdefghijklmnopqrstuvwxyz");
     assert!(
-        served_meanwhile < 1000,
+        served_meanwhile < 1000 || waited < Duration::from_millis(20),
         "the second client waited {waited:?} while the flood got {served_meanwhile} responses"
     );
     drop(server);
