@@ -587,6 +587,29 @@ where
             .and_then(|l| l.parse().ok())
             .unwrap_or(0),
     );
+    // nginx sends a small request in one write: the body records already
+    // here go to PHP with the params, in one write, so PHP wakes once.
+    let mut early_body = Vec::new();
+    let mut early_bytes = 0;
+    let mut body_ended = false;
+    let mut first = None;
+    while early_bytes < EARLY_BODY {
+        match reader.buffered_event() {
+            Ok(Some(ServerEvent::Stdin { data, .. })) => {
+                early_bytes += data.len();
+                early_body.push(data);
+            }
+            Ok(Some(ServerEvent::StdinEnd { .. })) => {
+                body_ended = true;
+                break;
+            }
+            Ok(other) => {
+                first = other;
+                break;
+            }
+            Err(err) => return Err(err.into()),
+        }
+    }
     let mut lease = None;
     let mut app = app.clone();
     for attempt in 0..2 {
@@ -603,6 +626,13 @@ where
         };
         candidate.begin(info.clone());
         write_head(&mut candidate, params);
+        let buf = candidate.connection().write_buf();
+        for data in &early_body {
+            put_stream(buf, RecordType::Stdin, REQUEST_ID, data);
+        }
+        if body_ended {
+            put_stream_end(buf, RecordType::Stdin, REQUEST_ID);
+        }
         match candidate.connection().flush().await {
             Ok(()) => {
                 lease = Some(candidate);
@@ -619,65 +649,70 @@ where
     };
     let deadline = Instant::now() + lease.request_timeout();
 
-    // The request body, streamed record by record (usually all buffered
-    // already: nginx sends a small request in one write).
-    loop {
-        let next = match reader.buffered_event() {
-            Ok(Some(event)) => Ok(Ok(Some(event))),
-            Ok(None) => {
-                tokio::time::timeout_at(
-                    deadline.min(Instant::now() + shared.settings.read_timeout),
-                    reader.next_event(),
-                )
-                .await
-            }
-            Err(err) => Ok(Err(err)),
-        };
-        let event = match next {
-            Ok(Ok(event)) => event,
-            Ok(Err(err)) => {
-                end_cut_short(lease).await;
-                return Err(err.into());
-            }
-            Err(_) => {
-                end_cut_short(lease).await;
-                return Err(ConnectionError::Stalled(shared.settings.read_timeout));
-            }
-        };
-        match event {
-            Some(ServerEvent::Stdin { data, .. }) => {
-                // PHP may stop reading its input (a script that never reads
-                // php://input, or one stuck): the request deadline bounds it.
-                let written =
-                    tokio::time::timeout_at(deadline, lease.connection().write_stdin(&data)).await;
-                lease = match check_stdin(writer, request_id, lease, written).await {
-                    Ok(lease) => lease,
-                    Err(outcome) => return outcome,
-                };
-            }
-            Some(ServerEvent::StdinEnd { .. }) => {
-                let written =
-                    tokio::time::timeout_at(deadline, lease.connection().end_stdin()).await;
-                lease = match check_stdin(writer, request_id, lease, written).await {
-                    Ok(lease) => lease,
-                    Err(outcome) => return outcome,
-                };
-                break;
-            }
-            Some(ServerEvent::Abort { .. }) => {
-                end_cut_short(lease).await;
-                writer.end_request(request_id, 0, ProtocolStatus::RequestComplete, false);
-                writer.flush().await?;
-                return Ok(Outcome {
-                    status: 499,
-                    bytes: 0,
-                });
-            }
-            Some(ServerEvent::Data { .. }) => {}
-            Some(other) => answer_between(other, writer, shared).await?,
-            None => {
-                end_cut_short(lease).await;
-                return Err(ConnectionError::Closed);
+    // The rest of the request body, streamed record by record.
+    if !body_ended {
+        loop {
+            let next = match first
+                .take()
+                .map_or_else(|| reader.buffered_event(), |e| Ok(Some(e)))
+            {
+                Ok(Some(event)) => Ok(Ok(Some(event))),
+                Ok(None) => {
+                    tokio::time::timeout_at(
+                        deadline.min(Instant::now() + shared.settings.read_timeout),
+                        reader.next_event(),
+                    )
+                    .await
+                }
+                Err(err) => Ok(Err(err)),
+            };
+            let event = match next {
+                Ok(Ok(event)) => event,
+                Ok(Err(err)) => {
+                    end_cut_short(lease).await;
+                    return Err(err.into());
+                }
+                Err(_) => {
+                    end_cut_short(lease).await;
+                    return Err(ConnectionError::Stalled(shared.settings.read_timeout));
+                }
+            };
+            match event {
+                Some(ServerEvent::Stdin { data, .. }) => {
+                    // PHP may stop reading its input (a script that never reads
+                    // php://input, or one stuck): the request deadline bounds it.
+                    let written =
+                        tokio::time::timeout_at(deadline, lease.connection().write_stdin(&data))
+                            .await;
+                    lease = match check_stdin(writer, request_id, lease, written).await {
+                        Ok(lease) => lease,
+                        Err(outcome) => return outcome,
+                    };
+                }
+                Some(ServerEvent::StdinEnd { .. }) => {
+                    let written =
+                        tokio::time::timeout_at(deadline, lease.connection().end_stdin()).await;
+                    lease = match check_stdin(writer, request_id, lease, written).await {
+                        Ok(lease) => lease,
+                        Err(outcome) => return outcome,
+                    };
+                    break;
+                }
+                Some(ServerEvent::Abort { .. }) => {
+                    end_cut_short(lease).await;
+                    writer.end_request(request_id, 0, ProtocolStatus::RequestComplete, false);
+                    writer.flush().await?;
+                    return Ok(Outcome {
+                        status: 499,
+                        bytes: 0,
+                    });
+                }
+                Some(ServerEvent::Data { .. }) => {}
+                Some(other) => answer_between(other, writer, shared).await?,
+                None => {
+                    end_cut_short(lease).await;
+                    return Err(ConnectionError::Closed);
+                }
             }
         }
     }
@@ -795,6 +830,9 @@ async fn end_cut_short(mut lease: Lease) {
         lease.sent();
     }
 }
+
+/// Most request body sent to PHP together with the params.
+const EARLY_BODY: usize = 64 * 1024;
 
 fn write_head(lease: &mut Lease, params: &Params) {
     let buf = lease.connection().write_buf();
