@@ -524,6 +524,21 @@ fn a_flooding_connection_does_not_starve_the_others() {
     reader.join().unwrap();
 }
 
+/// A small body that arrives with its head goes to PHP whole, and the
+/// request pipelined behind it is not taken for part of it.
+#[test]
+fn a_body_that_arrived_with_its_head_and_a_pipelined_request_after_it() {
+    let server = blog_site().start();
+    let mut conn = server.connect();
+    conn.send(
+        b"POST /blog/input.php HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhelloGET /blog/env.php?n=2 HTTP/1.1\r\nHost: x\r\n\r\n",
+    );
+    let posted = conn.read_response(false);
+    assert_eq!(posted.vars()["len"], "5");
+    assert_eq!(posted.vars()["md5"], md5(b"hello"));
+    assert_eq!(conn.read_response(false).vars()["QUERY_STRING"], "n=2");
+}
+
 #[test]
 fn http_1_0_keep_alive_and_close() {
     let server = blog_site().start();

@@ -164,6 +164,23 @@ impl RequestBody {
     }
 }
 
+impl RequestBody {
+    /// The whole body, if it has a length and already arrived with the head
+    /// (a small form post usually does): it can then go to PHP with the
+    /// params in one write.
+    pub fn take_buffered(&mut self) -> Option<Bytes> {
+        let inner = self.inner.as_mut()?;
+        let State::Length(length) = inner.state else {
+            return None;
+        };
+        if length == 0 || (inner.reader.buf.len() as u64) < length {
+            return None;
+        }
+        inner.state = State::Length(0);
+        Some(inner.reader.buf.split_to(length as usize).freeze())
+    }
+}
+
 impl Drop for RequestBody {
     fn drop(&mut self) {
         if let Some(inner) = self.inner.take() {

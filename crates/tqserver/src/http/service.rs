@@ -94,7 +94,7 @@ async fn route(
     let rest = &path[path.len() - rest_len..];
     match resolve::resolve(&app.config, &app.root, rest) {
         Target::Script(script) => {
-            let (parts, incoming) = request.into_parts();
+            let (parts, mut incoming) = request.into_parts();
             let limit = front.settings.max_body_bytes;
             let body = if incoming.is_end_stream() {
                 PhpBody::Empty
@@ -103,7 +103,10 @@ async fn route(
                     info!(worker = %app.config.name, length, limit, "request body too large");
                     return errors::status(StatusCode::PAYLOAD_TOO_LARGE);
                 }
-                PhpBody::Sized(incoming, length)
+                match incoming.take_buffered() {
+                    Some(bytes) => PhpBody::Buffered(bytes),
+                    None => PhpBody::Sized(incoming, length),
+                }
             } else {
                 match Box::pin(php::collect_chunked(incoming, limit)).await {
                     Ok(body) => body,
