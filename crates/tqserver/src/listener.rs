@@ -593,9 +593,13 @@ where
     let mut early_bytes = 0;
     let mut body_ended = false;
     let mut first = None;
-    while early_bytes < EARLY_BODY {
+    loop {
         match reader.buffered_event() {
-            Ok(Some(ServerEvent::Stdin { data, .. })) => {
+            Ok(Some(ServerEvent::Stdin { data, request_id })) => {
+                if early_bytes + data.len() > EARLY_BODY {
+                    first = Some(ServerEvent::Stdin { data, request_id });
+                    break;
+                }
                 early_bytes += data.len();
                 early_body.push(data);
             }
@@ -831,7 +835,9 @@ async fn end_cut_short(mut lease: Lease) {
     }
 }
 
-/// Most request body sent to PHP together with the params.
+/// Most request body sent to PHP together with the params: it fits in the
+/// socket's buffer, so the write cannot wait on a script that never reads
+/// its input (the rest of a body is written under the request deadline).
 const EARLY_BODY: usize = 64 * 1024;
 
 fn write_head(lease: &mut Lease, params: &Params) {
