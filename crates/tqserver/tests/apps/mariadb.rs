@@ -196,17 +196,7 @@ impl Mariadb {
 extern "C" fn stop_at_exit() {
     let child = CHILD.lock().unwrap_or_else(|e| e.into_inner()).take();
     if let Some(mut child) = child {
-        // SAFETY: signals our own child.
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = child.try_wait() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
+        crate::support::stop_child(&mut child, Duration::from_secs(5));
     }
     if let Some(dir) = STARTED_DIR.get() {
         let _ = std::fs::remove_dir_all(dir);

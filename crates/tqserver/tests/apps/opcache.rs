@@ -93,17 +93,7 @@ impl Tq {
 impl Drop for Tq {
     fn drop(&mut self) {
         // SIGTERM: a graceful stop, workers included.
-        // SAFETY: signals our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        crate::support::stop_child(&mut self.child, Duration::from_secs(15));
     }
 }
 
@@ -195,17 +185,8 @@ impl ForkingServer {
 
 impl Drop for ForkingServer {
     fn drop(&mut self) {
-        // SAFETY: signals our own child; both stop their children on SIGTERM.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        // Both stop their children on SIGTERM.
+        crate::support::stop_child(&mut self.child, Duration::from_secs(10));
     }
 }
 

@@ -302,6 +302,22 @@ impl Drop for Server {
     }
 }
 
+/// Stops a child process the polite way: SIGTERM, up to `grace` to exit,
+/// then SIGKILL.
+pub fn stop_child(child: &mut Child, grace: Duration) {
+    // SAFETY: signals our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 pub fn spawn_server(config: &Path, log: &Path, env: &[(&str, &str)]) -> Child {
     let log_file = std::fs::File::create(log).unwrap();
     Command::new(BIN)

@@ -109,16 +109,7 @@ impl Drop for Nginx {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
             // SIGQUIT is nginx's graceful stop; SIGTERM its fast one.
-            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = child.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
+            super::stop_child(&mut child, Duration::from_secs(5));
         }
     }
 }
