@@ -23,6 +23,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::BytesMut;
 use fastcgi::client::{REQUEST_ID, ResponseEvent};
 use fastcgi::record::{RecordType, put_begin_request, put_stream, put_stream_end};
 use fastcgi::server::{RequestReader, ResponseWriter, ServerError, ServerEvent, ServerValues};
@@ -41,7 +42,7 @@ use crate::app::App;
 use crate::config::{FastcgiConfig, ListenAddr, ServerSettings};
 use crate::http::cgi_response::parse_status;
 use crate::http::errors;
-use crate::http::php::StderrRelay;
+use crate::http::php::{Sent, StderrRelay, send_head};
 use crate::http::resolve::Location;
 use crate::metrics::AppMetrics;
 use crate::observe::{Observation, RequestLine, Telemetry};
@@ -614,44 +615,32 @@ where
             Err(err) => return Err(err.into()),
         }
     }
-    let mut lease = None;
-    let mut app = app.clone();
-    for attempt in 0..2 {
-        let mut candidate = match crate::http::php::acquire(&mut app, &shared.router).await {
-            Ok(lease) => lease,
-            Err(AcquireError::QueueFull { .. } | AcquireError::QueueTimeout { .. }) => {
-                return respond_error(writer, request_id, StatusCode::SERVICE_UNAVAILABLE, true)
-                    .await;
-            }
-            Err(AcquireError::Stopping { .. }) => {
-                return respond_error(writer, request_id, StatusCode::SERVICE_UNAVAILABLE, false)
-                    .await;
-            }
-        };
-        candidate.begin(info.clone());
-        write_head(&mut candidate, params);
-        let buf = candidate.connection().write_buf();
+    let sent = send_head(&app, &shared.router, &info, |buf| {
+        write_head(buf, params);
         for data in &early_body {
             put_stream(buf, RecordType::Stdin, REQUEST_ID, data);
         }
         if body_ended {
             put_stream_end(buf, RecordType::Stdin, REQUEST_ID);
         }
-        match candidate.connection().flush().await {
-            Ok(()) => {
-                lease = Some(candidate);
-                break;
-            }
-            Err(err) => {
-                warn!(worker = %name, pid = candidate.pid(), attempt, "worker connection was dead before the request reached PHP ({err}); retrying");
-                candidate.kill(KillReason::Broken);
-            }
+    })
+    .await;
+    let (mut lease, deadline) = match sent {
+        Sent::Ready(lease, deadline) => (lease, deadline),
+        Sent::Refused(AcquireError::QueueFull { .. } | AcquireError::QueueTimeout { .. }) => {
+            return respond_error(writer, request_id, StatusCode::SERVICE_UNAVAILABLE, true).await;
         }
-    }
-    let Some(mut lease) = lease else {
-        return respond_error(writer, request_id, StatusCode::BAD_GATEWAY, false).await;
+        Sent::Refused(AcquireError::Stopping { .. }) => {
+            return respond_error(writer, request_id, StatusCode::SERVICE_UNAVAILABLE, false).await;
+        }
+        Sent::DeadWorkers => {
+            return respond_error(writer, request_id, StatusCode::BAD_GATEWAY, false).await;
+        }
+        Sent::TimedOut(lease) => {
+            lease.kill(KillReason::Timeout);
+            return respond_error(writer, request_id, StatusCode::GATEWAY_TIMEOUT, false).await;
+        }
     };
-    let deadline = Instant::now() + lease.request_timeout();
 
     // The rest of the request body, streamed record by record.
     if !body_ended {
@@ -840,8 +829,7 @@ async fn end_cut_short(mut lease: Lease) {
 /// its input (the rest of a body is written under the request deadline).
 const EARLY_BODY: usize = 64 * 1024;
 
-fn write_head(lease: &mut Lease, params: &Params) {
-    let buf = lease.connection().write_buf();
+fn write_head(buf: &mut BytesMut, params: &Params) {
     put_begin_request(buf, REQUEST_ID, Role::Responder, true);
     if params.get("HTTP_PROXY").is_none() {
         put_stream(buf, RecordType::Params, REQUEST_ID, params.raw());

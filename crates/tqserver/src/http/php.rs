@@ -56,12 +56,6 @@ impl PhpBody {
     }
 }
 
-enum Failure {
-    /// The first write failed: nothing reached PHP, another worker may try.
-    Retry,
-    Response(Box<Response<Body>>),
-}
-
 pub async fn serve(
     app: &Arc<App>,
     router: &ArcSwap<Router>,
@@ -89,36 +83,90 @@ pub async fn serve(
         content_length: body.content_length(),
     };
     observation.request = Some(info.clone());
-    let mut body = Some(body);
+    // No body, or a small one at hand: the whole request is one write.
+    let whole = matches!(body, PhpBody::Empty | PhpBody::Buffered(_));
+    let sent = send_head(app, router, &info, |buf| {
+        put_begin_request(buf, REQUEST_ID, Role::Responder, true);
+        cgi_params::write(buf, &cgi);
+        if let PhpBody::Buffered(bytes) = &body {
+            put_stream(buf, RecordType::Stdin, REQUEST_ID, bytes);
+        }
+        if whole {
+            put_stream_end(buf, RecordType::Stdin, REQUEST_ID);
+        }
+    })
+    .await;
+    let (lease, deadline) = match sent {
+        Sent::Ready(lease, deadline) => (lease, deadline),
+        Sent::Refused(AcquireError::QueueFull { .. } | AcquireError::QueueTimeout { .. }) => {
+            return errors::overloaded(1);
+        }
+        Sent::Refused(AcquireError::Stopping { .. }) => {
+            return errors::status(StatusCode::SERVICE_UNAVAILABLE);
+        }
+        Sent::DeadWorkers => return errors::status(StatusCode::BAD_GATEWAY),
+        Sent::TimedOut(lease) => {
+            observation.pid = Some(lease.pid());
+            return timed_out(lease);
+        }
+    };
+    observation.pid = Some(lease.pid());
+    observation.queue_waited(lease.queue_wait());
+    exchange(app, lease, body, deadline).await
+}
+
+/// How sending the first bytes of a request to a worker ended.
+pub enum Sent {
+    /// They reached the worker; the request's deadline runs.
+    Ready(Lease, Instant),
+    /// No worker: the pool's queue was full or timed out, or it stopped.
+    Refused(AcquireError),
+    /// Two workers in a row had a dead connection.
+    DeadWorkers,
+    /// The worker did not take them before the request's deadline.
+    TimedOut(Lease),
+}
+
+/// Takes a worker and sends it what `write` puts in its buffer (the
+/// request's BEGIN_REQUEST, params, and whatever body is at hand), under the
+/// request's deadline. A write that fails reached no PHP: the worker is
+/// killed and the request tries once more on another one.
+pub async fn send_head(
+    app: &Arc<App>,
+    router: &ArcSwap<Router>,
+    info: &RequestInfo,
+    mut write: impl FnMut(&mut BytesMut),
+) -> Sent {
     let mut app = app.clone();
     for attempt in 0..2 {
         let mut lease = match acquire(&mut app, router).await {
             Ok(lease) => lease,
-            Err(AcquireError::QueueFull { .. } | AcquireError::QueueTimeout { .. }) => {
-                return errors::overloaded(1);
-            }
-            Err(AcquireError::Stopping { .. }) => {
-                return errors::status(StatusCode::SERVICE_UNAVAILABLE);
-            }
+            Err(err) => return Sent::Refused(err),
         };
-        observation.pid = Some(lease.pid());
-        observation.queue_waited(lease.queue_wait());
         lease.begin(info.clone());
         let deadline = Instant::now() + lease.request_timeout();
-        match exchange(&app, lease, &cgi, &mut body, deadline).await {
-            Ok(response) => return response,
-            Err(Failure::Response(response)) => return *response,
-            Err(Failure::Retry) if attempt == 0 => {}
-            Err(Failure::Retry) => return errors::status(StatusCode::BAD_GATEWAY),
+        write(lease.connection().write_buf());
+        match tokio::time::timeout_at(deadline, lease.connection().flush()).await {
+            Ok(Ok(())) => return Sent::Ready(lease, deadline),
+            Ok(Err(err)) => {
+                warn!(
+                    worker = %app.config.name,
+                    pid = lease.pid(),
+                    attempt,
+                    "worker connection was dead before the request reached PHP ({err}); retrying on another worker"
+                );
+                lease.kill(KillReason::Broken);
+            }
+            Err(_) => return Sent::TimedOut(lease),
         }
     }
-    errors::status(StatusCode::BAD_GATEWAY)
+    Sent::DeadWorkers
 }
 
 /// Takes a worker from the app's pool. A pool that stopped taking requests
 /// was replaced by a reload after this request was routed: the request moves
 /// to the app's new pool.
-pub async fn acquire(app: &mut Arc<App>, router: &ArcSwap<Router>) -> Result<Lease, AcquireError> {
+async fn acquire(app: &mut Arc<App>, router: &ArcSwap<Router>) -> Result<Lease, AcquireError> {
     match app.pool.acquire().await {
         Err(AcquireError::Stopping { pool }) => {
             let successor = router
@@ -138,57 +186,29 @@ pub async fn acquire(app: &mut Arc<App>, router: &ArcSwap<Router>) -> Result<Lea
     }
 }
 
-/// Writes the request and reads the response head. Every outcome decides
-/// the lease's fate.
+/// Sends the rest of the request body and reads the response head. Every
+/// outcome decides the lease's fate.
 async fn exchange(
     app: &Arc<App>,
     mut lease: Lease,
-    cgi: &CgiRequest<'_>,
-    body: &mut Option<PhpBody>,
+    body: PhpBody,
     deadline: Instant,
-) -> Result<Response<Body>, Failure> {
-    // No body, or a small one at hand: the whole request is one write.
-    let whole = matches!(body, None | Some(PhpBody::Empty | PhpBody::Buffered(_)));
-    {
-        let buf = lease.connection().write_buf();
-        put_begin_request(buf, REQUEST_ID, Role::Responder, true);
-        cgi_params::write(buf, cgi);
-        if let Some(PhpBody::Buffered(bytes)) = body {
-            put_stream(buf, RecordType::Stdin, REQUEST_ID, bytes);
-        }
-        if whole {
-            put_stream_end(buf, RecordType::Stdin, REQUEST_ID);
-        }
-    }
-    match tokio::time::timeout_at(deadline, lease.connection().flush()).await {
-        Ok(Ok(())) => {}
-        Ok(Err(_)) => {
-            warn!(
-                worker = %app.config.name,
-                pid = lease.pid(),
-                "worker connection was dead before the request reached PHP; retrying on another worker"
-            );
-            lease.kill(KillReason::Broken);
-            return Err(Failure::Retry);
-        }
-        Err(_) => return Err(Failure::Response(Box::new(timed_out(lease)))),
-    }
-    if !whole && let Some(body) = body.take() {
+) -> Response<Body> {
+    // An empty or buffered body went with the params.
+    if !matches!(body, PhpBody::Empty | PhpBody::Buffered(_)) {
         match tokio::time::timeout_at(deadline, send_body(&mut lease, body)).await {
             Ok(Ok(())) => {}
             Ok(Err(BodyError::Worker(err))) => {
                 error!(worker = %app.config.name, pid = lease.pid(), "writing request body to worker: {err}");
-                return Err(Failure::Response(Box::new(broken(lease))));
+                return broken(lease);
             }
             Ok(Err(BodyError::Client)) => {
                 // The client is gone; PHP still gets a complete (short) request
                 // and the worker is returned once it finishes.
                 lease.sent();
-                return Err(Failure::Response(Box::new(errors::status(
-                    StatusCode::BAD_REQUEST,
-                ))));
+                return errors::status(StatusCode::BAD_REQUEST);
             }
-            Err(_) => return Err(Failure::Response(Box::new(timed_out(lease)))),
+            Err(_) => return timed_out(lease),
         }
     }
     lease.sent();
@@ -224,14 +244,14 @@ async fn exchange(
                 pid = lease.pid(),
                 "bad response from worker: {reason}"
             );
-            return Err(Failure::Response(Box::new(broken(lease))));
+            return broken(lease);
         }
         Err(_) => {
             stderr.flush();
-            return Err(Failure::Response(Box::new(timed_out(lease))));
+            return timed_out(lease);
         }
     };
-    Ok(respond(head, first, ended, lease, stderr, deadline))
+    respond(head, first, ended, lease, stderr, deadline)
 }
 
 /// How much of a response body [`respond`] collects before it starts
