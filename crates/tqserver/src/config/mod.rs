@@ -37,6 +37,12 @@ pub mod defaults {
     pub const GRACE_PERIOD: Duration = Duration::from_secs(30);
     pub const WORKERS_DIRECTORY: &str = "workers";
     pub const ADMIN_LISTEN: &str = "127.0.0.1:9180";
+    /// A PHP response held in memory for a slow client, per request (the
+    /// rest goes to a temporary file).
+    pub const RESPONSE_BUFFER_MEMORY: u64 = 1024 * 1024;
+    /// Most of a PHP response held for a slow client (nginx's
+    /// `fastcgi_max_temp_file_size` default).
+    pub const MAX_RESPONSE_BUFFER: u64 = 1024 * 1024 * 1024;
     /// Relative to the server root; `tqserver reload` finds the server here.
     pub const PID_FILE: &str = "tqserver.pid";
 
@@ -167,6 +173,23 @@ pub struct PhpConfig {
     pub opcache_file_cache: bool,
     /// This process's cache folder (set at start, under `Config::cache_dir`).
     pub cache_dir: Option<PathBuf>,
+    /// Read a request's whole body before taking a worker (else stream it
+    /// to PHP as it arrives, holding the worker meanwhile).
+    pub request_buffering: bool,
+    pub response_buffer: ResponseBuffer,
+}
+
+/// How much of a PHP response tqserver holds for a client slower than PHP,
+/// so the worker is free as soon as PHP is done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResponseBuffer {
+    /// Off: the worker is held until the client has read the response.
+    pub enabled: bool,
+    /// Held in memory per response; beyond, in an unnamed temporary file.
+    pub memory_bytes: u64,
+    /// Most bytes held per response (memory and file); beyond, reading from
+    /// PHP waits for the client.
+    pub max_bytes: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

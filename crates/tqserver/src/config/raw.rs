@@ -146,6 +146,10 @@ pub struct RawPhp {
     pub socket: Option<String>,
     pub port_range: Option<String>,
     pub opcache_file_cache: Option<bool>,
+    pub request_buffering: Option<bool>,
+    pub response_buffering: Option<bool>,
+    pub response_buffer_memory: Option<RawSize>,
+    pub max_response_buffer: Option<RawSize>,
     pub pool: Option<RawPool>,
 }
 

@@ -14,7 +14,7 @@ use super::raw::{
 };
 use super::yaml::{self, ConfigError, ConfigErrors, suggest};
 use super::{
-    AccessLogConfig, Config, FastcgiConfig, ListenAddr, LoggingConfig, PhpConfig, SecurityConfig,
+    AccessLogConfig, Config, FastcgiConfig, ListenAddr, LoggingConfig, PhpConfig, ResponseBuffer, SecurityConfig,
     ServerSettings, WorkerConfig, defaults,
 };
 
@@ -646,6 +646,16 @@ fn load_worker(
                     key == "opcache.file_cache" || (key == "opcache.enable" && value.0 == "0")
                 }),
             cache_dir: None,
+            request_buffering: php_raw.request_buffering.unwrap_or(true),
+            response_buffer: ResponseBuffer {
+                enabled: php_raw.response_buffering.unwrap_or(true),
+                memory_bytes: php_raw
+                    .response_buffer_memory
+                    .map_or(defaults::RESPONSE_BUFFER_MEMORY, |size| size.0),
+                max_bytes: php_raw
+                    .max_response_buffer
+                    .map_or(defaults::MAX_RESPONSE_BUFFER, |size| size.0),
+            },
         },
         pool,
         fastcgi,
@@ -883,6 +893,16 @@ pub fn normalize_route(path: &str) -> Result<String, String> {
             "`{path}` is not a clean URL path (no //, ., .., ?, #, %, spaces)"
         ));
     }
+    // Requests are routed on their normal form, in which every other byte
+    // is percent-encoded (http/normalize.rs): a route must be spelt the same.
+    if let Some(c) = trimmed
+        .chars()
+        .find(|&c| !(c.is_ascii_alphanumeric() || "/-._~!$&'()*+,;=:@".contains(c)))
+    {
+        return Err(format!(
+            "`{path}` contains `{c}`; a route may use ASCII letters, digits and -._~!$&'()*+,;=:@"
+        ));
+    }
     Ok(trimmed.to_owned())
 }
 
@@ -977,6 +997,8 @@ mod tests {
         assert!(normalize_route("blog").is_err());
         assert!(normalize_route("/a//b").is_err());
         assert!(normalize_route("/a/../b").is_err());
+        assert!(normalize_route("/café").is_err());
+        assert_eq!(normalize_route("/api~v1"), Ok("/api~v1".to_owned()));
     }
 
     #[test]

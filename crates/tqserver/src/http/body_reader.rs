@@ -105,6 +105,9 @@ pub enum Remaining {
     Nothing,
     Bytes(u64),
     Chunked,
+    /// The client waits for `100 Continue` before sending a body nobody
+    /// read: it may send it later or never, so the connection closes.
+    NotInvited,
     /// The body broke (bad chunk syntax, client gone): the connection cannot
     /// carry another request.
     Broken,
@@ -121,7 +124,19 @@ struct Inner {
     read_timeout: Duration,
     stall: Option<Pin<Box<Sleep>>>,
     home: oneshot::Sender<(Box<ConnReader>, Remaining)>,
+    /// The most body bytes accepted (`server.max_body_bytes`); chunk sizes
+    /// that would pass it are refused as soon as they are read.
+    max_bytes: u64,
+    /// Chunk bytes announced so far.
+    announced: u64,
+    /// Bytes of `100 Continue` still to send before the first wait for body
+    /// bytes (the client asked with `Expect: 100-continue`).
+    continue_left: usize,
 }
+
+/// The interim response sent, on the first read, to a client that expects
+/// it: only a request whose body is actually wanted gets it.
+const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum State {
@@ -141,7 +156,7 @@ impl RequestBody {
     pub fn new(
         reader: Box<ConnReader>,
         framing: Framing,
-        read_timeout: Duration,
+        limits: BodyLimits,
     ) -> (Self, oneshot::Receiver<(Box<ConnReader>, Remaining)>) {
         let (home, back) = oneshot::channel();
         let state = match framing {
@@ -154,9 +169,16 @@ impl RequestBody {
                 inner: Some(Inner {
                     reader,
                     state,
-                    read_timeout,
+                    read_timeout: limits.read_timeout,
                     stall: None,
                     home,
+                    max_bytes: limits.max_bytes,
+                    announced: 0,
+                    continue_left: if limits.expect_continue {
+                        CONTINUE.len()
+                    } else {
+                        0
+                    },
                 }),
             },
             back,
@@ -164,7 +186,27 @@ impl RequestBody {
     }
 }
 
+/// What bounds a request body.
+#[derive(Clone, Copy, Debug)]
+pub struct BodyLimits {
+    /// Longest stall between body bytes.
+    pub read_timeout: Duration,
+    /// Most bytes in the body.
+    pub max_bytes: u64,
+    /// The client sent `Expect: 100-continue`.
+    pub expect_continue: bool,
+}
+
 impl RequestBody {
+    /// Whether the client is still waiting for `100 Continue`, which it gets
+    /// only when the body is first read: a request answered without reading
+    /// its body (a 404, a redirect) never invites the upload.
+    pub fn continue_unsent(&self) -> bool {
+        self.inner
+            .as_ref()
+            .is_some_and(|inner| inner.continue_left == CONTINUE.len())
+    }
+
     /// The whole body, if it has a length and already arrived with the head
     /// (a small form post usually does): it can then go to PHP with the
     /// params in one write.
@@ -186,6 +228,7 @@ impl Drop for RequestBody {
         if let Some(inner) = self.inner.take() {
             let remaining = match inner.state {
                 State::Length(0) | State::Chunked(Chunked::Done) => Remaining::Nothing,
+                _ if inner.continue_left == CONTINUE.len() => Remaining::NotInvited,
                 State::Length(left) => Remaining::Bytes(left),
                 State::Chunked(_) => Remaining::Chunked,
                 State::Broken => Remaining::Broken,
@@ -201,6 +244,10 @@ impl Drop for RequestBody {
 /// in front are how requests get smuggled.
 fn chunk_size(line: &[u8]) -> Option<u64> {
     let line = line.strip_suffix(b"\r")?;
+    // No bare CR (or other control character) hides in the extensions.
+    if line.iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f) {
+        return None;
+    }
     let digits = match line.iter().position(|&b| b == b';') {
         // Whitespace is allowed only before the extensions (BWS).
         Some(semi) => {
@@ -224,9 +271,40 @@ fn invalid(message: &'static str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, message)
 }
 
+/// The error of a body that would pass `max_body_bytes` (answered with 413).
+pub fn too_large() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::FileTooLarge,
+        "request body larger than server.max_body_bytes",
+    )
+}
+
 impl Inner {
+    /// Sends what is left of `100 Continue`. The response has not started
+    /// (it is written only once the service returns), so these bytes cannot
+    /// interleave with it; a write never blocks the task (it waits for the
+    /// socket's readiness like any other poll).
+    fn poll_continue(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let stream: &tokio::net::TcpStream = self.reader.half.as_ref();
+        while self.continue_left > 0 {
+            let unsent = &CONTINUE[CONTINUE.len() - self.continue_left..];
+            match stream.try_write(unsent) {
+                Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Ok(written) => self.continue_left -= written,
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                    ready!(stream.poll_write_ready(cx))?;
+                }
+                Err(err) => return Poll::Ready(Err(err)),
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+
     /// Reads more, with the read timeout running only while nothing comes.
     fn poll_more(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.continue_left > 0 {
+            ready!(self.poll_continue(cx))?;
+        }
         match self.reader.poll_fill(cx) {
             Poll::Ready(Ok(0)) => Poll::Ready(Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
@@ -276,6 +354,10 @@ impl Inner {
                             let Some(size) = chunk_size(&buf[..end]) else {
                                 return Poll::Ready(Some(Err(invalid("bad chunk size"))));
                             };
+                            self.announced = self.announced.saturating_add(size);
+                            if self.announced > self.max_bytes {
+                                return Poll::Ready(Some(Err(too_large())));
+                            }
                             self.reader.buf.advance(end + 1);
                             self.state = State::Chunked(if size == 0 {
                                 Chunked::Trailers(0)
@@ -399,6 +481,14 @@ mod tests {
         (Box::new(ConnReader::new(read)), client)
     }
 
+    fn limits(read_timeout: Duration) -> BodyLimits {
+        BodyLimits {
+            read_timeout,
+            max_bytes: 1 << 20,
+            expect_continue: false,
+        }
+    }
+
     async fn read_all(body: &mut RequestBody) -> io::Result<Vec<u8>> {
         let mut out = Vec::new();
         while let Some(frame) = body.frame().await {
@@ -414,7 +504,7 @@ mod tests {
             .write_all(b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: 1\r\n\r\nGET /next")
             .await
             .unwrap();
-        let (mut body, back) = RequestBody::new(reader, Framing::Chunked, Duration::from_secs(5));
+        let (mut body, back) = RequestBody::new(reader, Framing::Chunked, limits(Duration::from_secs(5)));
         assert_eq!(read_all(&mut body).await.unwrap(), b"hello world");
         assert!(http_body::Body::is_end_stream(&body));
         drop(body);
@@ -427,7 +517,7 @@ mod tests {
     async fn length_bodies_stop_at_their_length() {
         let (reader, mut client) = pair().await;
         client.write_all(b"abcdefGET /").await.unwrap();
-        let (mut body, back) = RequestBody::new(reader, Framing::Length(6), Duration::from_secs(5));
+        let (mut body, back) = RequestBody::new(reader, Framing::Length(6), limits(Duration::from_secs(5)));
         assert_eq!(read_all(&mut body).await.unwrap(), b"abcdef");
         drop(body);
         let (reader, remaining) = back.await.unwrap();
@@ -439,7 +529,7 @@ mod tests {
     async fn bad_chunks_and_early_eof_are_errors() {
         let (reader, mut client) = pair().await;
         client.write_all(b"zz\r\n").await.unwrap();
-        let (mut body, back) = RequestBody::new(reader, Framing::Chunked, Duration::from_secs(5));
+        let (mut body, back) = RequestBody::new(reader, Framing::Chunked, limits(Duration::from_secs(5)));
         assert!(read_all(&mut body).await.is_err());
         drop(body);
         assert_eq!(back.await.unwrap().1, Remaining::Broken);
@@ -448,7 +538,7 @@ mod tests {
         client.write_all(b"abc").await.unwrap();
         drop(client);
         let (mut body, back) =
-            RequestBody::new(reader, Framing::Length(10), Duration::from_secs(5));
+            RequestBody::new(reader, Framing::Length(10), limits(Duration::from_secs(5)));
         assert!(read_all(&mut body).await.is_err());
         drop(body);
         assert_eq!(back.await.unwrap().1, Remaining::Broken);
@@ -471,6 +561,8 @@ mod tests {
             b"\r",
             b"1ffffffffffffffff\r",
             b"5\r\r",
+            b"5;a\rb\r",
+            b"5;a\x00\r",
         ] {
             assert_eq!(chunk_size(bad), None, "{}", String::from_utf8_lossy(bad));
         }
@@ -479,7 +571,7 @@ mod tests {
     #[tokio::test]
     async fn endless_trailers_are_refused() {
         let (reader, mut client) = pair().await;
-        let (mut body, _back) = RequestBody::new(reader, Framing::Chunked, Duration::from_secs(5));
+        let (mut body, _back) = RequestBody::new(reader, Framing::Chunked, limits(Duration::from_secs(5)));
         let writer = tokio::spawn(async move {
             client.write_all(b"1\r\nx\r\n0\r\n").await.unwrap();
             for _ in 0..MAX_TRAILERS {
@@ -499,8 +591,47 @@ mod tests {
         let (reader, mut client) = pair().await;
         client.write_all(b"abc").await.unwrap();
         let (mut body, _back) =
-            RequestBody::new(reader, Framing::Length(10), Duration::from_millis(200));
+            RequestBody::new(reader, Framing::Length(10), limits(Duration::from_millis(200)));
         let err = read_all(&mut body).await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+    }
+
+    #[tokio::test]
+    async fn a_chunk_past_the_limit_is_refused_at_once() {
+        let (reader, mut client) = pair().await;
+        // Announces 2 MiB and sends nothing more: no wait for it.
+        client.write_all(b"200000\r\n").await.unwrap();
+        let (mut body, _back) = RequestBody::new(reader, Framing::Chunked, limits(Duration::from_secs(30)));
+        let started = std::time::Instant::now();
+        let err = read_all(&mut body).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::FileTooLarge);
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    #[tokio::test]
+    async fn continue_goes_out_only_when_the_body_is_read() {
+        use tokio::io::AsyncReadExt;
+        let expecting = BodyLimits {
+            expect_continue: true,
+            ..limits(Duration::from_secs(5))
+        };
+        let (reader, mut client) = pair().await;
+        let (mut body, _back) = RequestBody::new(reader, Framing::Length(3), expecting);
+        assert!(body.continue_unsent());
+        let reading = tokio::spawn(async move { read_all(&mut body).await });
+        let mut interim = [0u8; CONTINUE.len()];
+        client.read_exact(&mut interim).await.unwrap();
+        assert_eq!(&interim, CONTINUE);
+        client.write_all(b"abc").await.unwrap();
+        assert_eq!(reading.await.unwrap().unwrap(), b"abc");
+
+        // Dropped unread: nothing is sent.
+        let (reader, mut client) = pair().await;
+        let (body, back) = RequestBody::new(reader, Framing::Length(3), expecting);
+        drop(body);
+        drop(back.await.unwrap());
+        let mut rest = Vec::new();
+        let read = tokio::time::timeout(Duration::from_millis(200), client.read_to_end(&mut rest)).await;
+        assert!(read.is_err() || rest.is_empty(), "{rest:?}");
     }
 }

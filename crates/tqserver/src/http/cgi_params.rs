@@ -3,9 +3,11 @@
 //!
 //! Every request header becomes `HTTP_*`, except `Proxy` (httpoxy: it would
 //! become HTTP_PROXY, which HTTP clients in PHP read as their proxy) and
-//! names containing '_' (dropped, as nginx does by default, so `X_Real_IP`
-//! cannot pose as `X-Real-IP`). Repeated headers are joined with ", " (";"
-//! for cookies).
+//! names with any character but letters, digits and '-' (dropped, as nginx's
+//! `ignore_invalid_headers` does): PHP turns '_', '.', ' ' and '[' of a
+//! variable name into '_', so `X.Forwarded.For` or `X_Real_IP` could pose as
+//! `X-Forwarded-For` or `X-Real-IP`. Repeated headers are joined with ", "
+//! ("; " for cookies).
 
 use std::net::SocketAddr;
 use std::os::unix::ffi::OsStrExt;
@@ -85,6 +87,7 @@ pub fn write(buf: &mut BytesMut, request: &CgiRequest<'_>) {
         );
     }
     params.pair(b"REDIRECT_STATUS", b"200");
+    params.pair(b"REMOTE_USER", &remote_user(request.headers));
 
     let mut numbers = itoa::Buffer::new();
     let mut ip = IpText::default();
@@ -122,7 +125,7 @@ pub fn write(buf: &mut BytesMut, request: &CgiRequest<'_>) {
         if name == header::CONTENT_TYPE
             || name == header::CONTENT_LENGTH
             || name.as_str() == "proxy"
-            || name.as_str().contains('_')
+            || !is_plain_name(name.as_str())
         {
             continue;
         }
@@ -149,6 +152,68 @@ pub fn write(buf: &mut BytesMut, request: &CgiRequest<'_>) {
         }
     }
     params.finish();
+}
+
+/// Whether a header name is letters, digits and '-' only (header names are
+/// lower case here).
+fn is_plain_name(name: &str) -> bool {
+    name.bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+/// The user name of `Authorization: Basic`, as nginx's `$remote_user` (which
+/// its `fastcgi_params` passes as REMOTE_USER whether or not the site checks
+/// passwords); empty without one.
+fn remote_user(headers: &HeaderMap) -> Vec<u8> {
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Vec::new();
+    };
+    let value = value.as_bytes();
+    if value.len() < 6 || !value[..6].eq_ignore_ascii_case(b"basic ") {
+        return Vec::new();
+    }
+    let Some(decoded) = base64_decode(value[6..].trim_ascii()) else {
+        return Vec::new();
+    };
+    let user = decoded.split(|&b| b == b':').next().unwrap_or_default();
+    // A user name with control characters is not passed on.
+    if user.iter().any(|&b| b < 0x20 || b == 0x7f) {
+        return Vec::new();
+    }
+    user.to_vec()
+}
+
+/// Standard base64 with padding; `None` if malformed.
+fn base64_decode(text: &[u8]) -> Option<Vec<u8>> {
+    fn value(byte: u8) -> Option<u32> {
+        Some(match byte {
+            b'A'..=b'Z' => byte - b'A',
+            b'a'..=b'z' => byte - b'a' + 26,
+            b'0'..=b'9' => byte - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        } as u32)
+    }
+    if text.len() % 4 != 0 {
+        return None;
+    }
+    let mut out = Vec::with_capacity(text.len() / 4 * 3);
+    for (index, quad) in text.chunks(4).enumerate() {
+        let last = index == text.len() / 4 - 1;
+        let padding = quad.iter().rev().take_while(|&&b| b == b'=').count();
+        if padding > 2 || (padding > 0 && !last) {
+            return None;
+        }
+        let mut bits = 0u32;
+        for &byte in &quad[..4 - padding] {
+            bits = (bits << 6) | value(byte)?;
+        }
+        bits <<= 6 * padding as u32;
+        let bytes = bits.to_be_bytes();
+        out.extend_from_slice(&bytes[1..4 - padding]);
+    }
+    Some(out)
 }
 
 /// The lengths of an `HTTP_*` pair and its name, upper-cased in place.
@@ -221,4 +286,46 @@ fn server_name<'a>(request: &'a CgiRequest<'_>) -> Option<&'a str> {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"-.[]:".contains(&b)))
     .then_some(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{base64_decode, is_plain_name, remote_user};
+    use http::{HeaderMap, HeaderValue, header};
+
+    #[test]
+    fn only_letters_digits_and_dashes_pass() {
+        assert!(is_plain_name("x-forwarded-for"));
+        assert!(is_plain_name("x-api-key2"));
+        for name in ["x_real_ip", "x.forwarded.for", "x[forwarded", "x~y"] {
+            assert!(!is_plain_name(name), "{name}");
+        }
+    }
+
+    #[test]
+    fn base64_round_trips_and_refuses_garbage() {
+        assert_eq!(base64_decode(b"YWxpY2U6c2VjcmV0").unwrap(), b"alice:secret");
+        assert_eq!(base64_decode(b"YQ==").unwrap(), b"a");
+        assert_eq!(base64_decode(b"YWI=").unwrap(), b"ab");
+        assert_eq!(base64_decode(b"").unwrap(), b"");
+        assert!(base64_decode(b"YQ=").is_none());
+        assert!(base64_decode(b"YQ==YQ==").is_none());
+        assert!(base64_decode(b"Y*==").is_none());
+    }
+
+    #[test]
+    fn remote_user_is_the_basic_auth_name() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(remote_user(&headers), b"");
+        headers.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Basic YWxpY2U6c2VjcmV0"),
+        );
+        assert_eq!(remote_user(&headers), b"alice");
+        headers.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer abc"),
+        );
+        assert_eq!(remote_user(&headers), b"");
+    }
 }

@@ -36,7 +36,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use super::body::Body;
-use super::body_reader::{ConnReader, Framing, Remaining, RequestBody};
+use super::body_reader::{BodyLimits, ConnReader, Framing, Remaining, RequestBody};
 use super::service::{self, Frontend};
 
 /// Unread request body discarded to keep a connection alive; beyond this
@@ -56,6 +56,8 @@ enum HeadError {
     Closed,
     TimedOut,
     TooLarge,
+    /// The request line alone is longer than the head may be.
+    UriTooLong,
     Malformed(&'static str),
     Version,
 }
@@ -106,6 +108,7 @@ pub async fn serve_connection(
                         StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
                         "request head too large",
                     ),
+                    HeadError::UriTooLong => (StatusCode::URI_TOO_LONG, "request target too long"),
                     HeadError::Version => (
                         StatusCode::HTTP_VERSION_NOT_SUPPORTED,
                         "unsupported HTTP version",
@@ -120,6 +123,14 @@ pub async fn serve_connection(
                 return;
             }
         };
+        let mut head = head;
+        if let Err(why) = check_authority(&mut head) {
+            info!(%peer, status = 400, uri = %head.uri, "refusing request: {why}");
+            if writer.simple(StatusCode::BAD_REQUEST, head.version).await.is_ok() {
+                linger(&mut reader, &mut writer).await;
+            }
+            return;
+        }
         let framing = match framing(&head) {
             Ok(framing) => framing,
             Err((status, why)) => {
@@ -131,8 +142,6 @@ pub async fn serve_connection(
             }
         };
         let mut keep_alive = wants_keep_alive(&head) && !shutdown.is_cancelled();
-        // The client may still be sending a body nobody read.
-        let mut unread_input = false;
         let version = head.version;
         let is_head = head.method == Method::HEAD;
 
@@ -154,15 +163,13 @@ pub async fn serve_connection(
                     }
                     return;
                 }
-                if expects_continue(&head)
-                    && writer
-                        .write(b"HTTP/1.1 100 Continue\r\n\r\n")
-                        .await
-                        .is_err()
-                {
-                    return;
-                }
-                let (body, back) = RequestBody::new(reader, framing, settings.read_timeout);
+                // `100 Continue` goes out when the body is first read.
+                let limits = BodyLimits {
+                    read_timeout: settings.read_timeout,
+                    max_bytes: settings.max_body_bytes,
+                    expect_continue: expects_continue(&head),
+                };
+                let (body, back) = RequestBody::new(reader, framing, limits);
                 (body, Some(back), None)
             }
         };
@@ -173,14 +180,14 @@ pub async fn serve_connection(
         *request.headers_mut() = head.headers;
 
         let service = Box::pin(service::handle(front.clone(), request, peer, local));
-        let response = match idle_reader {
+        let (response, remaining) = match idle_reader {
             // No body to read: watch the socket, so a client that goes away
             // cancels its request (and the worker is freed).
             Some(mut idle) => {
                 let response = watch_client(&mut idle, service, settings.max_header_bytes).await;
                 reader = idle;
                 match response {
-                    Some(response) => response,
+                    Some(response) => (response, Remaining::Nothing),
                     None => return,
                 }
             }
@@ -191,11 +198,21 @@ pub async fn serve_connection(
                     return;
                 };
                 reader = home;
-                if !settle_body(&mut reader, remaining, settings.read_timeout).await {
-                    keep_alive = false;
-                    unread_input = true;
-                }
-                response
+                (response, remaining)
+            }
+        };
+        // What the service left of the body is read and dropped after the
+        // response (a client may wait for the answer before it sends more),
+        // if it is small enough; otherwise the connection closes.
+        let discard_after = match remaining {
+            Remaining::Nothing => 0,
+            Remaining::Bytes(left) if left <= MAX_DISCARD => left,
+            Remaining::Bytes(_)
+            | Remaining::Chunked
+            | Remaining::NotInvited
+            | Remaining::Broken => {
+                keep_alive = false;
+                0
             }
         };
 
@@ -206,15 +223,20 @@ pub async fn serve_connection(
             .response(response, version, is_head, keep_alive)
             .await
         {
-            Ok(true) if keep_alive => {}
-            Ok(true) if unread_input || !reader.buf.is_empty() => {
-                linger(&mut reader, &mut writer).await;
+            Ok(true) if keep_alive => {
+                if discard(&mut reader, discard_after, settings.read_timeout)
+                    .await
+                    .is_err()
+                {
+                    close(&mut reader, &mut writer).await;
+                    return;
+                }
+            }
+            Ok(_) => {
+                close(&mut reader, &mut writer).await;
                 return;
             }
-            _ => {
-                let _ = writer.half.shutdown().await;
-                return;
-            }
+            Err(_) => return,
         }
         reader.shrink();
         writer.shrink();
@@ -235,16 +257,30 @@ pub async fn serve_connection(
 /// from about 1.5 ms to 10-25 ms (bench, 10 KB static file at c=20).
 const FAIR_SHARE: u64 = 16;
 
-/// Longest time spent draining a client's input after a closing response.
-const LINGER_TIME: Duration = Duration::from_secs(5);
-/// Longest wait for more input while lingering.
-const LINGER_IDLE: Duration = Duration::from_secs(1);
+/// Longest time spent draining a client's input after a closing response
+/// (nginx's `lingering_time`).
+const LINGER_TIME: Duration = Duration::from_secs(30);
+/// Longest wait for more input while lingering (nginx's `lingering_timeout`).
+const LINGER_IDLE: Duration = Duration::from_secs(5);
 
-/// Closes a connection whose client may still be sending (a refused upload,
-/// a body nobody read): the response goes out with a FIN, then input is
-/// read and dropped for a while. Closing with unread input would make the
-/// kernel answer with a reset, and the client would see "connection reset"
-/// instead of the response (as nginx's lingering_close explains).
+/// Ends a connection after its last response. If the client may still be
+/// sending (more pipelined requests, a body nobody read), the response goes
+/// out with a FIN and input is then read and dropped until the client
+/// closes, for a while: closing a socket with unread input makes the kernel
+/// send a reset, which destroys whatever of the response the client had not
+/// yet received (nginx's `lingering_close`).
+async fn close(reader: &mut ConnReader, writer: &mut Writer) {
+    let more_input = !reader.buf.is_empty()
+        || !matches!(reader.try_fill(), Err(ref err) if err.kind() == io::ErrorKind::WouldBlock);
+    if more_input {
+        linger(reader, writer).await;
+    } else {
+        let _ = writer.half.shutdown().await;
+    }
+}
+
+/// The FIN, then input read and dropped until the client closes, goes quiet
+/// for [`LINGER_IDLE`], or [`LINGER_TIME`] has passed.
 async fn linger(reader: &mut ConnReader, writer: &mut Writer) {
     if writer.half.shutdown().await.is_err() {
         return;
@@ -283,17 +319,6 @@ async fn watch_client(
                 }
             }
         }
-    }
-}
-
-/// Reads and drops what the service left of the request body; whether the
-/// connection can carry the next request.
-async fn settle_body(reader: &mut ConnReader, remaining: Remaining, timeout: Duration) -> bool {
-    match remaining {
-        Remaining::Nothing => true,
-        Remaining::Broken | Remaining::Chunked => false,
-        Remaining::Bytes(left) if left > MAX_DISCARD => false,
-        Remaining::Bytes(left) => discard(reader, left, timeout).await.is_ok(),
     }
 }
 
@@ -372,12 +397,23 @@ fn parse_head(
         heap = vec![httparse::EMPTY_HEADER; max_headers];
         &mut heap
     };
+    // A later HTTP/1.x is served as HTTP/1.1 (RFC 9110 2.5: a minor
+    // version is compatible), which httparse does not know.
+    downgrade_minor_version(&mut reader.buf);
     let mut parsed = httparse::Request::new(slots);
+    let too_large = |buf: &[u8]| {
+        let line_end = memchr::memchr(b'\n', &buf[..buf.len().min(max_bytes + 1)]);
+        if line_end.is_none() {
+            HeadError::UriTooLong
+        } else {
+            HeadError::TooLarge
+        }
+    };
     let length = match parsed.parse(&reader.buf) {
         Ok(httparse::Status::Complete(length)) => length,
         Ok(httparse::Status::Partial) => {
             return if reader.buf.len() > max_bytes {
-                Err(HeadError::TooLarge)
+                Err(too_large(&reader.buf))
             } else {
                 Ok(None)
             };
@@ -387,7 +423,7 @@ fn parse_head(
         Err(_) => return Err(HeadError::Malformed("malformed request head")),
     };
     if length > max_bytes {
-        return Err(HeadError::TooLarge);
+        return Err(too_large(&reader.buf));
     }
     let version = match parsed.version {
         Some(1) => Version::HTTP_11,
@@ -432,15 +468,91 @@ fn parse_head(
     }))
 }
 
+/// Rewrites `HTTP/1.2` (to `.9`) at the end of a complete request line to
+/// `HTTP/1.1`; anything else is left for the parser to refuse.
+fn downgrade_minor_version(buf: &mut BytesMut) {
+    let Some(end) = memchr::memchr(b'\n', buf) else {
+        return;
+    };
+    let line = buf[..end].strip_suffix(b"\r").unwrap_or(&buf[..end]);
+    let Some(at) = line.len().checked_sub(8) else {
+        return;
+    };
+    if line[at..at + 7] == *b"HTTP/1." && (b'2'..=b'9').contains(&line[at + 7]) {
+        buf[at + 7] = b'1';
+    }
+}
+
+/// Checks the request's authority (RFC 9112 3.2): an HTTP/1.1 request has
+/// exactly one Host; a Host is a valid `uri-host [":" port]`; in an
+/// absolute-form target the target's authority wins and replaces Host, and
+/// userinfo in it is refused (RFC 9110 4.2.4).
+fn check_authority(head: &mut Head) -> Result<(), &'static str> {
+    if let Some(authority) = head.uri.authority() {
+        match head.uri.scheme_str() {
+            Some(scheme)
+                if scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https") => {}
+            _ => return Err("request target with a scheme other than http"),
+        }
+        if authority.as_str().contains('@') {
+            return Err("userinfo in the request target");
+        }
+        if !valid_host(authority.as_str().as_bytes()) {
+            return Err("invalid host in the request target");
+        }
+        let value = HeaderValue::from_str(authority.as_str())
+            .map_err(|_| "invalid host in the request target")?;
+        head.headers.insert(header::HOST, value);
+        return Ok(());
+    }
+    let mut hosts = head.headers.get_all(header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (Some(_), Some(_)) => Err("more than one Host"),
+        (None, _) if head.version == Version::HTTP_11 => Err("HTTP/1.1 request without Host"),
+        (None, _) => Ok(()),
+        (Some(host), None) if valid_host(host.as_bytes()) => Ok(()),
+        (Some(_), None) => Err("invalid Host"),
+    }
+}
+
+/// `uri-host [":" port]` (RFC 3986): a bracketed IP literal or a reg-name
+/// (unreserved, percent-encoded and sub-delims characters), never empty
+/// (nginx refuses an empty Host too).
+fn valid_host(host: &[u8]) -> bool {
+    let (name, port) = if host.first() == Some(&b'[') {
+        let Some(end) = host.iter().position(|&b| b == b']') else {
+            return false;
+        };
+        let literal = &host[1..end];
+        if literal.is_empty()
+            || !literal
+                .iter()
+                .all(|&b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
+        {
+            return false;
+        }
+        match &host[end + 1..] {
+            [] => (&host[..=end], None),
+            [b':', port @ ..] => (&host[..=end], Some(port)),
+            _ => return false,
+        }
+    } else {
+        match host.iter().rposition(|&b| b == b':') {
+            Some(colon) => (&host[..colon], Some(&host[colon + 1..])),
+            None => (host, None),
+        }
+    };
+    let name_ok = name.first() == Some(&b'[')
+        || (!name.is_empty()
+            && name
+                .iter()
+                .all(|&b| b.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=".contains(&b)));
+    name_ok && port.is_none_or(|port| port.len() <= 5 && port.iter().all(u8::is_ascii_digit))
+}
+
 /// How the request body is delimited, refusing anything ambiguous.
 fn framing(head: &Head) -> Result<Framing, (StatusCode, &'static str)> {
     let bad = |why| Err((StatusCode::BAD_REQUEST, why));
-    if head.version == Version::HTTP_11 {
-        let hosts = head.headers.get_all(header::HOST).iter().count();
-        if hosts != 1 {
-            return bad("HTTP/1.1 request without exactly one Host");
-        }
-    }
     let mut transfer = head.headers.get_all(header::TRANSFER_ENCODING).iter();
     let chunked = match (transfer.next(), transfer.next()) {
         (None, _) => false,
@@ -737,5 +849,54 @@ mod date {
             }
             buf.extend_from_slice(&cache.1);
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{downgrade_minor_version, valid_host};
+    use bytes::BytesMut;
+
+    #[test]
+    fn hosts() {
+        for good in [
+            "localhost",
+            "example.com:8080",
+            "127.0.0.1",
+            "[::1]",
+            "[::1]:80",
+            "xn--caf-dma.example",
+            "a.b:",
+        ] {
+            assert!(valid_host(good.as_bytes()), "{good}");
+        }
+        for bad in [
+            "",
+            ":80",
+            "evil.com/x",
+            "evil.com x",
+            "a b",
+            "host:port",
+            "host:123456",
+            "[::1",
+            "[zz]",
+            "[::1]x",
+            "user@host",
+            "a\\b",
+        ] {
+            assert!(!valid_host(bad.as_bytes()), "{bad}");
+        }
+    }
+
+    #[test]
+    fn later_minor_versions_become_1_1() {
+        let mut buf = BytesMut::from(&b"GET / HTTP/1.2\r\nHost: x\r\n\r\n"[..]);
+        downgrade_minor_version(&mut buf);
+        assert!(buf.starts_with(b"GET / HTTP/1.1\r\n"));
+        for other in [&b"GET / HTTP/2.0\r\n"[..], b"GET / HTTP/1.0\r\n", b"GET /"] {
+            let mut buf = BytesMut::from(other);
+            downgrade_minor_version(&mut buf);
+            assert_eq!(&buf[..], other);
+        }
     }
 }

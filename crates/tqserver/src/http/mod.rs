@@ -15,6 +15,7 @@ pub mod cgi_params;
 pub mod cgi_response;
 pub mod errors;
 pub mod h1;
+pub mod normalize;
 pub mod php;
 pub mod resolve;
 pub mod service;

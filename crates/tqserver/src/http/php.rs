@@ -37,12 +37,12 @@ use arc_swap::ArcSwap;
 /// The request body as it will be sent to PHP.
 pub enum PhpBody {
     Empty,
-    /// Streamed from the client; the length is known up front.
+    /// Streamed from the client as PHP reads it (`php.request_buffering:
+    /// false`); the length is known up front.
     Sized(RequestBody, u64),
-    /// A small chunked body, read whole first because PHP needs
-    /// CONTENT_LENGTH to read a body at all; it goes out with the params.
+    /// A small body, read whole first; it goes out with the params.
     Buffered(Bytes),
-    /// A larger chunked body, written to an unnamed temporary file first.
+    /// A larger body, written to an unnamed temporary file first.
     Spooled(tokio::fs::File, u64),
 }
 
@@ -418,29 +418,47 @@ async fn end_short(lease: &mut Lease) -> Result<(), BodyError> {
         .map_err(BodyError::Worker)
 }
 
-/// Chunked request bodies up to this size stay in memory.
+/// Request bodies up to this size stay in memory.
 const BUFFER_BODY_LIMIT: usize = 64 * 1024;
 
-/// Reads a chunked request body whole (bounded by `limit`), so PHP can be
-/// told its length: in memory when small, else in an unnamed temporary file
-/// written through tokio's blocking pool.
-pub async fn collect_chunked(mut incoming: RequestBody, limit: u64) -> Result<PhpBody, StatusCode> {
+/// Reads a request body whole (bounded by `limit`) before a worker is taken,
+/// as nginx does in front of php-fpm: a client that sends slowly, stalls or
+/// gives up never holds a PHP worker, and a chunked body gets the length PHP
+/// needs. Small bodies stay in memory, larger ones go to an unnamed
+/// temporary file written through tokio's blocking pool.
+pub async fn collect(
+    mut incoming: RequestBody,
+    limit: u64,
+) -> Result<PhpBody, (StatusCode, String)> {
     use tokio::io::{AsyncSeekExt, AsyncWriteExt};
     let internal = |err: io::Error| {
         error!("spooling a request body to a temporary file: {err}");
-        StatusCode::INTERNAL_SERVER_ERROR
+        (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot spool the body: {err}"),
+        )
     };
     let mut memory = BytesMut::new();
     let mut file: Option<tokio::io::BufWriter<tokio::fs::File>> = None;
     let mut length = 0u64;
     while let Some(frame) = incoming.frame().await {
-        let frame = frame.map_err(|_| StatusCode::BAD_REQUEST)?;
+        let frame = frame.map_err(|err| {
+            let status = match err.kind() {
+                io::ErrorKind::FileTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+                io::ErrorKind::TimedOut => StatusCode::REQUEST_TIMEOUT,
+                _ => StatusCode::BAD_REQUEST,
+            };
+            (status, err.to_string())
+        })?;
         let Ok(data) = frame.into_data() else {
             continue;
         };
         length += data.len() as u64;
         if length > limit {
-            return Err(StatusCode::PAYLOAD_TOO_LARGE);
+            return Err((
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "request body larger than server.max_body_bytes".into(),
+            ));
         }
         if file.is_none() && memory.len() + data.len() <= BUFFER_BODY_LIMIT {
             memory.extend_from_slice(&data);

@@ -13,7 +13,7 @@ use super::body::Body;
 use super::body_reader::RequestBody;
 use super::php::{self, PhpBody};
 use super::resolve::{self, Target};
-use super::{errors, static_files};
+use super::{errors, normalize, static_files};
 use crate::config::ServerSettings;
 use crate::observe::{Observation, RequestLine, Telemetry};
 use crate::router::Router;
@@ -32,10 +32,16 @@ pub async fn handle(
     peer: SocketAddr,
     local: SocketAddr,
 ) -> Response<Body> {
+    // The app is chosen, and the file resolved, on one normal form of the
+    // path (see normalize.rs).
+    let normal = normalize::normalize(request.uri().path());
     let router = front.router.load();
-    let app = router
-        .route(request.uri().path())
-        .map(|(app, rest)| (app.clone(), rest.len()));
+    let app = match &normal {
+        Ok(path) => router
+            .route(path)
+            .map(|(app, rest)| (app.clone(), rest.len())),
+        Err(_) => None,
+    };
     drop(router);
     let line = RequestLine::Http {
         method: request.method().clone(),
@@ -50,20 +56,25 @@ pub async fn handle(
         Some(peer),
         line,
     );
-    let response = match app {
-        Some((app, rest_len)) => {
+    let response = match (app, normal) {
+        (Some((app, rest_len)), Ok(path)) => {
+            let rest = &path[path.len() - rest_len..];
             route(
                 &front,
                 app,
                 request,
-                rest_len,
+                rest,
                 peer,
                 local,
                 &mut observation,
             )
             .await
         }
-        None => errors::status(StatusCode::NOT_FOUND),
+        (_, Err(error)) => {
+            warn!(%peer, uri = %request.uri(), "bad request: {}", error.reason());
+            errors::status(StatusCode::BAD_REQUEST)
+        }
+        (None, Ok(_)) => errors::status(StatusCode::NOT_FOUND),
     };
     finish(response, observation)
 }
@@ -85,32 +96,41 @@ async fn route(
     front: &Frontend,
     app: Arc<crate::app::App>,
     request: Request<RequestBody>,
-    rest_len: usize,
+    rest: &str,
     peer: SocketAddr,
     local: SocketAddr,
     observation: &mut Observation,
 ) -> Response<Body> {
-    let path = request.uri().path();
-    let rest = &path[path.len() - rest_len..];
     match resolve::resolve(&app.config, &app.root, rest) {
         Target::Script(script) => {
             let (parts, mut incoming) = request.into_parts();
             let limit = front.settings.max_body_bytes;
+            let streamed = !app.config.php.request_buffering;
             let body = if incoming.is_end_stream() {
                 PhpBody::Empty
-            } else if let Some(length) = incoming.size_hint().exact() {
+            } else if let Some(bytes) = incoming.take_buffered() {
+                PhpBody::Buffered(bytes)
+            } else if let Some(length) = incoming.size_hint().exact()
+                && streamed
+            {
                 if length > limit {
                     info!(worker = %app.config.name, length, limit, "request body too large");
                     return errors::status(StatusCode::PAYLOAD_TOO_LARGE);
                 }
-                match incoming.take_buffered() {
-                    Some(bytes) => PhpBody::Buffered(bytes),
-                    None => PhpBody::Sized(incoming, length),
-                }
+                PhpBody::Sized(incoming, length)
             } else {
-                match Box::pin(php::collect_chunked(incoming, limit)).await {
+                // The whole body first: no worker waits for a client.
+                match Box::pin(php::collect(incoming, limit)).await {
                     Ok(body) => body,
-                    Err(status) => return errors::status(status),
+                    Err((status, why)) => {
+                        info!(
+                            worker = %app.config.name,
+                            %peer,
+                            status = status.as_u16(),
+                            "request body not received: {why}"
+                        );
+                        return errors::status(status);
+                    }
                 }
             };
             // Boxed: the PHP exchange is a large future, and keeping it out
@@ -136,10 +156,13 @@ async fn route(
         ),
         Target::Static { .. } | Target::NotFound => errors::status(StatusCode::NOT_FOUND),
         Target::AddSlash => {
-            let uri = request.uri();
-            let location = match uri.query() {
-                Some(query) => format!("{}/?{query}", uri.path()),
-                None => format!("{}/", uri.path()),
+            // From the normal form, which starts with exactly one '/': a
+            // raw `//host/dir` would make `Location: //host/dir/`, a link to
+            // another site.
+            let path = format!("{}{rest}/", app.config.route);
+            let location = match request.uri().query() {
+                Some(query) => format!("{path}?{query}"),
+                None => path,
             };
             errors::redirect(&location)
         }
