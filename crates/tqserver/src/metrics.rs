@@ -18,10 +18,12 @@ use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 
+use crate::http::response_buffer::BufferMetrics;
 use crate::router::Router;
 
 type WorkerLabel = [(&'static str, String); 1];
 type CodeLabels = [(&'static str, String); 2];
+type StoreLabels = [(&'static str, String); 2];
 /// A metric read off a pool's status: name, help, how to read it.
 type PoolReading<T> = (&'static str, &'static str, fn(&pool::PoolStatus) -> T);
 
@@ -40,6 +42,9 @@ pub struct Metrics {
     durations: Family<WorkerLabel, Histogram>,
     queue_waits: Family<WorkerLabel, Histogram>,
     fastcgi_connections: Family<WorkerLabel, Gauge>,
+    buffered_responses: Family<WorkerLabel, Counter>,
+    buffered_bytes: Family<StoreLabels, Counter>,
+    buffer_held: Family<WorkerLabel, Gauge>,
     pub http_connections: Gauge,
     pub reloads: Counter,
     pub reload_failures: Counter,
@@ -54,6 +59,7 @@ pub struct AppMetrics {
     pub duration: Histogram,
     pub queue_wait: Histogram,
     pub fastcgi_connections: Gauge,
+    pub response_buffer: BufferMetrics,
 }
 
 impl AppMetrics {
@@ -126,6 +132,26 @@ impl Metrics {
             "Configuration reloads refused (invalid configuration)",
             reload_failures.clone(),
         );
+        let buffered_responses = Family::<WorkerLabel, Counter>::default();
+        registry.register(
+            "responses_buffered",
+            "PHP responses held for a client slower than PHP (the worker was freed before the client had read them)",
+            buffered_responses.clone(),
+        );
+        let buffered_bytes = Family::<StoreLabels, Counter>::default();
+        registry.register_with_unit(
+            "response_buffered",
+            "Bytes of PHP responses held for slow clients, by where they were held (memory or file)",
+            Unit::Bytes,
+            buffered_bytes.clone(),
+        );
+        let buffer_held = Family::<WorkerLabel, Gauge>::default();
+        registry.register_with_unit(
+            "response_buffer_held",
+            "Bytes of PHP responses held for clients right now",
+            Unit::Bytes,
+            buffer_held.clone(),
+        );
         registry.register_collector(Box::new(PoolCollector { router, info }));
         Arc::new(Self {
             registry,
@@ -133,6 +159,9 @@ impl Metrics {
             durations,
             queue_waits,
             fastcgi_connections,
+            buffered_responses,
+            buffered_bytes,
+            buffer_held,
             http_connections,
             reloads,
             reload_failures,
@@ -141,6 +170,20 @@ impl Metrics {
 
     pub fn for_app(&self, worker: &str) -> AppMetrics {
         let label = [("worker", worker.to_owned())];
+        // One statement each: `get_or_create` returns a read guard, and a
+        // second call on the same family while it lives would deadlock.
+        let store = |store: &str| {
+            let labels = [("worker", worker.to_owned()), ("store", store.to_owned())];
+            self.buffered_bytes.get_or_create(&labels).clone()
+        };
+        let memory_bytes = store("memory");
+        let file_bytes = store("file");
+        let response_buffer = BufferMetrics {
+            responses: self.buffered_responses.get_or_create(&label).clone(),
+            memory_bytes,
+            file_bytes,
+            held_bytes: self.buffer_held.get_or_create(&label).clone(),
+        };
         AppMetrics {
             worker: worker.to_owned(),
             requests: self.requests.clone(),
@@ -148,6 +191,7 @@ impl Metrics {
             duration: self.durations.get_or_create(&label).clone(),
             queue_wait: self.queue_waits.get_or_create(&label).clone(),
             fastcgi_connections: self.fastcgi_connections.get_or_create(&label).clone(),
+            response_buffer,
         }
     }
 

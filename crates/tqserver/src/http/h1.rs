@@ -670,9 +670,18 @@ impl Writer {
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
-        // A HEAD response describes the body it would have had.
+        // A HEAD response describes the body it would have had; PHP sends
+        // none, so only its own Content-Length can say that.
         let length = if is_head {
-            declared.or(exact)
+            if parts
+                .extensions
+                .get::<super::php::LengthUnknownForHead>()
+                .is_some()
+            {
+                declared
+            } else {
+                declared.or(exact)
+            }
         } else {
             exact.or(declared)
         };

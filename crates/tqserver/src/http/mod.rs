@@ -18,6 +18,7 @@ pub mod h1;
 pub mod normalize;
 pub mod php;
 pub mod resolve;
+pub mod response_buffer;
 pub mod service;
 pub mod static_files;
 

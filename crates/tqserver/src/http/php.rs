@@ -29,10 +29,16 @@ use super::cgi_params::{self, CgiRequest};
 use super::cgi_response::{CgiHead, HeadParser};
 use super::errors;
 use super::resolve::Script;
+use super::response_buffer::{self, SpoolReader};
 use crate::app::App;
 use crate::observe::Observation;
 use crate::router::Router;
 use arc_swap::ArcSwap;
+
+/// Marks a response whose body length tells nothing for a HEAD request:
+/// only a Content-Length the script set may be sent.
+#[derive(Clone, Copy, Debug)]
+pub struct LengthUnknownForHead;
 
 /// The request body as it will be sent to PHP.
 pub enum PhpBody {
@@ -251,7 +257,7 @@ async fn exchange(
             return timed_out(lease);
         }
     };
-    respond(head, first, ended, lease, stderr, deadline)
+    respond(app, head, first, ended, lease, stderr, deadline)
 }
 
 /// How much of a response body [`respond`] collects before it starts
@@ -261,8 +267,11 @@ const PREREAD_LIMIT: usize = 256 * 1024;
 /// Builds the response. Whatever of the body is already buffered (up to
 /// [`PREREAD_LIMIT`]) is taken without waiting; if the response is complete
 /// by then the worker goes back to the pool at once and the body is sent
-/// with a Content-Length.
+/// with a Content-Length. Otherwise the rest is buffered for the client
+/// (response_buffer.rs) or, with `php.response_buffering: false`, streamed
+/// from the worker as the client reads it.
 fn respond(
+    app: &App,
     head: CgiHead,
     first: Bytes,
     mut ended: bool,
@@ -312,18 +321,44 @@ fn respond(
         lease.kill(KillReason::Broken);
         return errors::status(StatusCode::BAD_GATEWAY);
     } else {
+        let buffer = app.config.php.response_buffer;
+        let source = if buffer.enabled {
+            let reader = response_buffer::start(
+                lease,
+                std::mem::take(&mut chunks),
+                stderr,
+                deadline,
+                buffer,
+                app.metrics.response_buffer.clone(),
+            );
+            Source::Spool(reader)
+        } else {
+            Source::Worker {
+                lease: Some(lease),
+                deadline_at: deadline,
+                deadline: Box::pin(tokio::time::sleep_until(deadline)),
+                stderr,
+            }
+        };
+        let declared = head
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.parse::<u64>().ok());
         Body::Php(Box::new(PhpStream {
-            lease: Some(lease),
+            source,
             pending: chunks.into(),
-            deadline: Box::pin(tokio::time::sleep_until(deadline)),
-            stderr,
             observation: None,
             sent_bytes: 0,
+            declared,
         }))
     };
     let mut response = Response::new(body);
     *response.status_mut() = head.status;
     *response.headers_mut() = head.headers;
+    // PHP sends no body for HEAD: the (empty) body says nothing of the
+    // length a GET would have had.
+    response.extensions_mut().insert(LengthUnknownForHead);
     if !response.headers().contains_key(header::CONTENT_TYPE)
         && response.status() != StatusCode::NO_CONTENT
     {
@@ -494,18 +529,39 @@ pub async fn collect(
 
 /// A PHP response body still arriving from the worker.
 pub struct PhpStream {
-    lease: Option<Lease>,
+    source: Source,
     pending: std::collections::VecDeque<Bytes>,
-    deadline: Pin<Box<Sleep>>,
-    stderr: StderrRelay,
     /// Finished (metrics, logs) when the body ends or is dropped.
     observation: Option<(Observation, u16)>,
     sent_bytes: u64,
+    /// The response's Content-Length: once that much is sent the response
+    /// is complete for the client, even if the script goes on working.
+    declared: Option<u64>,
+}
+
+/// Where the rest of a PHP response comes from.
+enum Source {
+    /// Buffered by a task that returns the worker when PHP is done.
+    Spool(SpoolReader),
+    /// Read from the worker as the client takes it (the worker is held).
+    Worker {
+        lease: Option<Lease>,
+        deadline_at: Instant,
+        deadline: Pin<Box<Sleep>>,
+        stderr: StderrRelay,
+    },
 }
 
 impl PhpStream {
     pub fn is_done(&self) -> bool {
-        self.lease.is_none() && self.pending.is_empty()
+        if self.declared.is_some_and(|declared| self.sent_bytes >= declared) {
+            return true;
+        }
+        self.pending.is_empty()
+            && match &self.source {
+                Source::Spool(reader) => reader.is_done(),
+                Source::Worker { lease, .. } => lease.is_none(),
+            }
     }
 
     /// Hands over the request's observation, finished with the body.
@@ -514,7 +570,20 @@ impl PhpStream {
     }
 
     pub fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<Option<io::Result<Bytes>>> {
-        let chunk = self.next_chunk(cx);
+        let mut chunk = match self.declared {
+            Some(declared) if self.sent_bytes >= declared => {
+                self.finish_early();
+                Poll::Ready(None)
+            }
+            _ => self.next_chunk(cx),
+        };
+        // Never more than the declared length: the framing would break.
+        if let (Poll::Ready(Some(Ok(data))), Some(declared)) = (&mut chunk, self.declared) {
+            let left = declared - self.sent_bytes;
+            if data.len() as u64 > left {
+                data.truncate(left as usize);
+            }
+        }
         match &chunk {
             Poll::Ready(Some(Ok(data))) => self.sent_bytes += data.len() as u64,
             Poll::Ready(_) => {
@@ -527,40 +596,65 @@ impl PhpStream {
         chunk
     }
 
+    /// The client has the whole response: a worker still held is left to
+    /// finish the script in the background.
+    fn finish_early(&mut self) {
+        if let Source::Worker {
+            lease,
+            deadline_at,
+            stderr,
+            ..
+        } = &mut self.source
+            && let Some(lease) = lease.take()
+        {
+            let stderr = std::mem::replace(stderr, StderrRelay::new(String::new(), 0));
+            response_buffer::finish_in_background(lease, stderr, *deadline_at);
+        }
+    }
+
     fn next_chunk(&mut self, cx: &mut Context<'_>) -> Poll<Option<io::Result<Bytes>>> {
         if let Some(chunk) = self.pending.pop_front() {
             return Poll::Ready(Some(Ok(chunk)));
         }
-        let Some(lease) = self.lease.as_mut() else {
+        let (lease_slot, deadline, stderr) = match &mut self.source {
+            Source::Spool(reader) => return reader.poll_chunk(cx),
+            Source::Worker {
+                lease,
+                deadline,
+                stderr,
+                ..
+            } => (lease, deadline, stderr),
+        };
+        let Some(lease) = lease_slot.as_mut() else {
             return Poll::Ready(None);
         };
         loop {
             match lease.connection().poll_event(cx) {
                 Poll::Ready(Ok(ResponseEvent::Stdout(data))) => return Poll::Ready(Some(Ok(data))),
-                Poll::Ready(Ok(ResponseEvent::Stderr(data))) => self.stderr.push(&data),
+                Poll::Ready(Ok(ResponseEvent::Stderr(data))) => stderr.push(&data),
                 Poll::Ready(Ok(ResponseEvent::End(_))) => {
-                    self.stderr.flush();
-                    if let Some(lease) = self.lease.take() {
+                    stderr.flush();
+                    if let Some(lease) = lease_slot.take() {
                         lease.complete();
                     }
                     return Poll::Ready(None);
                 }
                 Poll::Ready(Err(err)) => {
-                    self.stderr.flush();
+                    stderr.flush();
                     error!(
-                        worker = %self.stderr.worker,
-                        pid = self.stderr.pid,
+                        worker = %stderr.worker,
+                        pid = stderr.pid,
                         "worker failed mid-response: {err}"
                     );
-                    if let Some(lease) = self.lease.take() {
+                    if let Some(lease) = lease_slot.take() {
                         lease.kill(KillReason::Broken);
                     }
                     return Poll::Ready(Some(Err(io::Error::other(err))));
                 }
                 Poll::Pending => {
-                    if self.deadline.as_mut().poll(cx).is_ready() {
-                        self.stderr.flush();
-                        if let Some(lease) = self.lease.take() {
+                    if deadline.as_mut().poll(cx).is_ready() {
+                        stderr.flush();
+                        if let Some(lease) = lease_slot.take() {
                             lease.kill(KillReason::Timeout);
                         }
                         return Poll::Ready(Some(Err(io::Error::new(
@@ -602,6 +696,10 @@ impl StderrRelay {
             pid,
             partial: Vec::new(),
         }
+    }
+
+    pub fn worker(&self) -> &str {
+        &self.worker
     }
 
     pub fn push(&mut self, data: &[u8]) {

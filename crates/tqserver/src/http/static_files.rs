@@ -129,7 +129,10 @@ fn etag_list_matches(list: &[u8], etag: &str) -> bool {
     })
 }
 
-/// If-Range: the range applies only if the validator still matches.
+/// If-Range: the range applies only if the validator still matches exactly
+/// (RFC 9110 13.1.5): the same strong ETag, or the very Last-Modified date
+/// this file has; a later date is not a match (the file may have changed
+/// and changed back within that time).
 fn if_range_matches(headers: &HeaderMap, etag: &str, modified: SystemTime) -> bool {
     let Some(value) = headers.get(header::IF_RANGE).and_then(|v| v.to_str().ok()) else {
         return true;
@@ -137,7 +140,7 @@ fn if_range_matches(headers: &HeaderMap, etag: &str, modified: SystemTime) -> bo
     if value.starts_with('"') {
         return value == etag;
     }
-    httpdate::parse_http_date(value).is_ok_and(|date| modified <= date)
+    httpdate::parse_http_date(value).is_ok_and(|date| httpdate::fmt_http_date(modified) == httpdate::fmt_http_date(date))
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -148,7 +151,10 @@ enum Range {
         end: u64,
     },
     Unsatisfiable,
-    /// Malformed or several ranges: serve the whole file (RFC 9110 14.2).
+    /// Malformed or several ranges: serve the whole file, which RFC 9110
+    /// 14.2 allows. Several ranges would need multipart/byteranges, which
+    /// clients rarely ask for (download managers ask for one range per
+    /// connection); they get the whole file with 200, never a wrong part.
     Ignore,
 }
 
@@ -229,5 +235,23 @@ mod tests {
         assert!(etag_list_matches(b"\"a\", W/\"b\"", "\"b\""));
         assert!(etag_list_matches(b"*", "\"x\""));
         assert!(!etag_list_matches(b"\"a\"", "\"b\""));
+    }
+
+    #[test]
+    fn if_range_needs_the_exact_date_or_etag() {
+        use std::time::{Duration, UNIX_EPOCH};
+        let modified = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let with = |value: String| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::IF_RANGE, value.parse().unwrap());
+            if_range_matches(&headers, "\"abc\"", modified)
+        };
+        assert!(if_range_matches(&HeaderMap::new(), "\"abc\"", modified));
+        assert!(with(httpdate::fmt_http_date(modified)));
+        assert!(!with(httpdate::fmt_http_date(modified + Duration::from_secs(60))));
+        assert!(!with(httpdate::fmt_http_date(modified - Duration::from_secs(60))));
+        assert!(with("\"abc\"".into()));
+        assert!(!with("\"abd\"".into()));
+        assert!(!with("W/\"abc\"".into()));
     }
 }
