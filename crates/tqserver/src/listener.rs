@@ -6,8 +6,9 @@
 //! and stats with HTTP traffic) over the pool's kept-alive worker
 //! connections. Params pass through as sent, with the HTTP front's safety:
 //! only `php.limit_extensions` run, SCRIPT_FILENAME must lie inside the
-//! document root (unless `check_document_root: false`), and HTTP_PROXY is
-//! dropped (httpoxy). STDIN and STDOUT stream; STDERR goes back to the web
+//! document root (unless `check_document_root: false`) and be reached
+//! through symlinks `security.symlinks` follows, and HTTP_PROXY is dropped
+//! (httpoxy). STDIN and STDOUT stream; STDERR goes back to the web
 //! server and to the log.
 //!
 //! One request at a time per connection (FCGI_MPXS_CONNS=0, as php-fpm): a
@@ -44,6 +45,7 @@ use crate::http::cgi_response::parse_status;
 use crate::http::errors;
 use crate::http::php::{Sent, StderrRelay, send_head};
 use crate::http::resolve::Location;
+use crate::http::symlinks::SymlinkRefusal;
 use crate::metrics::AppMetrics;
 use crate::observe::{Observation, RequestLine, Telemetry};
 use crate::router::Router;
@@ -473,7 +475,7 @@ async fn refuse_with<W: AsyncWrite + Unpin>(
     refusal: Refusal,
 ) -> Result<Outcome, ConnectionError> {
     let (head, body): (&str, &[u8]) = match refusal {
-        Refusal::Extension | Refusal::OutsideRoot => (
+        Refusal::Extension | Refusal::OutsideRoot | Refusal::Symlink(_) => (
             "Status: 403 Forbidden\r\nContent-Type: text/plain\r\n",
             b"Access denied.\n",
         ),
@@ -574,9 +576,17 @@ where
         return refuse_with(writer, request_id, Refusal::Missing).await;
     };
     let script = Path::new(std::ffi::OsStr::from_bytes(script));
-    if let Some(refusal) = refuse(&app, &listener, script) {
-        warn!(worker = %name, script = %script.display(), "FastCGI request refused: {refusal}");
-        return refuse_with(writer, request_id, refusal).await;
+    match refuse(&app, &listener, script) {
+        None => {}
+        // Logged in full once per link, as on the HTTP front.
+        Some(Refusal::Symlink(refusal)) => {
+            app.root.report(&script.to_string_lossy(), &refusal);
+            return refuse_with(writer, request_id, Refusal::Symlink(refusal)).await;
+        }
+        Some(refusal) => {
+            warn!(worker = %name, script = %script.display(), "FastCGI request refused: {refusal}");
+            return refuse_with(writer, request_id, refusal).await;
+        }
     }
 
     let info = RequestInfo::new(
@@ -849,15 +859,19 @@ enum Refusal {
     Extension,
     OutsideRoot,
     Missing,
+    /// Inside the root as written, through a symlink the app's
+    /// `security.symlinks` does not follow.
+    Symlink(SymlinkRefusal),
 }
 
 impl std::fmt::Display for Refusal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Refusal::Extension => "extension not in php.limit_extensions",
-            Refusal::OutsideRoot => "SCRIPT_FILENAME outside the document root",
-            Refusal::Missing => "SCRIPT_FILENAME does not exist",
-        })
+        match self {
+            Refusal::Extension => f.write_str("extension not in php.limit_extensions"),
+            Refusal::OutsideRoot => f.write_str("SCRIPT_FILENAME outside the document root"),
+            Refusal::Missing => f.write_str("SCRIPT_FILENAME does not exist"),
+            Refusal::Symlink(refusal) => write!(f, "{refusal}"),
+        }
     }
 }
 
@@ -870,9 +884,10 @@ fn refuse(app: &App, listener: &FastcgiConfig, script: &Path) -> Option<Refusal>
     if !listener.check_document_root {
         return None;
     }
-    match app.root.locate(script) {
+    match app.root.locate(script, config.security.symlinks) {
         Location::Inside => None,
         Location::Outside => Some(Refusal::OutsideRoot),
+        Location::Refused(refusal) => Some(Refusal::Symlink(refusal)),
         // Lexically outside is outside, whether or not it exists.
         Location::Missing if !script.starts_with(&config.document_root) => {
             Some(Refusal::OutsideRoot)

@@ -180,6 +180,9 @@ pub struct RawStatic {
 pub struct RawSecurity {
     pub allow_dotfiles: Option<bool>,
     pub allowed_dot_paths: Option<Vec<String>>,
+    /// `owner`, `beneath` or `follow`.
+    pub symlinks: Option<String>,
+    /// The older spelling: `true` is `symlinks: follow`, `false` `beneath`.
     pub allow_symlinks_outside_root: Option<bool>,
 }
 

@@ -10,12 +10,13 @@ use std::time::Duration;
 use pool::{Manager, PoolConfig, SocketKind, WorkerCommand};
 
 use super::raw::{
-    RawAccessLog, RawFastcgi, RawFrontController, RawPool, RawServerFile, RawWorkerFile,
+    RawAccessLog, RawFastcgi, RawFrontController, RawPool, RawSecurity, RawServerFile,
+    RawWorkerFile,
 };
 use super::yaml::{self, ConfigError, ConfigErrors, suggest};
 use super::{
     AccessLogConfig, Config, FastcgiConfig, ListenAddr, LoggingConfig, PhpConfig, SecurityConfig,
-    ServerSettings, WorkerConfig, defaults,
+    ServerSettings, SymlinkPolicy, WorkerConfig, defaults,
 };
 
 /// Only what `tqserver status` and `tqserver reload` need from server.yaml
@@ -614,6 +615,7 @@ fn load_worker(
         .access_log
         .as_ref()
         .and_then(|a| access_log(a, folder, "access_log", &at, &mut errors));
+    let symlinks = symlink_policy(&security_raw, &at, &mut errors);
 
     if !errors.is_empty() {
         return Err(errors);
@@ -634,7 +636,7 @@ fn load_worker(
             allowed_dot_paths: security_raw
                 .allowed_dot_paths
                 .unwrap_or_else(|| defaults::ALLOWED_DOT_PATHS.map(String::from).to_vec()),
-            allow_symlinks_outside_root: security_raw.allow_symlinks_outside_root.unwrap_or(false),
+            symlinks,
         },
         php: PhpConfig {
             binary,
@@ -651,6 +653,36 @@ fn load_worker(
         fastcgi,
         access_log,
     }))
+}
+
+/// `security.symlinks`, or its older spelling `allow_symlinks_outside_root`.
+fn symlink_policy(
+    raw: &RawSecurity,
+    at: &dyn Fn(&str, String) -> ConfigError,
+    errors: &mut Vec<ConfigError>,
+) -> SymlinkPolicy {
+    match (raw.symlinks.as_deref(), raw.allow_symlinks_outside_root) {
+        (Some(_), Some(_)) => {
+            errors.push(at(
+                "security.allow_symlinks_outside_root",
+                "set only security.symlinks; allow_symlinks_outside_root is its older spelling (true is `follow`, false is `beneath`)".to_owned(),
+            ));
+            SymlinkPolicy::default()
+        }
+        (Some(text), None) => SymlinkPolicy::parse(text).unwrap_or_else(|| {
+            let hint = suggest(text, &SymlinkPolicy::NAMES)
+                .map(|s| format!("; did you mean `{s}`?"))
+                .unwrap_or_default();
+            errors.push(at(
+                "security.symlinks",
+                format!("`{text}` is not one of owner, beneath, follow{hint}"),
+            ));
+            SymlinkPolicy::default()
+        }),
+        (None, Some(true)) => SymlinkPolicy::Follow,
+        (None, Some(false)) => SymlinkPolicy::Beneath,
+        (None, None) => SymlinkPolicy::default(),
+    }
 }
 
 fn pool_config(

@@ -19,6 +19,7 @@ pub mod php;
 pub mod resolve;
 pub mod service;
 pub mod static_files;
+pub mod symlinks;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
