@@ -7,8 +7,8 @@
 //! connections. Params pass through as sent, with the HTTP front's safety:
 //! only `php.limit_extensions` run, SCRIPT_FILENAME must lie inside the
 //! document root (unless `check_document_root: false`) and be reached
-//! through symlinks `security.symlinks` follows, and HTTP_PROXY is dropped
-//! (httpoxy). STDIN and STDOUT stream; STDERR goes back to the web
+//! through symlinks `security.symlinks` follows, the app's `rules:` apply
+//! to it, and HTTP_PROXY is dropped (httpoxy). STDIN and STDOUT stream; STDERR goes back to the web
 //! server and to the log.
 //!
 //! One request at a time per connection (FCGI_MPXS_CONNS=0, as php-fpm): a
@@ -49,6 +49,7 @@ use crate::http::symlinks::SymlinkRefusal;
 use crate::metrics::AppMetrics;
 use crate::observe::{Observation, RequestLine, Telemetry};
 use crate::router::Router;
+use crate::rules::{DenyStatus, Verdict};
 use arc_swap::ArcSwap;
 
 /// A bound listener, before it serves.
@@ -475,11 +476,21 @@ async fn refuse_with<W: AsyncWrite + Unpin>(
     refusal: Refusal,
 ) -> Result<Outcome, ConnectionError> {
     let (head, body): (&str, &[u8]) = match refusal {
-        Refusal::Extension | Refusal::OutsideRoot | Refusal::Symlink(_) => (
+        Refusal::Extension
+        | Refusal::OutsideRoot
+        | Refusal::Symlink(_)
+        | Refusal::Rule {
+            status: DenyStatus::Forbidden,
+            ..
+        } => (
             "Status: 403 Forbidden\r\nContent-Type: text/plain\r\n",
             b"Access denied.\n",
         ),
-        Refusal::Missing => (
+        Refusal::Missing
+        | Refusal::Rule {
+            status: DenyStatus::NotFound,
+            ..
+        } => (
             "Status: 404 Not Found\r\nContent-Type: text/plain\r\n",
             b"File not found.\n",
         ),
@@ -576,12 +587,16 @@ where
         return refuse_with(writer, request_id, Refusal::Missing).await;
     };
     let script = Path::new(std::ffi::OsStr::from_bytes(script));
-    match refuse(&app, &listener, script) {
+    match refuse(&app, &listener, script, script_name) {
         None => {}
         // Logged in full once per link, as on the HTTP front.
         Some(Refusal::Symlink(refusal)) => {
             app.root.report(&script.to_string_lossy(), &refusal);
             return refuse_with(writer, request_id, Refusal::Symlink(refusal)).await;
+        }
+        Some(refusal @ Refusal::Rule { .. }) => {
+            debug!(worker = %name, script = %script.display(), "FastCGI request refused: {refusal}");
+            return refuse_with(writer, request_id, refusal).await;
         }
         Some(refusal) => {
             warn!(worker = %name, script = %script.display(), "FastCGI request refused: {refusal}");
@@ -862,6 +877,13 @@ enum Refusal {
     /// Inside the root as written, through a symlink the app's
     /// `security.symlinks` does not follow.
     Symlink(SymlinkRefusal),
+    /// A `rules:` entry denies the path, or keeps scripts from running
+    /// there (`static_only`: 403).
+    Rule {
+        status: DenyStatus,
+        rule: usize,
+        static_only: bool,
+    },
 }
 
 impl std::fmt::Display for Refusal {
@@ -871,15 +893,31 @@ impl std::fmt::Display for Refusal {
             Refusal::OutsideRoot => f.write_str("SCRIPT_FILENAME outside the document root"),
             Refusal::Missing => f.write_str("SCRIPT_FILENAME does not exist"),
             Refusal::Symlink(refusal) => write!(f, "{refusal}"),
+            Refusal::Rule {
+                rule,
+                static_only: true,
+                ..
+            } => write!(f, "rules[{rule}] is static_only: no script runs there"),
+            Refusal::Rule { rule, status, .. } => {
+                write!(f, "denied by rules[{rule}] ({})", status.code())
+            }
         }
     }
 }
 
-fn refuse(app: &App, listener: &FastcgiConfig, script: &Path) -> Option<Refusal> {
+fn refuse(
+    app: &App,
+    listener: &FastcgiConfig,
+    script: &Path,
+    script_name: &str,
+) -> Option<Refusal> {
     let config = &app.config;
     let name = script.file_name().and_then(|n| n.to_str()).unwrap_or("");
     if !config.is_executable(name) {
         return Some(Refusal::Extension);
+    }
+    if let Some(refusal) = refuse_by_rules(app, script, script_name) {
+        return Some(refusal);
     }
     if !listener.check_document_root {
         return None;
@@ -893,6 +931,51 @@ fn refuse(app: &App, listener: &FastcgiConfig, script: &Path) -> Option<Refusal>
             Some(Refusal::OutsideRoot)
         }
         Location::Missing => Some(Refusal::Missing),
+    }
+}
+
+/// The app's `rules:` on the script's path below the document root (from
+/// SCRIPT_FILENAME) and on SCRIPT_NAME below the app's route: either one
+/// matching a rule is enough.
+fn refuse_by_rules(app: &App, script: &Path, script_name: &str) -> Option<Refusal> {
+    let rules = &app.config.rules;
+    if rules.is_empty() {
+        return None;
+    }
+    let by_file = app.root.relative_path(script);
+    let route = app.config.route.as_bytes();
+    let name = script_name.as_bytes();
+    let by_name = name
+        .strip_prefix(route)
+        .filter(|rest| rest.is_empty() || rest.starts_with(b"/"))
+        .unwrap_or(name);
+    let mut verdict = Verdict::Allow;
+    for path in by_file.as_deref().into_iter().chain([by_name]) {
+        // A path that climbs out of its start is judged elsewhere.
+        let Some(segments) = crate::rules::normalize(path) else {
+            continue;
+        };
+        match rules.verdict(&segments) {
+            Verdict::Allow => {}
+            deny @ Verdict::Deny { .. } => {
+                verdict = deny;
+                break;
+            }
+            static_only => verdict = static_only,
+        }
+    }
+    match verdict {
+        Verdict::Allow => None,
+        Verdict::Deny { status, rule } => Some(Refusal::Rule {
+            status,
+            rule,
+            static_only: false,
+        }),
+        Verdict::StaticOnly { rule } => Some(Refusal::Rule {
+            status: DenyStatus::Forbidden,
+            rule,
+            static_only: true,
+        }),
     }
 }
 

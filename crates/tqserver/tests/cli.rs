@@ -82,15 +82,35 @@ fn semantic_errors_point_at_their_line() {
 }
 
 #[test]
-fn symlink_mode_errors_point_at_their_line() {
-    let site = Site::new().worker("b", "path: /b\nsecurity:\n  symlinks: owners\n");
+fn rules_and_symlink_mode_errors_point_at_their_line() {
+    let site = Site::new().worker(
+        "b",
+        "path: /b\n\
+         security:\n  symlinks: owners\n\
+         rules:\n\
+         \x20 - path: /data/\n\
+         \x20   deny: 500\n\
+         \x20 - glob: /images/\n\
+         \x20   static_only: true\n\
+         \x20 - path: /a\n\
+         \x20   glob: /b/**\n\
+         \x20   deny: 403\n\
+         \x20 - path: lib/\n\
+         \x20   static_only: false\n",
+    );
     let output = tqserver(&["check", "--config", site.config_path().to_str().unwrap()]);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(2), "{stderr}");
-    assert!(
-        stderr.contains("worker.yaml:3: security.symlinks: `owners` is not one of owner, beneath, follow; did you mean `owner`?"),
-        "{stderr}"
-    );
+    for expected in [
+        "worker.yaml:3: security.symlinks: `owners` is not one of owner, beneath, follow; did you mean `owner`?",
+        "worker.yaml:6: rules[0].deny: `500` is not 403 or 404",
+        "worker.yaml:7: rules[1].glob: `/images/` ends with /; write `/images/**`",
+        "worker.yaml:9: rules[2]: give either `path` (a prefix) or `glob`, not both",
+        "worker.yaml:12: rules[3].path: `lib/` must start with /",
+        "worker.yaml:12: rules[3]: says nothing to do",
+    ] {
+        assert!(stderr.contains(expected), "{expected}\n{stderr}");
+    }
     // Both spellings of the symlink mode at once.
     let site = Site::new().worker(
         "c",

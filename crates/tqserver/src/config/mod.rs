@@ -145,6 +145,8 @@ pub struct WorkerConfig {
     pub pool: pool::PoolConfig,
     pub fastcgi: Option<FastcgiConfig>,
     pub access_log: Option<AccessLogConfig>,
+    /// Per-path deny and static-only rules (`rules:`).
+    pub rules: crate::rules::PathRules,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -101,6 +101,18 @@ pub struct RawWorkerFile {
     pub security: Option<RawSecurity>,
     pub fastcgi: Option<RawFastcgi>,
     pub access_log: Option<RawAccessLog>,
+    pub rules: Option<Vec<RawRule>>,
+}
+
+/// One entry of `rules:`: a `path` (prefix) or a `glob`, and what to do.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRule {
+    pub path: Option<String>,
+    pub glob: Option<String>,
+    /// 403 or 404.
+    pub deny: Option<u16>,
+    pub static_only: Option<bool>,
 }
 
 /// `front_controller: index.php` or `front_controller: false`.

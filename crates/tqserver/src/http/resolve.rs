@@ -13,7 +13,9 @@
 //!   is logged with its reason;
 //! - only extensions in `php.limit_extensions` execute, and only a file that
 //!   exists: `/uploads/image.jpg/x.php` never runs image.jpg, and a PHP file
-//!   is never served as text.
+//!   is never served as text;
+//! - the app's `rules:` deny paths or keep scripts from running under them
+//!   ([`crate::rules`]), on the same normalized path.
 
 use std::ffi::OsStr;
 use std::fs::{File, Metadata};
@@ -28,6 +30,7 @@ use nix::sys::stat::Mode;
 
 use super::symlinks::{self, OpenError, RefusalLog, SymlinkRefusal};
 use crate::config::{SymlinkPolicy, WorkerConfig};
+use crate::rules::{DenyStatus, Verdict};
 
 /// What a request path resolves to.
 #[derive(Debug)]
@@ -227,6 +230,11 @@ impl DocumentRoot {
 /// Resolves the part of the URL path below the worker's route (`rest` starts
 /// with '/' or is empty), still percent-encoded.
 pub fn resolve(config: &WorkerConfig, root: &DocumentRoot, rest: &str) -> Target {
+    let target = resolve_path(config, root, rest);
+    apply_rules_to_target(config, root, target)
+}
+
+fn resolve_path(config: &WorkerConfig, root: &DocumentRoot, rest: &str) -> Target {
     if rest.is_empty() {
         // "/blog" for the app at /blog: its root directory, without the slash.
         return Target::AddSlash;
@@ -259,6 +267,9 @@ pub fn resolve(config: &WorkerConfig, root: &DocumentRoot, rest: &str) -> Target
         })
     {
         return Target::NotFound;
+    }
+    if let Some(denied) = apply_rules_to_request(config, &segments) {
+        return denied;
     }
     let relative = segments.join(&b'/');
     let escape = config.security.symlinks;
@@ -439,5 +450,68 @@ fn not_found(
             script(root, front.as_bytes(), String::new())
         }
         _ => Target::NotFound,
+    }
+}
+
+/// The app's `rules:` on the requested path: a denied path answers as the
+/// rule says, whatever is there.
+fn apply_rules_to_request(config: &WorkerConfig, segments: &[&[u8]]) -> Option<Target> {
+    match config.rules.verdict(segments) {
+        Verdict::Deny { status, rule } => {
+            tracing::debug!(
+                worker = %config.name,
+                path = %String::from_utf8_lossy(&segments.join(&b'/')),
+                "denied by rules[{rule}] ({})",
+                config.rules.0[rule].pattern
+            );
+            Some(denied(status))
+        }
+        Verdict::Allow | Verdict::StaticOnly { .. } => None,
+    }
+}
+
+/// The app's `rules:` on what the path resolved to: a script under a
+/// `static_only` path never runs (403), and a denied script or file (a
+/// directory's index, `/x.php/info` for a glob on `*.php`) is not served.
+/// The front controller runs for a missing path under a `static_only` path:
+/// its code is not there.
+fn apply_rules_to_target(config: &WorkerConfig, root: &DocumentRoot, target: Target) -> Target {
+    if config.rules.is_empty() {
+        return target;
+    }
+    let name = match &target {
+        Target::Script(script) => script.name.as_bytes(),
+        Target::Static { path, .. } => match path.strip_prefix(&root.path) {
+            Ok(relative) => relative.as_os_str().as_bytes(),
+            Err(_) => return target,
+        },
+        _ => return target,
+    };
+    let segments: Vec<&[u8]> = name
+        .split(|&b| b == b'/')
+        .filter(|s| !s.is_empty())
+        .collect();
+    match config.rules.verdict(&segments) {
+        Verdict::Deny { status, rule } => {
+            tracing::debug!(worker = %config.name, "{} denied by rules[{rule}]", String::from_utf8_lossy(name));
+            denied(status)
+        }
+        Verdict::StaticOnly { rule } if matches!(target, Target::Script(_)) => {
+            tracing::debug!(
+                worker = %config.name,
+                "script {} not run: rules[{rule}] ({}) is static_only",
+                String::from_utf8_lossy(name),
+                config.rules.0[rule].pattern
+            );
+            Target::Forbidden
+        }
+        _ => target,
+    }
+}
+
+fn denied(status: DenyStatus) -> Target {
+    match status {
+        DenyStatus::Forbidden => Target::Forbidden,
+        DenyStatus::NotFound => Target::NotFound,
     }
 }
