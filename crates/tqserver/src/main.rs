@@ -83,11 +83,7 @@ fn check(path: &std::path::Path) -> ExitCode {
             }
             // Warnings, not errors: the configuration works as written.
             for worker in &config.workers {
-                if let Some(warning) = tqserver::http::symlinks::check_warning(
-                    &worker.file,
-                    &worker.document_root,
-                    worker.security.symlinks,
-                ) {
+                if let Some(warning) = tqserver::http::symlinks::check_warning(worker) {
                     eprintln!("{warning}");
                 }
             }

@@ -42,7 +42,7 @@ use nix::errno::Errno;
 use nix::fcntl::{AtFlags, OFlag, OpenHow, ResolveFlag, openat2};
 use nix::sys::stat::{Mode, SFlag, fstat, fstatat};
 
-use crate::config::SymlinkPolicy;
+use crate::config::{SymlinkPolicy, WorkerConfig};
 
 /// Why a path could not be opened.
 #[derive(Debug)]
@@ -232,8 +232,15 @@ pub const SCAN_MAX_DEPTH: usize = 32;
 
 /// Finds the symlinks under `root` that lead out of it and that `policy`
 /// does not follow, judged as a request would be. Symlinked directories are
-/// not entered.
-pub fn scan(root: &Path, policy: SymlinkPolicy, max_entries: usize, max_depth: usize) -> Scan {
+/// not entered, nor entries for which `reachable` (given a file name) says
+/// no request can get there (dotfiles).
+pub fn scan(
+    root: &Path,
+    policy: SymlinkPolicy,
+    reachable: &dyn Fn(&OsStr) -> bool,
+    max_entries: usize,
+    max_depth: usize,
+) -> Scan {
     let mut scan = Scan::default();
     if policy == SymlinkPolicy::Follow {
         return scan;
@@ -259,6 +266,9 @@ pub fn scan(root: &Path, policy: SymlinkPolicy, max_entries: usize, max_depth: u
             let Ok(kind) = entry.file_type() else {
                 continue;
             };
+            if !reachable(&entry.file_name()) {
+                continue;
+            }
             let path = relative.join(entry.file_name());
             if kind.is_symlink() {
                 let flags = OFlag::O_PATH | OFlag::O_CLOEXEC;
@@ -286,8 +296,23 @@ const REPORT_MAX_LINKS: usize = 20;
 
 /// `tqserver check`'s warning about the links under an app's document root
 /// that a request would be refused through; `None` when there are none.
-pub fn check_warning(worker_file: &Path, root: &Path, policy: SymlinkPolicy) -> Option<String> {
-    let scan = scan(root, policy, SCAN_MAX_ENTRIES, SCAN_MAX_DEPTH);
+pub fn check_warning(worker: &WorkerConfig) -> Option<String> {
+    let (worker_file, root, policy) = (
+        &worker.file,
+        &worker.document_root,
+        worker.security.symlinks,
+    );
+    let security = &worker.security;
+    let reachable = |name: &OsStr| {
+        let name = name.as_bytes();
+        security.allow_dotfiles
+            || !name.starts_with(b".")
+            || security
+                .allowed_dot_paths
+                .iter()
+                .any(|allowed| allowed.as_bytes() == name)
+    };
+    let scan = scan(root, policy, &reachable, SCAN_MAX_ENTRIES, SCAN_MAX_DEPTH);
     let bound = if scan.truncated {
         format!(
             " (looked at the first {} entries, {SCAN_MAX_DEPTH} directories deep)",
@@ -473,7 +498,10 @@ mod tests {
         tree.link("outside/secret.txt", "sub/secret.txt");
         tree.link(tree.root().join("inside.txt").to_str().unwrap(), "in.txt");
         tree.link("outside/missing", "dangling");
-        let scan = scan(&tree.root(), SymlinkPolicy::Beneath, 1000, 10);
+        tree.link("outside/secret.txt", ".hidden");
+        let all = |_: &OsStr| true;
+        let visible = |name: &OsStr| !name.as_bytes().starts_with(b".");
+        let scan = scan(&tree.root(), SymlinkPolicy::Beneath, &visible, 1000, 10);
         let links: Vec<_> = scan.refused.iter().map(|r| r.link.clone()).collect();
         assert_eq!(
             links,
@@ -484,11 +512,13 @@ mod tests {
         );
         assert!(!scan.truncated);
         assert!(
-            super::scan(&tree.root(), SymlinkPolicy::Owner, 1000, 10)
+            super::scan(&tree.root(), SymlinkPolicy::Owner, &all, 1000, 10)
                 .refused
                 .is_empty()
         );
-        let bounded = super::scan(&tree.root(), SymlinkPolicy::Beneath, 2, 10);
+        let with_dotfiles = super::scan(&tree.root(), SymlinkPolicy::Beneath, &all, 1000, 10);
+        assert_eq!(with_dotfiles.refused.len(), 3);
+        let bounded = super::scan(&tree.root(), SymlinkPolicy::Beneath, &all, 2, 10);
         assert!(bounded.truncated);
         assert_eq!(bounded.entries, 2);
     }
