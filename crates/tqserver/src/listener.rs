@@ -8,8 +8,8 @@
 //! only `php.limit_extensions` run, SCRIPT_FILENAME must lie inside the
 //! document root (unless `check_document_root: false`) and be reached
 //! through symlinks `security.symlinks` follows, the app's `rules:` apply
-//! to it, and HTTP_PROXY is dropped (httpoxy). STDIN and STDOUT stream; STDERR goes back to the web
-//! server and to the log.
+//! to it, and HTTP_PROXY is dropped (httpoxy). STDIN and STDOUT stream;
+//! STDERR goes back to the web server and to the log.
 //!
 //! One request at a time per connection (FCGI_MPXS_CONNS=0, as php-fpm): a
 //! second request id gets END_REQUEST(CANT_MPX_CONN). ABORT_REQUEST ends the

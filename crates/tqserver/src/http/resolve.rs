@@ -493,7 +493,12 @@ fn apply_rules_to_target(config: &WorkerConfig, root: &DocumentRoot, target: Tar
         .collect();
     match config.rules.verdict(&segments) {
         Verdict::Deny { status, rule } => {
-            tracing::debug!(worker = %config.name, "{} denied by rules[{rule}]", String::from_utf8_lossy(name));
+            tracing::debug!(
+                worker = %config.name,
+                "{} denied by rules[{rule}] ({})",
+                String::from_utf8_lossy(name),
+                config.rules.0[rule].pattern
+            );
             denied(status)
         }
         Verdict::StaticOnly { rule } if matches!(target, Target::Script(_)) => {
