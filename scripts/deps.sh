@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the Debian packages tqserver's demo and tests use, when missing.
-# Usage: scripts/deps.sh demo|test|apps (apps: the WordPress and Laravel suites)
+# Usage: scripts/deps.sh demo|test|apps (apps: the WordPress, Laravel and DokuWiki suites)
 # As root it runs apt-get; otherwise it prints the exact command and fails.
 set -euo pipefail
 
@@ -9,7 +9,7 @@ case "${1:-test}" in
   test) packages=(php-cgi php-fpm php-cli nginx-light libfcgi-bin prometheus chromium wrk curl) ;;
   apps) packages=(php-cgi php-fpm php-cli php-mysql php-gd php-xml php-mbstring php-curl php-intl
                nginx-light mariadb-server mariadb-client wordpress wordpress-theme-twentytwentythree
-               php-laravel-framework wrk curl) ;;
+               php-laravel-framework dokuwiki wrk curl) ;;
   *) echo "usage: $0 demo|test|apps" >&2; exit 64 ;;
 esac
 

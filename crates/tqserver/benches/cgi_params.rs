@@ -11,7 +11,7 @@ use bytes::BytesMut;
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::{HeaderMap, HeaderValue, Method, Uri, Version};
 use pool::{PoolConfig, SocketKind, WorkerCommand};
-use tqserver::config::{PhpConfig, SecurityConfig, WorkerConfig};
+use tqserver::config::{PhpConfig, SecurityConfig, SymlinkPolicy, WorkerConfig};
 use tqserver::http::cgi_params::{CgiRequest, write};
 use tqserver::http::resolve::Script;
 
@@ -30,7 +30,7 @@ fn worker() -> WorkerConfig {
         security: SecurityConfig {
             allow_dotfiles: false,
             allowed_dot_paths: vec![".well-known".into()],
-            allow_symlinks_outside_root: false,
+            symlinks: SymlinkPolicy::Owner,
         },
         php: PhpConfig {
             binary: "/usr/bin/php-cgi".into(),
@@ -52,6 +52,7 @@ fn worker() -> WorkerConfig {
         ),
         fastcgi: None,
         access_log: None,
+        rules: Default::default(),
     }
 }
 

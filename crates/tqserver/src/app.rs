@@ -41,7 +41,7 @@ impl App {
         config: Arc<WorkerConfig>,
         telemetry: &Telemetry,
     ) -> anyhow::Result<Arc<Self>> {
-        let root = DocumentRoot::open(&config.document_root).map_err(|err| {
+        let root = DocumentRoot::open(&config.document_root, &config.name).map_err(|err| {
             anyhow::anyhow!(
                 "worker {}: cannot open document root {}: {err}",
                 config.name,

@@ -22,6 +22,7 @@ pub mod logging;
 pub mod metrics;
 pub mod observe;
 pub mod router;
+pub mod rules;
 pub mod server;
 pub mod status;
 pub mod systemd;

@@ -6,9 +6,10 @@
 //! and stats with HTTP traffic) over the pool's kept-alive worker
 //! connections. Params pass through as sent, with the HTTP front's safety:
 //! only `php.limit_extensions` run, SCRIPT_FILENAME must lie inside the
-//! document root (unless `check_document_root: false`), and HTTP_PROXY is
-//! dropped (httpoxy). STDIN and STDOUT stream; STDERR goes back to the web
-//! server and to the log.
+//! document root (unless `check_document_root: false`) and be reached
+//! through symlinks `security.symlinks` follows, the app's `rules:` apply
+//! to it, and HTTP_PROXY is dropped (httpoxy). STDIN and STDOUT stream;
+//! STDERR goes back to the web server and to the log.
 //!
 //! One request at a time per connection (FCGI_MPXS_CONNS=0, as php-fpm): a
 //! second request id gets END_REQUEST(CANT_MPX_CONN). ABORT_REQUEST ends the
@@ -44,9 +45,11 @@ use crate::http::cgi_response::parse_status;
 use crate::http::errors;
 use crate::http::php::{Sent, StderrRelay, send_head};
 use crate::http::resolve::Location;
+use crate::http::symlinks::SymlinkRefusal;
 use crate::metrics::AppMetrics;
 use crate::observe::{Observation, RequestLine, Telemetry};
 use crate::router::Router;
+use crate::rules::{DenyStatus, Verdict};
 use arc_swap::ArcSwap;
 
 /// A bound listener, before it serves.
@@ -473,11 +476,21 @@ async fn refuse_with<W: AsyncWrite + Unpin>(
     refusal: Refusal,
 ) -> Result<Outcome, ConnectionError> {
     let (head, body): (&str, &[u8]) = match refusal {
-        Refusal::Extension | Refusal::OutsideRoot => (
+        Refusal::Extension
+        | Refusal::OutsideRoot
+        | Refusal::Symlink(_)
+        | Refusal::Rule {
+            status: DenyStatus::Forbidden,
+            ..
+        } => (
             "Status: 403 Forbidden\r\nContent-Type: text/plain\r\n",
             b"Access denied.\n",
         ),
-        Refusal::Missing => (
+        Refusal::Missing
+        | Refusal::Rule {
+            status: DenyStatus::NotFound,
+            ..
+        } => (
             "Status: 404 Not Found\r\nContent-Type: text/plain\r\n",
             b"File not found.\n",
         ),
@@ -574,9 +587,21 @@ where
         return refuse_with(writer, request_id, Refusal::Missing).await;
     };
     let script = Path::new(std::ffi::OsStr::from_bytes(script));
-    if let Some(refusal) = refuse(&app, &listener, script) {
-        warn!(worker = %name, script = %script.display(), "FastCGI request refused: {refusal}");
-        return refuse_with(writer, request_id, refusal).await;
+    match refuse(&app, &listener, script, script_name) {
+        None => {}
+        // Logged in full once per link, as on the HTTP front.
+        Some(Refusal::Symlink(refusal)) => {
+            app.root.report(&script.to_string_lossy(), &refusal);
+            return refuse_with(writer, request_id, Refusal::Symlink(refusal)).await;
+        }
+        Some(refusal @ Refusal::Rule { .. }) => {
+            debug!(worker = %name, script = %script.display(), "FastCGI request refused: {refusal}");
+            return refuse_with(writer, request_id, refusal).await;
+        }
+        Some(refusal) => {
+            warn!(worker = %name, script = %script.display(), "FastCGI request refused: {refusal}");
+            return refuse_with(writer, request_id, refusal).await;
+        }
     }
 
     let info = RequestInfo::new(
@@ -849,35 +874,108 @@ enum Refusal {
     Extension,
     OutsideRoot,
     Missing,
+    /// Inside the root as written, through a symlink the app's
+    /// `security.symlinks` does not follow.
+    Symlink(SymlinkRefusal),
+    /// A `rules:` entry denies the path, or keeps scripts from running
+    /// there (`static_only`: 403).
+    Rule {
+        status: DenyStatus,
+        rule: usize,
+        static_only: bool,
+    },
 }
 
 impl std::fmt::Display for Refusal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Refusal::Extension => "extension not in php.limit_extensions",
-            Refusal::OutsideRoot => "SCRIPT_FILENAME outside the document root",
-            Refusal::Missing => "SCRIPT_FILENAME does not exist",
-        })
+        match self {
+            Refusal::Extension => f.write_str("extension not in php.limit_extensions"),
+            Refusal::OutsideRoot => f.write_str("SCRIPT_FILENAME outside the document root"),
+            Refusal::Missing => f.write_str("SCRIPT_FILENAME does not exist"),
+            Refusal::Symlink(refusal) => write!(f, "{refusal}"),
+            Refusal::Rule {
+                rule,
+                static_only: true,
+                ..
+            } => write!(f, "rules[{rule}] is static_only: no script runs there"),
+            Refusal::Rule { rule, status, .. } => {
+                write!(f, "denied by rules[{rule}] ({})", status.code())
+            }
+        }
     }
 }
 
-fn refuse(app: &App, listener: &FastcgiConfig, script: &Path) -> Option<Refusal> {
+fn refuse(
+    app: &App,
+    listener: &FastcgiConfig,
+    script: &Path,
+    script_name: &str,
+) -> Option<Refusal> {
     let config = &app.config;
     let name = script.file_name().and_then(|n| n.to_str()).unwrap_or("");
     if !config.is_executable(name) {
         return Some(Refusal::Extension);
     }
+    if let Some(refusal) = refuse_by_rules(app, script, script_name) {
+        return Some(refusal);
+    }
     if !listener.check_document_root {
         return None;
     }
-    match app.root.locate(script) {
+    match app.root.locate(script, config.security.symlinks) {
         Location::Inside => None,
         Location::Outside => Some(Refusal::OutsideRoot),
+        Location::Refused(refusal) => Some(Refusal::Symlink(refusal)),
         // Lexically outside is outside, whether or not it exists.
         Location::Missing if !script.starts_with(&config.document_root) => {
             Some(Refusal::OutsideRoot)
         }
         Location::Missing => Some(Refusal::Missing),
+    }
+}
+
+/// The app's `rules:` on the script's path below the document root (from
+/// SCRIPT_FILENAME) and on SCRIPT_NAME below the app's route: either one
+/// matching a rule is enough.
+fn refuse_by_rules(app: &App, script: &Path, script_name: &str) -> Option<Refusal> {
+    let rules = &app.config.rules;
+    if rules.is_empty() {
+        return None;
+    }
+    let by_file = app.root.relative_path(script);
+    let route = app.config.route.as_bytes();
+    let name = script_name.as_bytes();
+    let by_name = name
+        .strip_prefix(route)
+        .filter(|rest| rest.is_empty() || rest.starts_with(b"/"))
+        .unwrap_or(name);
+    let mut verdict = Verdict::Allow;
+    for path in by_file.as_deref().into_iter().chain([by_name]) {
+        // A path that climbs out of its start is judged elsewhere.
+        let Some(segments) = crate::rules::normalize(path) else {
+            continue;
+        };
+        match rules.verdict(&segments) {
+            Verdict::Allow => {}
+            deny @ Verdict::Deny { .. } => {
+                verdict = deny;
+                break;
+            }
+            static_only => verdict = static_only,
+        }
+    }
+    match verdict {
+        Verdict::Allow => None,
+        Verdict::Deny { status, rule } => Some(Refusal::Rule {
+            status,
+            rule,
+            static_only: false,
+        }),
+        Verdict::StaticOnly { rule } => Some(Refusal::Rule {
+            status: DenyStatus::Forbidden,
+            rule,
+            static_only: true,
+        }),
     }
 }
 

@@ -81,6 +81,12 @@ fn check(path: &std::path::Path) -> ExitCode {
                     worker.pool.max_workers,
                 );
             }
+            // Warnings, not errors: the configuration works as written.
+            for worker in &config.workers {
+                if let Some(warning) = tqserver::http::symlinks::check_warning(worker) {
+                    eprintln!("{warning}");
+                }
+            }
             ExitCode::SUCCESS
         }
         Err(errors) => {

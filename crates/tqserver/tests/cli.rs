@@ -82,6 +82,93 @@ fn semantic_errors_point_at_their_line() {
 }
 
 #[test]
+fn rules_and_symlink_mode_errors_point_at_their_line() {
+    let site = Site::new().worker(
+        "b",
+        "path: /b\n\
+         security:\n  symlinks: owners\n\
+         rules:\n\
+         \x20 - path: /data/\n\
+         \x20   deny: 500\n\
+         \x20 - glob: /images/\n\
+         \x20   static_only: true\n\
+         \x20 - path: /a\n\
+         \x20   glob: /b/**\n\
+         \x20   deny: 403\n\
+         \x20 - path: lib/\n\
+         \x20   static_only: false\n",
+    );
+    let output = tqserver(&["check", "--config", site.config_path().to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    for expected in [
+        "worker.yaml:3: security.symlinks: `owners` is not one of owner, beneath, follow; did you mean `owner`?",
+        "worker.yaml:6: rules[0].deny: `500` is not 403 or 404",
+        "worker.yaml:7: rules[1].glob: `/images/` ends with /; write `/images/**`",
+        "worker.yaml:9: rules[2]: give either `path` (a prefix) or `glob`, not both",
+        "worker.yaml:12: rules[3].path: `lib/` must start with /",
+        "worker.yaml:12: rules[3]: says nothing to do",
+    ] {
+        assert!(stderr.contains(expected), "{expected}\n{stderr}");
+    }
+    // Both spellings of the symlink mode at once.
+    let site = Site::new().worker(
+        "c",
+        "path: /c\nsecurity:\n  symlinks: follow\n  allow_symlinks_outside_root: true\n",
+    );
+    let output = tqserver(&["check", "--config", site.config_path().to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(
+            "worker.yaml:4: security.allow_symlinks_outside_root: set only security.symlinks"
+        ),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn check_warns_about_symlinks_that_leave_the_document_root() {
+    let site = Site::new()
+        .worker("wiki", "path: /wiki\nsecurity:\n  symlinks: beneath\n")
+        .file("wiki", "index.php", "<?php echo 1;");
+    site.write("share/jquery.js", "jQuery");
+    let public = site.root().join("workers/wiki/public");
+    std::fs::create_dir_all(public.join("js/vendor")).unwrap();
+    std::os::unix::fs::symlink(
+        site.root().join("share/jquery.js"),
+        public.join("js/vendor/jquery.js"),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink("index.php", public.join("start.php")).unwrap();
+    let output = tqserver(&["check", "--config", site.config_path().to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    // A warning, not an error.
+    assert!(output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("warning: ")
+            && stderr
+                .contains("workers/wiki/config/worker.yaml: security.symlinks: 1 symlink under"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("not followed under `beneath`"), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "js/vendor/jquery.js -> {}",
+            site.root().join("share/jquery.js").display()
+        )),
+        "{stderr}"
+    );
+    assert!(stderr.contains("set security.symlinks: owner"), "{stderr}");
+    assert!(!stderr.contains("start.php"), "{stderr}");
+    // Under the default (owner) the same link is followed: nothing to say.
+    site.write("workers/wiki/config/worker.yaml", "path: /wiki\n");
+    let output = tqserver(&["check", "--config", site.config_path().to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(!stderr.contains("warning"), "{stderr}");
+}
+
+#[test]
 fn php_workers_may_not_run_as_root() {
     if !nix_is_root() {
         return; // user switching (and this check) only happen as root

@@ -248,6 +248,68 @@ fn script_filename_outside_the_document_root_is_refused() {
     assert!(fixture.server.log().contains("outside the document root"));
 }
 
+/// Debian's MediaWiki: the document root is /var/lib/mediawiki, whose
+/// index.php is a symlink to /usr/share/mediawiki/index.php. nginx sends
+/// SCRIPT_FILENAME=<root>/index.php, inside the root as written.
+#[test]
+fn script_filename_through_a_symlink_follows_the_symlink_policy() {
+    for (security, expected) in [
+        ("", 200),
+        ("security:\n  allow_symlinks_outside_root: true\n", 200),
+        ("security:\n  symlinks: follow\n", 200),
+        ("security:\n  symlinks: beneath\n", 403),
+    ] {
+        let fastcgi_port = free_port();
+        let site = Site::new().worker(
+            "wiki",
+            &format!(
+                "path: /\n{security}php:\n  pool:\n    manager: static\n    max_workers: 1\nfastcgi:\n  listen: 127.0.0.1:{fastcgi_port}\n"
+            ),
+        );
+        site.write(
+            "share/wiki/index.php",
+            "<?php echo 'wiki ', $_SERVER['SCRIPT_FILENAME'];",
+        );
+        std::os::unix::fs::symlink(
+            site.root().join("share/wiki/index.php"),
+            site.root().join("workers/wiki/public/index.php"),
+        )
+        .unwrap();
+        let server = site.start();
+        let root = server.docroot("wiki");
+        let nginx = Nginx::start(
+            &format!("upstream tq {{ server 127.0.0.1:{fastcgi_port}; }}"),
+            &format!(
+                "root {root};\n\
+                 location ~ \\.php$ {{\n\
+                   include /etc/nginx/fastcgi_params;\n\
+                   fastcgi_param SCRIPT_FILENAME $document_root$fastcgi_script_name;\n\
+                   fastcgi_pass tq;\n\
+                 }}"
+            ),
+        );
+        let response = nginx.get("/index.php");
+        assert_eq!(response.status, expected, "{security}: {}", response.text());
+        let log = server.log();
+        if expected == 200 {
+            assert_eq!(response.text(), format!("wiki {root}/index.php"));
+        } else {
+            // The log says which link, where it leads, and which key.
+            let line = format!(
+                "symlink {root}/index.php -> {} leads out of the document root",
+                site_file(&server, "share/wiki/index.php")
+            );
+            assert!(log.contains(&line), "{log}");
+            assert!(log.contains("security.symlinks is `beneath`"), "{log}");
+            assert!(!log.contains("SCRIPT_FILENAME outside"), "{log}");
+        }
+    }
+}
+
+fn site_file(server: &Server, relative: &str) -> String {
+    server.site.root().join(relative).display().to_string()
+}
+
 #[test]
 fn limit_extensions_apply_to_the_listener() {
     let fixture = Fixture::start("", "");

@@ -124,29 +124,104 @@ fn nul_bytes_backslashes_and_newlines_are_refused() {
     assert_eq!(get_raw(&server, "/blog/ok.php").status, 200);
 }
 
-#[test]
-fn symlinks_out_of_the_root_are_not_followed() {
-    let server = site().start();
-    assert_eq!(get_raw(&server, "/blog/etc-link/passwd").status, 404);
-    assert_eq!(get_raw(&server, "/blog/secret-link.txt").status, 404);
-    assert_eq!(get_raw(&server, "/blog/inside-link.txt").text(), "inside");
+fn with_security(site: &Site, security: &str) {
+    site.write(
+        "workers/blog/config/worker.yaml",
+        format!("{}security:\n{security}", worker_yaml("/blog", 1)),
+    );
+}
+
+/// A link from the document root to a file owned by someone else than the
+/// link: as root, the link is given to nobody; otherwise it points at a
+/// root-owned file.
+fn plant_foreign_link(site: &Site, name: &str) {
+    let public = site.root().join("workers/blog/public");
+    let link = public.join(name);
+    if nix::unistd::geteuid().is_root() {
+        std::os::unix::fs::symlink(site.root().join("workers/blog/secret.txt"), &link).unwrap();
+        std::os::unix::fs::lchown(&link, Some(65534), Some(65534)).unwrap();
+    } else {
+        std::os::unix::fs::symlink("/etc/passwd", &link).unwrap();
+    }
 }
 
 #[test]
-fn symlinks_out_of_the_root_can_be_allowed() {
+fn symlinks_out_of_the_root_are_not_followed_under_beneath() {
     let site = site();
-    site.write(
-        "workers/blog/config/worker.yaml",
-        format!(
-            "{}security:\n  allow_symlinks_outside_root: true\n",
-            worker_yaml("/blog", 1)
-        ),
-    );
+    with_security(&site, "  symlinks: beneath\n");
     let server = site.start();
+    assert_eq!(get_raw(&server, "/blog/etc-link/passwd").status, 404);
+    assert_eq!(get_raw(&server, "/blog/etc-link/group").status, 404);
+    assert_eq!(get_raw(&server, "/blog/secret-link.txt").status, 404);
+    assert_eq!(get_raw(&server, "/blog/inside-link.txt").text(), "inside");
+    // Each refusal is logged with the link, where it leads and the key that
+    // would allow it: in full once per link, however often it is hit.
+    let public = server.docroot("blog");
+    let line = format!("symlink {public}/etc-link -> /etc leads out of the document root");
+    assert!(
+        server.wait_for_log(&line, std::time::Duration::from_secs(5)),
+        "{}",
+        server.log()
+    );
+    let log = server.log();
+    assert_eq!(log.matches(&line).count(), 1, "{log}");
+    assert!(log.contains("security.symlinks is `beneath`"), "{log}");
+    assert!(log.contains("secret-link.txt -> "), "{log}");
+    assert!(log.contains("WARN"), "{log}");
+}
+
+#[test]
+fn symlinks_out_of_the_root_are_followed_when_owners_match_by_default() {
+    let site = site();
+    plant_foreign_link(&site, "planted.txt");
+    let server = site.start();
+    // Made by the site's owner, leading to the site owner's file: followed,
+    // as Debian's packaged apps need (nginx's disable_symlinks if_not_owner).
     assert_eq!(
         get_raw(&server, "/blog/secret-link.txt").text(),
         "outside the document root"
     );
+    assert_eq!(get_raw(&server, "/blog/inside-link.txt").text(), "inside");
+    // A link whose owner is not its target's is refused, and logged.
+    let response = get_raw(&server, "/blog/planted.txt");
+    assert_eq!(response.status, 404);
+    assert!(!response.text().contains("outside the document root"));
+    assert!(!response.text().contains("root:"));
+    assert!(
+        server.wait_for_log("planted.txt -> ", std::time::Duration::from_secs(5)),
+        "{}",
+        server.log()
+    );
+    let log = server.log();
+    assert!(log.contains("security.symlinks is `owner`"), "{log}");
+    assert!(log.contains("chown -h"), "{log}");
+}
+
+#[test]
+fn symlinks_out_of_the_root_can_be_allowed() {
+    for security in [
+        "  allow_symlinks_outside_root: true\n",
+        "  symlinks: follow\n",
+    ] {
+        let site = site();
+        plant_foreign_link(&site, "planted.txt");
+        with_security(&site, security);
+        let server = site.start();
+        assert_eq!(
+            get_raw(&server, "/blog/secret-link.txt").text(),
+            "outside the document root"
+        );
+        assert_eq!(
+            get_raw(&server, "/blog/planted.txt").status,
+            200,
+            "{security}"
+        );
+    }
+    // The older key's `false` is `beneath`.
+    let site = site();
+    with_security(&site, "  allow_symlinks_outside_root: false\n");
+    let server = site.start();
+    assert_eq!(get_raw(&server, "/blog/secret-link.txt").status, 404);
 }
 
 #[test]

@@ -151,6 +151,8 @@ pub struct WorkerConfig {
     pub pool: pool::PoolConfig,
     pub fastcgi: Option<FastcgiConfig>,
     pub access_log: Option<AccessLogConfig>,
+    /// Per-path deny and static-only rules (`rules:`).
+    pub rules: crate::rules::PathRules,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -158,7 +160,51 @@ pub struct SecurityConfig {
     pub allow_dotfiles: bool,
     /// Dot-named path segments that stay reachable (".well-known").
     pub allowed_dot_paths: Vec<String>,
-    pub allow_symlinks_outside_root: bool,
+    pub symlinks: SymlinkPolicy,
+}
+
+/// Which symlinks under the document root are followed
+/// (`security.symlinks`). A link that stays inside the root is followed in
+/// every mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SymlinkPolicy {
+    /// Also a link that leaves the root when the link and what it leads to
+    /// have the same owner (nginx's `disable_symlinks if_not_owner`, Apache's
+    /// `SymLinksIfOwnerMatch`): Debian's packaged apps work, a link planted
+    /// by the web user to a root-owned file does not.
+    #[default]
+    Owner,
+    /// Never leave the root (`allow_symlinks_outside_root: false`).
+    Beneath,
+    /// Follow any link (`allow_symlinks_outside_root: true`).
+    Follow,
+}
+
+impl SymlinkPolicy {
+    pub const NAMES: [&str; 3] = ["owner", "beneath", "follow"];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SymlinkPolicy::Owner => "owner",
+            SymlinkPolicy::Beneath => "beneath",
+            SymlinkPolicy::Follow => "follow",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "owner" => Some(SymlinkPolicy::Owner),
+            "beneath" => Some(SymlinkPolicy::Beneath),
+            "follow" => Some(SymlinkPolicy::Follow),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for SymlinkPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

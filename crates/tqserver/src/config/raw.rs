@@ -101,6 +101,18 @@ pub struct RawWorkerFile {
     pub security: Option<RawSecurity>,
     pub fastcgi: Option<RawFastcgi>,
     pub access_log: Option<RawAccessLog>,
+    pub rules: Option<Vec<RawRule>>,
+}
+
+/// One entry of `rules:`: a `path` (prefix) or a `glob`, and what to do.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRule {
+    pub path: Option<String>,
+    pub glob: Option<String>,
+    /// 403 or 404.
+    pub deny: Option<u16>,
+    pub static_only: Option<bool>,
 }
 
 /// `front_controller: index.php` or `front_controller: false`.
@@ -184,6 +196,9 @@ pub struct RawStatic {
 pub struct RawSecurity {
     pub allow_dotfiles: Option<bool>,
     pub allowed_dot_paths: Option<Vec<String>>,
+    /// `owner`, `beneath` or `follow`.
+    pub symlinks: Option<String>,
+    /// The older spelling: `true` is `symlinks: follow`, `false` `beneath`.
     pub allow_symlinks_outside_root: Option<bool>,
 }
 

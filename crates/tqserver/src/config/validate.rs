@@ -10,13 +10,15 @@ use std::time::Duration;
 use pool::{Manager, PoolConfig, SocketKind, WorkerCommand};
 
 use super::raw::{
-    RawAccessLog, RawFastcgi, RawFrontController, RawPool, RawServerFile, RawWorkerFile,
+    RawAccessLog, RawFastcgi, RawFrontController, RawPool, RawRule, RawSecurity, RawServerFile,
+    RawWorkerFile,
 };
 use super::yaml::{self, ConfigError, ConfigErrors, suggest};
 use super::{
-    AccessLogConfig, Config, FastcgiConfig, ListenAddr, LoggingConfig, PhpConfig, ResponseBuffer, SecurityConfig,
-    ServerSettings, WorkerConfig, defaults,
+    AccessLogConfig, Config, FastcgiConfig, ListenAddr, LoggingConfig, PhpConfig, ResponseBuffer,
+    SecurityConfig, ServerSettings, SymlinkPolicy, WorkerConfig, defaults,
 };
+use crate::rules::{DenyStatus, PathRule, PathRules, Pattern, RuleAction};
 
 /// Only what `tqserver status` and `tqserver reload` need from server.yaml
 /// (the admin address and the pid file), without validating the apps, so
@@ -614,6 +616,22 @@ fn load_worker(
         .access_log
         .as_ref()
         .and_then(|a| access_log(a, folder, "access_log", &at, &mut errors));
+    let symlinks = symlink_policy(&security_raw, &at, &mut errors);
+    let at_rule = |index: usize, field: Option<&str>, message: String| {
+        let key = match field {
+            Some(field) => format!("rules[{index}].{field}"),
+            None => format!("rules[{index}]"),
+        };
+        ConfigError {
+            line: yaml::line_of_list_item(&text, "rules", index, field),
+            ..ConfigError::at_key(&file, &text, &key, message)
+        }
+    };
+    let rules = path_rules(
+        raw.rules.as_deref().unwrap_or_default(),
+        &at_rule,
+        &mut errors,
+    );
 
     if !errors.is_empty() {
         return Err(errors);
@@ -634,7 +652,7 @@ fn load_worker(
             allowed_dot_paths: security_raw
                 .allowed_dot_paths
                 .unwrap_or_else(|| defaults::ALLOWED_DOT_PATHS.map(String::from).to_vec()),
-            allow_symlinks_outside_root: security_raw.allow_symlinks_outside_root.unwrap_or(false),
+            symlinks,
         },
         php: PhpConfig {
             binary,
@@ -660,7 +678,110 @@ fn load_worker(
         pool,
         fastcgi,
         access_log,
+        rules,
     }))
+}
+
+/// `security.symlinks`, or its older spelling `allow_symlinks_outside_root`.
+fn symlink_policy(
+    raw: &RawSecurity,
+    at: &dyn Fn(&str, String) -> ConfigError,
+    errors: &mut Vec<ConfigError>,
+) -> SymlinkPolicy {
+    match (raw.symlinks.as_deref(), raw.allow_symlinks_outside_root) {
+        (Some(_), Some(_)) => {
+            errors.push(at(
+                "security.allow_symlinks_outside_root",
+                "set only security.symlinks; allow_symlinks_outside_root is its older spelling (true is `follow`, false is `beneath`)".to_owned(),
+            ));
+            SymlinkPolicy::default()
+        }
+        (Some(text), None) => SymlinkPolicy::parse(text).unwrap_or_else(|| {
+            let hint = suggest(text, &SymlinkPolicy::NAMES)
+                .map(|s| format!("; did you mean `{s}`?"))
+                .unwrap_or_default();
+            errors.push(at(
+                "security.symlinks",
+                format!("`{text}` is not one of owner, beneath, follow{hint}"),
+            ));
+            SymlinkPolicy::default()
+        }),
+        (None, Some(true)) => SymlinkPolicy::Follow,
+        (None, Some(false)) => SymlinkPolicy::Beneath,
+        (None, None) => SymlinkPolicy::default(),
+    }
+}
+
+/// `rules:`: each entry needs one pattern (`path` or `glob`) and one action
+/// (`deny: 403|404` or `static_only: true`).
+fn path_rules(
+    raw: &[RawRule],
+    at: &dyn Fn(usize, Option<&str>, String) -> ConfigError,
+    errors: &mut Vec<ConfigError>,
+) -> PathRules {
+    let mut rules = Vec::new();
+    for (index, rule) in raw.iter().enumerate() {
+        let pattern = match (&rule.path, &rule.glob) {
+            (Some(_), Some(_)) => {
+                errors.push(at(
+                    index,
+                    None,
+                    "give either `path` (a prefix) or `glob`, not both".to_owned(),
+                ));
+                None
+            }
+            (None, None) => {
+                errors.push(at(
+                    index,
+                    None,
+                    "needs `path` (a prefix such as /data/) or `glob` (such as /images/**)"
+                        .to_owned(),
+                ));
+                None
+            }
+            (Some(path), None) => Pattern::prefix(path)
+                .map_err(|message| errors.push(at(index, Some("path"), message)))
+                .ok(),
+            (None, Some(glob)) => Pattern::glob(glob)
+                .map_err(|message| errors.push(at(index, Some("glob"), message)))
+                .ok(),
+        };
+        let action = match (rule.deny, rule.static_only) {
+            (Some(_), Some(true)) => {
+                errors.push(at(
+                    index,
+                    None,
+                    "give either `deny` or `static_only: true`, not both (a deny already stops scripts)"
+                        .to_owned(),
+                ));
+                None
+            }
+            (Some(403), _) => Some(RuleAction::Deny(DenyStatus::Forbidden)),
+            (Some(404), _) => Some(RuleAction::Deny(DenyStatus::NotFound)),
+            (Some(other), _) => {
+                errors.push(at(
+                    index,
+                    Some("deny"),
+                    format!("`{other}` is not 403 or 404"),
+                ));
+                None
+            }
+            (None, Some(true)) => Some(RuleAction::StaticOnly),
+            (None, _) => {
+                errors.push(at(
+                    index,
+                    None,
+                    "says nothing to do: add `deny: 403`, `deny: 404` or `static_only: true`"
+                        .to_owned(),
+                ));
+                None
+            }
+        };
+        if let (Some(pattern), Some(action)) = (pattern, action) {
+            rules.push(PathRule { pattern, action });
+        }
+    }
+    PathRules(rules)
 }
 
 fn pool_config(

@@ -221,6 +221,58 @@ pub fn line_of_key(text: &str, key: &str) -> Option<usize> {
     None
 }
 
+/// The 1-based line of item `index` (0-based) of the block list under the
+/// top-level key `list` (`rules:` then `- path: /x`), or of `field` inside
+/// that item when given and written; falls back to the line of `list`.
+pub fn line_of_list_item(
+    text: &str,
+    list: &str,
+    index: usize,
+    field: Option<&str>,
+) -> Option<usize> {
+    let list_line = line_of_key(text, list)?;
+    let lines: Vec<&str> = text.lines().collect();
+    let indent_of = |line: &str| line.len() - line.trim_start().len();
+    let list_indent = indent_of(lines[list_line - 1]);
+    let mut item_indent = None;
+    let mut items = 0;
+    let mut found = None;
+    for (number, line) in lines.iter().enumerate().skip(list_line) {
+        let trimmed = line.trim_start();
+        if trimmed.is_empty() || trimmed.starts_with('#') {
+            continue;
+        }
+        let indent = indent_of(line);
+        let is_item = trimmed == "-" || trimmed.starts_with("- ");
+        if indent < list_indent || (indent == list_indent && !is_item) {
+            break;
+        }
+        let starts_item = is_item && item_indent.is_none_or(|at| at == indent);
+        let mut rest = trimmed;
+        if starts_item {
+            item_indent = Some(indent);
+            items += 1;
+            if found.is_some() {
+                break;
+            }
+            if items - 1 != index {
+                continue;
+            }
+            found = Some(number + 1);
+            rest = trimmed[1..].trim_start();
+        } else if found.is_none() {
+            continue;
+        }
+        if let Some(field) = field
+            && let Some((name, _)) = rest.split_once(':')
+            && name.trim().trim_matches(|c| c == '"' || c == '\'') == field
+        {
+            return Some(number + 1);
+        }
+    }
+    found.or(Some(list_line))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -289,6 +341,26 @@ mod tests {
         assert_eq!(line_of_key(text, "php.pool.max_workers"), Some(7));
         assert_eq!(line_of_key(text, "path"), Some(1));
         assert_eq!(line_of_key(text, "php.pool.start_workers"), None);
+    }
+
+    #[test]
+    fn locating_list_items() {
+        let text = "path: /x\nrules:\n  - path: /data/\n    deny: 404\n  # a comment\n  - glob: /images/**\n\n    static_only: true\nphp:\n  binary: x\n";
+        assert_eq!(line_of_list_item(text, "rules", 0, Some("path")), Some(3));
+        assert_eq!(line_of_list_item(text, "rules", 0, Some("deny")), Some(4));
+        assert_eq!(line_of_list_item(text, "rules", 1, None), Some(6));
+        assert_eq!(
+            line_of_list_item(text, "rules", 1, Some("static_only")),
+            Some(8)
+        );
+        // A key the item does not have: the item's line.
+        assert_eq!(line_of_list_item(text, "rules", 1, Some("deny")), Some(6));
+        // No such item: the list's line.
+        assert_eq!(line_of_list_item(text, "rules", 5, None), Some(2));
+        // Items at the same indentation as the key.
+        let text = "rules:\n- path: /a\n  deny: 403\n- path: /b\nenabled: true\n";
+        assert_eq!(line_of_list_item(text, "rules", 1, Some("path")), Some(4));
+        assert_eq!(line_of_list_item(text, "rules", 0, Some("deny")), Some(3));
     }
 
     #[test]

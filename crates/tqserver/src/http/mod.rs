@@ -21,6 +21,7 @@ pub mod resolve;
 pub mod response_buffer;
 pub mod service;
 pub mod static_files;
+pub mod symlinks;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -8,10 +8,14 @@
 //!   document root is refused (400);
 //! - dot-named segments (`.env`, `.git/`) are 404 unless allowed;
 //! - files are opened with `openat2(RESOLVE_BENEATH)` under the document
-//!   root, so a symlink cannot lead outside it (unless allowed);
+//!   root; a symlink that leads out of it is followed only as
+//!   `security.symlinks` allows (see [`super::symlinks`]), and each refusal
+//!   is logged with its reason;
 //! - only extensions in `php.limit_extensions` execute, and only a file that
 //!   exists: `/uploads/image.jpg/x.php` never runs image.jpg, and a PHP file
-//!   is never served as text.
+//!   is never served as text;
+//! - the app's `rules:` deny paths or keep scripts from running under them
+//!   ([`crate::rules`]), on the same normalized path.
 
 use std::ffi::OsStr;
 use std::fs::{File, Metadata};
@@ -24,7 +28,9 @@ use nix::errno::Errno;
 use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat2};
 use nix::sys::stat::Mode;
 
-use crate::config::WorkerConfig;
+use super::symlinks::{self, OpenError, RefusalLog, SymlinkRefusal};
+use crate::config::{SymlinkPolicy, WorkerConfig};
+use crate::rules::{DenyStatus, Verdict};
 
 /// What a request path resolves to.
 #[derive(Debug)]
@@ -46,11 +52,14 @@ pub enum Target {
 }
 
 /// See [`DocumentRoot::locate`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Location {
     Inside,
     Outside,
     Missing,
+    /// Written inside the root, but through a symlink the policy does not
+    /// follow.
+    Refused(SymlinkRefusal),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,10 +77,14 @@ pub struct Script {
 pub struct DocumentRoot {
     dir: OwnedFd,
     path: PathBuf,
+    /// The worker's name, for log lines.
+    worker: String,
+    /// Links whose refusal was logged in full.
+    refusals: RefusalLog,
 }
 
 impl DocumentRoot {
-    pub fn open(path: &Path) -> std::io::Result<Self> {
+    pub fn open(path: &Path, worker: &str) -> std::io::Result<Self> {
         let dir = nix::fcntl::open(
             path,
             OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
@@ -80,6 +93,8 @@ impl DocumentRoot {
         Ok(Self {
             dir,
             path: path.to_owned(),
+            worker: worker.to_owned(),
+            refusals: RefusalLog::default(),
         })
     }
 
@@ -88,80 +103,138 @@ impl DocumentRoot {
     }
 
     /// Where a file named by absolute path (a web server's SCRIPT_FILENAME)
-    /// really is: inside this root, outside it, or nowhere. Symlinks are
-    /// followed as far as the root allows, in one `openat2` for the common
-    /// case of a path written under the root.
-    pub fn locate(&self, file: &Path) -> Location {
-        let result = match file.strip_prefix(&self.path) {
-            Ok(relative) => self.open_beneath(relative.as_os_str().as_bytes(), false),
-            // Written under another name (a symlinked root, `..`): resolve it.
-            Err(_) => match std::fs::canonicalize(file) {
-                Ok(real) => match real.strip_prefix(&self.path) {
-                    Ok(relative) => self.open_beneath(relative.as_os_str().as_bytes(), false),
-                    Err(_) => return Location::Outside,
-                },
-                Err(_) => return Location::Missing,
-            },
+    /// really is: inside this root, outside it, refused by the symlink
+    /// policy, or nowhere. Symlinks on the way are judged by `policy`, as
+    /// for a request on the HTTP front.
+    pub fn locate(&self, file: &Path, policy: SymlinkPolicy) -> Location {
+        let relative = match self.relative_path(file) {
+            Some(relative) => relative,
+            None if file.exists() => return Location::Outside,
+            None => return Location::Missing,
         };
-        match result {
+        match self.open_with(&relative, policy) {
             Ok(_) => Location::Inside,
-            Err(Errno::EXDEV | Errno::ELOOP) => Location::Outside,
-            Err(_) => Location::Missing,
+            Err(OpenError::Refused(refusal)) => Location::Refused(refusal),
+            Err(OpenError::Io(_)) => Location::Missing,
         }
     }
 
-    /// Opens `relative` (no leading slash, already normalized) for reading.
-    fn open_beneath(&self, relative: &[u8], escape_allowed: bool) -> Result<File, Errno> {
+    /// The path of `file` below the root, normalized (`/root/a/./b` →
+    /// `a/b`). Written under another name (a symlinked root), it is the path
+    /// below the deepest directory on the way that really is the root or
+    /// under it. `None` if neither, or if the path climbs out.
+    pub fn relative_path(&self, file: &Path) -> Option<Vec<u8>> {
+        self.relative_of(file)
+            .or_else(|| self.relative_via_ancestor(file))
+    }
+
+    fn relative_of(&self, file: &Path) -> Option<Vec<u8>> {
+        let segments = crate::rules::normalize(file.as_os_str().as_bytes())?;
+        let root = crate::rules::normalize(self.path.as_os_str().as_bytes())?;
+        let rest = segments.strip_prefix(root.as_slice())?;
+        Some(rest.join(&b'/'))
+    }
+
+    fn relative_via_ancestor(&self, file: &Path) -> Option<Vec<u8>> {
+        let segments = crate::rules::normalize(file.as_os_str().as_bytes())?;
+        (0..segments.len()).rev().find_map(|keep| {
+            let mut ancestor = PathBuf::from("/");
+            for segment in &segments[..keep] {
+                ancestor.push(OsStr::from_bytes(segment));
+            }
+            let real = std::fs::canonicalize(&ancestor).ok()?;
+            let mut relative = real
+                .strip_prefix(&self.path)
+                .ok()?
+                .as_os_str()
+                .as_bytes()
+                .to_vec();
+            for segment in &segments[keep..] {
+                if !relative.is_empty() {
+                    relative.push(b'/');
+                }
+                relative.extend_from_slice(segment);
+            }
+            Some(relative)
+        })
+    }
+
+    /// Opens `relative` (no leading slash, already normalized) for reading,
+    /// following symlinks as `policy` allows.
+    pub fn open_with(&self, relative: &[u8], policy: SymlinkPolicy) -> Result<File, OpenError> {
         let relative = if relative.is_empty() {
             &b"."[..]
         } else {
             relative
         };
         let mut resolve = ResolveFlag::RESOLVE_NO_MAGICLINKS;
-        if !escape_allowed {
+        if policy != SymlinkPolicy::Follow {
             resolve |= ResolveFlag::RESOLVE_BENEATH;
         }
         // O_NONBLOCK: opening a FIFO must not hang the server.
-        let how = OpenHow::new()
-            .flags(OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK | OFlag::O_NOCTTY)
-            .resolve(resolve);
+        let flags = OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK | OFlag::O_NOCTTY;
+        let how = OpenHow::new().flags(flags).resolve(resolve);
         match openat2(self.dir.as_fd(), OsStr::from_bytes(relative), how) {
             Ok(fd) => Ok(File::from(fd)),
-            // RESOLVE_BENEATH refuses every absolute symlink, even one that
-            // points back inside the root: check where it really leads.
-            Err(Errno::EXDEV) => self.open_canonical(relative),
-            // No openat2 (kernel before 5.6, or a seccomp filter that does
-            // not know it): resolve the path and check it the slow way.
-            Err(Errno::ENOSYS | Errno::EPERM) if !escape_allowed => self.open_canonical(relative),
+            // RESOLVE_BENEATH refuses every link that leaves the root, and
+            // every absolute one, even back inside; no openat2 at all
+            // (kernel before 5.6, or a seccomp filter that does not know
+            // it): judge each component on its own.
+            Err(Errno::EXDEV | Errno::ELOOP | Errno::ENOSYS | Errno::EPERM)
+                if policy != SymlinkPolicy::Follow =>
+            {
+                symlinks::open_walk(self.dir.as_fd(), &self.path, relative, policy, flags)
+                    .map(File::from)
+            }
             Err(Errno::ENOSYS | Errno::EPERM) => {
                 let path = self.path.join(OsStr::from_bytes(relative));
                 std::fs::OpenOptions::new()
                     .read(true)
                     .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
                     .open(path)
-                    .map_err(|err| Errno::from_raw(err.raw_os_error().unwrap_or(libc::ENOENT)))
+                    .map_err(|err| {
+                        OpenError::Io(Errno::from_raw(err.raw_os_error().unwrap_or(libc::ENOENT)))
+                    })
             }
-            Err(err) => Err(err),
+            Err(err) => Err(OpenError::Io(err)),
         }
     }
 
-    fn open_canonical(&self, relative: &[u8]) -> Result<File, Errno> {
-        let canonical = std::fs::canonicalize(self.path.join(OsStr::from_bytes(relative)))
-            .map_err(|err| Errno::from_raw(err.raw_os_error().unwrap_or(libc::ENOENT)))?;
-        if !canonical.starts_with(&self.path) {
-            return Err(Errno::EXDEV);
+    /// [`Self::open_with`] for serving a request: a refusal is logged (in
+    /// full once per link, see [`RefusalLog`]) and becomes EXDEV.
+    fn open_beneath(&self, relative: &[u8], policy: SymlinkPolicy) -> Result<File, Errno> {
+        self.open_with(relative, policy).map_err(|err| match err {
+            OpenError::Io(errno) => errno,
+            OpenError::Refused(refusal) => {
+                self.report(&format!("/{}", String::from_utf8_lossy(relative)), &refusal);
+                Errno::EXDEV
+            }
+        })
+    }
+
+    /// Logs a refused symlink: at warn the first time for each link, at
+    /// debug after that.
+    pub fn report(&self, path: &str, refusal: &SymlinkRefusal) {
+        if self.refusals.first(&refusal.link) {
+            tracing::warn!(
+                worker = %self.worker,
+                path,
+                "{refusal} (logged once per link; repeats at debug level)"
+            );
+        } else {
+            tracing::debug!(worker = %self.worker, path, "{refusal}");
         }
-        std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
-            .open(canonical)
-            .map_err(|err| Errno::from_raw(err.raw_os_error().unwrap_or(libc::ENOENT)))
     }
 }
 
 /// Resolves the part of the URL path below the worker's route (`rest` starts
 /// with '/' or is empty), still percent-encoded.
 pub fn resolve(config: &WorkerConfig, root: &DocumentRoot, rest: &str) -> Target {
+    let target = resolve_path(config, root, rest);
+    apply_rules_to_target(config, root, target)
+}
+
+fn resolve_path(config: &WorkerConfig, root: &DocumentRoot, rest: &str) -> Target {
     if rest.is_empty() {
         // "/blog" for the app at /blog: its root directory, without the slash.
         return Target::AddSlash;
@@ -195,8 +268,11 @@ pub fn resolve(config: &WorkerConfig, root: &DocumentRoot, rest: &str) -> Target
     {
         return Target::NotFound;
     }
+    if let Some(denied) = apply_rules_to_request(config, &segments) {
+        return denied;
+    }
     let relative = segments.join(&b'/');
-    let escape = config.security.allow_symlinks_outside_root;
+    let escape = config.security.symlinks;
 
     match root.open_beneath(&relative, escape) {
         Ok(file) => {
@@ -278,7 +354,7 @@ fn directory_index(
     config: &WorkerConfig,
     root: &DocumentRoot,
     relative: &[u8],
-    escape: bool,
+    escape: SymlinkPolicy,
 ) -> Target {
     for index in &config.index {
         let mut candidate = relative.to_vec();
@@ -314,7 +390,7 @@ fn path_info_split(
     config: &WorkerConfig,
     root: &DocumentRoot,
     segments: &[&[u8]],
-    escape: bool,
+    escape: SymlinkPolicy,
     trailing_slash: bool,
 ) -> Target {
     let mut prefix = Vec::new();
@@ -358,7 +434,7 @@ fn not_found(
     config: &WorkerConfig,
     root: &DocumentRoot,
     segments: &[&[u8]],
-    escape: bool,
+    escape: SymlinkPolicy,
 ) -> Target {
     if segments
         .last()
@@ -374,5 +450,73 @@ fn not_found(
             script(root, front.as_bytes(), String::new())
         }
         _ => Target::NotFound,
+    }
+}
+
+/// The app's `rules:` on the requested path: a denied path answers as the
+/// rule says, whatever is there.
+fn apply_rules_to_request(config: &WorkerConfig, segments: &[&[u8]]) -> Option<Target> {
+    match config.rules.verdict(segments) {
+        Verdict::Deny { status, rule } => {
+            tracing::debug!(
+                worker = %config.name,
+                path = %String::from_utf8_lossy(&segments.join(&b'/')),
+                "denied by rules[{rule}] ({})",
+                config.rules.0[rule].pattern
+            );
+            Some(denied(status))
+        }
+        Verdict::Allow | Verdict::StaticOnly { .. } => None,
+    }
+}
+
+/// The app's `rules:` on what the path resolved to: a script under a
+/// `static_only` path never runs (403), and a denied script or file (a
+/// directory's index, `/x.php/info` for a glob on `*.php`) is not served.
+/// The front controller runs for a missing path under a `static_only` path:
+/// its code is not there.
+fn apply_rules_to_target(config: &WorkerConfig, root: &DocumentRoot, target: Target) -> Target {
+    if config.rules.is_empty() {
+        return target;
+    }
+    let name = match &target {
+        Target::Script(script) => script.name.as_bytes(),
+        Target::Static { path, .. } => match path.strip_prefix(&root.path) {
+            Ok(relative) => relative.as_os_str().as_bytes(),
+            Err(_) => return target,
+        },
+        _ => return target,
+    };
+    let segments: Vec<&[u8]> = name
+        .split(|&b| b == b'/')
+        .filter(|s| !s.is_empty())
+        .collect();
+    match config.rules.verdict(&segments) {
+        Verdict::Deny { status, rule } => {
+            tracing::debug!(
+                worker = %config.name,
+                "{} denied by rules[{rule}] ({})",
+                String::from_utf8_lossy(name),
+                config.rules.0[rule].pattern
+            );
+            denied(status)
+        }
+        Verdict::StaticOnly { rule } if matches!(target, Target::Script(_)) => {
+            tracing::debug!(
+                worker = %config.name,
+                "script {} not run: rules[{rule}] ({}) is static_only",
+                String::from_utf8_lossy(name),
+                config.rules.0[rule].pattern
+            );
+            Target::Forbidden
+        }
+        _ => target,
+    }
+}
+
+fn denied(status: DenyStatus) -> Target {
+    match status {
+        DenyStatus::Forbidden => Target::Forbidden,
+        DenyStatus::NotFound => Target::NotFound,
     }
 }

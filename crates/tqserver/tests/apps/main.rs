@@ -1,7 +1,8 @@
 //! Real applications, unmodified, on tqserver: WordPress (Debian's
 //! `wordpress` package on a private MariaDB server) and a Laravel app built
 //! on Debian's `php-laravel-framework`, driven end to end over HTTP the way
-//! a browser drives them (forms, cookies, nonces, redirects, uploads).
+//! a browser drives them (forms, cookies, nonces, redirects, uploads), and
+//! Debian's `dokuwiki` with the example config in `examples/debian`.
 //!
 //! Heavy, so it is its own target behind the `app-tests` feature:
 //!
@@ -18,6 +19,7 @@
 mod support;
 
 mod browser;
+mod dokuwiki;
 mod html;
 mod laravel;
 mod mariadb;

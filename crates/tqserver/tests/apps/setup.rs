@@ -46,6 +46,7 @@ pub fn ensure_packages() {
             "/usr/share/wordpress/wp-content/themes/twentytwentythree/theme.json",
             "/usr/share/php/Illuminate/autoload.php",
             "/usr/share/php/Illuminate/Foundation/Application.php",
+            "/usr/share/dokuwiki/doku.php",
             "/usr/sbin/mariadbd",
             "/usr/bin/mariadb-install-db",
             "/usr/bin/mariadb",
