@@ -478,12 +478,24 @@ struct LoadReport {
     ok: usize,
     /// Per node, the responses it gave.
     by_node: std::collections::BTreeMap<String, usize>,
-    failures: Vec<String>,
+    failures: Vec<Failure>,
+}
+
+/// A request that failed: which client sent it, when it started and ended
+/// (since the load started), and what went wrong.
+#[derive(Debug)]
+#[allow(dead_code)] // read through Debug, in assertion messages
+struct Failure {
+    client: usize,
+    started: Duration,
+    ended: Duration,
+    what: String,
 }
 
 /// `clients` threads in the balancer's namespace, each sending one request
 /// after another (a new connection each) until stopped.
 struct Load {
+    started: Instant,
     stop: Arc<AtomicBool>,
     report: Arc<Mutex<LoadReport>>,
     threads: Vec<std::thread::JoinHandle<()>>,
@@ -491,35 +503,41 @@ struct Load {
 
 impl Load {
     fn start(lb: &netns::Netns, clients: usize) -> Self {
+        let started = Instant::now();
         let stop = Arc::new(AtomicBool::new(false));
         let report = Arc::new(Mutex::new(LoadReport::default()));
         let front: SocketAddr = format!("{LB_IP}:{HTTP_PORT}").parse().unwrap();
         let threads = (0..clients)
-            .map(|_| {
+            .map(|client| {
                 let stop = stop.clone();
                 let report = report.clone();
                 lb.spawn(move || {
                     while !stop.load(Ordering::Relaxed) {
+                        let sent = started.elapsed();
                         let result = http_get(front, "/work.php", None);
                         let mut report = report.lock().unwrap();
-                        match result {
+                        let what = match result {
                             Ok(reply) if reply.status == 200 => {
                                 report.ok += 1;
                                 let node = reply.var("node").unwrap_or("?").to_owned();
                                 *report.by_node.entry(node).or_default() += 1;
+                                continue;
                             }
-                            Ok(reply) => report.failures.push(format!(
-                                "{} {}",
-                                reply.status,
-                                reply.body.trim()
-                            )),
-                            Err(err) => report.failures.push(err),
-                        }
+                            Ok(reply) => format!("status {}", reply.status),
+                            Err(err) => err,
+                        };
+                        report.failures.push(Failure {
+                            client,
+                            started: sent,
+                            ended: started.elapsed(),
+                            what,
+                        });
                     }
                 })
             })
             .collect();
         Self {
+            started,
             stop,
             report,
             threads,
@@ -733,25 +751,39 @@ fn two_nodes_behind_haproxy() {
     assert!(report.by_node.len() == 2, "{report:?}");
     eprintln!("rolling reload: {report:?}");
 
-    // (b) kill -9 of a node under load loses at most the requests in flight
-    // at that moment (one per client).
+    // (b) kill -9 of a node under load loses only the requests in flight
+    // while it dies. The kernel takes a few milliseconds (5 to 25 here) to
+    // tear down a killed process, closing its connections one after the
+    // other; until its listening socket is gone it still accepts, so a
+    // client whose first request failed early can lose a second one sent
+    // into that window (seen in about 1 run in 20). So the test asserts what
+    // the operator cares about: every failed request was in flight between
+    // the kill and the process's exit, and every request sent after it
+    // succeeded (HAProxy retries refused connections on the other node).
     let clients = 2;
     let load = Load::start(&lb, clients);
     assert!(wait_until(Duration::from_secs(5), || load.snapshot().0 >= 20));
+    let killed_at = load.started.elapsed();
     nodes[0].signal(libc::SIGKILL);
     assert!(nodes[0].wait_exit(Duration::from_secs(5)).is_some());
+    let dead_at = load.started.elapsed();
     let (ok_at_kill, _) = load.snapshot();
     // Long enough for HAProxy to notice and for plenty of requests after.
     wait_haproxy_status(&stats, "n1", "DOWN", Duration::from_secs(5));
     assert!(wait_until(Duration::from_secs(5), || load.snapshot().0
         >= ok_at_kill + 50));
     let report = load.finish();
+    eprintln!("kill -9 at {killed_at:?}, exit seen at {dead_at:?}: {report:?}");
+    let outside: Vec<&Failure> = report
+        .failures
+        .iter()
+        .filter(|f| f.started >= dead_at || f.ended < killed_at)
+        .collect();
     assert!(
-        report.failures.len() <= clients,
-        "kill -9 lost more than the requests in flight: {report:?}\n{}",
+        outside.is_empty(),
+        "kill -9 at {killed_at:?}, exit at {dead_at:?}: requests not in flight then failed: {outside:?}\n{}",
         logs(&nodes)
     );
-    eprintln!("kill -9: {report:?}");
     // Back, with the sessions it never held.
     nodes[0].start();
     nodes[0].wait_ready(&lb);
