@@ -656,8 +656,7 @@ fn two_nodes_behind_haproxy() {
         .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
         .arg("--dir")
         .arg(dir.path());
-    let _redis =
-        netns::Process::spawn("redis-server", redis_command, &dir.path().join("redis.log"));
+    let redis = netns::Process::spawn("redis-server", redis_command, &dir.path().join("redis.log"));
     let redis_addr: SocketAddr = format!("{LB_IP}:{REDIS_PORT}").parse().unwrap();
     assert!(
         lb.run(
@@ -665,7 +664,7 @@ fn two_nodes_behind_haproxy() {
                 .is_ok())
         ),
         "redis-server did not start:\n{}",
-        _redis.log()
+        redis.log()
     );
 
     let mut nodes: Vec<Node> = ["n1", "n2"]
