@@ -11,7 +11,7 @@ use bytes::BytesMut;
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::{HeaderMap, HeaderValue, Method, Uri, Version};
 use pool::{PoolConfig, SocketKind, WorkerCommand};
-use tqserver::config::{PhpConfig, SecurityConfig, SymlinkPolicy, WorkerConfig};
+use tqserver::config::{PhpConfig, ResponseBuffer, SecurityConfig, SymlinkPolicy, WorkerConfig};
 use tqserver::http::cgi_params::{CgiRequest, write};
 use tqserver::http::resolve::Script;
 
@@ -38,6 +38,12 @@ fn worker() -> WorkerConfig {
             user: None,
             opcache_file_cache: false,
             cache_dir: None,
+            request_buffering: true,
+            response_buffer: ResponseBuffer {
+                enabled: true,
+                memory_bytes: 1 << 20,
+                max_bytes: 1 << 30,
+            },
         },
         pool: PoolConfig::with_command(
             "blog",
@@ -53,6 +59,7 @@ fn worker() -> WorkerConfig {
         fastcgi: None,
         access_log: None,
         rules: Default::default(),
+        ready_max_queue: None,
     }
 }
 

@@ -4,8 +4,9 @@
 //! - `/status/<worker>`: php-fpm's status page (`?json`, `?html`, `?xml`,
 //!   `?openmetrics`, `&full`);
 //! - `/healthz`: the process answers;
-//! - `/readyz`: every enabled pool can take work (not while starting or
-//!   draining).
+//! - `/readyz`: every enabled pool can take work (not while starting,
+//!   draining or stopping, nor while a queue is above `ready_max_queue`; see
+//!   `readiness`).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -159,6 +160,7 @@ pub fn server_status(state: &ServerState, full: bool) -> String {
         quote(match state.phase() {
             Phase::Starting => "starting",
             Phase::Running => "running",
+            Phase::Draining => "draining",
             Phase::Stopping => "stopping",
         }),
         state.uptime().as_secs(),

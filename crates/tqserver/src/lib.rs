@@ -10,7 +10,8 @@
 //! would ([`http::resolve`]). The FastCGI listener ([`listener`]) feeds the same
 //! pools from a web server in front. [`server`] ties the lifecycle together
 //! (start, reload as a diff, graceful stop); [`observe`], [`metrics`],
-//! [`status`] and [`admin`] make it visible.
+//! [`status`] and [`admin`] make it visible, and [`readiness`] decides what
+//! `/readyz` tells a balancer.
 
 pub mod admin;
 pub mod app;
@@ -21,6 +22,7 @@ pub mod listener;
 pub mod logging;
 pub mod metrics;
 pub mod observe;
+pub mod readiness;
 pub mod router;
 pub mod rules;
 pub mod server;

@@ -1,8 +1,10 @@
 //! Lifecycle: start, serve, reload, stop.
 //!
 //! Signals map to phases: SIGTERM, SIGINT and SIGQUIT are a graceful stop
-//! (stop accepting, let in-flight requests finish within `grace_period`, then
-//! stop the workers: SIGTERM, then SIGKILL); a second SIGINT stops at once.
+//! (for `drain_delay`, `/readyz` fails while every listener still serves, so a
+//! balancer takes the node out first; then stop accepting, let in-flight
+//! requests finish within `grace_period`, then stop the workers: SIGTERM, then
+//! SIGKILL); a second SIGINT stops at once.
 //! SIGHUP (or `tqserver reload`, or an edit of a config file) reloads; SIGUSR1
 //! reopens the log files.
 //!
@@ -36,6 +38,7 @@ use crate::listener;
 use crate::logging::LogFile;
 use crate::metrics::{BuildInfo, Metrics};
 use crate::observe::Telemetry;
+use crate::readiness::{self, PoolLoad};
 use crate::router::Router;
 use crate::{admin, systemd, watch};
 
@@ -44,7 +47,10 @@ use crate::{admin, systemd, watch};
 pub enum Phase {
     Starting = 0,
     Running = 1,
-    Stopping = 2,
+    /// Stopping, but still serving for `server.drain_delay`: only `/readyz`
+    /// says so, and no reload starts.
+    Draining = 2,
+    Stopping = 3,
 }
 
 /// The outcome of the last reload, for the status output.
@@ -88,6 +94,7 @@ impl ServerState {
         match self.phase.load(Ordering::Acquire) {
             0 => Phase::Starting,
             1 => Phase::Running,
+            2 => Phase::Draining,
             _ => Phase::Stopping,
         }
     }
@@ -111,29 +118,19 @@ impl ServerState {
             .unwrap_or_default()
     }
 
-    /// Why the server cannot take work right now, if it cannot.
+    /// Why the server cannot take work right now, if it cannot (see
+    /// [`crate::readiness`]).
     pub fn not_ready_reason(&self) -> Option<String> {
-        match self.phase() {
-            Phase::Starting => return Some("starting".into()),
-            Phase::Stopping => return Some("stopping".into()),
-            Phase::Running => {}
+        let config = self.config.load();
+        if let Some(reason) = readiness::phase_not_ready(self.phase(), config.server.drain_delay) {
+            return Some(reason);
         }
         let router = self.router.load();
-        for app in router.apps() {
+        router.apps().iter().find_map(|app| {
+            let limit = app.config.ready_max_queue.unwrap_or(config.ready_max_queue);
             let status = app.pool.status();
-            if status.draining {
-                return Some(format!("pool {} is draining", app.config.name));
-            }
-            let can_spawn = status.total + status.spawning < status.max_workers
-                && status.backoff_remaining.is_none();
-            if status.idle == 0 && status.spawning == 0 && !can_spawn && status.busy == 0 {
-                return Some(format!(
-                    "pool {} has no worker and cannot start one",
-                    app.config.name
-                ));
-            }
-        }
-        None
+            readiness::pool_not_ready(&PoolLoad::new(&app.config.name, &status), limit)
+        })
     }
 
     fn report(&self, ok: bool, errors: Vec<String>) {
@@ -383,8 +380,25 @@ async fn serve_until_stopped(
         }
     }
 
-    // Phase 1: stop accepting; connections finish their requests.
     systemd::stopping();
+    // Phase 1: readiness fails while everything still serves, long enough
+    // for a balancer's health checks to take this node out of rotation.
+    let drain_delay = state.config.load().server.drain_delay;
+    if !drain_delay.is_zero() {
+        state.set_phase(Phase::Draining);
+        info!("draining: /readyz fails for {drain_delay:?}, then the listeners close");
+        tokio::select! {
+            _ = tokio::time::sleep(drain_delay) => {}
+            _ = sigint.recv() => {
+                warn!("second SIGINT: stopping now");
+                state.shutdown.cancel();
+                let apps_now = router.load().apps().to_vec();
+                stop_apps(&apps_now, Duration::ZERO).await;
+                return Ok(());
+            }
+        }
+    }
+    // Phase 2: stop accepting; connections finish their requests.
     state.set_phase(Phase::Stopping);
     let grace = state.config.load().server.grace_period;
     let deadline = Instant::now() + grace;
@@ -400,7 +414,7 @@ async fn serve_until_stopped(
             return Ok(());
         }
     }
-    // Phase 2: workers (anything still running is cut off at the deadline).
+    // Phase 3: workers (anything still running is cut off at the deadline).
     let left = deadline.saturating_duration_since(Instant::now());
     stop_apps(&apps_now, left).await;
     state.background.close();

@@ -35,6 +35,8 @@ pub mod defaults {
     pub const MAX_HEADERS: usize = 100;
     pub const MAX_BODY_BYTES: u64 = 64 * 1024 * 1024;
     pub const GRACE_PERIOD: Duration = Duration::from_secs(30);
+    /// Off: a stop closes the listeners at once, as before there was a drain.
+    pub const DRAIN_DELAY: Duration = Duration::ZERO;
     pub const WORKERS_DIRECTORY: &str = "workers";
     pub const ADMIN_LISTEN: &str = "127.0.0.1:9180";
     /// A PHP response held in memory for a slow client, per request (the
@@ -87,6 +89,9 @@ pub struct Config {
     pub cache_dir: PathBuf,
     pub logging: LoggingConfig,
     pub admin: Option<SocketAddr>,
+    /// `/readyz` fails while more requests than this wait in an app's queue
+    /// (`admin.ready_max_queue`; an app's `php.pool.ready_max_queue` wins).
+    pub ready_max_queue: QueueLimit,
     /// Enabled workers, in name order.
     pub workers: Vec<Arc<WorkerConfig>>,
 }
@@ -105,6 +110,9 @@ pub struct ServerSettings {
     pub max_body_bytes: u64,
     /// How long in-flight requests may finish on shutdown.
     pub grace_period: Duration,
+    /// On a stop, how long `/readyz` fails while the listeners still serve,
+    /// so a balancer takes this node out before its port closes.
+    pub drain_delay: Duration,
     pub pid_file: Option<PathBuf>,
     /// Threads serving requests; 0 is one per CPU.
     pub threads: usize,
@@ -153,6 +161,17 @@ pub struct WorkerConfig {
     pub access_log: Option<AccessLogConfig>,
     /// Per-path deny and static-only rules (`rules:`).
     pub rules: crate::rules::PathRules,
+    /// This app's `php.pool.ready_max_queue`; None: the server's.
+    pub ready_max_queue: Option<QueueLimit>,
+}
+
+/// A bound on a queue's length that readiness checks, or none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum QueueLimit {
+    #[default]
+    Off,
+    /// Not ready while more than this many requests wait.
+    Max(usize),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

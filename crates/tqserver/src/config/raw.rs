@@ -34,6 +34,7 @@ pub struct RawServer {
     pub max_headers: Option<usize>,
     pub max_body_bytes: Option<RawSize>,
     pub grace_period: Option<RawDuration>,
+    pub drain_delay: Option<RawDuration>,
     pub pid_file: Option<String>,
     pub threads: Option<usize>,
 }
@@ -83,6 +84,7 @@ pub struct RawSlowLog {
 pub struct RawAdmin {
     pub enabled: Option<bool>,
     pub listen: Option<String>,
+    pub ready_max_queue: Option<RawQueueLimit>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -182,6 +184,7 @@ pub struct RawPool {
     pub queue_timeout: Option<RawDuration>,
     pub spawn_timeout: Option<RawDuration>,
     pub kill_grace: Option<RawDuration>,
+    pub ready_max_queue: Option<RawQueueLimit>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -247,6 +250,48 @@ impl<'de> Deserialize<'de> for RawScalar {
             }
             fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
                 Ok(RawScalar(String::new()))
+            }
+        }
+        deserializer.deserialize_any(V)
+    }
+}
+
+/// A number of requests, or `off` (also `false`) for no limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RawQueueLimit(pub Option<usize>);
+
+impl<'de> Deserialize<'de> for RawQueueLimit {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = RawQueueLimit;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a number of requests, or off")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                match v.trim() {
+                    "off" => Ok(RawQueueLimit(None)),
+                    other => other.parse().map(|n| RawQueueLimit(Some(n))).map_err(|_| {
+                        E::custom(format!("`{v}` is not a number of requests or off"))
+                    }),
+                }
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<Self::Value, E> {
+                if v {
+                    Err(E::custom("use a number of requests, or off"))
+                } else {
+                    Ok(RawQueueLimit(None))
+                }
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+                usize::try_from(v)
+                    .map(|n| RawQueueLimit(Some(n)))
+                    .map_err(|_| E::custom("too large"))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+                usize::try_from(v)
+                    .map(|n| RawQueueLimit(Some(n)))
+                    .map_err(|_| E::custom("a queue length cannot be negative"))
             }
         }
         deserializer.deserialize_any(V)

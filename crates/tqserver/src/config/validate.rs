@@ -15,8 +15,8 @@ use super::raw::{
 };
 use super::yaml::{self, ConfigError, ConfigErrors, suggest};
 use super::{
-    AccessLogConfig, Config, FastcgiConfig, ListenAddr, LoggingConfig, PhpConfig, ResponseBuffer,
-    SecurityConfig, ServerSettings, SymlinkPolicy, WorkerConfig, defaults,
+    AccessLogConfig, Config, FastcgiConfig, ListenAddr, LoggingConfig, PhpConfig, QueueLimit,
+    ResponseBuffer, SecurityConfig, ServerSettings, SymlinkPolicy, WorkerConfig, defaults,
 };
 use crate::rules::{DenyStatus, PathRule, PathRules, Pattern, RuleAction};
 
@@ -116,6 +116,7 @@ pub fn load(server_file: &Path) -> Result<Config, ConfigErrors> {
             .map(|s| s.0)
             .unwrap_or(defaults::MAX_BODY_BYTES),
         grace_period: dur(server_raw.grace_period, defaults::GRACE_PERIOD),
+        drain_delay: dur(server_raw.drain_delay, defaults::DRAIN_DELAY),
         threads: server_raw.threads.unwrap_or(0),
         pid_file: match server_raw.pid_file.as_deref() {
             Some("") | Some("off") => None,
@@ -141,6 +142,7 @@ pub fn load(server_file: &Path) -> Result<Config, ConfigErrors> {
 
     let logging = logging(&raw.logging.unwrap_or_default(), &root, &at, &mut errors);
     let admin_raw = raw.admin.unwrap_or_default();
+    let ready_max_queue = queue_limit(admin_raw.ready_max_queue).unwrap_or_default();
     let admin = if admin_raw.enabled == Some(false) {
         None
     } else {
@@ -223,6 +225,7 @@ pub fn load(server_file: &Path) -> Result<Config, ConfigErrors> {
         cache_dir,
         logging,
         admin,
+        ready_max_queue,
         workers,
     })
 }
@@ -632,6 +635,7 @@ fn load_worker(
         &at_rule,
         &mut errors,
     );
+    let ready_max_queue = queue_limit(php_raw.pool.as_ref().and_then(|p| p.ready_max_queue));
 
     if !errors.is_empty() {
         return Err(errors);
@@ -679,6 +683,7 @@ fn load_worker(
         fastcgi,
         access_log,
         rules,
+        ready_max_queue,
     }))
 }
 
@@ -983,6 +988,10 @@ fn fastcgi_config(
     })
 }
 
+fn queue_limit(value: Option<super::raw::RawQueueLimit>) -> Option<QueueLimit> {
+    value.map(|limit| limit.0.map_or(QueueLimit::Off, QueueLimit::Max))
+}
+
 fn dur(value: Option<super::raw::RawDuration>, default: Duration) -> Duration {
     value.map(|d| d.0).unwrap_or(default)
 }
@@ -1120,6 +1129,71 @@ mod tests {
         assert!(normalize_route("/a/../b").is_err());
         assert!(normalize_route("/café").is_err());
         assert_eq!(normalize_route("/api~v1"), Ok("/api~v1".to_owned()));
+    }
+
+    /// A site with server.yaml `server_yaml` and one worker `app` whose
+    /// worker.yaml is `worker_yaml`.
+    fn site(server_yaml: &str, worker_yaml: &str) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("config")).unwrap();
+        std::fs::write(dir.path().join("config/server.yaml"), server_yaml).unwrap();
+        std::fs::create_dir_all(dir.path().join("workers/app/config")).unwrap();
+        std::fs::create_dir_all(dir.path().join("workers/app/public")).unwrap();
+        std::fs::write(
+            dir.path().join("workers/app/config/worker.yaml"),
+            worker_yaml,
+        )
+        .unwrap();
+        dir
+    }
+
+    fn load_site(dir: &tempfile::TempDir) -> Result<Config, ConfigErrors> {
+        load(&dir.path().join("config/server.yaml"))
+    }
+
+    #[test]
+    fn drain_delay_and_ready_max_queue_default_off() {
+        let dir = site("server:\n  port: 8080\n", "path: /\n");
+        let config = load_site(&dir).unwrap();
+        assert_eq!(config.server.drain_delay, Duration::ZERO);
+        assert_eq!(config.ready_max_queue, QueueLimit::Off);
+        assert_eq!(config.workers[0].ready_max_queue, None);
+    }
+
+    #[test]
+    fn drain_delay_and_ready_max_queue_are_read() {
+        let dir = site(
+            "server:\n  drain_delay: 5s\nadmin:\n  ready_max_queue: 16\n",
+            "path: /\nphp:\n  pool:\n    ready_max_queue: off\n",
+        );
+        let config = load_site(&dir).unwrap();
+        assert_eq!(config.server.drain_delay, Duration::from_secs(5));
+        assert_eq!(config.ready_max_queue, QueueLimit::Max(16));
+        assert_eq!(config.workers[0].ready_max_queue, Some(QueueLimit::Off));
+
+        let dir = site(
+            "admin:\n  ready_max_queue: off\n",
+            "path: /\nphp:\n  pool:\n    ready_max_queue: 0\n",
+        );
+        let config = load_site(&dir).unwrap();
+        assert_eq!(config.ready_max_queue, QueueLimit::Off);
+        assert_eq!(config.workers[0].ready_max_queue, Some(QueueLimit::Max(0)));
+    }
+
+    #[test]
+    fn a_bad_ready_max_queue_names_file_line_and_key() {
+        let dir = site("admin:\n  ready_max_queue: lots\n", "path: /\n");
+        let errors = load_site(&dir).unwrap_err().to_string();
+        assert!(errors.contains("server.yaml:2"), "{errors}");
+        assert!(errors.contains("admin.ready_max_queue"), "{errors}");
+        assert!(
+            errors.contains("`lots` is not a number of requests or off"),
+            "{errors}"
+        );
+
+        let dir = site("server:\n  drain_delay: soon\n", "path: /\n");
+        let errors = load_site(&dir).unwrap_err().to_string();
+        assert!(errors.contains("server.drain_delay"), "{errors}");
     }
 
     #[test]
