@@ -74,7 +74,11 @@ fn every_spelling_of_a_prefix_reaches_the_same_app() {
         .worker("root", &worker_yaml("/", 1))
         .file("root", "blog/private.txt", "ROOT SECRET")
         .worker("blog", &worker_yaml("/blog", 1))
-        .file("blog", "index.php", "<?php echo 'blog:', $_SERVER['SCRIPT_NAME'];")
+        .file(
+            "blog",
+            "index.php",
+            "<?php echo 'blog:', $_SERVER['SCRIPT_NAME'];",
+        )
         .start();
     for target in [
         "/blog/private.txt",
@@ -96,7 +100,13 @@ fn every_spelling_of_a_prefix_reaches_the_same_app() {
 #[test]
 fn hosts_follow_rfc_9112() {
     let server = app_site(1, "").start();
-    for host in ["Host: evil.com/x\r\n", "Host: \r\n", "Host: a b\r\n", "Host: a\r\nHost: b\r\n", ""] {
+    for host in [
+        "Host: evil.com/x\r\n",
+        "Host: \r\n",
+        "Host: a b\r\n",
+        "Host: a\r\nHost: b\r\n",
+        "",
+    ] {
         let response = server.request(format!(
             "GET /app/vars.php HTTP/1.1\r\n{host}Connection: close\r\n\r\n"
         ));
@@ -123,15 +133,17 @@ fn hosts_follow_rfc_9112() {
 #[test]
 fn odd_request_lines_get_the_right_status() {
     let server = app_site(1, "").start();
-    let response =
-        server.request("GET /app/vars.php HTTP/1.2\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    let response = server
+        .request("GET /app/vars.php HTTP/1.2\r\nHost: localhost\r\nConnection: close\r\n\r\n");
     assert_eq!(response.status, 200);
     assert_eq!(response.vars()["SERVER_PROTOCOL"], "HTTP/1.1");
     let long = format!("/app/file.txt?{}", "a".repeat(100 * 1024));
     let response = server.request(format!("GET {long} HTTP/1.1\r\nHost: localhost\r\n\r\n"));
     assert_eq!(response.status, 414);
     // Many headers are still 431.
-    let headers: String = (0..2000).map(|i| format!("X-H{i}: {}\r\n", "v".repeat(30))).collect();
+    let headers: String = (0..2000)
+        .map(|i| format!("X-H{i}: {}\r\n", "v".repeat(30)))
+        .collect();
     let response = server.request(format!(
         "GET /app/file.txt HTTP/1.1\r\nHost: localhost\r\n{headers}\r\n"
     ));
@@ -156,7 +168,11 @@ fn chunked_bodies_bad_or_too_large_are_answered_at_once() {
          200000\r\n",
     );
     assert_eq!(response.status, 413);
-    assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 #[test]
@@ -200,7 +216,11 @@ fn a_static_request_with_an_unsent_body_is_answered_at_once() {
     );
     assert_eq!(response.status, 200);
     assert_eq!(response.text(), "static text");
-    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
     // It can still send the body and go on with the connection.
     conn.send(b"hello");
     let response = raw(
@@ -213,7 +233,11 @@ fn a_static_request_with_an_unsent_body_is_answered_at_once() {
 #[test]
 fn head_on_php_does_not_invent_a_length() {
     let server = app_site(1, "")
-        .file("app", "sized.php", "<?php header('Content-Length: 5'); echo 'hello';")
+        .file(
+            "app",
+            "sized.php",
+            "<?php header('Content-Length: 5'); echo 'hello';",
+        )
         .start();
     let mut conn = server.connect();
     let response = raw(
@@ -221,7 +245,12 @@ fn head_on_php_does_not_invent_a_length() {
         "HEAD /app/vars.php HTTP/1.1\r\nHost: localhost\r\n\r\n",
     );
     assert_eq!(response.status, 200);
-    assert_eq!(response.header("content-length"), None, "{:?}", response.headers);
+    assert_eq!(
+        response.header("content-length"),
+        None,
+        "{:?}",
+        response.headers
+    );
     let response = raw(
         &mut conn,
         "HEAD /app/sized.php HTTP/1.1\r\nHost: localhost\r\n\r\n",
@@ -306,7 +335,8 @@ fn a_slow_reader_does_not_hold_the_worker() {
         .with_admin();
     let server = site.start();
     let mut slow = TcpStream::connect(("127.0.0.1", server.port())).unwrap();
-    slow.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
     slow.write_all(b"GET /app/big.php HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
         .unwrap();
     let mut first = [0u8; 1024];
@@ -350,7 +380,9 @@ fn a_closing_response_is_delivered_whole_to_a_client_that_keeps_sending() {
     let site = site.file("app", "big.bin", &big);
     let server = site.start();
     let mut client = TcpStream::connect(("127.0.0.1", server.port())).unwrap();
-    client.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
     client
         .write_all(
             b"GET /app/big.bin HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n\
@@ -389,9 +421,15 @@ fn a_complete_response_frees_the_connection_while_the_script_goes_on() {
     let server = site.start();
     let mut conn = server.connect();
     let started = Instant::now();
-    let response = raw(&mut conn, "GET /app/after.php HTTP/1.1\r\nHost: localhost\r\n\r\n");
+    let response = raw(
+        &mut conn,
+        "GET /app/after.php HTTP/1.1\r\nHost: localhost\r\n\r\n",
+    );
     assert_eq!(response.text(), "ok");
-    let response = raw(&mut conn, "GET /app/file.txt HTTP/1.1\r\nHost: localhost\r\n\r\n");
+    let response = raw(
+        &mut conn,
+        "GET /app/file.txt HTTP/1.1\r\nHost: localhost\r\n\r\n",
+    );
     assert_eq!(response.status, 200);
     assert!(
         started.elapsed() < Duration::from_millis(1500),

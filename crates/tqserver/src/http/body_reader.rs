@@ -504,7 +504,8 @@ mod tests {
             .write_all(b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: 1\r\n\r\nGET /next")
             .await
             .unwrap();
-        let (mut body, back) = RequestBody::new(reader, Framing::Chunked, limits(Duration::from_secs(5)));
+        let (mut body, back) =
+            RequestBody::new(reader, Framing::Chunked, limits(Duration::from_secs(5)));
         assert_eq!(read_all(&mut body).await.unwrap(), b"hello world");
         assert!(http_body::Body::is_end_stream(&body));
         drop(body);
@@ -517,7 +518,8 @@ mod tests {
     async fn length_bodies_stop_at_their_length() {
         let (reader, mut client) = pair().await;
         client.write_all(b"abcdefGET /").await.unwrap();
-        let (mut body, back) = RequestBody::new(reader, Framing::Length(6), limits(Duration::from_secs(5)));
+        let (mut body, back) =
+            RequestBody::new(reader, Framing::Length(6), limits(Duration::from_secs(5)));
         assert_eq!(read_all(&mut body).await.unwrap(), b"abcdef");
         drop(body);
         let (reader, remaining) = back.await.unwrap();
@@ -529,7 +531,8 @@ mod tests {
     async fn bad_chunks_and_early_eof_are_errors() {
         let (reader, mut client) = pair().await;
         client.write_all(b"zz\r\n").await.unwrap();
-        let (mut body, back) = RequestBody::new(reader, Framing::Chunked, limits(Duration::from_secs(5)));
+        let (mut body, back) =
+            RequestBody::new(reader, Framing::Chunked, limits(Duration::from_secs(5)));
         assert!(read_all(&mut body).await.is_err());
         drop(body);
         assert_eq!(back.await.unwrap().1, Remaining::Broken);
@@ -571,7 +574,8 @@ mod tests {
     #[tokio::test]
     async fn endless_trailers_are_refused() {
         let (reader, mut client) = pair().await;
-        let (mut body, _back) = RequestBody::new(reader, Framing::Chunked, limits(Duration::from_secs(5)));
+        let (mut body, _back) =
+            RequestBody::new(reader, Framing::Chunked, limits(Duration::from_secs(5)));
         let writer = tokio::spawn(async move {
             client.write_all(b"1\r\nx\r\n0\r\n").await.unwrap();
             for _ in 0..MAX_TRAILERS {
@@ -590,8 +594,11 @@ mod tests {
     async fn a_stalled_body_times_out() {
         let (reader, mut client) = pair().await;
         client.write_all(b"abc").await.unwrap();
-        let (mut body, _back) =
-            RequestBody::new(reader, Framing::Length(10), limits(Duration::from_millis(200)));
+        let (mut body, _back) = RequestBody::new(
+            reader,
+            Framing::Length(10),
+            limits(Duration::from_millis(200)),
+        );
         let err = read_all(&mut body).await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
     }
@@ -601,7 +608,8 @@ mod tests {
         let (reader, mut client) = pair().await;
         // Announces 2 MiB and sends nothing more: no wait for it.
         client.write_all(b"200000\r\n").await.unwrap();
-        let (mut body, _back) = RequestBody::new(reader, Framing::Chunked, limits(Duration::from_secs(30)));
+        let (mut body, _back) =
+            RequestBody::new(reader, Framing::Chunked, limits(Duration::from_secs(30)));
         let started = std::time::Instant::now();
         let err = read_all(&mut body).await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::FileTooLarge);
@@ -631,7 +639,8 @@ mod tests {
         drop(body);
         drop(back.await.unwrap());
         let mut rest = Vec::new();
-        let read = tokio::time::timeout(Duration::from_millis(200), client.read_to_end(&mut rest)).await;
+        let read =
+            tokio::time::timeout(Duration::from_millis(200), client.read_to_end(&mut rest)).await;
         assert!(read.is_err() || rest.is_empty(), "{rest:?}");
     }
 }

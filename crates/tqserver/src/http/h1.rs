@@ -126,7 +126,11 @@ pub async fn serve_connection(
         let mut head = head;
         if let Err(why) = check_authority(&mut head) {
             info!(%peer, status = 400, uri = %head.uri, "refusing request: {why}");
-            if writer.simple(StatusCode::BAD_REQUEST, head.version).await.is_ok() {
+            if writer
+                .simple(StatusCode::BAD_REQUEST, head.version)
+                .await
+                .is_ok()
+            {
                 linger(&mut reader, &mut writer).await;
             }
             return;

@@ -154,4 +154,24 @@ mod tests {
             assert_eq!(normalize(&once).unwrap(), once, "{raw}");
         }
     }
+
+    proptest::proptest! {
+        /// Paths made of the characters that matter (slashes, dots,
+        /// escapes, backslashes, controls): normalizing never panics, and
+        /// what comes out is clean and its own normal form.
+        #[test]
+        fn any_path_normalizes_to_a_clean_fixed_point(
+            raw in "/[/.%2eEfF5cC0aA:@b\\\\\u{1}\u{e9}]{0,40}"
+        ) {
+            if let Ok(normal) = normalize(&raw) {
+                proptest::prop_assert!(normal.starts_with('/'));
+                proptest::prop_assert!(!normal.contains("//"));
+                for segment in normal.split('/') {
+                    proptest::prop_assert!(segment != "." && segment != "..");
+                }
+                proptest::prop_assert!(!normal.contains('\\'));
+                proptest::prop_assert_eq!(normalize(&normal), Ok(normal.clone()));
+            }
+        }
+    }
 }

@@ -554,7 +554,10 @@ enum Source {
 
 impl PhpStream {
     pub fn is_done(&self) -> bool {
-        if self.declared.is_some_and(|declared| self.sent_bytes >= declared) {
+        if self
+            .declared
+            .is_some_and(|declared| self.sent_bytes >= declared)
+        {
             return true;
         }
         self.pending.is_empty()

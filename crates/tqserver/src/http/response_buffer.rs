@@ -52,7 +52,10 @@ pub struct BufferMetrics {
 enum Segment {
     Memory(Bytes),
     /// A stretch of the temporary file.
-    File { offset: u64, length: u64 },
+    File {
+        offset: u64,
+        length: u64,
+    },
 }
 
 #[derive(Default)]
@@ -79,7 +82,9 @@ struct Spool {
 impl Spool {
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock leaves plain data behind; carry on.
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn release(&self, state: &mut State, bytes: u64, from_memory: bool) {

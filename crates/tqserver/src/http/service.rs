@@ -59,16 +59,7 @@ pub async fn handle(
     let response = match (app, normal) {
         (Some((app, rest_len)), Ok(path)) => {
             let rest = &path[path.len() - rest_len..];
-            route(
-                &front,
-                app,
-                request,
-                rest,
-                peer,
-                local,
-                &mut observation,
-            )
-            .await
+            route(&front, app, request, rest, peer, local, &mut observation).await
         }
         (_, Err(error)) => {
             warn!(%peer, uri = %request.uri(), "bad request: {}", error.reason());

@@ -140,7 +140,8 @@ fn if_range_matches(headers: &HeaderMap, etag: &str, modified: SystemTime) -> bo
     if value.starts_with('"') {
         return value == etag;
     }
-    httpdate::parse_http_date(value).is_ok_and(|date| httpdate::fmt_http_date(modified) == httpdate::fmt_http_date(date))
+    httpdate::parse_http_date(value)
+        .is_ok_and(|date| httpdate::fmt_http_date(modified) == httpdate::fmt_http_date(date))
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -248,8 +249,12 @@ mod tests {
         };
         assert!(if_range_matches(&HeaderMap::new(), "\"abc\"", modified));
         assert!(with(httpdate::fmt_http_date(modified)));
-        assert!(!with(httpdate::fmt_http_date(modified + Duration::from_secs(60))));
-        assert!(!with(httpdate::fmt_http_date(modified - Duration::from_secs(60))));
+        assert!(!with(httpdate::fmt_http_date(
+            modified + Duration::from_secs(60)
+        )));
+        assert!(!with(httpdate::fmt_http_date(
+            modified - Duration::from_secs(60)
+        )));
         assert!(with("\"abc\"".into()));
         assert!(!with("\"abd\"".into()));
         assert!(!with("W/\"abc\"".into()));

@@ -113,3 +113,97 @@ impl Drop for Nginx {
         }
     }
 }
+
+/// A real php-fpm on a private unix socket, stopped on drop: the other half
+/// of the nginx + php-fpm pair that tqserver is compared with.
+pub struct PhpFpm {
+    pub dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+pub fn php_fpm_binary() -> PathBuf {
+    for candidate in ["/usr/sbin/php-fpm8.2", "/usr/sbin/php-fpm"] {
+        if Path::new(candidate).exists() {
+            return candidate.into();
+        }
+    }
+    panic!("php-fpm not found: install the Debian package php-fpm (scripts/deps.sh test)");
+}
+
+impl PhpFpm {
+    pub fn start(children: usize) -> Self {
+        let dir = tempfile::Builder::new().prefix("tqfpm").tempdir().unwrap();
+        let _ = Command::new("chmod").arg("0755").arg(dir.path()).status();
+        let prefix = dir.path().display().to_string();
+        // As root, the pool runs as www-data, as Debian's does.
+        let user = if nix::unistd::geteuid().is_root() {
+            "user = www-data\ngroup = www-data\n"
+        } else {
+            ""
+        };
+        let config = format!(
+            "[global]\npid = {prefix}/fpm.pid\nerror_log = {prefix}/fpm.log\ndaemonize = no\n\
+             [www]\n{user}listen = {prefix}/fpm.sock\nlisten.mode = 0666\n\
+             pm = static\npm.max_children = {children}\ncatch_workers_output = yes\n"
+        );
+        std::fs::write(dir.path().join("fpm.conf"), config).unwrap();
+        let child = Command::new(php_fpm_binary())
+            .arg("-F")
+            .arg("-y")
+            .arg(dir.path().join("fpm.conf"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start php-fpm");
+        let fpm = Self {
+            dir,
+            child: Some(child),
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::os::unix::net::UnixStream::connect(fpm.socket()).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "php-fpm did not start: {}",
+                std::fs::read_to_string(fpm.dir.path().join("fpm.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        fpm
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.dir.path().join("fpm.sock")
+    }
+
+    /// nginx serving `root` as Debian's sites do with php-fpm: `try_files`
+    /// to a front controller, `fastcgi_params`, `.php` to this pool.
+    pub fn behind_nginx(&self, root: &Path) -> Nginx {
+        Nginx::start(
+            "",
+            &format!(
+                "root {root};\n\
+                 index index.php index.html;\n\
+                 location / {{ try_files $uri $uri/ /index.php?$args; }}\n\
+                 location ~ [^/]\\.php(/|$) {{\n\
+                   fastcgi_split_path_info ^(.+?\\.php)(/.*)$;\n\
+                   if (!-f $document_root$fastcgi_script_name) {{ return 404; }}\n\
+                   include /etc/nginx/fastcgi_params;\n\
+                   fastcgi_param SCRIPT_FILENAME $document_root$fastcgi_script_name;\n\
+                   fastcgi_param PATH_INFO $fastcgi_path_info;\n\
+                   fastcgi_pass unix:{socket};\n\
+                 }}\n",
+                root = root.display(),
+                socket = self.socket().display()
+            ),
+        )
+    }
+}
+
+impl Drop for PhpFpm {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            super::stop_child(&mut child, Duration::from_secs(5));
+        }
+    }
+}
