@@ -124,6 +124,9 @@ pub struct WorkerShared {
     pub started_at: SystemTime,
     state: AtomicU8,
     requests: AtomicU64,
+    /// Requests that ran to END_REQUEST: a worker that completed one is
+    /// known to serve (see [`crate::scaling::Failure`]).
+    completed: AtomicU64,
     alive: AtomicBool,
     stop_requested: AtomicBool,
     activity: Mutex<Activity>,
@@ -138,6 +141,7 @@ impl WorkerShared {
             started_at: SystemTime::now(),
             state: AtomicU8::new(WorkerState::Idle as u8),
             requests: AtomicU64::new(0),
+            completed: AtomicU64::new(0),
             alive: AtomicBool::new(true),
             stop_requested: AtomicBool::new(false),
             activity: Mutex::new(Activity::default()),
@@ -188,6 +192,15 @@ impl WorkerShared {
 
     pub fn requests(&self) -> u64 {
         self.requests.load(Ordering::Relaxed)
+    }
+
+    /// Counts a request that ran to END_REQUEST.
+    pub(crate) fn note_completed(&self) {
+        self.completed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn completed_requests(&self) -> u64 {
+        self.completed.load(Ordering::Relaxed)
     }
 
     pub fn snapshot(&self) -> WorkerStatus {
