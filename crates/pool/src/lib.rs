@@ -16,7 +16,8 @@
 //! - [`scaling`]: where the number of processes is decided (static, dynamic,
 //!   ondemand), as pure functions;
 //! - [`lease`]: a worker lent to one request, and what happens to it after;
-//! - [`stats`]: counters and status snapshots.
+//! - [`stats`]: counters and status snapshots;
+//! - [`usage`]: what each request cost its process (CPU, peak memory).
 //!
 //! The pool speaks FastCGI but knows nothing of HTTP: front ends (the HTTP
 //! server, the FastCGI listener) write requests into a lease's connection and
@@ -30,9 +31,11 @@ pub mod process;
 pub mod scaling;
 pub mod socket;
 pub mod stats;
+pub mod usage;
 
 pub use config::{Manager, PoolConfig, SocketKind, WorkerCommand};
 pub use error::{AcquireError, SpawnError, StartError};
 pub use lease::{KillReason, Lease};
 pub use pool::WorkerPool;
 pub use stats::{PoolStatus, RequestInfo, WorkerState, WorkerStatus};
+pub use usage::RequestUsage;

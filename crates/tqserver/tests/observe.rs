@@ -347,6 +347,63 @@ fn status_json_full_has_every_php_fpm_field() {
     assert_eq!(all["pools"][0]["route"], "/");
 }
 
+/// The only process of the pool, once it is idle, from `?json&full`.
+fn idle_process(server: &Server) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let status: serde_json::Value =
+            serde_json::from_slice(&server.admin("/status/app?json&full").body).unwrap();
+        let process = status["processes"][0].clone();
+        if process["state"] == "Idle" {
+            return process;
+        }
+        assert!(Instant::now() < deadline, "never idle: {process}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn last_request_cpu_and_memory_are_measured() {
+    let server = site("    manager: static\n    max_workers: 1\n")
+        .file(
+            "app",
+            "burn.php",
+            "<?php $s = str_repeat('x', 20 << 20); $t = microtime(true); \
+             while (microtime(true) - $t < 0.2) { $s[mt_rand(0, 1000)] = 'y'; } echo strlen($s);",
+        )
+        .start();
+    assert_eq!(server.get("/burn.php").text(), (20 << 20).to_string());
+    let burn = idle_process(&server);
+    let cpu = burn["last request cpu"].as_f64().unwrap();
+    let memory = burn["last request memory"].as_u64().unwrap();
+    // A busy loop for most of the request's wall time (near 100% on an
+    // idle machine; a loaded one gives it less).
+    assert!(cpu > 5.0 && cpu < 150.0, "cpu {cpu}%: {burn}");
+    assert!(memory >= 20 << 20, "memory {memory}: {burn}");
+
+    // Measured per request: a light one after it peaks far lower. PHP
+    // answers before it frees the request's memory; wait until it has.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while idle_process(&server)["rss"].as_u64().unwrap() + (15 << 20) > memory {
+        assert!(Instant::now() < deadline, "PHP kept the 20 MB");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(server.get("/ok.php").text(), "ok");
+    let light = idle_process(&server);
+    let light_memory = light["last request memory"].as_u64().unwrap();
+    assert!(light_memory > 0, "{light}");
+    assert!(
+        light_memory + (15 << 20) < memory,
+        "light request {light_memory} vs {memory}"
+    );
+    let text = server.admin("/status/app?full").text();
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("last request memory:") && !l.ends_with(" 0")),
+        "{text}"
+    );
+}
+
 #[test]
 fn html_status_renders_in_headless_chromium() {
     let server = site("    manager: static\n    max_workers: 3\n").start();
