@@ -52,6 +52,7 @@ fn worker() -> WorkerConfig {
         ),
         fastcgi: None,
         access_log: None,
+        slow_log: None,
     }
 }
 

@@ -522,6 +522,62 @@ fn slow_requests_are_logged_and_quick_ones_are_not() {
 }
 
 #[test]
+fn each_app_may_have_its_own_slow_log() {
+    let sleep = "<?php usleep((int)$_GET['ms'] * 1000); echo 'slept';";
+    let pool = "php:\n  pool:\n    manager: static\n    max_workers: 1\n";
+    let server = Site::new()
+        .with_admin()
+        .server_yaml("logging:\n  slow_log:\n    threshold: 300ms\n")
+        .worker(
+            "a",
+            &format!("path: /a\n{pool}slow_log:\n  threshold: 100ms\n  file: a-slow.log\n"),
+        )
+        .worker("b", &format!("path: /b\n{pool}"))
+        .worker(
+            "c",
+            &format!("path: /c\n{pool}slow_log:\n  enabled: false\n"),
+        )
+        .file("a", "sleep.php", sleep)
+        .file("b", "sleep.php", sleep)
+        .file("c", "sleep.php", sleep)
+        .start();
+    for path in [
+        "/a/sleep.php?ms=200",
+        "/b/sleep.php?ms=200",
+        "/b/sleep.php?ms=400",
+        "/c/sleep.php?ms=400",
+    ] {
+        assert_eq!(server.get(path).status, 200, "{path}");
+    }
+    let own = server.site.root().join("workers/a/a-slow.log");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !std::fs::read_to_string(&own).is_ok_and(|t| t.contains("slow request")) {
+        assert!(Instant::now() < deadline, "nothing in {}", own.display());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let own = std::fs::read_to_string(&own).unwrap();
+    assert!(
+        own.contains("worker=a ") && own.contains("uri=/a/sleep.php?ms=200"),
+        "{own}"
+    );
+    assert!(
+        server.wait_for_log("uri=/b/sleep.php?ms=400", Duration::from_secs(3)),
+        "{}",
+        server.log()
+    );
+    let log = server.log();
+    let slow: Vec<_> = log.lines().filter(|l| l.contains("slow request")).collect();
+    assert_eq!(slow.len(), 1, "only b's 400 ms request: {log}");
+    for (app, count) in [("a", 1.0), ("b", 1.0), ("c", 0.0)] {
+        assert_eq!(
+            server.metric(&format!("tqserver_slow_requests_total{{worker=\"{app}\"}}")),
+            Some(count),
+            "{app}"
+        );
+    }
+}
+
+#[test]
 fn a_10_kb_stderr_line_is_logged_whole() {
     let server = site("    manager: static\n    max_workers: 1\n").start();
     assert_eq!(server.get("/long-stderr.php").text(), "logged");

@@ -145,6 +145,17 @@ pub struct WorkerConfig {
     pub pool: pool::PoolConfig,
     pub fastcgi: Option<FastcgiConfig>,
     pub access_log: Option<AccessLogConfig>,
+    /// This app's own slow log settings; None: the server's.
+    pub slow_log: Option<SlowLogConfig>,
+}
+
+/// An app's `slow_log`: each setting it leaves out is the server's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlowLogConfig {
+    /// `enabled: false` turns the slow log off for this app.
+    pub enabled: bool,
+    pub threshold: Option<Duration>,
+    pub file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

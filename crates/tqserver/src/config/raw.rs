@@ -74,6 +74,7 @@ pub struct RawAccessLog {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawSlowLog {
+    pub enabled: Option<bool>,
     pub threshold: Option<RawDuration>,
     pub file: Option<String>,
 }
@@ -101,6 +102,7 @@ pub struct RawWorkerFile {
     pub security: Option<RawSecurity>,
     pub fastcgi: Option<RawFastcgi>,
     pub access_log: Option<RawAccessLog>,
+    pub slow_log: Option<RawSlowLog>,
 }
 
 /// `front_controller: index.php` or `front_controller: false`.

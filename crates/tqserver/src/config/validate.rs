@@ -15,7 +15,7 @@ use super::raw::{
 use super::yaml::{self, ConfigError, ConfigErrors, suggest};
 use super::{
     AccessLogConfig, Config, FastcgiConfig, ListenAddr, LoggingConfig, PhpConfig, SecurityConfig,
-    ServerSettings, WorkerConfig, defaults,
+    ServerSettings, SlowLogConfig, WorkerConfig, defaults,
 };
 
 /// Only what `tqserver status` and `tqserver reload` need from server.yaml
@@ -258,7 +258,12 @@ fn logging(
         json,
         file: raw.file.as_deref().map(|f| root.join(f)),
         access_log,
-        slow_log_threshold: raw.slow_log.as_ref().and_then(|s| s.threshold).map(|d| d.0),
+        slow_log_threshold: raw
+            .slow_log
+            .as_ref()
+            .filter(|s| s.enabled != Some(false))
+            .and_then(|s| s.threshold)
+            .map(|d| d.0),
         slow_log_file: raw
             .slow_log
             .as_ref()
@@ -614,6 +619,11 @@ fn load_worker(
         .access_log
         .as_ref()
         .and_then(|a| access_log(a, folder, "access_log", &at, &mut errors));
+    let slow_log = raw.slow_log.as_ref().map(|s| SlowLogConfig {
+        enabled: s.enabled != Some(false),
+        threshold: s.threshold.map(|d| d.0),
+        file: s.file.as_deref().map(|f| folder.join(f)),
+    });
 
     if !errors.is_empty() {
         return Err(errors);
@@ -650,6 +660,7 @@ fn load_worker(
         pool,
         fastcgi,
         access_log,
+        slow_log,
     }))
 }
 
