@@ -16,6 +16,7 @@
 //! - [`scaling`]: where the number of processes is decided (static, dynamic,
 //!   ondemand), as pure functions;
 //! - [`lease`]: a worker lent to one request, and what happens to it after;
+//! - [`access`]: which directory keeps a worker's user out;
 //! - [`stats`]: counters and status snapshots;
 //! - [`usage`]: what each request cost its process (CPU, peak memory).
 //!
@@ -23,6 +24,7 @@
 //! server, the FastCGI listener) write requests into a lease's connection and
 //! read responses back.
 
+pub mod access;
 pub mod config;
 pub mod error;
 pub mod lease;

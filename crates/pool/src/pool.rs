@@ -207,18 +207,18 @@ impl WorkerPool {
         while let Some(joined) = starting.join_next().await {
             match joined {
                 Ok((id, Ok(spawned))) => ready.push((id, spawned)),
-                Ok((id, Err(source))) => {
+                Ok((id, Err(cause))) => {
                     failure.get_or_insert(StartError {
                         pool: inner.config.name.clone(),
                         slot: id,
-                        source,
+                        cause,
                     });
                 }
                 Err(join_error) => {
                     failure.get_or_insert(StartError {
                         pool: inner.config.name.clone(),
                         slot: 0,
-                        source: SpawnError::Probe {
+                        cause: SpawnError::Probe {
                             reason: join_error.to_string(),
                             stderr: String::new(),
                         },

@@ -540,6 +540,35 @@ fn load_worker(
         None
     };
 
+    // As root, workers run as php.user: php-cgi starts in the document root,
+    // so that user must be able to enter it (a site under a 0700 home
+    // directory cannot start otherwise).
+    if let Some((uid, gid)) = credentials
+        && document_root.is_dir()
+    {
+        match pool::access::first_blocked(&document_root, uid, gid) {
+            Ok(None) => {}
+            Ok(Some(blocked)) => errors.push(at(
+                "document_root",
+                format!(
+                    "php.user `{user_name}` {blocked}, so its workers cannot start in {root}; \
+                     the user needs x on every directory above the document root and r and x \
+                     on the document root: give it access (chmod o+x {dir}, or setfacl -m u:{user_name}:x {dir}), \
+                     move the site, or set php.user to a user that can",
+                    root = document_root.display(),
+                    dir = blocked.dir.display(),
+                ),
+            )),
+            Err(err) => errors.push(at(
+                "document_root",
+                format!(
+                    "cannot check that php.user `{user_name}` can enter {}: {err}",
+                    document_root.display()
+                ),
+            )),
+        }
+    }
+
     let socket = match php_raw.socket.as_deref() {
         None | Some("unix") => SocketKind::Unix {
             dir: socket_dir.to_owned(),
