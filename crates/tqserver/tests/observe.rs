@@ -691,6 +691,87 @@ fn tqserver_status_prints_pools_and_workers() {
     );
 }
 
+fn tqserver_cli(args: &[&str], config: &std::path::Path) -> (bool, String) {
+    let output = Command::new(BIN)
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), text)
+}
+
+#[test]
+fn two_servers_with_default_admin_settings_each_answer_their_own_status() {
+    // No admin section: each server's endpoint is the socket next to its
+    // pid file, so two sites on one machine do not collide.
+    let alpha = Site::new()
+        .default_admin()
+        .worker("alpha", "path: /\n")
+        .file("alpha", "index.php", "<?php echo 'alpha';")
+        .start();
+    let beta = Site::new()
+        .default_admin()
+        .worker("beta", "path: /\n")
+        .file("beta", "index.php", "<?php echo 'beta';")
+        .start();
+    assert_eq!(alpha.get("/").text(), "alpha");
+    assert_eq!(beta.get("/").text(), "beta");
+    for (server, own, other) in [(&alpha, "alpha", "beta"), (&beta, "beta", "alpha")] {
+        let socket = server.site.root().join("tqserver.sock");
+        assert!(socket.exists(), "{}", server.log());
+        let (ok, text) = tqserver_cli(&["status"], &server.site.config_path());
+        assert!(ok, "{text}");
+        assert!(
+            text.lines().any(|l| l.starts_with(&format!("{own} "))),
+            "{text}"
+        );
+        assert!(!text.contains(other), "{text}");
+        assert!(text.contains(&format!("pid {}", server.pid())), "{text}");
+        let (ok, text) = tqserver_cli(&["reload"], &server.site.config_path());
+        assert!(ok && text.contains("configuration reloaded"), "{text}");
+    }
+
+    // A second server for the same site stops at once, says why, and
+    // leaves the first one's pid file and socket alone.
+    let pid_file = alpha.site.root().join("tqserver.pid");
+    let (ok, text) = tqserver_cli(&["run"], &alpha.site.config_path());
+    assert!(!ok, "{text}");
+    assert!(text.contains("admin.listen"), "{text}");
+    assert_eq!(
+        std::fs::read_to_string(&pid_file).unwrap().trim(),
+        alpha.pid().to_string()
+    );
+    let (ok, text) = tqserver_cli(&["status"], &alpha.site.config_path());
+    assert!(ok, "{text}");
+}
+
+#[test]
+fn a_taken_admin_port_is_refused_naming_the_key_to_set() {
+    let site = Site::new().with_admin().worker("app", "path: /\n").file(
+        "app",
+        "index.php",
+        "<?php echo 1;",
+    );
+    let taken = std::net::TcpListener::bind(("127.0.0.1", site.admin_port.unwrap())).unwrap();
+    let (ok, text) = tqserver_cli(&["run"], &site.config_path());
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains("cannot listen on admin.listen 127.0.0.1:")
+            && text.contains(&format!(
+                "set admin.listen in {} to a free address",
+                site.config_path().display()
+            )),
+        "{text}"
+    );
+    drop(taken);
+}
+
 #[test]
 fn the_server_log_can_be_json() {
     let server = site("    manager: static\n    max_workers: 1\n")

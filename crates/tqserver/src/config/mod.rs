@@ -36,7 +36,9 @@ pub mod defaults {
     pub const MAX_BODY_BYTES: u64 = 64 * 1024 * 1024;
     pub const GRACE_PERIOD: Duration = Duration::from_secs(30);
     pub const WORKERS_DIRECTORY: &str = "workers";
-    pub const ADMIN_LISTEN: &str = "127.0.0.1:9180";
+    /// Relative to the server root, next to the pid file: one per site, so
+    /// two servers on one machine never collide (a fixed port would).
+    pub const ADMIN_LISTEN: &str = "tqserver.sock";
     /// Relative to the server root; `tqserver reload` finds the server here.
     pub const PID_FILE: &str = "tqserver.pid";
 
@@ -80,7 +82,8 @@ pub struct Config {
     /// Where OPcache file caches of the pools go (one folder per pool).
     pub cache_dir: PathBuf,
     pub logging: LoggingConfig,
-    pub admin: Option<SocketAddr>,
+    /// The admin endpoint (`admin.listen`); None when turned off.
+    pub admin: Option<ListenAddr>,
     /// Enabled workers, in name order.
     pub workers: Vec<Arc<WorkerConfig>>,
 }
@@ -184,6 +187,15 @@ pub struct PhpConfig {
 pub enum ListenAddr {
     Tcp(SocketAddr),
     Unix(PathBuf),
+}
+
+impl std::fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Tcp(addr) => write!(f, "{addr}"),
+            Self::Unix(path) => write!(f, "unix:{}", path.display()),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

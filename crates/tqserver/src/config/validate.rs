@@ -10,7 +10,7 @@ use std::time::Duration;
 use pool::{Manager, PoolConfig, SocketKind, WorkerCommand};
 
 use super::raw::{
-    RawAccessLog, RawFastcgi, RawFrontController, RawPool, RawServerFile, RawWorkerFile,
+    RawAccessLog, RawAdmin, RawFastcgi, RawFrontController, RawPool, RawServerFile, RawWorkerFile,
 };
 use super::yaml::{self, ConfigError, ConfigErrors, suggest};
 use super::{
@@ -23,8 +23,8 @@ use super::{
 /// they work even while a worker.yaml is broken.
 pub fn control_settings(
     server_file: &Path,
-) -> Result<(Option<SocketAddr>, Option<PathBuf>), ConfigError> {
-    let (raw, _) = yaml::load::<RawServerFile>(server_file)?;
+) -> Result<(Option<ListenAddr>, Option<PathBuf>), ConfigError> {
+    let (raw, text) = yaml::load::<RawServerFile>(server_file)?;
     let config_dir = absolute(server_file.parent().unwrap_or(Path::new(".")));
     let server = raw.server.unwrap_or_default();
     let root = match &server.root {
@@ -34,16 +34,8 @@ pub fn control_settings(
             .map(Path::to_path_buf)
             .unwrap_or(config_dir.clone()),
     };
-    let admin = raw.admin.unwrap_or_default();
-    let admin = if admin.enabled == Some(false) {
-        None
-    } else {
-        admin
-            .listen
-            .unwrap_or_else(|| defaults::ADMIN_LISTEN.to_owned())
-            .parse()
-            .ok()
-    };
+    let admin = admin_listen(&raw.admin.unwrap_or_default(), &root)
+        .map_err(|message| ConfigError::at_key(server_file, &text, "admin.listen", message))?;
     let pid_file = match server.pid_file.as_deref() {
         Some("") | Some("off") => None,
         Some(path) => Some(root.join(path)),
@@ -138,22 +130,11 @@ pub fn load(server_file: &Path) -> Result<Config, ConfigErrors> {
     };
 
     let logging = logging(&raw.logging.unwrap_or_default(), &root, &at, &mut errors);
-    let admin_raw = raw.admin.unwrap_or_default();
-    let admin = if admin_raw.enabled == Some(false) {
-        None
-    } else {
-        let listen = admin_raw
-            .listen
-            .unwrap_or_else(|| defaults::ADMIN_LISTEN.to_owned());
-        match listen.parse::<SocketAddr>() {
-            Ok(addr) => Some(addr),
-            Err(_) => {
-                errors.push(at(
-                    "admin.listen",
-                    format!("`{listen}` is not an address such as 127.0.0.1:9180"),
-                ));
-                None
-            }
+    let admin = match admin_listen(&raw.admin.unwrap_or_default(), &root) {
+        Ok(admin) => admin,
+        Err(message) => {
+            errors.push(at("admin.listen", message));
+            None
         }
     };
 
@@ -223,6 +204,37 @@ pub fn load(server_file: &Path) -> Result<Config, ConfigErrors> {
         admin,
         workers,
     })
+}
+
+/// `admin.listen`: a TCP address (`127.0.0.1:9180`), `unix:PATH`, or a
+/// socket path (absolute, or with a `/` or ending in `.sock`: relative to
+/// the server root). None when `admin.enabled: false`.
+fn admin_listen(raw: &RawAdmin, root: &Path) -> Result<Option<ListenAddr>, String> {
+    if raw.enabled == Some(false) {
+        return Ok(None);
+    }
+    let text = raw.listen.as_deref().unwrap_or(defaults::ADMIN_LISTEN);
+    let listen = if let Some(path) = text.strip_prefix("unix:") {
+        ListenAddr::Unix(root.join(path))
+    } else if let Ok(addr) = text.parse::<SocketAddr>() {
+        ListenAddr::Tcp(addr)
+    } else if text.contains('/') || text.ends_with(".sock") {
+        ListenAddr::Unix(root.join(text))
+    } else {
+        return Err(format!(
+            "`{text}` is not an address such as 127.0.0.1:9180 or a socket path such as /run/tqserver/admin.sock"
+        ));
+    };
+    // sun_path holds 108 bytes with the terminating NUL.
+    if let ListenAddr::Unix(path) = &listen
+        && path.as_os_str().len() > 107
+    {
+        return Err(format!(
+            "{} is longer than a unix socket path may be (107 bytes); set admin.listen to a shorter path or an address such as 127.0.0.1:9180",
+            path.display()
+        ));
+    }
+    Ok(Some(listen))
 }
 
 fn logging(
