@@ -13,6 +13,7 @@ use std::convert::Infallible;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use anyhow::{Context as _, bail};
 
@@ -141,6 +142,11 @@ async fn accept(listener: &AdminListener) -> std::io::Result<Accepted> {
     }
 }
 
+/// Serves one connection. On shutdown, a response being written finishes;
+/// a connection with nothing in flight closes at once. (hyper's graceful
+/// shutdown would wait for a request that a client opened a socket for, or
+/// half sent, until its header timeout: the server then lingered 2 s after
+/// logging "stopped" whenever a poller held such a connection.)
 async fn connection<IO>(
     stream: IO,
     state: Arc<ServerState>,
@@ -149,9 +155,21 @@ async fn connection<IO>(
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let service = service_fn(move |request| {
-        let state = state.clone();
-        async move { Ok::<_, Infallible>(handle(&state, request)) }
+    // Responses handed to hyper and not yet sent in full.
+    let in_flight = Arc::new(AtomicUsize::new(0));
+    let service = service_fn({
+        let in_flight = in_flight.clone();
+        move |request| {
+            let state = state.clone();
+            let guard = InFlight::new(&in_flight);
+            async move {
+                let response = handle(&state, request);
+                Ok::<_, Infallible>(response.map(|body| TrackedBody {
+                    body,
+                    _guard: guard,
+                }))
+            }
+        }
     });
     let connection = builder.serve_connection(TokioIo::new(stream), service);
     tokio::pin!(connection);
@@ -162,9 +180,52 @@ async fn connection<IO>(
             }
         }
         _ = shutdown.cancelled() => {
-            connection.as_mut().graceful_shutdown();
-            let _ = connection.await;
+            if in_flight.load(Ordering::Acquire) > 0 {
+                connection.as_mut().graceful_shutdown();
+                let _ = connection.await;
+            }
         }
+    }
+}
+
+/// Counts a response as in flight until hyper drops its body (sent).
+struct InFlight(Arc<AtomicUsize>);
+
+impl InFlight {
+    fn new(count: &Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::AcqRel);
+        Self(count.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+struct TrackedBody {
+    body: Full<Bytes>,
+    _guard: InFlight,
+}
+
+impl http_body::Body for TrackedBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
     }
 }
 

@@ -182,6 +182,11 @@ pub async fn run(mut config: Config, log_file: LogFile) -> anyhow::Result<()> {
     if let Some(pid_file) = &pid_file {
         let _ = std::fs::remove_file(pid_file);
     }
+    // The last thing before the process exits (the runtime has nothing
+    // left to wait for).
+    if result.is_ok() {
+        info!("stopped");
+    }
     result
 }
 
@@ -415,7 +420,6 @@ async fn serve_until_stopped(
     state.background.close();
     let _ = tokio::time::timeout(Duration::from_secs(5), state.background.wait()).await;
     telemetry.flush();
-    info!("stopped");
     Ok(())
 }
 
