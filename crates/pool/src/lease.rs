@@ -149,6 +149,7 @@ impl Lease {
         if let Some(worker) = self.worker.take() {
             if self.stage != Stage::Fresh {
                 PoolCounters::bump(&self.pool.counters.completed);
+                worker.shared.note_completed();
                 worker.shared.end_request();
             }
             self.pool.checkin(worker, self.retiring, true);
@@ -209,6 +210,7 @@ async fn drain(pool: Arc<PoolInner>, mut worker: Worker, retiring: bool, deadlin
     match finished {
         Ok(true) => {
             PoolCounters::bump(&pool.counters.completed);
+            worker.shared.note_completed();
             pool.checkin(worker, retiring, true);
         }
         Ok(false) => pool.checkin(worker, retiring, false),

@@ -16,12 +16,15 @@
 //! - [`scaling`]: where the number of processes is decided (static, dynamic,
 //!   ondemand), as pure functions;
 //! - [`lease`]: a worker lent to one request, and what happens to it after;
-//! - [`stats`]: counters and status snapshots.
+//! - [`access`]: which directory keeps a worker's user out;
+//! - [`stats`]: counters and status snapshots;
+//! - [`usage`]: what each request cost its process (CPU, peak memory).
 //!
 //! The pool speaks FastCGI but knows nothing of HTTP: front ends (the HTTP
 //! server, the FastCGI listener) write requests into a lease's connection and
 //! read responses back.
 
+pub mod access;
 pub mod config;
 pub mod error;
 pub mod lease;
@@ -30,9 +33,11 @@ pub mod process;
 pub mod scaling;
 pub mod socket;
 pub mod stats;
+pub mod usage;
 
 pub use config::{Manager, PoolConfig, SocketKind, WorkerCommand};
 pub use error::{AcquireError, SpawnError, StartError};
 pub use lease::{KillReason, Lease};
 pub use pool::WorkerPool;
 pub use stats::{PoolStatus, RequestInfo, WorkerState, WorkerStatus};
+pub use usage::RequestUsage;

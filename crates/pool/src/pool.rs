@@ -28,7 +28,7 @@ use crate::config::PoolConfig;
 use crate::error::{AcquireError, SpawnError, StartError};
 use crate::lease::Lease;
 use crate::process::{self, Spawned};
-use crate::scaling::{self, Counts};
+use crate::scaling::{self, Counts, Failure};
 use crate::socket::WorkerStream;
 use crate::stats::{PoolCounters, PoolStatus, WorkerShared, WorkerState};
 
@@ -71,7 +71,8 @@ struct PoolState {
     busy: usize,
     /// Busy workers serving their last request before recycling.
     retiring: usize,
-    /// Unexpected exits and failed spawns, oldest first, for crash-loop detection.
+    /// Failed spawns and exits of workers that never completed a request,
+    /// oldest first, for crash-loop detection.
     crash_times: VecDeque<Instant>,
     backoff: Option<Duration>,
     respawn_not_before: Option<Instant>,
@@ -206,18 +207,18 @@ impl WorkerPool {
         while let Some(joined) = starting.join_next().await {
             match joined {
                 Ok((id, Ok(spawned))) => ready.push((id, spawned)),
-                Ok((id, Err(source))) => {
+                Ok((id, Err(cause))) => {
                     failure.get_or_insert(StartError {
                         pool: inner.config.name.clone(),
                         slot: id,
-                        source,
+                        cause,
                     });
                 }
                 Err(join_error) => {
                     failure.get_or_insert(StartError {
                         pool: inner.config.name.clone(),
                         slot: 0,
-                        source: SpawnError::Probe {
+                        cause: SpawnError::Probe {
                             reason: join_error.to_string(),
                             stderr: String::new(),
                         },
@@ -694,7 +695,7 @@ impl PoolInner {
         let mut state = self.lock();
         state.spawning -= 1;
         error!(worker = %self.config.name, slot = id, "worker failed to start: {err}");
-        self.note_crash(&mut state);
+        self.note_failure(&mut state, Failure::Spawn);
         self.spawn_if_needed(&mut state);
     }
 
@@ -709,13 +710,14 @@ impl PoolInner {
                 Ok(status) => process::describe(status),
                 Err(err) => err.to_string(),
             };
+            let completed_requests = shared.completed_requests();
             error!(
                 worker = %self.config.name,
                 pid = shared.pid,
-                requests = shared.requests(),
+                requests = completed_requests,
                 "worker exited unexpectedly ({status}); replacing it"
             );
-            self.note_crash(&mut state);
+            self.note_failure(&mut state, Failure::Exit { completed_requests });
         }
         self.spawn_if_needed(&mut state);
         if state.phase != Phase::Running {
@@ -723,9 +725,13 @@ impl PoolInner {
         }
     }
 
-    /// Records an unexpected exit or failed spawn and, when they come too
-    /// fast, holds spawning back with exponential backoff.
-    fn note_crash(&self, state: &mut PoolState) {
+    /// Records a failed spawn or an unexpected exit and, when workers keep
+    /// failing before they serve, holds spawning back with exponential
+    /// backoff. A worker that served and then died is simply replaced.
+    fn note_failure(&self, state: &mut PoolState, failure: Failure) {
+        if !failure.is_crash_loop_sign() {
+            return;
+        }
         let now = Instant::now();
         state.crash_times.push_back(now);
         while state.crash_times.len() > self.config.crash_threshold.max(1) * 2 {

@@ -97,10 +97,9 @@ pub async fn spawn(
             Ok(())
         });
     }
-    let mut child = cmd.spawn().map_err(|source| SpawnError::Exec {
-        program: command.program.clone(),
-        source,
-    })?;
+    let mut child = cmd
+        .spawn()
+        .map_err(|cause| explain_exec_error(command, cause))?;
     let pid = child.id().unwrap_or(0);
     let stderr_tail = Arc::new(Mutex::new(VecDeque::new()));
     if let Some(stderr) = child.stderr.take() {
@@ -138,6 +137,26 @@ pub async fn spawn(
             let status = status.map(describe).unwrap_or_else(|e| e.to_string());
             Err(SpawnError::Exited { status, stderr: tail_text(&stderr_tail) })
         }
+    }
+}
+
+/// A failed exec, with the directory in the way when the worker's user was
+/// refused its working directory.
+fn explain_exec_error(command: &WorkerCommand, cause: std::io::Error) -> SpawnError {
+    if cause.kind() == std::io::ErrorKind::PermissionDenied
+        && let (Some((uid, gid)), Some(cwd)) = (command.credentials, &command.cwd)
+        && let Ok(Some(blocked)) = crate::access::first_blocked(cwd, uid, gid)
+    {
+        return SpawnError::NoAccess {
+            program: command.program.clone(),
+            user: crate::access::user_name(uid),
+            cwd: cwd.clone(),
+            blocked,
+        };
+    }
+    SpawnError::Exec {
+        program: command.program.clone(),
+        cause,
     }
 }
 

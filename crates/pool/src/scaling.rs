@@ -99,8 +99,33 @@ pub fn idle_to_stop(
     }
 }
 
+/// A worker that went away without being asked to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Failure {
+    /// The process did not start, or did not answer its probe request.
+    Spawn,
+    /// The process exited after completing this many requests.
+    Exit { completed_requests: u64 },
+}
+
+impl Failure {
+    /// Whether this failure is a sign of a crash loop: a worker that fails
+    /// before it serves (a broken binary or ini, a script that kills every
+    /// process on its first request). A worker that completed requests and
+    /// then died (kill -9 from outside, the OOM killer) is replaced at once:
+    /// holding its replacement back only shrinks a healthy pool, and an
+    /// OOM-killer storm would look like a loop otherwise.
+    pub fn is_crash_loop_sign(self) -> bool {
+        match self {
+            Self::Spawn => true,
+            Self::Exit { completed_requests } => completed_requests == 0,
+        }
+    }
+}
+
 /// Crash-loop guard: the delay before the next spawn, given the times of
-/// recent unexpected exits (oldest first) and the previous delay.
+/// recent crash-loop signs (oldest first, see [`Failure::is_crash_loop_sign`])
+/// and the previous delay.
 pub fn respawn_backoff(
     config: &PoolConfig,
     now: Instant,
@@ -293,5 +318,47 @@ mod tests {
         // Old crashes fall out of the window.
         let old: Vec<_> = (0..5).map(|_| now - Duration::from_secs(60)).collect();
         assert_eq!(respawn_backoff(&config, now, &old, Some(first)), None);
+    }
+
+    #[test]
+    fn only_workers_that_never_served_are_signs_of_a_crash_loop() {
+        assert!(Failure::Spawn.is_crash_loop_sign());
+        let exit = |completed_requests| Failure::Exit { completed_requests };
+        assert!(exit(0).is_crash_loop_sign());
+        assert!(!exit(1).is_crash_loop_sign());
+        assert!(!exit(500).is_crash_loop_sign());
+    }
+
+    #[test]
+    fn served_workers_killed_every_250ms_never_back_off() {
+        // kill -9 of a busy worker every 250 ms for 2.5 s: ten exits, each
+        // after serving, well above the threshold of five in ten seconds.
+        let config = config(Manager::Static, 0, 4);
+        let start = Instant::now();
+        let mut signs = Vec::new();
+        let mut backoff = None;
+        for kill in 0..10u32 {
+            let now = start + Duration::from_millis(250) * kill;
+            let failure = Failure::Exit {
+                completed_requests: 100,
+            };
+            if failure.is_crash_loop_sign() {
+                signs.push(now);
+                backoff = respawn_backoff(&config, now, &signs, backoff);
+            }
+            assert_eq!(backoff, None, "kill {kill}");
+        }
+        // The same ten exits from workers that never served are a loop.
+        let exits: Vec<_> = (0..10u32)
+            .map(|kill| start + Duration::from_millis(250) * kill)
+            .collect();
+        let now = *exits.last().unwrap();
+        assert!(
+            Failure::Exit {
+                completed_requests: 0
+            }
+            .is_crash_loop_sign()
+        );
+        assert!(respawn_backoff(&config, now, &exits, None).is_some());
     }
 }

@@ -12,6 +12,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::process::Control;
+use crate::usage::{ProcFiles, RequestUsage};
 
 #[derive(Debug, Default)]
 pub struct PoolCounters {
@@ -112,7 +113,10 @@ impl RequestInfo {
 #[derive(Clone, Debug, Default)]
 struct Activity {
     current: Option<(RequestInfo, Instant)>,
+    /// The process's CPU time when the current request began.
+    cpu_at_begin: Option<u64>,
     last: Option<(RequestInfo, Duration)>,
+    last_usage: Option<RequestUsage>,
 }
 
 /// The part of a worker everyone may see; the process itself is owned by its
@@ -124,9 +128,14 @@ pub struct WorkerShared {
     pub started_at: SystemTime,
     state: AtomicU8,
     requests: AtomicU64,
+    /// Requests that ran to END_REQUEST: a worker that completed one is
+    /// known to serve (see [`crate::scaling::Failure`]).
+    completed: AtomicU64,
     alive: AtomicBool,
     stop_requested: AtomicBool,
     activity: Mutex<Activity>,
+    /// Where the per-request CPU and memory come from.
+    proc_files: ProcFiles,
     control: mpsc::UnboundedSender<Control>,
 }
 
@@ -138,9 +147,11 @@ impl WorkerShared {
             started_at: SystemTime::now(),
             state: AtomicU8::new(WorkerState::Idle as u8),
             requests: AtomicU64::new(0),
+            completed: AtomicU64::new(0),
             alive: AtomicBool::new(true),
             stop_requested: AtomicBool::new(false),
             activity: Mutex::new(Activity::default()),
+            proc_files: ProcFiles::open(pid),
             control,
         }
     }
@@ -172,17 +183,31 @@ impl WorkerShared {
 
     pub(crate) fn begin_request(&self, info: RequestInfo) {
         self.set_state(WorkerState::Busy);
+        self.proc_files.reset_peak();
+        let cpu = self.proc_files.cpu_ns();
         if let Ok(mut activity) = self.activity.lock() {
             activity.current = Some((info, Instant::now()));
+            activity.cpu_at_begin = cpu;
         }
     }
 
     pub(crate) fn end_request(&self) {
         self.requests.fetch_add(1, Ordering::Relaxed);
+        let cpu = self.proc_files.cpu_ns();
+        let peak = self.proc_files.peak_rss();
         if let Ok(mut activity) = self.activity.lock()
             && let Some((info, started)) = activity.current.take()
         {
-            activity.last = Some((info, started.elapsed()));
+            let wall = started.elapsed();
+            activity.last_usage = match (activity.cpu_at_begin.take(), cpu, peak) {
+                (Some(before), Some(after), Some(peak)) => Some(crate::usage::usage(
+                    wall,
+                    after.saturating_sub(before),
+                    peak,
+                )),
+                _ => None,
+            };
+            activity.last = Some((info, wall));
         }
     }
 
@@ -190,16 +215,26 @@ impl WorkerShared {
         self.requests.load(Ordering::Relaxed)
     }
 
+    /// Counts a request that ran to END_REQUEST.
+    pub(crate) fn note_completed(&self) {
+        self.completed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn completed_requests(&self) -> u64 {
+        self.completed.load(Ordering::Relaxed)
+    }
+
     pub fn snapshot(&self) -> WorkerStatus {
-        let (current, last) = match self.activity.lock() {
+        let (current, last, last_usage) = match self.activity.lock() {
             Ok(activity) => (
                 activity
                     .current
                     .as_ref()
                     .map(|(info, started)| (info.clone(), started.elapsed())),
                 activity.last.clone(),
+                activity.last_usage,
             ),
-            Err(_) => (None, None),
+            Err(_) => (None, None, None),
         };
         WorkerStatus {
             id: self.id,
@@ -209,6 +244,7 @@ impl WorkerShared {
             requests: self.requests(),
             current,
             last,
+            last_usage,
             rss_bytes: rss_bytes(self.pid),
         }
     }
@@ -226,6 +262,8 @@ pub struct WorkerStatus {
     pub current: Option<(RequestInfo, Duration)>,
     /// The previous request and how long it took.
     pub last: Option<(RequestInfo, Duration)>,
+    /// What the previous request cost (when /proc could tell).
+    pub last_usage: Option<RequestUsage>,
     /// Resident memory from /proc, if readable.
     pub rss_bytes: Option<u64>,
 }

@@ -60,6 +60,7 @@ fn worker() -> WorkerConfig {
         access_log: None,
         rules: Default::default(),
         ready_max_queue: None,
+        slow_log: None,
     }
 }
 

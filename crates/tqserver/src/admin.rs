@@ -1,4 +1,6 @@
-//! The admin endpoint (`admin.listen`, default 127.0.0.1:9180):
+//! The admin endpoint (`admin.listen`; by default the unix socket
+//! `tqserver.sock` in the server root, next to the pid file, so that two
+//! servers on one machine never compete for a port):
 //! - `/metrics`: Prometheus text, or OpenMetrics when the scraper asks;
 //! - `/status`: JSON for every pool, the server's phase and the last reload;
 //! - `/status/<worker>`: php-fpm's status page (`?json`, `?html`, `?xml`,
@@ -9,7 +11,12 @@
 //!   `readiness`).
 
 use std::convert::Infallible;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use anyhow::{Context as _, bail};
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode, header};
@@ -18,16 +25,84 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, UnixListener};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::warn;
 
+use crate::config::ListenAddr;
 use crate::server::{Phase, ServerState};
 use crate::status::{self, quote};
 
+/// The bound admin endpoint. A unix socket is removed when this is dropped.
+pub enum AdminListener {
+    Tcp(TcpListener),
+    Unix(UnixListener, SocketFile),
+}
+
+/// A socket path this process bound; unlinked on drop.
+pub struct SocketFile(PathBuf);
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Binds `admin.listen`. The errors say which key to change in `config_file`.
+pub async fn bind(listen: &ListenAddr, config_file: &Path) -> anyhow::Result<AdminListener> {
+    let config_file = config_file.display();
+    match listen {
+        ListenAddr::Tcp(addr) => TcpListener::bind(addr)
+            .await
+            .map(AdminListener::Tcp)
+            .with_context(|| {
+                format!(
+                    "cannot listen on admin.listen {addr} (another tqserver or another program may have it): \
+                     set admin.listen in {config_file} to a free address, to a socket path such as \
+                     unix:tqserver.sock (the default), or admin.enabled: false"
+                )
+            }),
+        ListenAddr::Unix(path) => {
+            match std::fs::symlink_metadata(path) {
+                Ok(meta) if meta.file_type().is_socket() => {
+                    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                        bail!(
+                            "admin.listen {listen} answers already: a tqserver with this configuration is running \
+                             (`tqserver status --config {config_file}` shows it); stop it first, or set \
+                             admin.listen in {config_file} to another path"
+                        );
+                    }
+                    // Left by a server that did not stop cleanly.
+                    let _ = std::fs::remove_file(path);
+                }
+                Ok(_) => bail!(
+                    "admin.listen {listen}: {} exists and is not a socket; set admin.listen in {config_file} to another path",
+                    path.display()
+                ),
+                Err(_) => {}
+            }
+            if let Some(dir) = path.parent() {
+                let _ = std::fs::create_dir_all(dir);
+            }
+            let listener = UnixListener::bind(path).with_context(|| {
+                format!(
+                    "cannot listen on admin.listen {listen}: set admin.listen in {config_file} to a \
+                     path this user can create, an address such as 127.0.0.1:9180, or admin.enabled: false"
+                )
+            })?;
+            let socket = SocketFile(path.clone());
+            // The owner and its group only: status shows every request's URI.
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
+                .with_context(|| format!("cannot set the mode of {}", path.display()))?;
+            Ok(AdminListener::Unix(listener, socket))
+        }
+    }
+}
+
 pub async fn serve(
-    listener: TcpListener,
+    listener: AdminListener,
     state: Arc<ServerState>,
     shutdown: CancellationToken,
     connections: TaskTracker,
@@ -39,34 +114,119 @@ pub async fn serve(
     loop {
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => return,
-            accepted = listener.accept() => accepted,
-        };
-        let Ok((stream, _)) = accepted else {
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            continue;
+            accepted = accept(&listener) => accepted,
         };
         let state = state.clone();
         let builder = builder.clone();
         let shutdown = shutdown.clone();
-        connections.spawn(async move {
-            let service = service_fn(move |request| {
-                let state = state.clone();
-                async move { Ok::<_, Infallible>(handle(&state, request)) }
-            });
-            let connection = builder.serve_connection(TokioIo::new(stream), service);
-            tokio::pin!(connection);
-            tokio::select! {
-                result = connection.as_mut() => {
-                    if let Err(err) = result {
-                        warn!("admin connection: {err}");
-                    }
-                }
-                _ = shutdown.cancelled() => {
-                    connection.as_mut().graceful_shutdown();
-                    let _ = connection.await;
-                }
+        match accepted {
+            Ok(Accepted::Tcp(stream)) => {
+                connections.spawn(connection(stream, state, builder, shutdown));
             }
-        });
+            Ok(Accepted::Unix(stream)) => {
+                connections.spawn(connection(stream, state, builder, shutdown));
+            }
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+        }
+    }
+}
+
+enum Accepted {
+    Tcp(tokio::net::TcpStream),
+    Unix(tokio::net::UnixStream),
+}
+
+async fn accept(listener: &AdminListener) -> std::io::Result<Accepted> {
+    match listener {
+        AdminListener::Tcp(listener) => listener.accept().await.map(|(s, _)| Accepted::Tcp(s)),
+        AdminListener::Unix(listener, _) => listener.accept().await.map(|(s, _)| Accepted::Unix(s)),
+    }
+}
+
+/// Serves one connection. On shutdown, a response being written finishes;
+/// a connection with nothing in flight closes at once. (hyper's graceful
+/// shutdown would wait for a request that a client opened a socket for, or
+/// half sent, until its header timeout: the server then lingered 2 s after
+/// logging "stopped" whenever a poller held such a connection.)
+async fn connection<IO>(
+    stream: IO,
+    state: Arc<ServerState>,
+    builder: http1::Builder,
+    shutdown: CancellationToken,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    // Responses handed to hyper and not yet sent in full.
+    let in_flight = Arc::new(AtomicUsize::new(0));
+    let service = service_fn({
+        let in_flight = in_flight.clone();
+        move |request| {
+            let state = state.clone();
+            let guard = InFlight::new(&in_flight);
+            async move {
+                let response = handle(&state, request);
+                Ok::<_, Infallible>(response.map(|body| TrackedBody {
+                    body,
+                    _guard: guard,
+                }))
+            }
+        }
+    });
+    let connection = builder.serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(connection);
+    tokio::select! {
+        result = connection.as_mut() => {
+            if let Err(err) = result {
+                warn!("admin connection: {err}");
+            }
+        }
+        _ = shutdown.cancelled() => {
+            if in_flight.load(Ordering::Acquire) > 0 {
+                connection.as_mut().graceful_shutdown();
+                let _ = connection.await;
+            }
+        }
+    }
+}
+
+/// Counts a response as in flight until hyper drops its body (sent).
+struct InFlight(Arc<AtomicUsize>);
+
+impl InFlight {
+    fn new(count: &Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::AcqRel);
+        Self(count.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+struct TrackedBody {
+    body: Full<Bytes>,
+    _guard: InFlight,
+}
+
+impl http_body::Body for TrackedBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
     }
 }
 

@@ -11,7 +11,7 @@ use pool::WorkerPool;
 use crate::config::WorkerConfig;
 use crate::http::resolve::DocumentRoot;
 use crate::metrics::AppMetrics;
-use crate::observe::{AccessLog, Telemetry};
+use crate::observe::{AccessLog, SlowLog, Telemetry};
 
 pub struct App {
     pub config: Arc<WorkerConfig>,
@@ -20,6 +20,8 @@ pub struct App {
     pub metrics: AppMetrics,
     /// The app's own access log, if it has one (else the server's).
     pub access_log: Option<Arc<AccessLog>>,
+    /// The app's slow log (its own settings over the server's).
+    pub slow_log: SlowLog,
     /// This pool's OPcache file cache, removed with the app.
     opcache_dir: Option<PathBuf>,
 }
@@ -55,6 +57,11 @@ impl App {
             .transpose()
             .map_err(|err| {
                 anyhow::anyhow!("worker {}: cannot open access log: {err}", config.name)
+            })?;
+        let slow_log = telemetry
+            .slow_log(config.slow_log.as_ref())
+            .map_err(|err| {
+                anyhow::anyhow!("worker {}: cannot open slow log: {err}", config.name)
             })?;
         let metrics = telemetry.metrics.for_app(&config.name);
         let mut pool_config = config.pool.clone();
@@ -96,6 +103,7 @@ impl App {
             root,
             metrics,
             access_log,
+            slow_log,
             opcache_dir,
         }))
     }

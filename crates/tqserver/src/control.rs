@@ -4,23 +4,36 @@
 
 use std::fmt::Write as _;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
+use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, anyhow, bail};
 use serde_json::Value;
 
+use crate::config::ListenAddr;
+
 /// GET `path` from the admin endpoint; returns the body.
-fn admin_get(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
-    let mut stream =
-        TcpStream::connect_timeout(&addr, Duration::from_secs(3)).with_context(|| {
-            format!("cannot reach the admin endpoint at {addr}; is tqserver running?")
-        })?;
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+fn admin_get(addr: &ListenAddr, path: &str) -> anyhow::Result<String> {
+    let unreachable = || format!("cannot reach the admin endpoint at {addr}; is tqserver running?");
+    let timeout = Some(Duration::from_secs(10));
+    let mut stream: Box<dyn ReadWrite> = match addr {
+        ListenAddr::Tcp(socket) => {
+            let stream = TcpStream::connect_timeout(socket, Duration::from_secs(3))
+                .with_context(unreachable)?;
+            stream.set_read_timeout(timeout)?;
+            Box::new(stream)
+        }
+        ListenAddr::Unix(socket) => {
+            let stream = UnixStream::connect(socket).with_context(unreachable)?;
+            stream.set_read_timeout(timeout)?;
+            Box::new(stream)
+        }
+    };
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
     )?;
     let mut response = String::new();
     stream.read_to_string(&mut response)?;
@@ -33,7 +46,10 @@ fn admin_get(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
     Ok(body.to_owned())
 }
 
-fn status_json(addr: SocketAddr) -> anyhow::Result<Value> {
+trait ReadWrite: Read + Write {}
+impl<T: Read + Write> ReadWrite for T {}
+
+fn status_json(addr: &ListenAddr) -> anyhow::Result<Value> {
     let body = admin_get(addr, "/status?full")?;
     serde_json::from_str(&body).context("the admin endpoint answered something that is not JSON")
 }
@@ -46,7 +62,7 @@ pub fn status(config: &Path) -> anyhow::Result<String> {
             config.display()
         )
     })?;
-    Ok(render(&status_json(admin)?))
+    Ok(render(&status_json(&admin)?))
 }
 
 fn text<'a>(value: &'a Value, key: &str) -> &'a str {
@@ -221,6 +237,7 @@ pub fn reload(config: &Path) -> anyhow::Result<String> {
         );
     }
     let before = admin
+        .as_ref()
         .and_then(|addr| status_json(addr).ok())
         .map(|s| reload_at(&s));
     // SAFETY: kill(2) with a pid we just checked; no memory is involved.
@@ -236,7 +253,7 @@ pub fn reload(config: &Path) -> anyhow::Result<String> {
     let deadline = Instant::now() + Duration::from_secs(60);
     while Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
-        let Ok(status) = status_json(addr) else {
+        let Ok(status) = status_json(&addr) else {
             continue;
         };
         if reload_at(&status) != before {

@@ -613,6 +613,7 @@ where
             .and_then(|l| l.parse().ok())
             .unwrap_or(0),
     );
+    observation.request = Some(info.clone());
     // nginx sends a small request in one write: the body records already
     // here go to PHP with the params, in one write, so PHP wakes once.
     let mut early_body = Vec::new();
@@ -651,7 +652,11 @@ where
     })
     .await;
     let (mut lease, deadline) = match sent {
-        Sent::Ready(lease, deadline) => (lease, deadline),
+        Sent::Ready(lease, deadline) => {
+            observation.pid = Some(lease.pid());
+            observation.queue_waited(lease.queue_wait());
+            (lease, deadline)
+        }
         Sent::Refused(AcquireError::QueueFull { .. } | AcquireError::QueueTimeout { .. }) => {
             return respond_error(writer, request_id, StatusCode::SERVICE_UNAVAILABLE, true).await;
         }
@@ -662,6 +667,7 @@ where
             return respond_error(writer, request_id, StatusCode::BAD_GATEWAY, false).await;
         }
         Sent::TimedOut(lease) => {
+            observation.pid = Some(lease.pid());
             lease.kill(KillReason::Timeout);
             return respond_error(writer, request_id, StatusCode::GATEWAY_TIMEOUT, false).await;
         }

@@ -20,7 +20,7 @@ use tokio::time::Instant;
 use tracing::warn;
 
 use crate::app::App;
-use crate::config::AccessLogConfig;
+use crate::config::{AccessLogConfig, SlowLogConfig};
 use crate::metrics::{AppMetrics, Metrics};
 use crate::status::{fpm_time, quote};
 
@@ -90,13 +90,23 @@ pub struct AccessLog {
     sink: Arc<LogSink>,
 }
 
+/// Which requests are slow and where they are logged: the server's
+/// `logging.slow_log`, or an app's own `slow_log` over it.
+#[derive(Clone, Default)]
+pub struct SlowLog {
+    /// Requests that take at least this long are logged; None: off.
+    pub threshold: Option<Duration>,
+    /// None: the server log.
+    sink: Option<Arc<LogSink>>,
+}
+
 /// Server-wide observation state.
 pub struct Telemetry {
     pub metrics: Arc<Metrics>,
     /// Used by apps without an access log of their own.
     pub access_log: Option<Arc<AccessLog>>,
-    pub slow_threshold: Option<Duration>,
-    slow_log: Option<Arc<LogSink>>,
+    /// The server's slow log, used by apps without one of their own.
+    pub slow_log: SlowLog,
     /// Every sink, for flushing and reopening.
     sinks: Mutex<Vec<Arc<LogSink>>>,
     /// Requests that matched no app.
@@ -114,20 +124,39 @@ impl Telemetry {
         let telemetry = Self {
             metrics,
             access_log: None,
-            slow_threshold,
-            slow_log: None,
+            slow_log: SlowLog::default(),
             sinks: Mutex::new(Vec::new()),
             unrouted,
         };
         let access_log = access_log.map(|c| telemetry.access_log(c)).transpose()?;
-        let slow_log = slow_log_file
+        let sink = slow_log_file
             .map(|path| telemetry.sink(Some(path)))
             .transpose()?;
         Ok(Arc::new(Self {
             access_log,
-            slow_log,
+            slow_log: SlowLog {
+                threshold: slow_threshold,
+                sink,
+            },
             ..telemetry
         }))
+    }
+
+    /// An app's slow log: its own settings over the server's.
+    pub fn slow_log(&self, config: Option<&SlowLogConfig>) -> std::io::Result<SlowLog> {
+        let Some(config) = config else {
+            return Ok(self.slow_log.clone());
+        };
+        if !config.enabled {
+            return Ok(SlowLog::default());
+        }
+        Ok(SlowLog {
+            threshold: config.threshold.or(self.slow_log.threshold),
+            sink: match &config.file {
+                Some(path) => Some(self.sink(Some(path.clone()))?),
+                None => self.slow_log.sink.clone(),
+            },
+        })
     }
 
     fn sink(&self, path: Option<PathBuf>) -> std::io::Result<Arc<LogSink>> {
@@ -241,10 +270,14 @@ impl Observation {
         };
         metrics.count(status);
         metrics.duration.observe(duration.as_secs_f64());
-        if let Some(threshold) = self.telemetry.slow_threshold
+        let slow_log = match &self.app {
+            Some(app) => &app.slow_log,
+            None => &self.telemetry.slow_log,
+        };
+        if let Some(threshold) = slow_log.threshold
             && duration >= threshold
         {
-            self.slow(status, duration);
+            self.slow(slow_log, status, duration);
         }
         let access_log = self
             .app
@@ -271,7 +304,7 @@ impl Observation {
         }
     }
 
-    fn slow(&self, status: u16, duration: Duration) {
+    fn slow(&self, slow_log: &SlowLog, status: u16, duration: Duration) {
         let worker = self
             .app
             .as_ref()
@@ -284,7 +317,7 @@ impl Observation {
         let script = self.request.as_ref().map_or("-", |r| r.script());
         let pid = self.pid.unwrap_or(0);
         let duration_ms = duration.as_secs_f64() * 1000.0;
-        match &self.telemetry.slow_log {
+        match &slow_log.sink {
             Some(sink) => sink.write_line(&format!(
                 "[{}] slow request: worker={worker} pid={pid} method={method} uri={uri} script={script} duration_ms={duration_ms:.1} status={status}",
                 fpm_time(SystemTime::now())

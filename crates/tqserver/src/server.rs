@@ -148,6 +148,13 @@ impl ServerState {
 }
 
 pub async fn run(mut config: Config, log_file: LogFile) -> anyhow::Result<()> {
+    // The admin endpoint first: its default socket belongs to this site, so
+    // a second tqserver for the same site stops here, before it touches the
+    // running one's pid file.
+    let admin = match &config.admin {
+        Some(listen) => Some(admin::bind(listen, &config.file).await?),
+        None => None,
+    };
     // Folders of earlier runs that died without cleaning up (kill -9).
     remove_stale_runtime_dirs(&config.socket_dir);
     remove_stale_runtime_dirs(&config.cache_dir);
@@ -166,11 +173,16 @@ pub async fn run(mut config: Config, log_file: LogFile) -> anyhow::Result<()> {
         warn!("{err:#}; `tqserver reload` will not find this server (SIGHUP still works)");
         pid_file = None;
     }
-    let result = serve(config, log_file, socket_dir.clone()).await;
+    let result = serve(config, log_file, socket_dir.clone(), admin).await;
     let _ = std::fs::remove_dir_all(&socket_dir);
     let _ = std::fs::remove_dir_all(&cache_dir);
     if let Some(pid_file) = &pid_file {
         let _ = std::fs::remove_file(pid_file);
+    }
+    // The last thing before the process exits (the runtime has nothing
+    // left to wait for).
+    if result.is_ok() {
+        info!("stopped");
     }
     result
 }
@@ -218,7 +230,12 @@ fn write_pid_file(path: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("cannot write pid file {}", path.display()))
 }
 
-async fn serve(config: Config, log_file: LogFile, socket_dir: PathBuf) -> anyhow::Result<()> {
+async fn serve(
+    config: Config,
+    log_file: LogFile,
+    socket_dir: PathBuf,
+    admin: Option<admin::AdminListener>,
+) -> anyhow::Result<()> {
     let router = Arc::new(ArcSwap::from_pointee(Router::default()));
     let metrics = Metrics::new(
         router.clone(),
@@ -259,11 +276,8 @@ async fn serve(config: Config, log_file: LogFile, socket_dir: PathBuf) -> anyhow
     // while they drain; it stops last.
     let admin_stop = CancellationToken::new();
     let admin_connections = TaskTracker::new();
-    if let Some(addr) = config.admin {
-        let listener = TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("cannot listen on admin.listen {addr}"))?;
-        info!(listen = %addr, "admin endpoint ready");
+    if let (Some(listener), Some(listen)) = (admin, &config.admin) {
+        info!(listen = %listen, "admin endpoint ready");
         admin_connections.spawn(admin::serve(
             listener,
             state.clone(),
@@ -420,7 +434,6 @@ async fn serve_until_stopped(
     state.background.close();
     let _ = tokio::time::timeout(Duration::from_secs(5), state.background.wait()).await;
     telemetry.flush();
-    info!("stopped");
     Ok(())
 }
 

@@ -149,6 +149,22 @@ impl Process<'_> {
     fn content_length(&self) -> u64 {
         self.request().map_or(0, |(info, _)| info.content_length)
     }
+
+    /// What the last request cost; zero while one runs (as php-fpm).
+    fn usage(&self) -> pool::RequestUsage {
+        match self.worker.current {
+            Some(_) => pool::RequestUsage::default(),
+            None => self.worker.last_usage.unwrap_or_default(),
+        }
+    }
+
+    fn cpu(&self) -> String {
+        format!("{:.2}", self.usage().cpu_percent)
+    }
+
+    fn memory(&self) -> u64 {
+        self.usage().peak_memory_bytes
+    }
 }
 
 fn text(status: &PoolStatus, full: bool) -> String {
@@ -199,8 +215,8 @@ fn text(status: &PoolStatus, full: bool) -> String {
             line("content length", &process.content_length());
             line("user", &"-");
             line("script", &process.script());
-            line("last request cpu", &"0.00");
-            line("last request memory", &0);
+            line("last request cpu", &process.cpu());
+            line("last request memory", &process.memory());
             line("rss", &worker.rss_bytes.unwrap_or(0));
         }
     }
@@ -269,7 +285,7 @@ pub fn json_value(status: &PoolStatus, full: bool) -> String {
             .map(|worker| {
                 let p = Process { worker };
                 format!(
-                    "{{\"pid\":{},\"state\":{},\"start time\":{},\"start since\":{},\"requests\":{},\"request duration\":{},\"request method\":{},\"request uri\":{},\"content length\":{},\"user\":\"-\",\"script\":{},\"last request cpu\":0.00,\"last request memory\":0,\"rss\":{}}}",
+                    "{{\"pid\":{},\"state\":{},\"start time\":{},\"start since\":{},\"requests\":{},\"request duration\":{},\"request method\":{},\"request uri\":{},\"content length\":{},\"user\":\"-\",\"script\":{},\"last request cpu\":{},\"last request memory\":{},\"rss\":{}}}",
                     worker.pid,
                     quote(p.state()),
                     unix_seconds(worker.started_at),
@@ -280,6 +296,8 @@ pub fn json_value(status: &PoolStatus, full: bool) -> String {
                     quote(p.uri()),
                     p.content_length(),
                     quote(p.script()),
+                    p.cpu(),
+                    p.memory(),
                     worker.rss_bytes.unwrap_or(0),
                 )
             })
@@ -361,12 +379,12 @@ th{{background:#f0f3f7}}.Running{{background:#fff3cd}}.Idle{{background:#e7f5e9}
     }
     out.push_str("</table>");
     if full || !status.workers.is_empty() {
-        out.push_str("<h2>Processes</h2><table><tr><th>pid</th><th>state</th><th>start since</th><th>requests</th><th>request duration (µs)</th><th>method</th><th>request URI</th><th>script</th><th>RSS (KiB)</th></tr>");
+        out.push_str("<h2>Processes</h2><table><tr><th>pid</th><th>state</th><th>start since</th><th>requests</th><th>request duration (µs)</th><th>method</th><th>request URI</th><th>script</th><th>last request CPU %</th><th>last request memory (KiB)</th><th>RSS (KiB)</th></tr>");
         for worker in &status.workers {
             let p = Process { worker };
             let _ = write!(
                 out,
-                "<tr class=\"{state}\"><td>{}</td><td>{state}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                "<tr class=\"{state}\"><td>{}</td><td>{state}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
                 worker.pid,
                 since(worker.started_at),
                 worker.requests,
@@ -374,6 +392,8 @@ th{{background:#f0f3f7}}.Running{{background:#fff3cd}}.Idle{{background:#e7f5e9}
                 escape_html(p.method()),
                 escape_html(p.uri()),
                 escape_html(p.script()),
+                p.cpu(),
+                p.memory() / 1024,
                 worker.rss_bytes.unwrap_or(0) / 1024,
                 state = p.state(),
             );
@@ -412,7 +432,7 @@ fn xml(status: &PoolStatus, full: bool) -> String {
             let p = Process { worker };
             let _ = write!(
                 out,
-                "<process><pid>{}</pid><state>{}</state><start-time>{}</start-time><start-since>{}</start-since><requests>{}</requests><request-duration>{}</request-duration><request-method>{}</request-method><request-uri>{}</request-uri><content-length>{}</content-length><user>-</user><script>{}</script><last-request-cpu>0.00</last-request-cpu><last-request-memory>0</last-request-memory></process>",
+                "<process><pid>{}</pid><state>{}</state><start-time>{}</start-time><start-since>{}</start-since><requests>{}</requests><request-duration>{}</request-duration><request-method>{}</request-method><request-uri>{}</request-uri><content-length>{}</content-length><user>-</user><script>{}</script><last-request-cpu>{}</last-request-cpu><last-request-memory>{}</last-request-memory></process>",
                 worker.pid,
                 p.state(),
                 unix_seconds(worker.started_at),
@@ -423,6 +443,8 @@ fn xml(status: &PoolStatus, full: bool) -> String {
                 escape_html(p.uri()),
                 p.content_length(),
                 escape_html(p.script()),
+                p.cpu(),
+                p.memory(),
             );
             out.push('\n');
         }

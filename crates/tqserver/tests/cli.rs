@@ -267,3 +267,49 @@ fn no_worker_survives_sigkill_of_tqserver() {
         "php-cgi left after kill -9 of tqserver"
     );
 }
+
+#[test]
+fn a_site_the_worker_user_cannot_enter_is_refused_naming_user_and_directory() {
+    if !nix_is_root() {
+        eprintln!("skipped: workers change user (and this check runs) only as root");
+        return;
+    }
+    if !matches!(nix::unistd::User::from_name("www-data"), Ok(Some(_))) {
+        eprintln!("skipped: no user www-data");
+        return;
+    }
+    let site = Site::new().worker("blog", &worker_yaml("/blog", 2)).file(
+        "blog",
+        "index.php",
+        "<?php echo 1;",
+    );
+    // A site under a private (0700, root's) directory.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(site.root(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let private = site.root().display().to_string();
+    let config = site.config_path();
+    let expected = format!("php.user `www-data` cannot enter {private} (drwx------ root:root)");
+
+    let output = tqserver(&["check", "--config", config.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains(&expected), "{stderr}");
+    assert!(
+        stderr.contains("workers/blog/config/worker.yaml"),
+        "{stderr}"
+    );
+
+    // Starting says the same, once, and does not start.
+    let output = Command::new(BIN)
+        .args(["--config", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let log = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(output.status.code(), Some(2), "{log}");
+    assert_eq!(log.matches(&expected).count(), 1, "{log}");
+    assert!(!log.contains("os error 13"), "{log}");
+}

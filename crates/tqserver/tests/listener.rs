@@ -714,3 +714,42 @@ fn a_worker_that_stops_reading_the_body_gets_a_504_at_the_request_timeout() {
     let echo = FcgiConn::tcp(fastcgi_port).get(&docroot, "/echo.php", "next=1", false);
     assert!(echo.text().contains("query=next=1"), "{}", server.log());
 }
+
+#[test]
+fn slow_requests_through_the_listener_name_their_pid_and_script() {
+    let fastcgi_port = free_port();
+    let server = Site::new()
+        .server_yaml("logging:\n  slow_log:\n    threshold: 300ms\n")
+        .worker(
+            "app",
+            &format!(
+                "path: /\nphp:\n  pool:\n    manager: static\n    max_workers: 1\nfastcgi:\n  listen: 127.0.0.1:{fastcgi_port}\n"
+            ),
+        )
+        .file(
+            "app",
+            "slow.php",
+            "<?php usleep(500000); echo getmypid();",
+        )
+        .start();
+    let docroot = server.docroot("app");
+    let mut conn = FcgiConn::tcp(fastcgi_port);
+    let response = conn.get(&docroot, "/slow.php", "", false);
+    assert!(is_complete(&response));
+    let pid = response.body();
+    assert!(
+        server.wait_for_log("slow request", Duration::from_secs(5)),
+        "{}",
+        server.log()
+    );
+    let log = server.log();
+    let line = log.lines().find(|l| l.contains("slow request")).unwrap();
+    for part in [
+        format!("pid={pid}"),
+        format!("script={docroot}/slow.php"),
+        "uri=/slow.php".to_owned(),
+        "worker=app".to_owned(),
+    ] {
+        assert!(line.contains(&part), "{part} missing in {line}");
+    }
+}

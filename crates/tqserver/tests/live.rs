@@ -335,6 +335,65 @@ fn sigterm_lets_in_flight_requests_finish_then_exits_0() {
 }
 
 #[test]
+fn an_idle_server_exits_at_once_after_sigterm_whatever_its_clients_hold() {
+    // Nothing in flight: stopping takes no grace period, whatever idle or
+    // half-open connections the clients hold (a kept-alive browser, a
+    // preconnected socket, a status poller that sent half its request), and
+    // "stopped" is the last thing the process does. (A half-sent HTTP
+    // request is in flight: like nginx, the front gives it the grace period.)
+    let mut server = Site::new()
+        .with_admin()
+        .worker(
+            "app",
+            "path: /\nphp:\n  pool:\n    manager: static\n    max_workers: 2\n",
+        )
+        .file("app", "ok.php", "<?php echo 'ok';")
+        .start();
+    let mut kept_alive = server.connect();
+    kept_alive.send(b"GET /ok.php HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(kept_alive.read_response(false).status, 200);
+    let _silent = std::net::TcpStream::connect(("127.0.0.1", server.port())).unwrap();
+    let admin_port = server.site.admin_port.unwrap();
+    let mut admin_half_sent = std::net::TcpStream::connect(("127.0.0.1", admin_port)).unwrap();
+    admin_half_sent
+        .write_all(b"GET /status HTTP/1.1\r\n")
+        .unwrap();
+    let _admin_silent = std::net::TcpStream::connect(("127.0.0.1", admin_port)).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+
+    let signalled = Instant::now();
+    server.signal(libc::SIGTERM);
+    let mut stopped_at = None;
+    let exited_at = loop {
+        if stopped_at.is_none() && server.log().contains("INFO stopped") {
+            stopped_at = Some(Instant::now());
+        }
+        if let Some(status) = server.wait_exit(Duration::from_millis(5)) {
+            assert!(status.success(), "{status}");
+            break Instant::now();
+        }
+        assert!(
+            signalled.elapsed() < Duration::from_secs(15),
+            "no exit: {}",
+            server.log()
+        );
+    };
+    let stopped_at = stopped_at.unwrap_or(exited_at);
+    let log = server.log();
+    assert!(log.contains("INFO stopped"), "{log}");
+    assert!(
+        exited_at - signalled < Duration::from_secs(1),
+        "exit took {:?} after SIGTERM: {log}",
+        exited_at - signalled
+    );
+    assert!(
+        exited_at - stopped_at < Duration::from_millis(500),
+        "exit took {:?} after \"stopped\"",
+        exited_at - stopped_at
+    );
+}
+
+#[test]
 fn a_second_sigint_stops_at_once() {
     let mut server = Site::new()
         .worker(

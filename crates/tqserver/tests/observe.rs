@@ -347,6 +347,63 @@ fn status_json_full_has_every_php_fpm_field() {
     assert_eq!(all["pools"][0]["route"], "/");
 }
 
+/// The only process of the pool, once it is idle, from `?json&full`.
+fn idle_process(server: &Server) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let status: serde_json::Value =
+            serde_json::from_slice(&server.admin("/status/app?json&full").body).unwrap();
+        let process = status["processes"][0].clone();
+        if process["state"] == "Idle" {
+            return process;
+        }
+        assert!(Instant::now() < deadline, "never idle: {process}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn last_request_cpu_and_memory_are_measured() {
+    let server = site("    manager: static\n    max_workers: 1\n")
+        .file(
+            "app",
+            "burn.php",
+            "<?php $s = str_repeat('x', 20 << 20); $t = microtime(true); \
+             while (microtime(true) - $t < 0.2) { $s[mt_rand(0, 1000)] = 'y'; } echo strlen($s);",
+        )
+        .start();
+    assert_eq!(server.get("/burn.php").text(), (20 << 20).to_string());
+    let burn = idle_process(&server);
+    let cpu = burn["last request cpu"].as_f64().unwrap();
+    let memory = burn["last request memory"].as_u64().unwrap();
+    // A busy loop for most of the request's wall time (near 100% on an
+    // idle machine; a loaded one gives it less).
+    assert!(cpu > 5.0 && cpu < 150.0, "cpu {cpu}%: {burn}");
+    assert!(memory >= 20 << 20, "memory {memory}: {burn}");
+
+    // Measured per request: a light one after it peaks far lower. PHP
+    // answers before it frees the request's memory; wait until it has.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while idle_process(&server)["rss"].as_u64().unwrap() + (15 << 20) > memory {
+        assert!(Instant::now() < deadline, "PHP kept the 20 MB");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(server.get("/ok.php").text(), "ok");
+    let light = idle_process(&server);
+    let light_memory = light["last request memory"].as_u64().unwrap();
+    assert!(light_memory > 0, "{light}");
+    assert!(
+        light_memory + (15 << 20) < memory,
+        "light request {light_memory} vs {memory}"
+    );
+    let text = server.admin("/status/app?full").text();
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("last request memory:") && !l.ends_with(" 0")),
+        "{text}"
+    );
+}
+
 #[test]
 fn html_status_renders_in_headless_chromium() {
     let server = site("    manager: static\n    max_workers: 3\n").start();
@@ -465,6 +522,62 @@ fn slow_requests_are_logged_and_quick_ones_are_not() {
 }
 
 #[test]
+fn each_app_may_have_its_own_slow_log() {
+    let sleep = "<?php usleep((int)$_GET['ms'] * 1000); echo 'slept';";
+    let pool = "php:\n  pool:\n    manager: static\n    max_workers: 1\n";
+    let server = Site::new()
+        .with_admin()
+        .server_yaml("logging:\n  slow_log:\n    threshold: 300ms\n")
+        .worker(
+            "a",
+            &format!("path: /a\n{pool}slow_log:\n  threshold: 100ms\n  file: a-slow.log\n"),
+        )
+        .worker("b", &format!("path: /b\n{pool}"))
+        .worker(
+            "c",
+            &format!("path: /c\n{pool}slow_log:\n  enabled: false\n"),
+        )
+        .file("a", "sleep.php", sleep)
+        .file("b", "sleep.php", sleep)
+        .file("c", "sleep.php", sleep)
+        .start();
+    for path in [
+        "/a/sleep.php?ms=200",
+        "/b/sleep.php?ms=200",
+        "/b/sleep.php?ms=400",
+        "/c/sleep.php?ms=400",
+    ] {
+        assert_eq!(server.get(path).status, 200, "{path}");
+    }
+    let own = server.site.root().join("workers/a/a-slow.log");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !std::fs::read_to_string(&own).is_ok_and(|t| t.contains("slow request")) {
+        assert!(Instant::now() < deadline, "nothing in {}", own.display());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let own = std::fs::read_to_string(&own).unwrap();
+    assert!(
+        own.contains("worker=a ") && own.contains("uri=/a/sleep.php?ms=200"),
+        "{own}"
+    );
+    assert!(
+        server.wait_for_log("uri=/b/sleep.php?ms=400", Duration::from_secs(3)),
+        "{}",
+        server.log()
+    );
+    let log = server.log();
+    let slow: Vec<_> = log.lines().filter(|l| l.contains("slow request")).collect();
+    assert_eq!(slow.len(), 1, "only b's 400 ms request: {log}");
+    for (app, count) in [("a", 1.0), ("b", 1.0), ("c", 0.0)] {
+        assert_eq!(
+            server.metric(&format!("tqserver_slow_requests_total{{worker=\"{app}\"}}")),
+            Some(count),
+            "{app}"
+        );
+    }
+}
+
+#[test]
 fn a_10_kb_stderr_line_is_logged_whole() {
     let server = site("    manager: static\n    max_workers: 1\n").start();
     assert_eq!(server.get("/long-stderr.php").text(), "logged");
@@ -576,6 +689,87 @@ fn tqserver_status_prints_pools_and_workers() {
         2,
         "{stdout}"
     );
+}
+
+fn tqserver_cli(args: &[&str], config: &std::path::Path) -> (bool, String) {
+    let output = Command::new(BIN)
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), text)
+}
+
+#[test]
+fn two_servers_with_default_admin_settings_each_answer_their_own_status() {
+    // No admin section: each server's endpoint is the socket next to its
+    // pid file, so two sites on one machine do not collide.
+    let alpha = Site::new()
+        .default_admin()
+        .worker("alpha", "path: /\n")
+        .file("alpha", "index.php", "<?php echo 'alpha';")
+        .start();
+    let beta = Site::new()
+        .default_admin()
+        .worker("beta", "path: /\n")
+        .file("beta", "index.php", "<?php echo 'beta';")
+        .start();
+    assert_eq!(alpha.get("/").text(), "alpha");
+    assert_eq!(beta.get("/").text(), "beta");
+    for (server, own, other) in [(&alpha, "alpha", "beta"), (&beta, "beta", "alpha")] {
+        let socket = server.site.root().join("tqserver.sock");
+        assert!(socket.exists(), "{}", server.log());
+        let (ok, text) = tqserver_cli(&["status"], &server.site.config_path());
+        assert!(ok, "{text}");
+        assert!(
+            text.lines().any(|l| l.starts_with(&format!("{own} "))),
+            "{text}"
+        );
+        assert!(!text.contains(other), "{text}");
+        assert!(text.contains(&format!("pid {}", server.pid())), "{text}");
+        let (ok, text) = tqserver_cli(&["reload"], &server.site.config_path());
+        assert!(ok && text.contains("configuration reloaded"), "{text}");
+    }
+
+    // A second server for the same site stops at once, says why, and
+    // leaves the first one's pid file and socket alone.
+    let pid_file = alpha.site.root().join("tqserver.pid");
+    let (ok, text) = tqserver_cli(&["run"], &alpha.site.config_path());
+    assert!(!ok, "{text}");
+    assert!(text.contains("admin.listen"), "{text}");
+    assert_eq!(
+        std::fs::read_to_string(&pid_file).unwrap().trim(),
+        alpha.pid().to_string()
+    );
+    let (ok, text) = tqserver_cli(&["status"], &alpha.site.config_path());
+    assert!(ok, "{text}");
+}
+
+#[test]
+fn a_taken_admin_port_is_refused_naming_the_key_to_set() {
+    let site = Site::new().with_admin().worker("app", "path: /\n").file(
+        "app",
+        "index.php",
+        "<?php echo 1;",
+    );
+    let taken = std::net::TcpListener::bind(("127.0.0.1", site.admin_port.unwrap())).unwrap();
+    let (ok, text) = tqserver_cli(&["run"], &site.config_path());
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains("cannot listen on admin.listen 127.0.0.1:")
+            && text.contains(&format!(
+                "set admin.listen in {} to a free address",
+                site.config_path().display()
+            )),
+        "{text}"
+    );
+    drop(taken);
 }
 
 #[test]

@@ -431,6 +431,113 @@ fn a_crash_loop_backs_off_instead_of_spinning() {
     assert_eq!(server.get("/pid.php").status, 200);
 }
 
+/// One GET on a fresh connection; None when the connection broke.
+fn status_of(port: u16, path: &str) -> Option<u16> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).ok()?;
+    std::str::from_utf8(answer.get(9..12)?).ok()?.parse().ok()
+}
+
+/// The pool's JSON from the admin endpoint.
+fn pool_json(server: &Server) -> serde_json::Value {
+    let response = server.admin("/status/app?json");
+    assert_eq!(response.status, 200);
+    serde_json::from_slice(&response.body).unwrap()
+}
+
+#[test]
+fn healthy_workers_killed_from_outside_are_replaced_at_once() {
+    // kill -9 of a worker that has served, every 250 ms under load (an
+    // OOM-killer storm, an operator's script): each is replaced at once;
+    // only the requests on the killed workers fail, and nothing backs off.
+    let server = pool_site("    manager: static\n    max_workers: 4\n")
+        .with_admin()
+        .start();
+    let port = server.port();
+    let stop = Arc::new(AtomicBool::new(false));
+    let load: Vec<_> = (0..4)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let (mut ok, mut failed, mut slowest) = (0u32, 0u32, Duration::ZERO);
+                while !stop.load(Ordering::Relaxed) {
+                    let started = Instant::now();
+                    let status = status_of(port, "/sleep.php?ms=5");
+                    slowest = slowest.max(started.elapsed());
+                    if status == Some(200) {
+                        ok += 1;
+                    } else {
+                        failed += 1;
+                    }
+                }
+                (ok, failed, slowest)
+            })
+        })
+        .collect();
+
+    let mut slowest_replacement = Duration::ZERO;
+    for kill in 0..10 {
+        // A worker that just completed a request: it has served.
+        let victim: u32 = server.get("/pid.php").text().parse().unwrap();
+        unsafe { libc::kill(victim as i32, libc::SIGKILL) };
+        let took = wait_until("replacement", Duration::from_secs(20), || {
+            let now = server.worker_pids();
+            now.len() == 4 && !now.contains(&victim)
+        });
+        slowest_replacement = slowest_replacement.max(took);
+        let backoff = pool_json(&server)["backoff remaining"].as_f64().unwrap();
+        assert_eq!(backoff, 0.0, "kill {kill}: the pool backed off");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let (mut ok, mut failed, mut slowest) = (0, 0, Duration::ZERO);
+    for thread in load {
+        let (o, f, s) = thread.join().unwrap();
+        ok += o;
+        failed += f;
+        slowest = slowest.max(s);
+    }
+    assert!(
+        slowest_replacement < Duration::from_secs(1),
+        "a killed worker took {slowest_replacement:?} to be replaced"
+    );
+    assert!(failed <= 10, "{failed} failed requests for 10 kills");
+    assert!(ok > 100, "only {ok} requests served in about 3 s");
+    assert!(
+        slowest < Duration::from_secs(2),
+        "a request waited {slowest:?}"
+    );
+    assert_eq!(pool_json(&server)["crashes"], 10);
+    assert!(!server.log().contains("CRASH LOOP"), "{}", server.log());
+}
+
+#[test]
+fn a_script_that_kills_every_fresh_worker_is_a_crash_loop() {
+    // Workers that die on their first request never served: that is a
+    // loop, and spawning backs off.
+    let server = pool_site("    manager: static\n    max_workers: 2\n")
+        .file("app", "die.php", "<?php posix_kill(getmypid(), 9);")
+        .start();
+    for _ in 0..6 {
+        assert_eq!(server.get("/die.php").status, 502);
+    }
+    assert!(
+        server.wait_for_log("CRASH LOOP", Duration::from_secs(5)),
+        "{}",
+        server.log()
+    );
+}
+
 #[test]
 fn no_worker_survives_kill_9_of_tqserver_under_load() {
     let mut server =

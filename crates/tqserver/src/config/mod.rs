@@ -38,7 +38,9 @@ pub mod defaults {
     /// Off: a stop closes the listeners at once, as before there was a drain.
     pub const DRAIN_DELAY: Duration = Duration::ZERO;
     pub const WORKERS_DIRECTORY: &str = "workers";
-    pub const ADMIN_LISTEN: &str = "127.0.0.1:9180";
+    /// Relative to the server root, next to the pid file: one per site, so
+    /// two servers on one machine never collide (a fixed port would).
+    pub const ADMIN_LISTEN: &str = "tqserver.sock";
     /// A PHP response held in memory for a slow client, per request (the
     /// rest goes to a temporary file).
     pub const RESPONSE_BUFFER_MEMORY: u64 = 1024 * 1024;
@@ -88,7 +90,8 @@ pub struct Config {
     /// Where OPcache file caches of the pools go (one folder per pool).
     pub cache_dir: PathBuf,
     pub logging: LoggingConfig,
-    pub admin: Option<SocketAddr>,
+    /// The admin endpoint (`admin.listen`); None when turned off.
+    pub admin: Option<ListenAddr>,
     /// `/readyz` fails while more requests than this wait in an app's queue
     /// (`admin.ready_max_queue`; an app's `php.pool.ready_max_queue` wins).
     pub ready_max_queue: QueueLimit,
@@ -163,6 +166,8 @@ pub struct WorkerConfig {
     pub rules: crate::rules::PathRules,
     /// This app's `php.pool.ready_max_queue`; None: the server's.
     pub ready_max_queue: Option<QueueLimit>,
+    /// This app's own slow log settings; None: the server's.
+    pub slow_log: Option<SlowLogConfig>,
 }
 
 /// A bound on a queue's length that readiness checks, or none.
@@ -172,6 +177,15 @@ pub enum QueueLimit {
     Off,
     /// Not ready while more than this many requests wait.
     Max(usize),
+}
+
+/// An app's `slow_log`: each setting it leaves out is the server's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlowLogConfig {
+    /// `enabled: false` turns the slow log off for this app.
+    pub enabled: bool,
+    pub threshold: Option<Duration>,
+    pub file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -261,6 +275,15 @@ pub struct ResponseBuffer {
 pub enum ListenAddr {
     Tcp(SocketAddr),
     Unix(PathBuf),
+}
+
+impl std::fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Tcp(addr) => write!(f, "{addr}"),
+            Self::Unix(path) => write!(f, "unix:{}", path.display()),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

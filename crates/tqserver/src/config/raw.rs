@@ -75,6 +75,7 @@ pub struct RawAccessLog {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawSlowLog {
+    pub enabled: Option<bool>,
     pub threshold: Option<RawDuration>,
     pub file: Option<String>,
 }
@@ -103,6 +104,7 @@ pub struct RawWorkerFile {
     pub security: Option<RawSecurity>,
     pub fastcgi: Option<RawFastcgi>,
     pub access_log: Option<RawAccessLog>,
+    pub slow_log: Option<RawSlowLog>,
     pub rules: Option<Vec<RawRule>>,
 }
 

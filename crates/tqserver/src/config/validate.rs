@@ -10,13 +10,14 @@ use std::time::Duration;
 use pool::{Manager, PoolConfig, SocketKind, WorkerCommand};
 
 use super::raw::{
-    RawAccessLog, RawFastcgi, RawFrontController, RawPool, RawRule, RawSecurity, RawServerFile,
-    RawWorkerFile,
+    RawAccessLog, RawAdmin, RawFastcgi, RawFrontController, RawPool, RawRule, RawSecurity,
+    RawServerFile, RawWorkerFile,
 };
 use super::yaml::{self, ConfigError, ConfigErrors, suggest};
 use super::{
     AccessLogConfig, Config, FastcgiConfig, ListenAddr, LoggingConfig, PhpConfig, QueueLimit,
-    ResponseBuffer, SecurityConfig, ServerSettings, SymlinkPolicy, WorkerConfig, defaults,
+    ResponseBuffer, SecurityConfig, ServerSettings, SlowLogConfig, SymlinkPolicy, WorkerConfig,
+    defaults,
 };
 use crate::rules::{DenyStatus, PathRule, PathRules, Pattern, RuleAction};
 
@@ -25,8 +26,8 @@ use crate::rules::{DenyStatus, PathRule, PathRules, Pattern, RuleAction};
 /// they work even while a worker.yaml is broken.
 pub fn control_settings(
     server_file: &Path,
-) -> Result<(Option<SocketAddr>, Option<PathBuf>), ConfigError> {
-    let (raw, _) = yaml::load::<RawServerFile>(server_file)?;
+) -> Result<(Option<ListenAddr>, Option<PathBuf>), ConfigError> {
+    let (raw, text) = yaml::load::<RawServerFile>(server_file)?;
     let config_dir = absolute(server_file.parent().unwrap_or(Path::new(".")));
     let server = raw.server.unwrap_or_default();
     let root = match &server.root {
@@ -36,16 +37,8 @@ pub fn control_settings(
             .map(Path::to_path_buf)
             .unwrap_or(config_dir.clone()),
     };
-    let admin = raw.admin.unwrap_or_default();
-    let admin = if admin.enabled == Some(false) {
-        None
-    } else {
-        admin
-            .listen
-            .unwrap_or_else(|| defaults::ADMIN_LISTEN.to_owned())
-            .parse()
-            .ok()
-    };
+    let admin = admin_listen(&raw.admin.unwrap_or_default(), &root)
+        .map_err(|message| ConfigError::at_key(server_file, &text, "admin.listen", message))?;
     let pid_file = match server.pid_file.as_deref() {
         Some("") | Some("off") => None,
         Some(path) => Some(root.join(path)),
@@ -143,21 +136,11 @@ pub fn load(server_file: &Path) -> Result<Config, ConfigErrors> {
     let logging = logging(&raw.logging.unwrap_or_default(), &root, &at, &mut errors);
     let admin_raw = raw.admin.unwrap_or_default();
     let ready_max_queue = queue_limit(admin_raw.ready_max_queue).unwrap_or_default();
-    let admin = if admin_raw.enabled == Some(false) {
-        None
-    } else {
-        let listen = admin_raw
-            .listen
-            .unwrap_or_else(|| defaults::ADMIN_LISTEN.to_owned());
-        match listen.parse::<SocketAddr>() {
-            Ok(addr) => Some(addr),
-            Err(_) => {
-                errors.push(at(
-                    "admin.listen",
-                    format!("`{listen}` is not an address such as 127.0.0.1:9180"),
-                ));
-                None
-            }
+    let admin = match admin_listen(&admin_raw, &root) {
+        Ok(admin) => admin,
+        Err(message) => {
+            errors.push(at("admin.listen", message));
+            None
         }
     };
 
@@ -230,6 +213,37 @@ pub fn load(server_file: &Path) -> Result<Config, ConfigErrors> {
     })
 }
 
+/// `admin.listen`: a TCP address (`127.0.0.1:9180`), `unix:PATH`, or a
+/// socket path (absolute, or with a `/` or ending in `.sock`: relative to
+/// the server root). None when `admin.enabled: false`.
+fn admin_listen(raw: &RawAdmin, root: &Path) -> Result<Option<ListenAddr>, String> {
+    if raw.enabled == Some(false) {
+        return Ok(None);
+    }
+    let text = raw.listen.as_deref().unwrap_or(defaults::ADMIN_LISTEN);
+    let listen = if let Some(path) = text.strip_prefix("unix:") {
+        ListenAddr::Unix(root.join(path))
+    } else if let Ok(addr) = text.parse::<SocketAddr>() {
+        ListenAddr::Tcp(addr)
+    } else if text.contains('/') || text.ends_with(".sock") {
+        ListenAddr::Unix(root.join(text))
+    } else {
+        return Err(format!(
+            "`{text}` is not an address such as 127.0.0.1:9180 or a socket path such as /run/tqserver/admin.sock"
+        ));
+    };
+    // sun_path holds 108 bytes with the terminating NUL.
+    if let ListenAddr::Unix(path) = &listen
+        && path.as_os_str().len() > 107
+    {
+        return Err(format!(
+            "{} is longer than a unix socket path may be (107 bytes); set admin.listen to a shorter path or an address such as 127.0.0.1:9180",
+            path.display()
+        ));
+    }
+    Ok(Some(listen))
+}
+
 fn logging(
     raw: &super::raw::RawLogging,
     root: &Path,
@@ -263,7 +277,12 @@ fn logging(
         json,
         file: raw.file.as_deref().map(|f| root.join(f)),
         access_log,
-        slow_log_threshold: raw.slow_log.as_ref().and_then(|s| s.threshold).map(|d| d.0),
+        slow_log_threshold: raw
+            .slow_log
+            .as_ref()
+            .filter(|s| s.enabled != Some(false))
+            .and_then(|s| s.threshold)
+            .map(|d| d.0),
         slow_log_file: raw
             .slow_log
             .as_ref()
@@ -540,6 +559,35 @@ fn load_worker(
         None
     };
 
+    // As root, workers run as php.user: php-cgi starts in the document root,
+    // so that user must be able to enter it (a site under a 0700 home
+    // directory cannot start otherwise).
+    if let Some((uid, gid)) = credentials
+        && document_root.is_dir()
+    {
+        match pool::access::first_blocked(&document_root, uid, gid) {
+            Ok(None) => {}
+            Ok(Some(blocked)) => errors.push(at(
+                "document_root",
+                format!(
+                    "php.user `{user_name}` {blocked}, so its workers cannot start in {root}; \
+                     the user needs x on every directory above the document root and r and x \
+                     on the document root: give it access (chmod o+x {dir}, or setfacl -m u:{user_name}:x {dir}), \
+                     move the site, or set php.user to a user that can",
+                    root = document_root.display(),
+                    dir = blocked.dir.display(),
+                ),
+            )),
+            Err(err) => errors.push(at(
+                "document_root",
+                format!(
+                    "cannot check that php.user `{user_name}` can enter {}: {err}",
+                    document_root.display()
+                ),
+            )),
+        }
+    }
+
     let socket = match php_raw.socket.as_deref() {
         None | Some("unix") => SocketKind::Unix {
             dir: socket_dir.to_owned(),
@@ -636,6 +684,11 @@ fn load_worker(
         &mut errors,
     );
     let ready_max_queue = queue_limit(php_raw.pool.as_ref().and_then(|p| p.ready_max_queue));
+    let slow_log = raw.slow_log.as_ref().map(|s| SlowLogConfig {
+        enabled: s.enabled != Some(false),
+        threshold: s.threshold.map(|d| d.0),
+        file: s.file.as_deref().map(|f| folder.join(f)),
+    });
 
     if !errors.is_empty() {
         return Err(errors);
@@ -684,6 +737,7 @@ fn load_worker(
         access_log,
         rules,
         ready_max_queue,
+        slow_log,
     }))
 }
 

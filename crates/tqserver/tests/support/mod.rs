@@ -34,6 +34,8 @@ pub struct Site {
     server_extra: String,
     /// Admin endpoint port, when a test turns it on.
     pub admin_port: Option<u16>,
+    /// No `admin:` section at all: the default endpoint.
+    admin_default: bool,
 }
 
 impl Site {
@@ -47,6 +49,7 @@ impl Site {
             server_settings: String::new(),
             server_extra: String::new(),
             admin_port: None,
+            admin_default: false,
         };
         site.write_server_yaml();
         site
@@ -81,9 +84,17 @@ impl Site {
         self
     }
 
+    /// Leaves the admin endpoint at its default (no `admin:` section).
+    pub fn default_admin(mut self) -> Self {
+        self.admin_default = true;
+        self.write_server_yaml();
+        self
+    }
+
     fn write_server_yaml(&self) {
         let admin = match self.admin_port {
             Some(port) => format!("admin:\n  listen: 127.0.0.1:{port}\n"),
+            None if self.admin_default => String::new(),
             None => "admin:\n  enabled: false\n".to_owned(),
         };
         let text = format!(
