@@ -331,10 +331,12 @@ async fn serve_until_stopped(
             return Err(err).with_context(|| format!("cannot listen on {}", config.server.listen));
         }
     };
+    let draining = CancellationToken::new();
     let front = Arc::new(Frontend {
         router: router.clone(),
         settings: config.server.clone(),
         telemetry: telemetry.clone(),
+        draining: draining.clone(),
     });
     let accept = tokio::spawn(http::serve(
         http_listener,
@@ -400,6 +402,7 @@ async fn serve_until_stopped(
     let drain_delay = state.config.load().server.drain_delay;
     if !drain_delay.is_zero() {
         state.set_phase(Phase::Draining);
+        draining.cancel();
         info!("draining: /readyz fails for {drain_delay:?}, then the listeners close");
         tokio::select! {
             _ = tokio::time::sleep(drain_delay) => {}

@@ -441,3 +441,25 @@ fn a_complete_response_frees_the_connection_while_the_script_goes_on() {
         None
     );
 }
+
+#[test]
+fn while_draining_kept_alive_clients_are_told_to_go() {
+    let server = app_site(1, "")
+        .server_settings("  drain_delay: 3s\n")
+        .start();
+    let mut conn = server.connect();
+    let response = raw(
+        &mut conn,
+        "GET /app/file.txt HTTP/1.1\r\nHost: localhost\r\n\r\n",
+    );
+    assert_eq!(response.header("connection"), None);
+    server.signal(libc::SIGTERM);
+    assert!(server.wait_for_log("draining", Duration::from_secs(5)));
+    // Still served, but the connection will not be kept.
+    let response = raw(
+        &mut conn,
+        "GET /app/file.txt HTTP/1.1\r\nHost: localhost\r\n\r\n",
+    );
+    assert_eq!(response.status, 200);
+    assert_eq!(response.header("connection"), Some("close"));
+}

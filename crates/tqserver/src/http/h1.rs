@@ -220,7 +220,7 @@ pub async fn serve_connection(
             }
         };
 
-        if shutdown.is_cancelled() {
+        if shutdown.is_cancelled() || front.draining.is_cancelled() {
             keep_alive = false;
         }
         match writer

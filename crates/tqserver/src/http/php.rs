@@ -539,7 +539,9 @@ pub struct PhpStream {
     declared: Option<u64>,
 }
 
-/// Where the rest of a PHP response comes from.
+/// Where the rest of a PHP response comes from. Left unboxed: the whole
+/// `PhpStream` is already one allocation per response.
+#[allow(clippy::large_enum_variant)]
 enum Source {
     /// Buffered by a task that returns the worker when PHP is done.
     Spool(SpoolReader),

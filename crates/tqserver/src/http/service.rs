@@ -24,6 +24,10 @@ pub struct Frontend {
     pub router: Arc<ArcSwap<Router>>,
     pub settings: ServerSettings,
     pub telemetry: Arc<Telemetry>,
+    /// Cancelled when a stop begins its `drain_delay`: responses then say
+    /// `Connection: close`, so kept-alive clients (and balancers' pooled
+    /// connections) move to another node before the listeners close.
+    pub draining: tokio_util::sync::CancellationToken,
 }
 
 pub async fn handle(
