@@ -9,19 +9,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use pool::WorkerPool;
 
 use crate::config::WorkerConfig;
-use crate::http::resolve::DocumentRoot;
-use crate::metrics::AppMetrics;
-use crate::observe::{AccessLog, SlowLog, Telemetry};
+use crate::docroot::DocumentRoot;
+use crate::observe::{AppTelemetry, Telemetry};
 
 pub struct App {
     pub config: Arc<WorkerConfig>,
     pub pool: WorkerPool,
     pub root: DocumentRoot,
-    pub metrics: AppMetrics,
-    /// The app's own access log, if it has one (else the server's).
-    pub access_log: Option<Arc<AccessLog>>,
-    /// The app's slow log (its own settings over the server's).
-    pub slow_log: SlowLog,
+    /// Metrics and logs, shared with the observations of its requests.
+    pub telemetry: Arc<AppTelemetry>,
     /// This pool's OPcache file cache, removed with the app.
     opcache_dir: Option<PathBuf>,
 }
@@ -97,13 +93,18 @@ impl App {
                 return Err(err.into());
             }
         };
+        let telemetry = Arc::new(AppTelemetry {
+            name: config.name.clone(),
+            metrics,
+            access_log,
+            slow_log,
+            pool: pool.clone(),
+        });
         Ok(Arc::new(Self {
             config,
             pool,
             root,
-            metrics,
-            access_log,
-            slow_log,
+            telemetry,
             opcache_dir,
         }))
     }

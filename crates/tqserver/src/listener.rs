@@ -30,7 +30,7 @@ use fastcgi::record::{RecordType, put_begin_request, put_stream, put_stream_end}
 use fastcgi::server::{RequestReader, ResponseWriter, ServerError, ServerEvent, ServerValues};
 use fastcgi::{Params, ParamsLimits, ParamsWriter, ProtocolStatus, Role};
 use http::StatusCode;
-use pool::{AcquireError, KillReason, Lease, RequestInfo};
+use pool::{KillReason, Lease, RequestInfo};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::Semaphore;
@@ -41,13 +41,14 @@ use tracing::{debug, error, info, warn};
 
 use crate::app::App;
 use crate::config::{FastcgiConfig, ListenAddr, ServerSettings};
-use crate::http::cgi_response::parse_status;
-use crate::http::errors;
-use crate::http::php::{Sent, StderrRelay, send_head};
-use crate::http::resolve::Location;
-use crate::http::symlinks::SymlinkRefusal;
+use crate::docroot::Location;
+use crate::docroot::symlinks::SymlinkRefusal;
 use crate::metrics::AppMetrics;
 use crate::observe::{Observation, RequestLine, Telemetry};
+use crate::php::response_head::parse_status;
+use crate::php::stderr::StderrRelay;
+use crate::php::upstream::send_head;
+use crate::php::{ERROR_CONTENT_TYPE, error_text};
 use crate::router::Router;
 use crate::rules::{DenyStatus, Verdict};
 use arc_swap::ArcSwap;
@@ -464,9 +465,9 @@ async fn respond_error<W: AsyncWrite + Unpin>(
         } else {
             ""
         },
-        errors::CONTENT_TYPE,
+        ERROR_CONTENT_TYPE,
     );
-    respond(writer, request_id, &head, errors::text(status).as_bytes()).await
+    respond(writer, request_id, &head, error_text(status).as_bytes()).await
 }
 
 /// php-fpm's answers to a script it will not run.
@@ -558,7 +559,7 @@ where
     let Some(app) = shared.app() else {
         return respond_error(writer, request_id, StatusCode::SERVICE_UNAVAILABLE, false).await;
     };
-    observation.set_app(app.clone());
+    observation.set_app(app.telemetry.clone());
     let listener = shared.config.load();
     let name = &app.config.name;
     let script_name = params.get_str("SCRIPT_NAME").unwrap_or("");
@@ -651,25 +652,16 @@ where
         }
     })
     .await;
-    let (mut lease, deadline) = match sent {
-        Sent::Ready(lease, deadline) => {
+    let (mut lease, deadline) = match sent.ready() {
+        Ok((lease, deadline)) => {
             observation.pid = Some(lease.pid());
             observation.queue_waited(lease.queue_wait());
             (lease, deadline)
         }
-        Sent::Refused(AcquireError::QueueFull { .. } | AcquireError::QueueTimeout { .. }) => {
-            return respond_error(writer, request_id, StatusCode::SERVICE_UNAVAILABLE, true).await;
-        }
-        Sent::Refused(AcquireError::Stopping { .. }) => {
-            return respond_error(writer, request_id, StatusCode::SERVICE_UNAVAILABLE, false).await;
-        }
-        Sent::DeadWorkers => {
-            return respond_error(writer, request_id, StatusCode::BAD_GATEWAY, false).await;
-        }
-        Sent::TimedOut(lease) => {
-            observation.pid = Some(lease.pid());
-            lease.kill(KillReason::Timeout);
-            return respond_error(writer, request_id, StatusCode::GATEWAY_TIMEOUT, false).await;
+        Err(unsent) => {
+            observation.pid = unsent.pid;
+            let retry = unsent.retry_after.is_some();
+            return respond_error(writer, request_id, unsent.status, retry).await;
         }
     };
 

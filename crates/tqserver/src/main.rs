@@ -83,7 +83,7 @@ fn check(path: &std::path::Path) -> ExitCode {
             }
             // Warnings, not errors: the configuration works as written.
             for worker in &config.workers {
-                if let Some(warning) = tqserver::http::symlinks::check_warning(worker) {
+                if let Some(warning) = tqserver::docroot::symlinks::check_warning(worker) {
                     eprintln!("{warning}");
                 }
             }

@@ -9,7 +9,6 @@
 
 use std::sync::{Arc, OnceLock};
 
-use arc_swap::ArcSwap;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
@@ -18,14 +17,11 @@ use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 
-use crate::http::response_buffer::BufferMetrics;
-use crate::router::Router;
-
 type WorkerLabel = [(&'static str, String); 1];
 type CodeLabels = [(&'static str, String); 2];
 type StoreLabels = [(&'static str, String); 2];
 /// A metric read off a pool's status: name, help, how to read it.
-type PoolReading<T> = (&'static str, &'static str, fn(&pool::PoolStatus) -> T);
+type StatusField<T> = (&'static str, &'static str, fn(&pool::PoolStatus) -> T);
 
 /// Request latency buckets, 1 ms to 60 s.
 const DURATION_BUCKETS: [f64; 16] = [
@@ -48,6 +44,18 @@ pub struct Metrics {
     pub http_connections: Gauge,
     pub reloads: Counter,
     pub reload_failures: Counter,
+}
+
+/// What the metrics count of response buffering (per app).
+#[derive(Clone, Default)]
+pub struct BufferMetrics {
+    /// Responses that outlived their first read and were buffered.
+    pub responses: Counter,
+    /// Bytes held in memory, and written to temporary files.
+    pub memory_bytes: Counter,
+    pub file_bytes: Counter,
+    /// Bytes held right now.
+    pub held_bytes: Gauge,
 }
 
 /// One app's request-path handles.
@@ -82,8 +90,8 @@ impl AppMetrics {
 }
 
 impl Metrics {
-    /// `router` is read at scrape time for the per-pool numbers.
-    pub fn new(router: Arc<ArcSwap<Router>>, info: BuildInfo) -> Arc<Self> {
+    /// `pools` is read at scrape time for the per-pool numbers.
+    pub fn new(pools: PoolSource, info: BuildInfo) -> Arc<Self> {
         let mut registry = Registry::with_prefix("tqserver");
         let requests = Family::<CodeLabels, Counter>::default();
         registry.register(
@@ -152,7 +160,7 @@ impl Metrics {
             Unit::Bytes,
             buffer_held.clone(),
         );
-        registry.register_collector(Box::new(PoolCollector { router, info }));
+        registry.register_collector(Box::new(PoolCollector { pools, info }));
         Arc::new(Self {
             registry,
             requests,
@@ -215,8 +223,19 @@ pub struct BuildInfo {
     pub version: &'static str,
 }
 
+/// What the collector reads of each running pool at scrape time.
+pub struct PoolReading {
+    pub worker: String,
+    pub php_version: String,
+    pub status: pool::PoolStatus,
+}
+
+/// Reads every running pool (the server passes one over its router), so
+/// metrics need no running app to be built or tested.
+pub type PoolSource = Box<dyn Fn() -> Vec<PoolReading> + Send + Sync>;
+
 struct PoolCollector {
-    router: Arc<ArcSwap<Router>>,
+    pools: PoolSource,
     info: BuildInfo,
 }
 
@@ -245,13 +264,26 @@ fn family<M: EncodeMetric, L: prometheus_client::encoding::EncodeLabelSet>(
     Ok(())
 }
 
+/// A pool's name and PHP version, apart from its status.
+struct PoolIdentity {
+    worker: String,
+    php_version: String,
+}
+
+impl PoolReading {
+    fn identity(&self) -> PoolIdentity {
+        PoolIdentity {
+            worker: self.worker.clone(),
+            php_version: self.php_version.clone(),
+        }
+    }
+}
+
 impl Collector for PoolCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let router = self.router.load();
-        let apps = router.apps();
-        let statuses: Vec<_> = apps
-            .iter()
-            .map(|app| (app.clone(), app.pool.status()))
+        let statuses: Vec<_> = (self.pools)()
+            .into_iter()
+            .map(|reading| (reading.identity(), reading.status))
             .collect();
         let worker = |name: &str| [("worker", name.to_owned())];
 
@@ -260,8 +292,8 @@ impl Collector for PoolCollector {
             build.push((
                 [
                     ("version", self.info.version.to_owned()),
-                    ("worker", app.config.name.clone()),
-                    ("php_version", app.config.php.version.clone()),
+                    ("worker", app.worker.clone()),
+                    ("php_version", app.php_version.clone()),
                 ],
                 ConstGauge::new(1i64),
             ));
@@ -286,7 +318,7 @@ impl Collector for PoolCollector {
 
         let mut states = Vec::new();
         for (app, status) in &statuses {
-            let name = &app.config.name;
+            let name = &app.worker;
             let stopping = status.total.saturating_sub(status.idle + status.busy);
             for (state, value) in [
                 ("idle", status.idle),
@@ -308,7 +340,7 @@ impl Collector for PoolCollector {
             states,
         )?;
 
-        let gauges: [PoolReading<i64>; 5] = [
+        let gauges: [StatusField<i64>; 5] = [
             ("queue_length", "Requests waiting for a worker", |s| {
                 s.queue_len as i64
             }),
@@ -336,12 +368,12 @@ impl Collector for PoolCollector {
         for (name, help, get) in gauges {
             let samples = statuses
                 .iter()
-                .map(|(app, status)| (worker(&app.config.name), ConstGauge::new(get(status))))
+                .map(|(app, status)| (worker(&app.worker), ConstGauge::new(get(status))))
                 .collect();
             family(&mut encoder, name, help, None, samples)?;
         }
 
-        let counters: [PoolReading<u64>; 8] = [
+        let counters: [StatusField<u64>; 8] = [
             ("worker_spawns", "Worker processes started", |s| s.spawns),
             (
                 "worker_spawn_failures",
@@ -380,7 +412,7 @@ impl Collector for PoolCollector {
         for (name, help, get) in counters {
             let samples = statuses
                 .iter()
-                .map(|(app, status)| (worker(&app.config.name), ConstCounter::new(get(status))))
+                .map(|(app, status)| (worker(&app.worker), ConstCounter::new(get(status))))
                 .collect();
             family(&mut encoder, name, help, None, samples)?;
         }
@@ -393,7 +425,7 @@ impl Collector for PoolCollector {
             ] {
                 rejections.push((
                     [
-                        ("worker", app.config.name.clone()),
+                        ("worker", app.worker.clone()),
                         ("reason", reason.to_owned()),
                     ],
                     ConstCounter::new(value),
@@ -412,7 +444,7 @@ impl Collector for PoolCollector {
             .iter()
             .map(|(app, status)| {
                 let total: u64 = status.workers.iter().filter_map(|w| w.rss_bytes).sum();
-                (worker(&app.config.name), ConstGauge::new(total as i64))
+                (worker(&app.worker), ConstGauge::new(total as i64))
             })
             .collect();
         family(
@@ -431,7 +463,7 @@ impl Collector for PoolCollector {
                     .filter_map(|w| w.rss_bytes)
                     .max()
                     .unwrap_or(0);
-                (worker(&app.config.name), ConstGauge::new(max as i64))
+                (worker(&app.worker), ConstGauge::new(max as i64))
             })
             .collect();
         family(

@@ -19,7 +19,6 @@ use http::{HeaderValue, Method, Uri, Version};
 use tokio::time::Instant;
 use tracing::warn;
 
-use crate::app::App;
 use crate::config::{AccessLogConfig, SlowLogConfig};
 use crate::metrics::{AppMetrics, Metrics};
 use crate::status::{fpm_time, quote};
@@ -219,10 +218,32 @@ pub enum RequestLine {
     },
 }
 
+/// What a request's observation needs of its app (its name, metric
+/// handles, logs and pool counters), so observing needs no running `App`.
+pub struct AppTelemetry {
+    pub name: String,
+    pub metrics: AppMetrics,
+    /// The app's own access log, if it has one (else the server's).
+    pub access_log: Option<Arc<AccessLog>>,
+    /// The app's slow log (its own settings over the server's).
+    pub slow_log: SlowLog,
+    /// Counts slow requests on the pool's status page.
+    pub pool: pool::WorkerPool,
+}
+
+/// "HTTP/1.1" and the like, as SERVER_PROTOCOL and the access log write it.
+pub fn protocol_name(version: http::Version) -> &'static str {
+    match version {
+        http::Version::HTTP_10 => "HTTP/1.0",
+        http::Version::HTTP_2 => "HTTP/2.0",
+        _ => "HTTP/1.1",
+    }
+}
+
 /// One request on its way through tqserver.
 pub struct Observation {
     telemetry: Arc<Telemetry>,
-    app: Option<Arc<App>>,
+    app: Option<Arc<AppTelemetry>>,
     started: Instant,
     peer: Option<SocketAddr>,
     line: RequestLine,
@@ -235,7 +256,7 @@ pub struct Observation {
 impl Observation {
     pub fn new(
         telemetry: Arc<Telemetry>,
-        app: Option<Arc<App>>,
+        app: Option<Arc<AppTelemetry>>,
         peer: Option<SocketAddr>,
         line: RequestLine,
     ) -> Self {
@@ -251,7 +272,7 @@ impl Observation {
     }
 
     /// The app that took the request, once known.
-    pub fn set_app(&mut self, app: Arc<App>) {
+    pub fn set_app(&mut self, app: Arc<AppTelemetry>) {
         self.app = Some(app);
     }
 
@@ -305,11 +326,7 @@ impl Observation {
     }
 
     fn slow(&self, slow_log: &SlowLog, status: u16, duration: Duration) {
-        let worker = self
-            .app
-            .as_ref()
-            .map(|a| a.config.name.as_str())
-            .unwrap_or("");
+        let worker = self.app.as_ref().map(|a| a.name.as_str()).unwrap_or("");
         if let Some(app) = &self.app {
             app.pool.record_slow_request();
         }
@@ -344,7 +361,7 @@ impl Observation {
                 user_agent,
                 ..
             } => (
-                crate::http::cgi_params::protocol(*version),
+                protocol_name(*version),
                 header_text(referer.as_ref()),
                 header_text(user_agent.as_ref()),
             ),
@@ -374,12 +391,7 @@ impl Observation {
         format!(
             "{{\"time\":{},\"worker\":{},\"remote_addr\":{},\"method\":{},\"uri\":{},\"status\":{status},\"bytes\":{bytes},\"duration_ms\":{:.3},\"pid\":{},\"referer\":{},\"user_agent\":{}}}",
             quote(&fpm_time(SystemTime::now())),
-            quote(
-                self.app
-                    .as_ref()
-                    .map(|a| a.config.name.as_str())
-                    .unwrap_or("")
-            ),
+            quote(self.app.as_ref().map(|a| a.name.as_str()).unwrap_or("")),
             quote(&self.peer.map_or(String::new(), |p| p.ip().to_string())),
             quote(method),
             quote(uri),

@@ -14,7 +14,18 @@ use std::time::Duration;
 use pool::PoolStatus;
 
 use crate::config::QueueLimit;
-use crate::server::Phase;
+
+/// Where the server is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Phase {
+    Starting = 0,
+    Running = 1,
+    /// Stopping, but still serving for `server.drain_delay`: only `/readyz`
+    /// says so, and no reload starts.
+    Draining = 2,
+    Stopping = 3,
+}
 
 /// What readiness needs to know of one pool.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

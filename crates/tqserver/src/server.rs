@@ -36,22 +36,13 @@ use crate::config::{Config, FastcgiConfig, WorkerConfig, validate::display_route
 use crate::http::{self, Frontend};
 use crate::listener;
 use crate::logging::LogFile;
-use crate::metrics::{BuildInfo, Metrics};
+use crate::metrics::{BuildInfo, Metrics, PoolReading};
 use crate::observe::Telemetry;
 use crate::readiness::{self, PoolLoad};
 use crate::router::Router;
 use crate::{admin, systemd, watch};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u8)]
-pub enum Phase {
-    Starting = 0,
-    Running = 1,
-    /// Stopping, but still serving for `server.drain_delay`: only `/readyz`
-    /// says so, and no reload starts.
-    Draining = 2,
-    Stopping = 3,
-}
+pub use crate::readiness::Phase;
 
 /// The outcome of the last reload, for the status output.
 #[derive(Clone, Debug, Default)]
@@ -237,8 +228,20 @@ async fn serve(
     admin: Option<admin::AdminListener>,
 ) -> anyhow::Result<()> {
     let router = Arc::new(ArcSwap::from_pointee(Router::default()));
+    let scraped = router.clone();
     let metrics = Metrics::new(
-        router.clone(),
+        Box::new(move || {
+            scraped
+                .load()
+                .apps()
+                .iter()
+                .map(|app| PoolReading {
+                    worker: app.config.name.clone(),
+                    php_version: app.config.php.version.clone(),
+                    status: app.pool.status(),
+                })
+                .collect()
+        }),
         BuildInfo {
             version: env!("CARGO_PKG_VERSION"),
         },

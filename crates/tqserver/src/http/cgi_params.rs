@@ -60,7 +60,10 @@ pub fn write(buf: &mut BytesMut, request: &CgiRequest<'_>) {
 
     params.pair(b"GATEWAY_INTERFACE", b"CGI/1.1");
     params.pair(b"SERVER_SOFTWARE", SERVER_SOFTWARE.as_bytes());
-    params.pair(b"SERVER_PROTOCOL", protocol(request.version).as_bytes());
+    params.pair(
+        b"SERVER_PROTOCOL",
+        crate::observe::protocol_name(request.version).as_bytes(),
+    );
     params.pair(b"REQUEST_SCHEME", b"http");
     params.pair(b"REQUEST_METHOD", request.method.as_str().as_bytes());
     params.pair(b"REQUEST_URI", request_uri.as_bytes());
@@ -227,15 +230,6 @@ fn put_http_name(out: &mut BytesMut, name: &http::HeaderName, value_len: usize) 
         } else {
             byte.to_ascii_uppercase()
         });
-    }
-}
-
-/// "HTTP/1.1" and the like, as SERVER_PROTOCOL and the access log write it.
-pub fn protocol(version: Version) -> &'static str {
-    match version {
-        Version::HTTP_10 => "HTTP/1.0",
-        Version::HTTP_2 => "HTTP/2.0",
-        _ => "HTTP/1.1",
     }
 }
 

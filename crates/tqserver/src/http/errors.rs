@@ -6,17 +6,7 @@ use http::{Response, StatusCode};
 
 use super::body::Body;
 
-/// The page's text: "503 Service Unavailable\n". The FastCGI listener's
-/// own errors use it too.
-pub fn text(status: StatusCode) -> String {
-    format!(
-        "{} {}\n",
-        status.as_u16(),
-        status.canonical_reason().unwrap_or("")
-    )
-}
-
-pub const CONTENT_TYPE: &str = "text/plain; charset=utf-8";
+pub use crate::php::{ERROR_CONTENT_TYPE as CONTENT_TYPE, error_text as text};
 
 pub fn status(status: StatusCode) -> Response<Body> {
     let mut response = Response::new(Body::text(text(status)));

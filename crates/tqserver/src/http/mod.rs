@@ -12,7 +12,6 @@
 pub mod body;
 pub mod body_reader;
 pub mod cgi_params;
-pub mod cgi_response;
 pub mod errors;
 pub mod h1;
 pub mod normalize;
@@ -21,7 +20,6 @@ pub mod resolve;
 pub mod response_buffer;
 pub mod service;
 pub mod static_files;
-pub mod symlinks;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

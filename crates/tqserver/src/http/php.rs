@@ -20,18 +20,20 @@ use fastcgi::record::{RecordType, Role, put_begin_request, put_stream, put_strea
 use http::request::Parts;
 use http::{Response, StatusCode, header};
 use http_body_util::BodyExt;
-use pool::{AcquireError, KillReason, Lease, RequestInfo};
+use pool::{KillReason, Lease, RequestInfo};
 use tokio::time::{Instant, Sleep};
-use tracing::{error, warn};
+use tracing::error;
 
 use super::body::Body;
 use super::cgi_params::{self, CgiRequest};
-use super::cgi_response::{CgiHead, HeadParser};
 use super::errors;
 use super::resolve::Script;
 use super::response_buffer::{self, SpoolReader};
 use crate::app::App;
 use crate::observe::Observation;
+use crate::php::response_head::{CgiHead, HeadParser};
+use crate::php::stderr::StderrRelay;
+use crate::php::upstream::send_head;
 use crate::router::Router;
 use arc_swap::ArcSwap;
 
@@ -102,94 +104,19 @@ pub async fn serve(
         }
     })
     .await;
-    let (lease, deadline) = match sent {
-        Sent::Ready(lease, deadline) => (lease, deadline),
-        Sent::Refused(AcquireError::QueueFull { .. } | AcquireError::QueueTimeout { .. }) => {
-            return errors::overloaded(1);
-        }
-        Sent::Refused(AcquireError::Stopping { .. }) => {
-            return errors::status(StatusCode::SERVICE_UNAVAILABLE);
-        }
-        Sent::DeadWorkers => return errors::status(StatusCode::BAD_GATEWAY),
-        Sent::TimedOut(lease) => {
-            observation.pid = Some(lease.pid());
-            return timed_out(lease);
+    let (lease, deadline) = match sent.ready() {
+        Ok(ready) => ready,
+        Err(unsent) => {
+            observation.pid = unsent.pid;
+            return match unsent.retry_after {
+                Some(seconds) => errors::overloaded(seconds),
+                None => errors::status(unsent.status),
+            };
         }
     };
     observation.pid = Some(lease.pid());
     observation.queue_waited(lease.queue_wait());
     exchange(app, lease, body, deadline).await
-}
-
-/// How sending the first bytes of a request to a worker ended.
-pub enum Sent {
-    /// They reached the worker; the request's deadline runs.
-    Ready(Lease, Instant),
-    /// No worker: the pool's queue was full or timed out, or it stopped.
-    Refused(AcquireError),
-    /// Two workers in a row had a dead connection.
-    DeadWorkers,
-    /// The worker did not take them before the request's deadline.
-    TimedOut(Lease),
-}
-
-/// Takes a worker and sends it what `write` puts in its buffer (the
-/// request's BEGIN_REQUEST, params, and whatever body is at hand), under the
-/// request's deadline. A write that fails reached no PHP: the worker is
-/// killed and the request tries once more on another one.
-pub async fn send_head(
-    app: &Arc<App>,
-    router: &ArcSwap<Router>,
-    info: &RequestInfo,
-    mut write: impl FnMut(&mut BytesMut),
-) -> Sent {
-    let mut app = app.clone();
-    for attempt in 0..2 {
-        let mut lease = match acquire(&mut app, router).await {
-            Ok(lease) => lease,
-            Err(err) => return Sent::Refused(err),
-        };
-        lease.begin(info.clone());
-        let deadline = Instant::now() + lease.request_timeout();
-        write(lease.connection().write_buf());
-        match tokio::time::timeout_at(deadline, lease.connection().flush()).await {
-            Ok(Ok(())) => return Sent::Ready(lease, deadline),
-            Ok(Err(err)) => {
-                warn!(
-                    worker = %app.config.name,
-                    pid = lease.pid(),
-                    attempt,
-                    "worker connection was dead before the request reached PHP ({err}); retrying on another worker"
-                );
-                lease.kill(KillReason::Broken);
-            }
-            Err(_) => return Sent::TimedOut(lease),
-        }
-    }
-    Sent::DeadWorkers
-}
-
-/// Takes a worker from the app's pool. A pool that stopped taking requests
-/// was replaced by a reload after this request was routed: the request moves
-/// to the app's new pool.
-async fn acquire(app: &mut Arc<App>, router: &ArcSwap<Router>) -> Result<Lease, AcquireError> {
-    match app.pool.acquire().await {
-        Err(AcquireError::Stopping { pool }) => {
-            let successor = router
-                .load()
-                .app_named(&app.config.name)
-                .filter(|candidate| !Arc::ptr_eq(candidate, app))
-                .cloned();
-            match successor {
-                Some(successor) => {
-                    *app = successor;
-                    app.pool.acquire().await
-                }
-                None => Err(AcquireError::Stopping { pool }),
-            }
-        }
-        other => other,
-    }
 }
 
 /// Sends the rest of the request body and reads the response head. Every
@@ -329,7 +256,7 @@ fn respond(
                 stderr,
                 deadline,
                 buffer,
-                app.metrics.response_buffer.clone(),
+                app.telemetry.metrics.response_buffer.clone(),
             );
             Source::Spool(reader)
         } else {
@@ -647,8 +574,8 @@ impl PhpStream {
                 Poll::Ready(Err(err)) => {
                     stderr.flush();
                     error!(
-                        worker = %stderr.worker,
-                        pid = stderr.pid,
+                        worker = %stderr.worker(),
+                        pid = stderr.pid(),
                         "worker failed mid-response: {err}"
                     );
                     if let Some(lease) = lease_slot.take() {
@@ -680,66 +607,5 @@ impl Drop for PhpStream {
         if let Some((observation, status)) = self.observation.take() {
             observation.finish(status, self.sent_bytes);
         }
-    }
-}
-
-/// Relays a worker's FastCGI STDERR to the log a whole line at a time, with
-/// the worker's name and pid.
-pub struct StderrRelay {
-    worker: String,
-    pid: u32,
-    partial: Vec<u8>,
-}
-
-/// A line longer than this is logged in pieces (marked as continuing).
-const MAX_STDERR_LINE: usize = 1024 * 1024;
-
-impl StderrRelay {
-    pub fn new(worker: String, pid: u32) -> Self {
-        Self {
-            worker,
-            pid,
-            partial: Vec::new(),
-        }
-    }
-
-    pub fn worker(&self) -> &str {
-        &self.worker
-    }
-
-    pub fn push(&mut self, data: &[u8]) {
-        let mut rest = data;
-        while let Some(newline) = memchr::memchr(b'\n', rest) {
-            if self.partial.is_empty() {
-                self.emit(&rest[..newline], false);
-            } else {
-                self.partial.extend_from_slice(&rest[..newline]);
-                let line = std::mem::take(&mut self.partial);
-                self.emit(&line, false);
-            }
-            rest = &rest[newline + 1..];
-        }
-        self.partial.extend_from_slice(rest);
-        if self.partial.len() > MAX_STDERR_LINE {
-            let line = std::mem::take(&mut self.partial);
-            self.emit(&line, true);
-        }
-    }
-
-    pub fn flush(&mut self) {
-        if !self.partial.is_empty() {
-            let line = std::mem::take(&mut self.partial);
-            self.emit(&line, false);
-        }
-    }
-
-    fn emit(&self, line: &[u8], continues: bool) {
-        let line = String::from_utf8_lossy(line);
-        let line = line.trim_end_matches('\r');
-        if line.is_empty() {
-            return;
-        }
-        let suffix = if continues { " [line continues]" } else { "" };
-        warn!(worker = %self.worker, pid = self.pid, stream = "stderr", "{line}{suffix}");
     }
 }

@@ -24,30 +24,17 @@ use std::task::{Context, Poll, Waker};
 use bytes::Bytes;
 use fastcgi::client::ResponseEvent;
 use pool::{KillReason, Lease};
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{error, warn};
 
-use super::php::StderrRelay;
 use crate::config::ResponseBuffer;
+pub use crate::metrics::BufferMetrics;
+use crate::php::stderr::StderrRelay;
 
 /// Largest piece read back from the temporary file at once.
 const FILE_READ_CHUNK: u64 = 64 * 1024;
-
-/// What the metrics count of buffering (per app).
-#[derive(Clone, Default)]
-pub struct BufferMetrics {
-    /// Responses that outlived their first read and were buffered.
-    pub responses: Counter,
-    /// Bytes held in memory, and written to temporary files.
-    pub memory_bytes: Counter,
-    pub file_bytes: Counter,
-    /// Bytes held right now.
-    pub held_bytes: Gauge,
-}
 
 enum Segment {
     Memory(Bytes),

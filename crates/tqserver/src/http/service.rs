@@ -56,7 +56,7 @@ pub async fn handle(
     };
     let mut observation = Observation::new(
         front.telemetry.clone(),
-        app.as_ref().map(|(app, _)| app.clone()),
+        app.as_ref().map(|(app, _)| app.telemetry.clone()),
         Some(peer),
         line,
     );
