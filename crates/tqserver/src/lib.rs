@@ -25,6 +25,7 @@ pub mod metrics;
 pub mod observe;
 pub mod php;
 pub mod readiness;
+pub mod reload;
 pub mod router;
 pub mod rules;
 pub mod server;

@@ -32,13 +32,14 @@ use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
 use crate::app::App;
-use crate::config::{Config, FastcgiConfig, WorkerConfig, validate::display_route};
+use crate::config::{Config, WorkerConfig, validate::display_route};
 use crate::http::{self, Frontend};
 use crate::listener;
 use crate::logging::LogFile;
 use crate::metrics::{BuildInfo, Metrics, PoolReading};
 use crate::observe::Telemetry;
 use crate::readiness::{self, PoolLoad};
+use crate::reload::{self, ListenerChange, ReloadError, ReloadSummary};
 use crate::router::Router;
 use crate::{admin, systemd, watch};
 
@@ -56,7 +57,6 @@ pub struct ReloadReport {
 }
 
 struct RunningListener {
-    config: FastcgiConfig,
     shared: Arc<listener::Shared>,
     stop: CancellationToken,
 }
@@ -488,14 +488,7 @@ fn run_listener(
     ));
     info!(worker = %worker.name, listen = ?fastcgi.listen, "FastCGI listener ready");
     if let Ok(mut listeners) = state.listeners.lock()
-        && let Some(old) = listeners.insert(
-            worker.name.clone(),
-            RunningListener {
-                config: fastcgi.clone(),
-                shared,
-                stop,
-            },
-        )
+        && let Some(old) = listeners.insert(worker.name.clone(), RunningListener { shared, stop })
     {
         old.stop.cancel();
     }
@@ -528,8 +521,9 @@ pub async fn reload(state: &Arc<ServerState>, why: &str) {
                 "configuration reloaded: {summary}"
             );
         }
-        Err(errors) => {
+        Err(error) => {
             state.telemetry.metrics.reload_failures.inc();
+            let errors = error.lines();
             for error in &errors {
                 error!("reload refused, the running configuration stays: {error}");
             }
@@ -539,23 +533,22 @@ pub async fn reload(state: &Arc<ServerState>, why: &str) {
     systemd::ready();
 }
 
-async fn apply_reload(state: &Arc<ServerState>) -> Result<String, Vec<String>> {
+/// Carries out a reload: the new configuration is loaded and validated,
+/// [`reload::plan`] says what changes, and this applies it. Every new pool is
+/// warm and every new listener bound before anything switches; if one is
+/// not, nothing changes.
+async fn apply_reload(state: &Arc<ServerState>) -> Result<ReloadSummary, ReloadError> {
     let mut new = tokio::task::spawn_blocking({
         let path = state.config_path.clone();
         move || crate::config::load(&path)
     })
     .await
-    .map_err(|err| vec![err.to_string()])?
-    .map_err(|errors| errors.0.iter().map(ToString::to_string).collect::<Vec<_>>())?;
+    .map_err(|err| ReloadError::Invalid(vec![err.to_string()]))?
+    .map_err(|errors| ReloadError::Invalid(errors.0.iter().map(ToString::to_string).collect()))?;
     set_socket_dirs(&mut new, &state.socket_dir);
     let cache_dir = new.cache_dir.join(std::process::id().to_string());
     set_cache_dirs(&mut new, &cache_dir);
     let old = state.config.load_full();
-    if new.server != old.server || new.admin != old.admin || new.logging != old.logging {
-        warn!(
-            "changes to server.yaml's server, admin and logging sections take effect after a restart"
-        );
-    }
 
     let current: BTreeMap<String, Arc<App>> = state
         .router
@@ -564,111 +557,114 @@ async fn apply_reload(state: &Arc<ServerState>) -> Result<String, Vec<String>> {
         .iter()
         .map(|app| (app.config.name.clone(), app.clone()))
         .collect();
-    let mut keep = Vec::new();
-    let mut to_start = Vec::new();
-    for worker in &new.workers {
-        match current.get(&worker.name) {
-            Some(app) if *app.config == **worker => keep.push(app.clone()),
-            _ => to_start.push(worker.clone()),
-        }
+    let running: Vec<Arc<WorkerConfig>> = current.values().map(|app| app.config.clone()).collect();
+    let plan = reload::plan(&old, &running, &new);
+    if !plan.restart_needed.is_empty() {
+        warn!(
+            "changes to server.yaml's {} section(s) take effect after a restart",
+            plan.restart_needed.join(", ")
+        );
     }
-    let removed: Vec<Arc<App>> = current
-        .values()
-        .filter(|app| !new.workers.iter().any(|w| w.name == app.config.name))
-        .cloned()
-        .collect();
 
     // New pools are warm before any traffic moves to them.
+    let to_start: Vec<Arc<WorkerConfig>> =
+        plan.start.iter().chain(&plan.replace).cloned().collect();
     let started = start_apps(&to_start, &state.telemetry)
         .await
-        .map_err(|err| vec![format!("{err:#}")])?;
-    let replaced: Vec<Arc<App>> = started
-        .iter()
-        .filter_map(|app| current.get(&app.config.name).cloned())
-        .collect();
-
-    // New listener addresses are all bound before anything switches: if one
-    // cannot be, the reload is refused and every old listener still serves.
-    let mut same_address = Vec::new();
-    let mut bound = Vec::new();
-    let mut dropped = Vec::new();
-    for app in &started {
-        let name = &app.config.name;
-        let running = state
+        .map_err(|err| ReloadError::Start(format!("{err:#}")))?;
+    let started_app = |name: &str| started.iter().find(|app| app.config.name == name);
+    let running_listener = |name: &str| {
+        state
             .listeners
             .lock()
             .ok()
-            .and_then(|l| l.get(name).map(|r| (r.config.clone(), r.shared.clone())));
-        match (&app.config.fastcgi, running) {
-            (Some(new_listener), Some((old_listener, shared)))
-                if new_listener.listen == old_listener.listen =>
-            {
-                same_address.push((app, new_listener, old_listener, shared));
-            }
-            (Some(new_listener), _) => match bind_listener(&app.config, new_listener).await {
-                Ok(listener) => bound.push((app, new_listener, listener)),
+            .and_then(|listeners| listeners.get(name).map(|r| r.shared.clone()))
+    };
+
+    // New listener addresses are all bound before anything switches: if one
+    // cannot be, the reload is refused and every old listener still serves.
+    // A listener that should be running but is not is bound too.
+    let mut bound = Vec::new();
+    let mut reconfigure = Vec::new();
+    for change in &plan.listeners {
+        let (worker, shared) = match change {
+            ListenerChange::Bind { worker } => (worker, None),
+            ListenerChange::Reconfigure {
+                worker,
+                max_connections_changed,
+            } => match running_listener(worker) {
+                Some(shared) => {
+                    if *max_connections_changed {
+                        warn!(
+                            worker = %worker,
+                            "fastcgi.max_connections changes take effect after a restart (or a change of fastcgi.listen)"
+                        );
+                    }
+                    (worker, Some(shared))
+                }
+                None => (worker, None),
+            },
+            ListenerChange::Close { .. } => continue,
+        };
+        let Some(app) = started_app(worker) else {
+            continue;
+        };
+        let Some(fastcgi) = app.config.fastcgi.as_ref() else {
+            continue;
+        };
+        match shared {
+            Some(shared) => reconfigure.push((app, fastcgi, shared)),
+            None => match bind_listener(&app.config, fastcgi).await {
+                Ok(listener) => bound.push((app, fastcgi, listener)),
                 Err(err) => {
                     drop(bound);
                     stop_apps(&started, Duration::ZERO).await;
-                    return Err(vec![format!("{err:#}")]);
+                    return Err(ReloadError::Bind(format!("{err:#}")));
                 }
             },
-            (None, Some(_)) => dropped.push(name.clone()),
-            (None, None) => {}
         }
     }
-    for (app, new_listener, old_listener, shared) in same_address {
-        if new_listener.max_connections != old_listener.max_connections {
-            warn!(
-                worker = %app.config.name,
-                "fastcgi.max_connections changes take effect after a restart (or a change of fastcgi.listen)"
-            );
-        }
-        if let Err(err) = listener::apply_access(new_listener) {
+    for (app, fastcgi, shared) in reconfigure {
+        if let Err(err) = listener::apply_access(fastcgi) {
             warn!(worker = %app.config.name, "fastcgi socket owner/mode not updated: {err}");
         }
-        shared.reconfigure(new_listener.clone());
+        shared.reconfigure(fastcgi.clone());
     }
-    for (app, new_listener, listener) in bound {
-        run_listener(state, &app.config, new_listener, listener);
+    for (app, fastcgi, listener) in bound {
+        run_listener(state, &app.config, fastcgi, listener);
     }
-    for name in dropped
-        .iter()
-        .chain(removed.iter().map(|app| &app.config.name))
-    {
-        stop_listener(state, name);
+    for change in &plan.listeners {
+        if let ListenerChange::Close { worker } = change {
+            stop_listener(state, worker);
+        }
     }
 
-    let mut apps = keep;
+    let mut apps: Vec<Arc<App>> = plan
+        .keep
+        .iter()
+        .filter_map(|name| current.get(name).cloned())
+        .collect();
     apps.extend(started.iter().cloned());
     state.router.store(Arc::new(Router::new(apps)));
     state.config.store(Arc::new(new));
 
     // The old pools finish what they are running, then stop.
     let grace = state.config.load().server.grace_period;
-    for app in replaced.iter().chain(&removed) {
-        let pool = app.pool.clone();
-        state
-            .background
-            .spawn(async move { pool.drain(grace).await });
-    }
-    let names = |apps: &[Arc<App>]| {
-        apps.iter()
-            .map(|a| a.config.name.clone())
-            .collect::<Vec<_>>()
-            .join(", ")
+    let names = |configs: &[Arc<WorkerConfig>]| configs.iter().map(|c| c.name.clone()).collect();
+    let summary = ReloadSummary {
+        added: names(&plan.start),
+        changed: names(&plan.replace),
+        removed: plan.remove.clone(),
     };
-    let added: Vec<_> = started
-        .iter()
-        .filter(|a| !current.contains_key(&a.config.name))
-        .cloned()
-        .collect();
-    Ok(format!(
-        "added [{}], changed [{}], removed [{}]",
-        names(&added),
-        names(&replaced),
-        names(&removed)
-    ))
+    for name in summary.changed.iter().chain(&summary.removed) {
+        if let Some(app) = current.get(name) {
+            let pool = app.pool.clone();
+            state
+                .background
+                .spawn(async move { pool.drain(grace).await });
+        }
+    }
+    Ok(summary)
 }
 
 /// Starts every app concurrently; if one fails, the others are stopped.
