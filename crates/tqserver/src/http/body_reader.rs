@@ -14,7 +14,9 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use bytes::{Buf, Bytes, BytesMut};
+use ::h1::chunked::{ChunkError, ChunkedDecoder, Decoded};
+pub use ::h1::head::Framing;
+use bytes::{Bytes, BytesMut};
 use http_body::{Frame, SizeHint};
 use tokio::net::tcp::OwnedReadHalf;
 use tokio::sync::oneshot;
@@ -22,10 +24,6 @@ use tokio::time::Sleep;
 
 /// Read granularity while a request is coming in.
 const READ_CHUNK: usize = 8 * 1024;
-/// Longest chunk-size line (with extensions) accepted in a chunked body.
-const MAX_CHUNK_LINE: usize = 1024;
-/// Longest trailer section accepted after the last chunk.
-const MAX_TRAILERS: usize = 16 * 1024;
 
 pub struct ConnReader {
     half: OwnedReadHalf,
@@ -78,27 +76,6 @@ impl ConnReader {
     }
 }
 
-/// How the body of a request is delimited.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Framing {
-    None,
-    Length(u64),
-    Chunked,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Chunked {
-    /// Expecting a chunk-size line.
-    Size,
-    /// Inside a chunk with this many bytes to go.
-    Data(u64),
-    /// Expecting the CRLF after a chunk's data.
-    DataEnd,
-    /// After the last chunk: trailers until an empty line (bytes so far).
-    Trailers(usize),
-    Done,
-}
-
 /// What remains of a body when it comes back to the connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Remaining {
@@ -124,11 +101,6 @@ struct Inner {
     read_timeout: Duration,
     stall: Option<Pin<Box<Sleep>>>,
     home: oneshot::Sender<(Box<ConnReader>, Remaining)>,
-    /// The most body bytes accepted (`server.max_body_bytes`); chunk sizes
-    /// that would pass it are refused as soon as they are read.
-    max_bytes: u64,
-    /// Chunk bytes announced so far.
-    announced: u64,
     /// Bytes of `100 Continue` still to send before the first wait for body
     /// bytes (the client asked with `Expect: 100-continue`).
     continue_left: usize,
@@ -138,10 +110,10 @@ struct Inner {
 /// it: only a request whose body is actually wanted gets it.
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 enum State {
     Length(u64),
-    Chunked(Chunked),
+    Chunked(ChunkedDecoder),
     Broken,
 }
 
@@ -162,7 +134,7 @@ impl RequestBody {
         let state = match framing {
             Framing::None | Framing::Length(0) => State::Length(0),
             Framing::Length(length) => State::Length(length),
-            Framing::Chunked => State::Chunked(Chunked::Size),
+            Framing::Chunked => State::Chunked(ChunkedDecoder::new(limits.max_bytes)),
         };
         (
             Self {
@@ -172,8 +144,6 @@ impl RequestBody {
                     read_timeout: limits.read_timeout,
                     stall: None,
                     home,
-                    max_bytes: limits.max_bytes,
-                    announced: 0,
                     continue_left: if limits.expect_continue {
                         CONTINUE.len()
                     } else {
@@ -212,9 +182,10 @@ impl RequestBody {
     /// params in one write.
     pub fn take_buffered(&mut self) -> Option<Bytes> {
         let inner = self.inner.as_mut()?;
-        let State::Length(length) = inner.state else {
+        let State::Length(length) = &inner.state else {
             return None;
         };
+        let length = *length;
         if length == 0 || (inner.reader.buf.len() as u64) < length {
             return None;
         }
@@ -226,45 +197,17 @@ impl RequestBody {
 impl Drop for RequestBody {
     fn drop(&mut self) {
         if let Some(inner) = self.inner.take() {
-            let remaining = match inner.state {
-                State::Length(0) | State::Chunked(Chunked::Done) => Remaining::Nothing,
+            let remaining = match &inner.state {
+                State::Length(0) => Remaining::Nothing,
+                State::Chunked(decoder) if decoder.is_done() => Remaining::Nothing,
                 _ if inner.continue_left == CONTINUE.len() => Remaining::NotInvited,
-                State::Length(left) => Remaining::Bytes(left),
+                State::Length(left) => Remaining::Bytes(*left),
                 State::Chunked(_) => Remaining::Chunked,
                 State::Broken => Remaining::Broken,
             };
             let _ = inner.home.send((inner.reader, remaining));
         }
     }
-}
-
-/// The size in a chunk-size line (without its LF): hex digits, optionally
-/// `;extensions`, then CR. Anything looser (a sign, spaces, a bare LF, more
-/// than 16 digits) is refused: lenient parsers that disagree with a proxy
-/// in front are how requests get smuggled.
-fn chunk_size(line: &[u8]) -> Option<u64> {
-    let line = line.strip_suffix(b"\r")?;
-    // No bare CR (or other control character) hides in the extensions.
-    if line.iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f) {
-        return None;
-    }
-    let digits = match line.iter().position(|&b| b == b';') {
-        // Whitespace is allowed only before the extensions (BWS).
-        Some(semi) => {
-            let digits = &line[..semi];
-            let end = digits
-                .iter()
-                .rposition(|&b| b != b' ' && b != b'\t')
-                .map_or(0, |p| p + 1);
-            &digits[..end]
-        }
-        None => line,
-    };
-    if digits.is_empty() || digits.len() > 16 || !digits.iter().all(u8::is_ascii_hexdigit) {
-        return None;
-    }
-    let text = std::str::from_utf8(digits).ok()?;
-    u64::from_str_radix(text, 16).ok()
 }
 
 fn invalid(message: &'static str) -> io::Error {
@@ -333,7 +276,7 @@ impl Inner {
         loop {
             match self.state {
                 State::Broken => return Poll::Ready(Some(Err(invalid("request body broken")))),
-                State::Length(0) | State::Chunked(Chunked::Done) => return Poll::Ready(None),
+                State::Length(0) => return Poll::Ready(None),
                 State::Length(left) => {
                     if self.reader.buf.is_empty() {
                         ready!(self.poll_more(cx))?;
@@ -343,80 +286,13 @@ impl Inner {
                     self.state = State::Length(left - take as u64);
                     return Poll::Ready(Some(Ok(self.reader.buf.split_to(take).freeze())));
                 }
-                State::Chunked(Chunked::Size) => {
-                    let buf = &self.reader.buf;
-                    match buf.iter().position(|&b| b == b'\n') {
-                        None if buf.len() > MAX_CHUNK_LINE => {
-                            return Poll::Ready(Some(Err(invalid("chunk size line too long"))));
-                        }
-                        None => ready!(self.poll_more(cx))?,
-                        Some(end) => {
-                            let Some(size) = chunk_size(&buf[..end]) else {
-                                return Poll::Ready(Some(Err(invalid("bad chunk size"))));
-                            };
-                            self.announced = self.announced.saturating_add(size);
-                            if self.announced > self.max_bytes {
-                                return Poll::Ready(Some(Err(too_large())));
-                            }
-                            self.reader.buf.advance(end + 1);
-                            self.state = State::Chunked(if size == 0 {
-                                Chunked::Trailers(0)
-                            } else {
-                                Chunked::Data(size)
-                            });
-                        }
-                    }
-                }
-                State::Chunked(Chunked::Data(left)) => {
-                    if self.reader.buf.is_empty() {
-                        ready!(self.poll_more(cx))?;
-                        continue;
-                    }
-                    let take = (self.reader.buf.len() as u64).min(left) as usize;
-                    let rest = left - take as u64;
-                    self.state = State::Chunked(if rest == 0 {
-                        Chunked::DataEnd
-                    } else {
-                        Chunked::Data(rest)
-                    });
-                    return Poll::Ready(Some(Ok(self.reader.buf.split_to(take).freeze())));
-                }
-                State::Chunked(Chunked::DataEnd) => {
-                    if self.reader.buf.len() < 2 {
-                        ready!(self.poll_more(cx))?;
-                        continue;
-                    }
-                    if &self.reader.buf[..2] != b"\r\n" {
-                        return Poll::Ready(Some(Err(invalid("chunk not followed by CRLF"))));
-                    }
-                    self.reader.buf.advance(2);
-                    self.state = State::Chunked(Chunked::Size);
-                }
-                State::Chunked(Chunked::Trailers(seen)) => {
-                    // Trailers are read and dropped, up to an empty line;
-                    // MAX_TRAILERS bounds the whole section.
-                    let buf = &self.reader.buf;
-                    match buf.iter().position(|&b| b == b'\n') {
-                        None if seen + buf.len() > MAX_TRAILERS => {
-                            return Poll::Ready(Some(Err(invalid("trailers too long"))));
-                        }
-                        None => ready!(self.poll_more(cx))?,
-                        Some(end) if seen + end + 1 > MAX_TRAILERS => {
-                            return Poll::Ready(Some(Err(invalid("trailers too long"))));
-                        }
-                        Some(end) if end == 0 || buf[end - 1] != b'\r' => {
-                            return Poll::Ready(Some(Err(invalid("trailer line without CRLF"))));
-                        }
-                        Some(end) => {
-                            self.reader.buf.advance(end + 1);
-                            self.state = State::Chunked(if end == 1 {
-                                Chunked::Done
-                            } else {
-                                Chunked::Trailers(seen + end + 1)
-                            });
-                        }
-                    }
-                }
+                State::Chunked(ref mut decoder) => match decoder.decode(&mut self.reader.buf) {
+                    Ok(Decoded::Data(data)) => return Poll::Ready(Some(Ok(data))),
+                    Ok(Decoded::Done) => return Poll::Ready(None),
+                    Ok(Decoded::NeedMore) => ready!(self.poll_more(cx))?,
+                    Err(ChunkError::TooLarge) => return Poll::Ready(Some(Err(too_large()))),
+                    Err(ChunkError::Invalid(why)) => return Poll::Ready(Some(Err(invalid(why)))),
+                },
             }
         }
     }
@@ -446,10 +322,11 @@ impl http_body::Body for RequestBody {
     fn is_end_stream(&self) -> bool {
         match &self.inner {
             None => true,
-            Some(inner) => matches!(
-                inner.state,
-                State::Length(0) | State::Chunked(Chunked::Done)
-            ),
+            Some(inner) => match &inner.state {
+                State::Length(left) => *left == 0,
+                State::Chunked(decoder) => decoder.is_done(),
+                State::Broken => false,
+            },
         }
     }
 
@@ -467,6 +344,7 @@ impl http_body::Body for RequestBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ::h1::chunked::MAX_TRAILERS;
     use http_body_util::BodyExt;
     use tokio::io::AsyncWriteExt;
 
@@ -545,30 +423,6 @@ mod tests {
         assert!(read_all(&mut body).await.is_err());
         drop(body);
         assert_eq!(back.await.unwrap().1, Remaining::Broken);
-    }
-
-    #[test]
-    fn chunk_size_lines_are_strict() {
-        assert_eq!(chunk_size(b"1a\r"), Some(26));
-        assert_eq!(chunk_size(b"0\r"), Some(0));
-        assert_eq!(chunk_size(b"5;name=value\r"), Some(5));
-        assert_eq!(chunk_size(b"5 ;ext\r"), Some(5));
-        assert_eq!(chunk_size(b"ffffffffffffffff\r"), Some(u64::MAX));
-        for bad in [
-            &b"5"[..],
-            b"+5\r",
-            b"-5\r",
-            b" 5\r",
-            b"5 \r",
-            b"0x5\r",
-            b"\r",
-            b"1ffffffffffffffff\r",
-            b"5\r\r",
-            b"5;a\rb\r",
-            b"5;a\x00\r",
-        ] {
-            assert_eq!(chunk_size(bad), None, "{}", String::from_utf8_lossy(bad));
-        }
     }
 
     #[tokio::test]

@@ -25,8 +25,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http::header;
+use http::{Method, Request, Response, StatusCode, Version};
 use http_body::Body as _;
 use http_body_util::BodyExt;
 use tokio::io::AsyncWriteExt;
@@ -36,31 +36,17 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use super::body::Body;
-use super::body_reader::{BodyLimits, ConnReader, Framing, Remaining, RequestBody};
+use ::h1::head::{
+    Framing, Head, HeadError, HeadLimits, check_authority, expects_continue, framing, parse_head,
+    wants_keep_alive,
+};
+
+use super::body_reader::{BodyLimits, ConnReader, Remaining, RequestBody};
 use super::service::{self, Frontend};
 
 /// Unread request body discarded to keep a connection alive; beyond this
 /// the connection is closed instead.
 const MAX_DISCARD: u64 = 256 * 1024;
-
-/// A parsed request head.
-struct Head {
-    method: Method,
-    uri: Uri,
-    version: Version,
-    headers: HeaderMap,
-}
-
-enum HeadError {
-    /// The connection ended or stayed idle: close quietly.
-    Closed,
-    TimedOut,
-    TooLarge,
-    /// The request line alone is longer than the head may be.
-    UriTooLong,
-    Malformed(&'static str),
-    Version,
-}
 
 pub async fn serve_connection(
     stream: TcpStream,
@@ -97,24 +83,15 @@ pub async fn serve_connection(
         .await
         {
             Ok(head) => head,
-            Err(HeadError::Closed) => return,
+            Err(ReadHead::Closed) => return,
             Err(error) => {
                 let (status, why) = match error {
-                    HeadError::TimedOut => (
+                    ReadHead::TimedOut => (
                         StatusCode::REQUEST_TIMEOUT,
                         "request head not received in time",
                     ),
-                    HeadError::TooLarge => (
-                        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                        "request head too large",
-                    ),
-                    HeadError::UriTooLong => (StatusCode::URI_TOO_LONG, "request target too long"),
-                    HeadError::Version => (
-                        StatusCode::HTTP_VERSION_NOT_SUPPORTED,
-                        "unsupported HTTP version",
-                    ),
-                    HeadError::Malformed(why) => (StatusCode::BAD_REQUEST, why),
-                    HeadError::Closed => unreachable!(),
+                    ReadHead::Refused(error) => error.status(),
+                    ReadHead::Closed => return,
                 };
                 info!(%peer, status = status.as_u16(), "refusing request: {why}");
                 if writer.simple(status, Version::HTTP_11).await.is_ok() {
@@ -343,6 +320,16 @@ async fn discard(reader: &mut ConnReader, mut left: u64, timeout: Duration) -> i
     Ok(())
 }
 
+/// How reading a request head ended without one.
+enum ReadHead {
+    /// The connection ended or stayed idle: close quietly.
+    Closed,
+    /// Started but not finished within `read_timeout` (408).
+    TimedOut,
+    /// The head broke a rule or a limit.
+    Refused(HeadError),
+}
+
 async fn read_head(
     reader: &mut ConnReader,
     wait: Duration,
@@ -350,267 +337,40 @@ async fn read_head(
     max_bytes: usize,
     max_headers: usize,
     shutdown: &CancellationToken,
-) -> Result<Head, HeadError> {
+) -> Result<Head, ReadHead> {
     // Wait for the first byte (unless a pipelined request is already here)
     // without a buffer: an idle connection holds no memory for reading.
     while reader.buf.is_empty() {
         tokio::select! {
-            _ = shutdown.cancelled() => return Err(HeadError::Closed),
+            _ = shutdown.cancelled() => return Err(ReadHead::Closed),
             readable = tokio::time::timeout(wait, reader.readable()) => match readable {
                 Ok(Ok(())) => {}
-                Ok(Err(_)) | Err(_) => return Err(HeadError::Closed),
+                Ok(Err(_)) | Err(_) => return Err(ReadHead::Closed),
             }
         }
         match reader.try_fill() {
-            Ok(0) => return Err(HeadError::Closed),
+            Ok(0) => return Err(ReadHead::Closed),
             Ok(_) => {}
             Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
-            Err(_) => return Err(HeadError::Closed),
+            Err(_) => return Err(ReadHead::Closed),
         }
     }
     let deadline = tokio::time::Instant::now() + read_timeout;
     loop {
-        match parse_head(reader, max_bytes, max_headers)? {
+        let limits = HeadLimits {
+            max_bytes,
+            max_headers,
+        };
+        match parse_head(&mut reader.buf, limits).map_err(ReadHead::Refused)? {
             Some(head) => return Ok(head),
             None => match tokio::time::timeout_at(deadline, reader.fill()).await {
-                Ok(Ok(0)) => return Err(HeadError::Closed),
+                Ok(Ok(0)) => return Err(ReadHead::Closed),
                 Ok(Ok(_)) => {}
-                Ok(Err(_)) => return Err(HeadError::Closed),
-                Err(_) => return Err(HeadError::TimedOut),
+                Ok(Err(_)) => return Err(ReadHead::Closed),
+                Err(_) => return Err(ReadHead::TimedOut),
             },
         }
     }
-}
-
-fn parse_head(
-    reader: &mut ConnReader,
-    max_bytes: usize,
-    max_headers: usize,
-) -> Result<Option<Head>, HeadError> {
-    // Tolerate blank lines before a request (RFC 9112 2.2).
-    while reader.buf.starts_with(b"\r\n") {
-        let _ = reader.buf.split_to(2);
-    }
-    // The usual limit fits on the stack; a larger configured one is honoured
-    // with a heap allocation.
-    let (mut stack, mut heap);
-    let slots: &mut [httparse::Header<'_>] = if max_headers <= 128 {
-        stack = [httparse::EMPTY_HEADER; 128];
-        &mut stack[..max_headers]
-    } else {
-        heap = vec![httparse::EMPTY_HEADER; max_headers];
-        &mut heap
-    };
-    // A later HTTP/1.x is served as HTTP/1.1 (RFC 9110 2.5: a minor
-    // version is compatible), which httparse does not know.
-    downgrade_minor_version(&mut reader.buf);
-    let mut parsed = httparse::Request::new(slots);
-    let too_large = |buf: &[u8]| {
-        let line_end = memchr::memchr(b'\n', &buf[..buf.len().min(max_bytes + 1)]);
-        if line_end.is_none() {
-            HeadError::UriTooLong
-        } else {
-            HeadError::TooLarge
-        }
-    };
-    let length = match parsed.parse(&reader.buf) {
-        Ok(httparse::Status::Complete(length)) => length,
-        Ok(httparse::Status::Partial) => {
-            return if reader.buf.len() > max_bytes {
-                Err(too_large(&reader.buf))
-            } else {
-                Ok(None)
-            };
-        }
-        Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
-        Err(httparse::Error::Version) => return Err(HeadError::Version),
-        Err(_) => return Err(HeadError::Malformed("malformed request head")),
-    };
-    if length > max_bytes {
-        return Err(too_large(&reader.buf));
-    }
-    let version = match parsed.version {
-        Some(1) => Version::HTTP_11,
-        Some(0) => Version::HTTP_10,
-        _ => return Err(HeadError::Version),
-    };
-    let method = Method::from_bytes(parsed.method.unwrap_or("").as_bytes())
-        .map_err(|_| HeadError::Malformed("bad method"))?;
-    let path = parsed.path.unwrap_or("");
-    // Offsets into the buffer, so the head's bytes can be shared, not copied.
-    let base = reader.buf.as_ptr() as usize;
-    let offset = |slice: &[u8]| slice.as_ptr() as usize - base;
-    let path_at = (offset(path.as_bytes()), path.len());
-    let fields: Vec<(usize, usize, usize, usize)> = parsed
-        .headers
-        .iter()
-        .map(|h| {
-            (
-                offset(h.name.as_bytes()),
-                h.name.len(),
-                offset(h.value),
-                h.value.len(),
-            )
-        })
-        .collect();
-    let head = reader.buf.split_to(length).freeze();
-    let uri = Uri::from_maybe_shared(head.slice(path_at.0..path_at.0 + path_at.1))
-        .map_err(|_| HeadError::Malformed("bad request target"))?;
-    let mut headers = HeaderMap::with_capacity(fields.len());
-    for (name_at, name_len, value_at, value_len) in fields {
-        let name = HeaderName::from_bytes(&head[name_at..name_at + name_len])
-            .map_err(|_| HeadError::Malformed("bad header name"))?;
-        let value = HeaderValue::from_maybe_shared(head.slice(value_at..value_at + value_len))
-            .map_err(|_| HeadError::Malformed("bad header value"))?;
-        headers.append(name, value);
-    }
-    Ok(Some(Head {
-        method,
-        uri,
-        version,
-        headers,
-    }))
-}
-
-/// Rewrites `HTTP/1.2` (to `.9`) at the end of a complete request line to
-/// `HTTP/1.1`; anything else is left for the parser to refuse.
-fn downgrade_minor_version(buf: &mut BytesMut) {
-    let Some(end) = memchr::memchr(b'\n', buf) else {
-        return;
-    };
-    let line = buf[..end].strip_suffix(b"\r").unwrap_or(&buf[..end]);
-    let Some(at) = line.len().checked_sub(8) else {
-        return;
-    };
-    if line[at..at + 7] == *b"HTTP/1." && (b'2'..=b'9').contains(&line[at + 7]) {
-        buf[at + 7] = b'1';
-    }
-}
-
-/// Checks the request's authority (RFC 9112 3.2): an HTTP/1.1 request has
-/// exactly one Host; a Host is a valid `uri-host [":" port]`; in an
-/// absolute-form target the target's authority wins and replaces Host, and
-/// userinfo in it is refused (RFC 9110 4.2.4).
-fn check_authority(head: &mut Head) -> Result<(), &'static str> {
-    if let Some(authority) = head.uri.authority() {
-        match head.uri.scheme_str() {
-            Some(scheme)
-                if scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https") => {}
-            _ => return Err("request target with a scheme other than http"),
-        }
-        if authority.as_str().contains('@') {
-            return Err("userinfo in the request target");
-        }
-        if !valid_host(authority.as_str().as_bytes()) {
-            return Err("invalid host in the request target");
-        }
-        let value = HeaderValue::from_str(authority.as_str())
-            .map_err(|_| "invalid host in the request target")?;
-        head.headers.insert(header::HOST, value);
-        return Ok(());
-    }
-    let mut hosts = head.headers.get_all(header::HOST).iter();
-    match (hosts.next(), hosts.next()) {
-        (Some(_), Some(_)) => Err("more than one Host"),
-        (None, _) if head.version == Version::HTTP_11 => Err("HTTP/1.1 request without Host"),
-        (None, _) => Ok(()),
-        (Some(host), None) if valid_host(host.as_bytes()) => Ok(()),
-        (Some(_), None) => Err("invalid Host"),
-    }
-}
-
-/// `uri-host [":" port]` (RFC 3986): a bracketed IP literal or a reg-name
-/// (unreserved, percent-encoded and sub-delims characters), never empty
-/// (nginx refuses an empty Host too).
-fn valid_host(host: &[u8]) -> bool {
-    let (name, port) = if host.first() == Some(&b'[') {
-        let Some(end) = host.iter().position(|&b| b == b']') else {
-            return false;
-        };
-        let literal = &host[1..end];
-        if literal.is_empty()
-            || !literal
-                .iter()
-                .all(|&b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
-        {
-            return false;
-        }
-        match &host[end + 1..] {
-            [] => (&host[..=end], None),
-            [b':', port @ ..] => (&host[..=end], Some(port)),
-            _ => return false,
-        }
-    } else {
-        match host.iter().rposition(|&b| b == b':') {
-            Some(colon) => (&host[..colon], Some(&host[colon + 1..])),
-            None => (host, None),
-        }
-    };
-    let name_ok = name.first() == Some(&b'[')
-        || (!name.is_empty()
-            && name
-                .iter()
-                .all(|&b| b.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=".contains(&b)));
-    name_ok && port.is_none_or(|port| port.len() <= 5 && port.iter().all(u8::is_ascii_digit))
-}
-
-/// How the request body is delimited, refusing anything ambiguous.
-fn framing(head: &Head) -> Result<Framing, (StatusCode, &'static str)> {
-    let bad = |why| Err((StatusCode::BAD_REQUEST, why));
-    let mut transfer = head.headers.get_all(header::TRANSFER_ENCODING).iter();
-    let chunked = match (transfer.next(), transfer.next()) {
-        (None, _) => false,
-        (Some(value), None) if value.as_bytes().eq_ignore_ascii_case(b"chunked") => true,
-        _ => {
-            return Err((
-                StatusCode::NOT_IMPLEMENTED,
-                "only chunked transfer coding is supported",
-            ));
-        }
-    };
-    let mut length = None;
-    for value in head.headers.get_all(header::CONTENT_LENGTH) {
-        let parsed = std::str::from_utf8(value.as_bytes())
-            .ok()
-            .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
-            .and_then(|v| v.parse::<u64>().ok());
-        match (parsed, length) {
-            (None, _) => return bad("bad Content-Length"),
-            (Some(a), Some(b)) if a != b => return bad("conflicting Content-Length"),
-            (Some(a), _) => length = Some(a),
-        }
-    }
-    match (chunked, length) {
-        (true, Some(_)) => bad("both Content-Length and Transfer-Encoding"),
-        (true, None) if head.version == Version::HTTP_10 => bad("chunked body on HTTP/1.0"),
-        (true, None) => Ok(Framing::Chunked),
-        (false, Some(length)) => Ok(Framing::Length(length)),
-        (false, None) => Ok(Framing::None),
-    }
-}
-
-fn connection_has(headers: &HeaderMap, token: &str) -> bool {
-    headers.get_all(header::CONNECTION).iter().any(|value| {
-        value
-            .to_str()
-            .map(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
-            .unwrap_or(false)
-    })
-}
-
-fn wants_keep_alive(head: &Head) -> bool {
-    match head.version {
-        Version::HTTP_11 => !connection_has(&head.headers, "close"),
-        _ => connection_has(&head.headers, "keep-alive"),
-    }
-}
-
-fn expects_continue(head: &Head) -> bool {
-    head.version == Version::HTTP_11
-        && head
-            .headers
-            .get(header::EXPECT)
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
 }
 
 /// The writing side of a connection.
@@ -862,54 +622,5 @@ mod date {
             }
             buf.extend_from_slice(&cache.1);
         });
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::{downgrade_minor_version, valid_host};
-    use bytes::BytesMut;
-
-    #[test]
-    fn hosts() {
-        for good in [
-            "localhost",
-            "example.com:8080",
-            "127.0.0.1",
-            "[::1]",
-            "[::1]:80",
-            "xn--caf-dma.example",
-            "a.b:",
-        ] {
-            assert!(valid_host(good.as_bytes()), "{good}");
-        }
-        for bad in [
-            "",
-            ":80",
-            "evil.com/x",
-            "evil.com x",
-            "a b",
-            "host:port",
-            "host:123456",
-            "[::1",
-            "[zz]",
-            "[::1]x",
-            "user@host",
-            "a\\b",
-        ] {
-            assert!(!valid_host(bad.as_bytes()), "{bad}");
-        }
-    }
-
-    #[test]
-    fn later_minor_versions_become_1_1() {
-        let mut buf = BytesMut::from(&b"GET / HTTP/1.2\r\nHost: x\r\n\r\n"[..]);
-        downgrade_minor_version(&mut buf);
-        assert!(buf.starts_with(b"GET / HTTP/1.1\r\n"));
-        for other in [&b"GET / HTTP/2.0\r\n"[..], b"GET / HTTP/1.0\r\n", b"GET /"] {
-            let mut buf = BytesMut::from(other);
-            downgrade_minor_version(&mut buf);
-            assert_eq!(&buf[..], other);
-        }
     }
 }
