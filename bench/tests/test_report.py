@@ -1,0 +1,108 @@
+"""The report: printed tables, docs/BENCHMARKS.md and the SVG, from saved
+results. The golden files are what bench/run rendered before it became a
+package; the report must not change by accident."""
+
+import contextlib
+import io
+import os
+import tempfile
+import unittest
+import xml.etree.ElementTree as ET
+from unittest import mock
+
+from tqbench import report
+
+from . import support
+
+RUNS = ("full", "quick", "empty")
+
+
+def rendered(name):
+    """(printed, returned table, results) of report.render on a saved run."""
+    results = support.results(name)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        table = report.render(results, False)
+    return out.getvalue(), table, results
+
+
+class Golden(unittest.TestCase):
+    def test_printed_tables(self):
+        for name in RUNS:
+            with self.subTest(run=name):
+                printed, table, _ = rendered(name)
+                support.check_golden(self, f"{name}.stdout.txt", printed)
+                support.check_golden(self, f"{name}.table.md", table + "\n")
+
+    def test_benchmarks_md_and_svg(self):
+        for name in RUNS:
+            with self.subTest(run=name):
+                _, _, results = rendered(name)  # render fills in the ratios first
+                support.check_golden(self, f"{name}.BENCHMARKS.md", report.render_doc(results))
+                support.check_golden(self, f"{name}.benchmarks.svg", report.render_svg(results))
+
+    def test_render_writes_the_docs_when_asked(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            md, svg = os.path.join(tmp, "docs", "BENCHMARKS.md"), os.path.join(tmp, "docs", "benchmarks.svg")
+            with mock.patch.object(report, "DOCS_MD", md), mock.patch.object(report, "DOCS_SVG", svg), \
+                    mock.patch.object(report, "REPO", tmp), contextlib.redirect_stdout(io.StringIO()), \
+                    contextlib.redirect_stderr(io.StringIO()) as err:
+                report.render(support.results("quick"), True)
+            self.assertIn("wrote docs/BENCHMARKS.md and docs/benchmarks.svg", err.getvalue())
+            with open(md) as f:
+                support.check_golden(self, "quick.BENCHMARKS.md", f.read())
+            with open(svg) as f:
+                support.check_golden(self, "quick.benchmarks.svg", f.read())
+
+
+class Svg(unittest.TestCase):
+    def test_well_formed_with_a_bar_per_measured_configuration(self):
+        _, _, results = rendered("full")
+        results["scenarios"][0]["label"] = "hello <&> \"quoted\""
+        root = ET.fromstring(report.render_svg(results))
+        ns = "{http://www.w3.org/2000/svg}"
+        measured = sum(1 for s in results["scenarios"] for e in s["configs"].values() if e["median"])
+        self.assertEqual(len(root.findall(f"{ns}rect")), 1 + measured)  # the background, then the bars
+        texts = ["".join(t.itertext()) for t in root.findall(f"{ns}text")]
+        self.assertIn('hello <&> "quoted"', texts)
+        self.assertIn("26,289 p99 1.4 ms", texts)
+        # Each scenario has its own scale: its fastest configuration fills the width.
+        widths = [float(r.get("width")) for r in root.findall(f"{ns}rect")[1:9]]
+        self.assertEqual(max(widths), 900 - 250 - 190)
+
+    def test_the_quick_run_says_so(self):
+        self.assertIn("quick smoke run", report.render_svg(support.results("quick")))
+        self.assertNotIn("quick smoke run", report.render_svg(support.results("full")))
+
+
+class Tables(unittest.TestCase):
+    def test_targets_table(self):
+        self.assertEqual(report.targets_table([]), "No target could be evaluated in this run.")
+        self.assertEqual(report.targets_table([("a", "1.00x", True), ("b", "0.50x", False), ("c", "not measured", None)]),
+                         "| target | measured | met |\n|---|---|---|\n| a | 1.00x | yes |\n| b | 0.50x | **no** |\n"
+                         "| c | not measured | - |")
+
+    def test_fmt(self):
+        self.assertEqual(report.fmt(None), "-")
+        self.assertEqual(report.fmt(26289.4, 0), "26,289")
+        self.assertEqual(report.fmt(3, 0), "3")
+        self.assertEqual(report.fmt(1210.0, 2), "1,210.00")
+        self.assertEqual(report.fmt(0.07), "0.1")
+
+    def test_ratios_leave_out_what_was_not_measured(self):
+        s = {"id": "hello_c20", "configs": {
+            "tqserver": {"median": {"rps": 300.0}}, "nginx-fpm": {"median": {"rps": 200.0}},
+            "nginx-fpm-ka": {"median": None}, "ceiling": {"median": {"rps": 900.0}}}}
+        self.assertEqual(report.compute_ratios([s]), {"hello_c20": {
+            "tqserver / nginx+php-fpm": 1.5, "tqserver / ceiling": 0.33}})
+
+    def test_parts_not_measured(self):
+        self.assertEqual(report.memory_table(None), "Not measured in this run.")
+        self.assertEqual(report.burst_table(None, []), "Not measured in this run.")
+        self.assertEqual(report.cpu_table(support.results("quick")), "Not measured in this run.")
+        self.assertTrue(report.burst_table(None, [2.0, 1.0, 4.0]).endswith(
+            "3 spawns): median 2.0 ms, min 1.0 ms, max 4.0 ms."))
+
+
+if __name__ == "__main__":
+    unittest.main()
