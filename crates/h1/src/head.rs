@@ -101,11 +101,11 @@ pub fn parse_head(buf: &mut BytesMut, limits: HeadLimits) -> Result<Option<Head>
             HeadError::TooLarge
         }
     };
-    let length = match parsed.parse(&buf) {
+    let length = match parsed.parse(buf) {
         Ok(httparse::Status::Complete(length)) => length,
         Ok(httparse::Status::Partial) => {
             return if buf.len() > max_bytes {
-                Err(too_large(&buf))
+                Err(too_large(buf))
             } else {
                 Ok(None)
             };
@@ -115,7 +115,7 @@ pub fn parse_head(buf: &mut BytesMut, limits: HeadLimits) -> Result<Option<Head>
         Err(_) => return Err(HeadError::Malformed("malformed request head")),
     };
     if length > max_bytes {
-        return Err(too_large(&buf));
+        return Err(too_large(buf));
     }
     let version = match parsed.version {
         Some(1) => Version::HTTP_11,
