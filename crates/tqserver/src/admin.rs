@@ -15,6 +15,7 @@ use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::SystemTime;
 
 use anyhow::{Context as _, bail};
 
@@ -33,7 +34,7 @@ use tracing::warn;
 
 use crate::config::ListenAddr;
 use crate::server::{Phase, ServerState};
-use crate::status::{self, quote};
+use crate::status::{self, AppPage, PoolPage, ReloadPage, ServerPage};
 
 /// The bound admin endpoint. A unix socket is removed when this is dropped.
 pub enum AdminListener {
@@ -273,7 +274,7 @@ pub fn handle(state: &ServerState, request: Request<Incoming>) -> Response<Full<
         "/status" | "/status/" => respond(
             StatusCode::OK,
             "application/json",
-            server_status(state, query.contains("full")),
+            status::json(&server_status(state, query.contains("full"))),
         ),
         _ => match path.strip_prefix("/status/") {
             Some(worker) => {
@@ -295,41 +296,38 @@ pub fn handle(state: &ServerState, request: Request<Incoming>) -> Response<Full<
     }
 }
 
-/// Every pool plus the server's own state, as JSON.
-pub fn server_status(state: &ServerState, full: bool) -> String {
+/// Every pool plus the server's own state.
+pub fn server_status(state: &ServerState, full: bool) -> ServerPage {
+    let now = SystemTime::now();
     let router = state.router.load();
-    let pools: Vec<String> = router
+    let pools = router
         .apps()
         .iter()
-        .map(|app| {
-            let mut pool = status::json_value(&app.pool.status(), full);
-            // Add the route and PHP version to the php-fpm fields.
-            pool.pop();
-            format!(
-                "{pool},\"route\":{},\"php version\":{}}}",
-                quote(crate::config::validate::display_route(&app.config.route)),
-                quote(&app.config.php.version)
-            )
+        .map(|app| AppPage {
+            pool: PoolPage::new(&app.pool.status(), full, now),
+            route: crate::config::validate::display_route(&app.config.route).to_owned(),
+            php_version: app.config.php.version.clone(),
         })
         .collect();
     let reload = state.last_reload();
-    let errors: Vec<String> = reload.errors.iter().map(|e| quote(e)).collect();
-    format!(
-        "{{\"version\":{},\"phase\":{},\"uptime\":{},\"pid\":{},\"config\":{},\"last reload\":{{\"seq\":{},\"ok\":{},\"at\":{},\"errors\":[{}]}},\"pools\":[{}]}}",
-        quote(env!("CARGO_PKG_VERSION")),
-        quote(match state.phase() {
+    ServerPage {
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        phase: match state.phase() {
             Phase::Starting => "starting",
             Phase::Running => "running",
             Phase::Draining => "draining",
             Phase::Stopping => "stopping",
-        }),
-        state.uptime().as_secs(),
-        std::process::id(),
-        quote(&state.config_path().display().to_string()),
-        reload.seq,
-        reload.ok,
-        reload.at_unix,
-        errors.join(","),
-        pools.join(",")
-    )
+        }
+        .to_owned(),
+        uptime: state.uptime().as_secs(),
+        pid: std::process::id(),
+        config: state.config_path().display().to_string(),
+        last_reload: ReloadPage {
+            seq: reload.seq,
+            ok: reload.ok,
+            at: reload.at_unix,
+            errors: reload.errors,
+        },
+        pools,
+    }
 }
