@@ -12,6 +12,7 @@ use crate::config::WorkerConfig;
 use crate::http::resolve::DocumentRoot;
 use crate::metrics::AppMetrics;
 use crate::observe::{AccessLog, SlowLog, Telemetry};
+use crate::status::AppStatus;
 
 pub struct App {
     pub config: Arc<WorkerConfig>,
@@ -106,6 +107,16 @@ impl App {
             slow_log,
             opcache_dir,
         }))
+    }
+
+    /// A snapshot for status pages and the pool metrics.
+    pub fn status(&self) -> AppStatus {
+        AppStatus {
+            name: self.config.name.clone(),
+            route: crate::config::validate::display_route(&self.config.route).to_owned(),
+            php_version: self.config.php.version.clone(),
+            pool: self.pool.status(),
+        }
     }
 }
 

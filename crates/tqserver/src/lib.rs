@@ -26,6 +26,7 @@ pub mod readiness;
 pub mod router;
 pub mod rules;
 pub mod server;
+mod server_view;
 pub mod status;
 pub mod systemd;
 pub mod watch;
