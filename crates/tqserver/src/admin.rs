@@ -9,12 +9,18 @@
 //! - `/readyz`: every enabled pool can take work (not while starting,
 //!   draining or stopping, nor while a queue is above `ready_max_queue`; see
 //!   `readiness`).
+//!
+//! The endpoint reads the server through [`ServerView`] (snapshots of the
+//! apps, the server's phase, the metrics text), so it needs no live pool and
+//! knows nothing of the server's own types; `server_view` implements it for
+//! the running server.
 
 use std::convert::Infallible;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, SystemTime};
 
 use anyhow::{Context as _, bail};
 
@@ -32,8 +38,32 @@ use tokio_util::task::TaskTracker;
 use tracing::warn;
 
 use crate::config::ListenAddr;
-use crate::server::{Phase, ServerState};
-use crate::status::{self, quote};
+use crate::status::{self, AppPage, AppStatus, PoolPage, ReloadPage, ServerPage};
+
+/// What the admin endpoint reads of the running server.
+pub trait ServerView: Send + Sync + 'static {
+    /// `/metrics`: Prometheus text, or OpenMetrics.
+    fn metrics(&self, openmetrics: bool) -> String;
+    /// Why `/readyz` fails, if it does.
+    fn not_ready_reason(&self) -> Option<String>;
+    /// The server's own part of `/status`.
+    fn server(&self) -> ServerFacts;
+    /// Every app, in routing order.
+    fn apps(&self) -> Vec<AppStatus>;
+    /// The app (worker) called `name`.
+    fn app(&self, name: &str) -> Option<AppStatus>;
+}
+
+/// The server's own part of `/status`.
+#[derive(Clone, Debug)]
+pub struct ServerFacts {
+    /// starting, running, draining or stopping.
+    pub phase: &'static str,
+    pub uptime: Duration,
+    /// The configuration file.
+    pub config: PathBuf,
+    pub last_reload: ReloadPage,
+}
 
 /// The bound admin endpoint. A unix socket is removed when this is dropped.
 pub enum AdminListener {
@@ -101,9 +131,9 @@ pub async fn bind(listen: &ListenAddr, config_file: &Path) -> anyhow::Result<Adm
     }
 }
 
-pub async fn serve(
+pub async fn serve<V: ServerView>(
     listener: AdminListener,
-    state: Arc<ServerState>,
+    state: Arc<V>,
     shutdown: CancellationToken,
     connections: TaskTracker,
 ) {
@@ -148,23 +178,24 @@ async fn accept(listener: &AdminListener) -> std::io::Result<Accepted> {
 /// shutdown would wait for a request that a client opened a socket for, or
 /// half sent, until its header timeout: the server then lingered 2 s after
 /// logging "stopped" whenever a poller held such a connection.)
-async fn connection<IO>(
+async fn connection<IO, V>(
     stream: IO,
-    state: Arc<ServerState>,
+    state: Arc<V>,
     builder: http1::Builder,
     shutdown: CancellationToken,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    V: ServerView,
 {
     // Responses handed to hyper and not yet sent in full.
     let in_flight = Arc::new(AtomicUsize::new(0));
     let service = service_fn({
         let in_flight = in_flight.clone();
-        move |request| {
+        move |request: Request<Incoming>| {
             let state = state.clone();
             let guard = InFlight::new(&in_flight);
             async move {
-                let response = handle(&state, request);
+                let response = handle(&*state, &request);
                 Ok::<_, Infallible>(response.map(|body| TrackedBody {
                     body,
                     _guard: guard,
@@ -243,7 +274,8 @@ fn respond(status: StatusCode, content_type: &str, body: String) -> Response<Ful
     response
 }
 
-pub fn handle(state: &ServerState, request: Request<Incoming>) -> Response<Full<Bytes>> {
+/// Answers one request; only its head matters.
+pub fn handle<B>(view: &impl ServerView, request: &Request<B>) -> Response<Full<Bytes>> {
     let path = request.uri().path();
     let query = request.uri().query().unwrap_or("");
     match path {
@@ -253,7 +285,7 @@ pub fn handle(state: &ServerState, request: Request<Incoming>) -> Response<Full<
                 .get(header::ACCEPT)
                 .and_then(|a| a.to_str().ok())
                 .is_some_and(|a| a.contains("application/openmetrics-text"));
-            let body = state.telemetry.metrics.encode(openmetrics);
+            let body = view.metrics(openmetrics);
             let content_type = if openmetrics {
                 "application/openmetrics-text; version=1.0.0; charset=utf-8"
             } else {
@@ -262,7 +294,7 @@ pub fn handle(state: &ServerState, request: Request<Incoming>) -> Response<Full<
             respond(StatusCode::OK, content_type, body)
         }
         "/healthz" => respond(StatusCode::OK, "text/plain", "ok\n".into()),
-        "/readyz" => match state.not_ready_reason() {
+        "/readyz" => match view.not_ready_reason() {
             None => respond(StatusCode::OK, "text/plain", "ready\n".into()),
             Some(reason) => respond(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -273,63 +305,171 @@ pub fn handle(state: &ServerState, request: Request<Incoming>) -> Response<Full<
         "/status" | "/status/" => respond(
             StatusCode::OK,
             "application/json",
-            server_status(state, query.contains("full")),
+            status::json(&server_page(
+                view,
+                query.contains("full"),
+                SystemTime::now(),
+            )),
         ),
         _ => match path.strip_prefix("/status/") {
-            Some(worker) => {
-                let router = state.router.load();
-                match router.app_named(worker) {
-                    Some(app) => {
-                        let page = status::render_pool(&app.pool.status(), query);
-                        respond(StatusCode::OK, page.content_type, page.body)
-                    }
-                    None => respond(
-                        StatusCode::NOT_FOUND,
-                        "text/plain",
-                        format!("no worker named {worker}\n"),
-                    ),
+            Some(worker) => match view.app(worker) {
+                Some(app) => {
+                    let page = status::render_pool(&app.pool, query);
+                    respond(StatusCode::OK, page.content_type, page.body)
                 }
-            }
+                None => respond(
+                    StatusCode::NOT_FOUND,
+                    "text/plain",
+                    format!("no worker named {worker}\n"),
+                ),
+            },
             None => respond(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
         },
     }
 }
 
-/// Every pool plus the server's own state, as JSON.
-pub fn server_status(state: &ServerState, full: bool) -> String {
-    let router = state.router.load();
-    let pools: Vec<String> = router
-        .apps()
-        .iter()
-        .map(|app| {
-            let mut pool = status::json_value(&app.pool.status(), full);
-            // Add the route and PHP version to the php-fpm fields.
-            pool.pop();
-            format!(
-                "{pool},\"route\":{},\"php version\":{}}}",
-                quote(crate::config::validate::display_route(&app.config.route)),
-                quote(&app.config.php.version)
-            )
-        })
-        .collect();
-    let reload = state.last_reload();
-    let errors: Vec<String> = reload.errors.iter().map(|e| quote(e)).collect();
-    format!(
-        "{{\"version\":{},\"phase\":{},\"uptime\":{},\"pid\":{},\"config\":{},\"last reload\":{{\"seq\":{},\"ok\":{},\"at\":{},\"errors\":[{}]}},\"pools\":[{}]}}",
-        quote(env!("CARGO_PKG_VERSION")),
-        quote(match state.phase() {
-            Phase::Starting => "starting",
-            Phase::Running => "running",
-            Phase::Draining => "draining",
-            Phase::Stopping => "stopping",
-        }),
-        state.uptime().as_secs(),
-        std::process::id(),
-        quote(&state.config_path().display().to_string()),
-        reload.seq,
-        reload.ok,
-        reload.at_unix,
-        errors.join(","),
-        pools.join(",")
-    )
+/// Every app plus the server's own state, at `now`; each app's processes
+/// if `full`.
+pub fn server_page(view: &impl ServerView, full: bool, now: SystemTime) -> ServerPage {
+    let server = view.server();
+    ServerPage {
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        phase: server.phase.to_owned(),
+        uptime: server.uptime.as_secs(),
+        pid: std::process::id(),
+        config: server.config.display().to_string(),
+        last_reload: server.last_reload,
+        pools: view
+            .apps()
+            .into_iter()
+            .map(|app| AppPage {
+                pool: PoolPage::new(&app.pool, full, now),
+                route: app.route,
+                php_version: app.php_version,
+            })
+            .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use http_body_util::BodyExt;
+
+    use super::*;
+    use crate::status::tests::sample_pool;
+
+    /// A server of one app, made by hand.
+    struct FakeServer {
+        not_ready: Option<String>,
+    }
+
+    impl ServerView for FakeServer {
+        fn metrics(&self, openmetrics: bool) -> String {
+            format!("metrics openmetrics={openmetrics}\n")
+        }
+
+        fn not_ready_reason(&self) -> Option<String> {
+            self.not_ready.clone()
+        }
+
+        fn server(&self) -> ServerFacts {
+            ServerFacts {
+                phase: "running",
+                uptime: Duration::from_secs(61),
+                config: "/srv/site/config/server.yaml".into(),
+                last_reload: ReloadPage::default(),
+            }
+        }
+
+        fn apps(&self) -> Vec<AppStatus> {
+            self.app("app").into_iter().collect()
+        }
+
+        fn app(&self, name: &str) -> Option<AppStatus> {
+            (name == "app").then(|| AppStatus {
+                name: "app".into(),
+                route: "/".into(),
+                php_version: "8.4".into(),
+                pool: sample_pool(),
+            })
+        }
+    }
+
+    const READY: FakeServer = FakeServer { not_ready: None };
+
+    async fn get(view: &FakeServer, uri: &str, accept: Option<&str>) -> (u16, String, String) {
+        let mut request = Request::get(uri);
+        if let Some(accept) = accept {
+            request = request.header(header::ACCEPT, accept);
+        }
+        let response = handle(view, &request.body(()).unwrap());
+        assert_eq!(response.headers()[header::CACHE_CONTROL], "no-store");
+        let status = response.status().as_u16();
+        let content_type = response.headers()[header::CONTENT_TYPE]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        (
+            status,
+            content_type,
+            String::from_utf8(body.to_vec()).unwrap(),
+        )
+    }
+
+    #[tokio::test]
+    async fn status_lists_every_app_with_route_and_php_version() {
+        let (status, content_type, body) = get(&READY, "/status", None).await;
+        assert_eq!((status, content_type.as_str()), (200, "application/json"));
+        let page: ServerPage = serde_json::from_str(&body).unwrap();
+        assert_eq!(
+            (page.phase.as_str(), page.uptime, page.pid),
+            ("running", 61, std::process::id())
+        );
+        assert_eq!(page.config, "/srv/site/config/server.yaml");
+        assert_eq!(page.pools.len(), 1);
+        let app = &page.pools[0];
+        assert_eq!((app.route.as_str(), app.php_version.as_str()), ("/", "8.4"));
+        assert_eq!(app.pool.pool, "app");
+        assert_eq!(app.pool.accepted_conn, 11);
+        assert_eq!(app.pool.processes, None);
+
+        let (_, _, body) = get(&READY, "/status/?full", None).await;
+        let page: ServerPage = serde_json::from_str(&body).unwrap();
+        assert_eq!(page.pools[0].pool.processes.as_ref().unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn status_of_one_app_is_php_fpm_s_page() {
+        let (status, content_type, body) = get(&READY, "/status/app?json", None).await;
+        assert_eq!((status, content_type.as_str()), (200, "application/json"));
+        let page: PoolPage = serde_json::from_str(&body).unwrap();
+        assert_eq!(page.listen_queue_len, 64);
+        let (_, content_type, body) = get(&READY, "/status/app", None).await;
+        assert_eq!(content_type, "text/plain");
+        assert!(body.starts_with("pool:                 app\n"), "{body}");
+        let (status, _, body) = get(&READY, "/status/nope", None).await;
+        assert_eq!((status, body.as_str()), (404, "no worker named nope\n"));
+        let (status, _, _) = get(&READY, "/nope", None).await;
+        assert_eq!(status, 404);
+    }
+
+    #[tokio::test]
+    async fn health_readiness_and_metrics() {
+        assert_eq!(get(&READY, "/healthz", None).await.2, "ok\n");
+        assert_eq!(get(&READY, "/readyz", None).await.0, 200);
+        let draining = FakeServer {
+            not_ready: Some("draining".into()),
+        };
+        let (status, _, body) = get(&draining, "/readyz", None).await;
+        assert_eq!((status, body.as_str()), (503, "not ready: draining\n"));
+
+        let (_, content_type, body) = get(&READY, "/metrics", None).await;
+        assert_eq!(content_type, "text/plain; version=0.0.4; charset=utf-8");
+        assert_eq!(body, "metrics openmetrics=false\n");
+        let (_, content_type, body) =
+            get(&READY, "/metrics", Some("application/openmetrics-text")).await;
+        assert!(content_type.starts_with("application/openmetrics-text"));
+        assert_eq!(body, "metrics openmetrics=true\n");
+    }
 }

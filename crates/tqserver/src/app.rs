@@ -11,6 +11,7 @@ use pool::WorkerPool;
 use crate::config::WorkerConfig;
 use crate::docroot::DocumentRoot;
 use crate::observe::{AppTelemetry, Telemetry};
+use crate::status::AppStatus;
 
 pub struct App {
     pub config: Arc<WorkerConfig>,
@@ -107,6 +108,16 @@ impl App {
             telemetry,
             opcache_dir,
         }))
+    }
+
+    /// A snapshot for status pages and the pool metrics.
+    pub fn status(&self) -> AppStatus {
+        AppStatus {
+            name: self.config.name.clone(),
+            route: crate::config::validate::display_route(&self.config.route).to_owned(),
+            php_version: self.config.php.version.clone(),
+            pool: self.pool.status(),
+        }
     }
 }
 

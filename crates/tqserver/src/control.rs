@@ -10,9 +10,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, anyhow, bail};
-use serde_json::Value;
 
 use crate::config::ListenAddr;
+use crate::status::ServerPage;
 
 /// GET `path` from the admin endpoint; returns the body.
 fn admin_get(addr: &ListenAddr, path: &str) -> anyhow::Result<String> {
@@ -49,9 +49,10 @@ fn admin_get(addr: &ListenAddr, path: &str) -> anyhow::Result<String> {
 trait ReadWrite: Read + Write {}
 impl<T: Read + Write> ReadWrite for T {}
 
-fn status_json(addr: &ListenAddr) -> anyhow::Result<Value> {
+fn server_page(addr: &ListenAddr) -> anyhow::Result<ServerPage> {
     let body = admin_get(addr, "/status?full")?;
-    serde_json::from_str(&body).context("the admin endpoint answered something that is not JSON")
+    serde_json::from_str(&body)
+        .context("the admin endpoint answered something that is not tqserver's status JSON")
 }
 
 pub fn status(config: &Path) -> anyhow::Result<String> {
@@ -62,15 +63,7 @@ pub fn status(config: &Path) -> anyhow::Result<String> {
             config.display()
         )
     })?;
-    Ok(render(&status_json(&admin)?))
-}
-
-fn text<'a>(value: &'a Value, key: &str) -> &'a str {
-    value.get(key).and_then(Value::as_str).unwrap_or("-")
-}
-
-fn num(value: &Value, key: &str) -> u64 {
-    value.get(key).and_then(Value::as_u64).unwrap_or(0)
+    Ok(render(&server_page(&admin)?))
 }
 
 fn human_bytes(bytes: u64) -> String {
@@ -93,37 +86,30 @@ fn human_secs(secs: u64) -> String {
 }
 
 /// A readable table of pools and their workers.
-pub fn render(status: &Value) -> String {
+pub fn render(status: &ServerPage) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
         "tqserver {}  pid {}  {}  up {}  config {}",
-        text(status, "version"),
-        num(status, "pid"),
-        text(status, "phase"),
-        human_secs(num(status, "uptime")),
-        text(status, "config"),
+        status.version,
+        status.pid,
+        status.phase,
+        human_secs(status.uptime),
+        status.config,
     );
-    if let Some(reload) = status.get("last reload") {
-        let errors = reload
-            .get("errors")
-            .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default();
-        if num(reload, "at") > 0 || !errors.is_empty() {
-            let ok = reload.get("ok").and_then(Value::as_bool).unwrap_or(true);
-            let _ = writeln!(
-                out,
-                "last reload: {}",
-                if ok {
-                    "applied"
-                } else {
-                    "REFUSED (old configuration still serving)"
-                }
-            );
-            for error in errors {
-                let _ = writeln!(out, "  {}", error.as_str().unwrap_or(""));
+    let reload = &status.last_reload;
+    if reload.at > 0 || !reload.errors.is_empty() {
+        let _ = writeln!(
+            out,
+            "last reload: {}",
+            if reload.ok {
+                "applied"
+            } else {
+                "REFUSED (old configuration still serving)"
             }
+        );
+        for error in &reload.errors {
+            let _ = writeln!(out, "  {error}");
         }
     }
     let _ = writeln!(
@@ -145,68 +131,56 @@ pub fn render(status: &Value) -> String {
         "CRASHES",
         "REJECTED"
     );
-    let pools = status
-        .get("pools")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
-    for pool in &pools {
+    for app in &status.pools {
+        let pool = &app.pool;
         let _ = writeln!(
             out,
             "{:<14} {:<12} {:<8} {:<9} {:>5} {:>5} {:>5} {:>6} {:>7} {:>9} {:>7} {:>8} {:>8} {:>7} {:>8}",
-            text(pool, "pool"),
-            text(pool, "route"),
-            text(pool, "php version"),
-            text(pool, "process manager"),
-            num(pool, "total processes"),
-            num(pool, "idle processes"),
-            num(pool, "active processes"),
-            num(pool, "listen queue"),
-            format!(
-                "{}-{}",
-                num(pool, "min children"),
-                num(pool, "max children")
-            ),
-            num(pool, "accepted conn"),
-            num(pool, "spawns"),
-            num(pool, "recycles"),
-            num(pool, "timeouts"),
-            num(pool, "crashes"),
-            num(pool, "rejected queue full") + num(pool, "rejected queue timeout"),
+            pool.pool,
+            app.route,
+            app.php_version,
+            pool.process_manager,
+            pool.total_processes,
+            pool.idle_processes,
+            pool.active_processes,
+            pool.listen_queue,
+            format!("{}-{}", pool.min_children, pool.max_children),
+            pool.accepted_conn,
+            pool.spawns,
+            pool.recycles,
+            pool.timeouts,
+            pool.crashes,
+            pool.rejected_queue_full + pool.rejected_queue_timeout,
         );
     }
-    for pool in &pools {
-        let processes = pool
-            .get("processes")
-            .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default();
+    for app in &status.pools {
+        let processes = app.pool.processes.as_deref().unwrap_or_default();
         if processes.is_empty() {
             continue;
         }
-        let _ = writeln!(out, "\n{} workers:", text(pool, "pool"));
+        let _ = writeln!(out, "\n{} workers:", app.pool.pool);
         let _ = writeln!(
             out,
             "  {:>8} {:<9} {:>8} {:>8} {:>7}  REQUEST",
             "PID", "STATE", "REQS", "RSS", "UP"
         );
         for process in processes {
-            let request = match text(&process, "request method") {
-                "-" => String::new(),
+            let request = match process.request_method.as_str() {
+                "-" | "" => String::new(),
                 method => format!(
                     "{method} {} ({} ms)",
-                    text(&process, "request uri"),
-                    num(&process, "request duration") / 1000
+                    process.request_uri,
+                    process.request_duration / 1000
                 ),
             };
             let _ = writeln!(
                 out,
                 "  {:>8} {:<9} {:>8} {:>8} {:>7}  {request}",
-                num(&process, "pid"),
-                text(&process, "state"),
-                num(&process, "requests"),
-                human_bytes(num(&process, "rss")),
-                human_secs(num(&process, "start since")),
+                process.pid,
+                process.state,
+                process.requests,
+                human_bytes(process.rss),
+                human_secs(process.start_since),
             );
         }
     }
@@ -238,8 +212,8 @@ pub fn reload(config: &Path) -> anyhow::Result<String> {
     }
     let before = admin
         .as_ref()
-        .and_then(|addr| status_json(addr).ok())
-        .map(|s| reload_at(&s));
+        .and_then(|addr| server_page(addr).ok())
+        .map(|s| s.last_reload.seq);
     // SAFETY: kill(2) with a pid we just checked; no memory is involved.
     if unsafe { libc::kill(pid, libc::SIGHUP) } != 0 {
         bail!(
@@ -253,31 +227,110 @@ pub fn reload(config: &Path) -> anyhow::Result<String> {
     let deadline = Instant::now() + Duration::from_secs(60);
     while Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
-        let Ok(status) = status_json(&addr) else {
+        let Ok(status) = server_page(&addr) else {
             continue;
         };
-        if reload_at(&status) != before {
-            let reload = &status["last reload"];
-            if reload["ok"].as_bool().unwrap_or(false) {
+        let reload = status.last_reload;
+        if reload.seq != before {
+            if reload.ok {
                 return Ok(format!("configuration reloaded (pid {pid})"));
             }
-            let errors: Vec<String> = reload["errors"]
-                .as_array()
-                .map(|e| {
-                    e.iter()
-                        .filter_map(|x| x.as_str().map(str::to_owned))
-                        .collect()
-                })
-                .unwrap_or_default();
             bail!(
                 "reload refused; the running configuration stays:\n{}",
-                errors.join("\n")
+                reload.errors.join("\n")
             );
         }
     }
     bail!("no reload reported within 60 s (pid {pid})")
 }
 
-fn reload_at(status: &Value) -> u64 {
-    status["last reload"]["seq"].as_u64().unwrap_or(0)
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use super::*;
+    use crate::status::{AppPage, PoolPage, ReloadPage};
+
+    fn server_page() -> ServerPage {
+        let now = UNIX_EPOCH + Duration::from_secs(crate::status::tests::STARTED + 90);
+        ServerPage {
+            version: "1.2.3".into(),
+            phase: "running".into(),
+            uptime: 3700,
+            pid: 321,
+            config: "/srv/site/config/server.yaml".into(),
+            last_reload: ReloadPage {
+                seq: 2,
+                ok: false,
+                at: 1_795_654_000,
+                errors: vec!["workers/app/config/worker.yaml:3: php.pool: unknown key".into()],
+            },
+            pools: vec![AppPage {
+                pool: PoolPage::new(&crate::status::tests::sample_pool(), true, now),
+                route: "/blog".into(),
+                php_version: "8.4".into(),
+            }],
+        }
+    }
+
+    /// What the admin endpoint sends is what `tqserver status` reads.
+    #[test]
+    fn server_page_round_trips_through_json() {
+        let page = server_page();
+        let body = crate::status::json(&page);
+        assert!(
+            body.starts_with(
+                r#"{"version":"1.2.3","phase":"running","uptime":3700,"pid":321,"config":"/srv/site/config/server.yaml","last reload":{"seq":2,"ok":false,"at":1795654000,"errors":["#
+            ),
+            "{body}"
+        );
+        // The app's route and PHP version follow the pool's fields.
+        assert!(
+            body.ends_with(r#""rss":26214400}],"route":"/blog","php version":"8.4"}]}"#),
+            "{body}"
+        );
+        let read: ServerPage = serde_json::from_str(&body).unwrap();
+        assert_eq!(read, page);
+    }
+
+    #[test]
+    fn an_older_server_s_page_reads_with_defaults() {
+        let read: ServerPage =
+            serde_json::from_str(r#"{"version":"0.9","pools":[{"pool":"app","extra":1}]}"#)
+                .unwrap();
+        assert_eq!(read.pools[0].pool.pool, "app");
+        assert!(read.last_reload.ok);
+        assert!(read.pools[0].pool.processes.is_none());
+    }
+
+    #[test]
+    fn render_shows_pools_workers_and_a_refused_reload() {
+        let text = render(&server_page());
+        assert!(
+            text.starts_with(
+                "tqserver 1.2.3  pid 321  running  up 1h1m  config /srv/site/config/server.yaml\n"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("last reload: REFUSED"), "{text}");
+        assert!(
+            text.contains("\n  workers/app/config/worker.yaml:3:"),
+            "{text}"
+        );
+        let row = text.lines().find(|l| l.starts_with("app ")).unwrap();
+        let columns: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!(
+            columns,
+            [
+                "app", "/blog", "8.4", "dynamic", "2", "1", "1", "3", "2-5", "11", "3", "2", "1",
+                "1", "3"
+            ]
+        );
+        assert!(text.contains("\napp workers:\n"), "{text}");
+        let running = text.lines().find(|l| l.contains(" Running ")).unwrap();
+        assert!(running.ends_with("POST /a?<b> (1 ms)"), "{running}");
+        assert!(running.contains(" 25.0M "), "{running}");
+        let idle = text.lines().find(|l| l.contains(" Idle ")).unwrap();
+        assert!(idle.ends_with("GET /ok.php (2 ms)"), "{idle}");
+    }
 }

@@ -29,6 +29,7 @@ pub mod reload;
 pub mod router;
 pub mod rules;
 pub mod server;
+mod server_view;
 pub mod status;
 pub mod systemd;
 pub mod watch;

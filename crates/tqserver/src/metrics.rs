@@ -5,7 +5,8 @@
 //! app resolves once, so a request never builds a label set. Everything the
 //! pools already count (processes by state, queue length, spawns, recycles,
 //! timeouts, crashes, rejections, RSS) is read from the pools at scrape time
-//! by a collector, so it costs nothing between scrapes.
+//! by a collector, so it costs nothing between scrapes. The collector reads
+//! them through a [`PoolSource`] of snapshots, so it needs no live pool.
 
 use std::sync::{Arc, OnceLock};
 
@@ -16,6 +17,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
+
+use crate::status::AppStatus;
 
 type WorkerLabel = [(&'static str, String); 1];
 type CodeLabels = [(&'static str, String); 2];
@@ -91,7 +94,7 @@ impl AppMetrics {
 
 impl Metrics {
     /// `pools` is read at scrape time for the per-pool numbers.
-    pub fn new(pools: PoolSource, info: BuildInfo) -> Arc<Self> {
+    pub fn new(pools: impl PoolSource, info: BuildInfo) -> Arc<Self> {
         let mut registry = Registry::with_prefix("tqserver");
         let requests = Family::<CodeLabels, Counter>::default();
         registry.register(
@@ -160,7 +163,10 @@ impl Metrics {
             Unit::Bytes,
             buffer_held.clone(),
         );
-        registry.register_collector(Box::new(PoolCollector { pools, info }));
+        registry.register_collector(Box::new(PoolCollector {
+            pools: Box::new(pools),
+            info,
+        }));
         Arc::new(Self {
             registry,
             requests,
@@ -223,19 +229,14 @@ pub struct BuildInfo {
     pub version: &'static str,
 }
 
-/// What the collector reads of each running pool at scrape time.
-pub struct PoolReading {
-    pub worker: String,
-    pub php_version: String,
-    pub status: pool::PoolStatus,
+/// Where the collector finds the pools at scrape time.
+pub trait PoolSource: Send + Sync + 'static {
+    /// A snapshot of every app.
+    fn pools(&self) -> Vec<AppStatus>;
 }
 
-/// Reads every running pool (the server passes one over its router), so
-/// metrics need no running app to be built or tested.
-pub type PoolSource = Box<dyn Fn() -> Vec<PoolReading> + Send + Sync>;
-
 struct PoolCollector {
-    pools: PoolSource,
+    pools: Box<dyn PoolSource>,
     info: BuildInfo,
 }
 
@@ -264,35 +265,17 @@ fn family<M: EncodeMetric, L: prometheus_client::encoding::EncodeLabelSet>(
     Ok(())
 }
 
-/// A pool's name and PHP version, apart from its status.
-struct PoolIdentity {
-    worker: String,
-    php_version: String,
-}
-
-impl PoolReading {
-    fn identity(&self) -> PoolIdentity {
-        PoolIdentity {
-            worker: self.worker.clone(),
-            php_version: self.php_version.clone(),
-        }
-    }
-}
-
 impl Collector for PoolCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let statuses: Vec<_> = (self.pools)()
-            .into_iter()
-            .map(|reading| (reading.identity(), reading.status))
-            .collect();
+        let apps = self.pools.pools();
         let worker = |name: &str| [("worker", name.to_owned())];
 
         let mut build = Vec::new();
-        for (app, _) in &statuses {
+        for app in &apps {
             build.push((
                 [
                     ("version", self.info.version.to_owned()),
-                    ("worker", app.worker.clone()),
+                    ("worker", app.name.clone()),
                     ("php_version", app.php_version.clone()),
                 ],
                 ConstGauge::new(1i64),
@@ -317,8 +300,8 @@ impl Collector for PoolCollector {
         )?;
 
         let mut states = Vec::new();
-        for (app, status) in &statuses {
-            let name = &app.worker;
+        for app in &apps {
+            let (name, status) = (&app.name, &app.pool);
             let stopping = status.total.saturating_sub(status.idle + status.busy);
             for (state, value) in [
                 ("idle", status.idle),
@@ -366,9 +349,9 @@ impl Collector for PoolCollector {
             ),
         ];
         for (name, help, get) in gauges {
-            let samples = statuses
+            let samples = apps
                 .iter()
-                .map(|(app, status)| (worker(&app.worker), ConstGauge::new(get(status))))
+                .map(|app| (worker(&app.name), ConstGauge::new(get(&app.pool))))
                 .collect();
             family(&mut encoder, name, help, None, samples)?;
         }
@@ -410,24 +393,21 @@ impl Collector for PoolCollector {
             ),
         ];
         for (name, help, get) in counters {
-            let samples = statuses
+            let samples = apps
                 .iter()
-                .map(|(app, status)| (worker(&app.worker), ConstCounter::new(get(status))))
+                .map(|app| (worker(&app.name), ConstCounter::new(get(&app.pool))))
                 .collect();
             family(&mut encoder, name, help, None, samples)?;
         }
 
         let mut rejections = Vec::new();
-        for (app, status) in &statuses {
+        for app in &apps {
             for (reason, value) in [
-                ("queue_full", status.rejected_queue_full),
-                ("queue_timeout", status.rejected_queue_timeout),
+                ("queue_full", app.pool.rejected_queue_full),
+                ("queue_timeout", app.pool.rejected_queue_timeout),
             ] {
                 rejections.push((
-                    [
-                        ("worker", app.worker.clone()),
-                        ("reason", reason.to_owned()),
-                    ],
+                    [("worker", app.name.clone()), ("reason", reason.to_owned())],
                     ConstCounter::new(value),
                 ));
             }
@@ -440,11 +420,11 @@ impl Collector for PoolCollector {
             rejections,
         )?;
 
-        let rss = statuses
+        let rss = apps
             .iter()
-            .map(|(app, status)| {
-                let total: u64 = status.workers.iter().filter_map(|w| w.rss_bytes).sum();
-                (worker(&app.worker), ConstGauge::new(total as i64))
+            .map(|app| {
+                let total: u64 = app.pool.workers.iter().filter_map(|w| w.rss_bytes).sum();
+                (worker(&app.name), ConstGauge::new(total as i64))
             })
             .collect();
         family(
@@ -454,16 +434,17 @@ impl Collector for PoolCollector {
             Some(&Unit::Bytes),
             rss,
         )?;
-        let rss_max = statuses
+        let rss_max = apps
             .iter()
-            .map(|(app, status)| {
-                let max = status
+            .map(|app| {
+                let max = app
+                    .pool
                     .workers
                     .iter()
                     .filter_map(|w| w.rss_bytes)
                     .max()
                     .unwrap_or(0);
-                (worker(&app.worker), ConstGauge::new(max as i64))
+                (worker(&app.name), ConstGauge::new(max as i64))
             })
             .collect();
         family(
@@ -486,5 +467,63 @@ impl Collector for PoolCollector {
             )],
         )?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One app whose pool is made by hand.
+    struct OneApp;
+
+    impl PoolSource for OneApp {
+        fn pools(&self) -> Vec<AppStatus> {
+            vec![AppStatus {
+                name: "app".into(),
+                route: "/".into(),
+                php_version: "8.4".into(),
+                pool: crate::status::tests::sample_pool(),
+            }]
+        }
+    }
+
+    fn metrics() -> Arc<Metrics> {
+        Metrics::new(OneApp, BuildInfo { version: "1.2.3" })
+    }
+
+    #[test]
+    fn pool_numbers_are_read_from_the_source_at_scrape_time() {
+        let text = metrics().encode(false);
+        for line in [
+            r#"tqserver_build_info{version="1.2.3",worker="app",php_version="8.4"} 1"#,
+            r#"tqserver_workers{worker="app",state="idle"} 1"#,
+            r#"tqserver_workers{worker="app",state="busy"} 1"#,
+            r#"tqserver_workers{worker="app",state="stopping"} 0"#,
+            r#"tqserver_queue_length{worker="app"} 3"#,
+            r#"tqserver_workers_max{worker="app"} 5"#,
+            r#"tqserver_worker_spawns_total{worker="app"} 3"#,
+            r#"tqserver_pool_requests_total{worker="app"} 11"#,
+            r#"tqserver_rejections_total{worker="app",reason="queue_full"} 2"#,
+            r#"tqserver_worker_rss_bytes{worker="app"} 52428800"#,
+            r#"tqserver_worker_rss_max_bytes{worker="app"} 26214400"#,
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in:\n{text}");
+        }
+    }
+
+    #[test]
+    fn request_path_metrics_carry_the_app_label() {
+        let metrics = metrics();
+        let app = metrics.for_app("app");
+        app.count(200);
+        app.count(200);
+        app.count(503);
+        app.count(1000);
+        let text = metrics.encode(true);
+        assert!(text.contains(r#"tqserver_requests_total{worker="app",code="200"} 2"#));
+        assert!(text.contains(r#"tqserver_requests_total{worker="app",code="503"} 1"#));
+        assert!(text.contains(r#"tqserver_requests_total{worker="app",code="1000"} 1"#));
+        assert!(text.ends_with("# EOF\n"), "{text}");
     }
 }

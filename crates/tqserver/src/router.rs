@@ -4,7 +4,11 @@
 
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
+
 use crate::app::App;
+use crate::metrics::PoolSource;
+use crate::status::AppStatus;
 
 #[derive(Default)]
 pub struct Router {
@@ -32,6 +36,13 @@ impl Router {
     /// The app of the worker called `name` (worker names are unique).
     pub fn app_named(&self, name: &str) -> Option<&Arc<App>> {
         self.apps.iter().find(|app| app.config.name == name)
+    }
+}
+
+/// The metrics read the apps routed now at each scrape.
+impl PoolSource for Arc<ArcSwap<Router>> {
+    fn pools(&self) -> Vec<AppStatus> {
+        self.load().apps().iter().map(|app| app.status()).collect()
     }
 }
 

@@ -36,7 +36,7 @@ use crate::config::{Config, WorkerConfig, validate::display_route};
 use crate::http::{self, Frontend};
 use crate::listener;
 use crate::logging::LogFile;
-use crate::metrics::{BuildInfo, Metrics, PoolReading};
+use crate::metrics::{BuildInfo, Metrics};
 use crate::observe::Telemetry;
 use crate::readiness::{self, PoolLoad};
 use crate::reload::{self, ListenerChange, ReloadError, ReloadSummary};
@@ -228,20 +228,8 @@ async fn serve(
     admin: Option<admin::AdminListener>,
 ) -> anyhow::Result<()> {
     let router = Arc::new(ArcSwap::from_pointee(Router::default()));
-    let scraped = router.clone();
     let metrics = Metrics::new(
-        Box::new(move || {
-            scraped
-                .load()
-                .apps()
-                .iter()
-                .map(|app| PoolReading {
-                    worker: app.config.name.clone(),
-                    php_version: app.config.php.version.clone(),
-                    status: app.pool.status(),
-                })
-                .collect()
-        }),
+        router.clone(),
         BuildInfo {
             version: env!("CARGO_PKG_VERSION"),
         },
