@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# Runs the FastCGI decoder fuzz target for SECONDS seconds (default 60).
+# Runs each fuzz target (the FastCGI decoder, the HTTP/1.1 request path)
+# for SECONDS seconds (default 60).
 #
 #   fuzz/run.sh 300
 #
 # Works on the stable toolchain: cargo-fuzz needs nightly-only flags
 # (-Zsanitizer=address), which RUSTC_BOOTSTRAP=1 lets stable rustc accept.
 # Installs cargo-fuzz first if it is missing. Exits non-zero if the fuzzer
-# finds a crash; the reproducer is then in fuzz/artifacts/decode/.
+# finds a crash; the reproducer is then in fuzz/artifacts/<target>/.
 set -euo pipefail
 
 seconds="${1:-60}"
@@ -22,7 +23,9 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
 fi
 
 export RUSTC_BOOTSTRAP=1
-cargo fuzz build decode
-# -max_total_time bounds the fuzzing itself; timeout bounds a hung run.
-timeout --kill-after=30 "$((seconds + 120))" \
-    cargo fuzz run decode -- -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048
+for target in decode h1; do
+    cargo fuzz build "$target"
+    # -max_total_time bounds the fuzzing itself; timeout bounds a hung run.
+    timeout --kill-after=30 "$((seconds + 120))" \
+        cargo fuzz run "$target" -- -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048
+done
