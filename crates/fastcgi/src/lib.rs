@@ -30,6 +30,8 @@
 //! thousands of requests, with no per-request allocation it can avoid, so it
 //! has its own codec.
 
+#![forbid(unsafe_code)]
+
 pub mod decoder;
 pub mod params;
 pub mod record;

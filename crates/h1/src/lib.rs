@@ -10,6 +10,8 @@
 //! server (crates/tqserver/src/http/h1.rs) owns the socket, the timeouts and
 //! the writing side.
 
+#![forbid(unsafe_code)]
+
 pub mod chunked;
 pub mod head;
 

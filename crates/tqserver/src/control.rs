@@ -214,12 +214,11 @@ pub fn reload(config: &Path) -> anyhow::Result<String> {
         .as_ref()
         .and_then(|addr| server_page(addr).ok())
         .map(|s| s.last_reload.seq);
-    // SAFETY: kill(2) with a pid we just checked; no memory is involved.
-    if unsafe { libc::kill(pid, libc::SIGHUP) } != 0 {
-        bail!(
-            "cannot signal pid {pid}: {}",
-            std::io::Error::last_os_error()
-        );
+    if let Err(errno) = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGHUP,
+    ) {
+        bail!("cannot signal pid {pid}: {errno}");
     }
     let (Some(addr), Some(before)) = (admin, before) else {
         return Ok(format!("reload requested (SIGHUP to pid {pid})"));

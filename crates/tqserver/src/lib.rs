@@ -2,16 +2,41 @@
 //!
 //! # Theory of operation
 //! tqserver reads `config/server.yaml` and one `workers/<name>/config/worker.yaml`
-//! per app ([`config`]). Each app gets a pool of php-cgi processes
-//! (the `pool` crate) reached over kept-alive FastCGI connections (the
-//! `fastcgi` crate), and a route: the HTTP front ([`http`]) sends each
-//! request to the app with the longest matching path prefix ([`router`]),
-//! which serves a static file or runs a script the way nginx's `try_files`
-//! would ([`http::resolve`]). The FastCGI listener ([`listener`]) feeds the same
-//! pools from a web server in front. [`server`] ties the lifecycle together
-//! (start, reload as a diff, graceful stop); [`observe`], [`metrics`],
-//! [`status`] and [`admin`] make it visible, and [`readiness`] decides what
-//! `/readyz` tells a balancer.
+//! per app ([`config`]: raw YAML structs, then a validated, typed config).
+//! Each app ([`app`]) gets a pool of php-cgi processes (the `pool` crate),
+//! reached over kept-alive FastCGI connections (the `fastcgi` crate), its
+//! opened document root ([`docroot`]) and its telemetry handles.
+//!
+//! One request, from socket to PHP and back:
+//! 1. [`http::h1`] reads a request head from the connection and checks it with
+//!    the sans-io `h1` crate (limits, Host, body framing); the body, if any,
+//!    stays on the socket for now.
+//! 2. [`http::service`] puts the path in its one normal form
+//!    ([`http::normalize`]), picks the app by longest prefix ([`router`]) and
+//!    resolves the rest the way nginx's `try_files` would ([`http::resolve`],
+//!    under the app's [`rules`] and symlink policy): a static file is sent
+//!    from here ([`http::static_files`]); a script goes on.
+//! 3. The whole request body is read (memory, then a temporary file) before
+//!    any worker is involved, so no client can hold one ([`http::php`]).
+//! 4. [`php::upstream`] takes a worker from the pool (queueing under its
+//!    bound and timeout) and writes BEGIN_REQUEST, the CGI params
+//!    ([`http::cgi_params`]) and the body into its connection under the
+//!    request's deadline.
+//! 5. The CGI response head is parsed ([`php::response_head`]); STDERR goes to
+//!    the log ([`php::stderr`]). A response complete at once returns the
+//!    worker at once; a longer one is buffered for the client
+//!    ([`http::response_buffer`]) so the worker returns when PHP is done.
+//! 6. [`http::h1`] writes the response and keeps the connection for the next
+//!    request, or closes it lingering; [`observe`] counts and logs it.
+//!
+//! The FastCGI listener ([`listener`]) is the same path from step 4 on, fed by
+//! a web server in front instead of steps 1-3. [`server`] ties the lifecycle
+//! together (start, signals, graceful stop with a drain), [`reload`] computes
+//! a reload as a plan that the server carries out; [`metrics`], [`status`] and
+//! [`admin`] make it visible, and [`readiness`] decides what `/readyz` tells
+//! a balancer.
+
+#![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod app;

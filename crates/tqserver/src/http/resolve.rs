@@ -9,7 +9,7 @@
 //! - dot-named segments (`.env`, `.git/`) are 404 unless allowed;
 //! - files are opened with `openat2(RESOLVE_BENEATH)` under the document
 //!   root; a symlink that leads out of it is followed only as
-//!   `security.symlinks` allows (see [`super::symlinks`]), and each refusal
+//!   `security.symlinks` allows (see [`crate::docroot::symlinks`]), and each refusal
 //!   is logged with its reason;
 //! - only extensions in `php.limit_extensions` execute, and only a file that
 //!   exists: `/uploads/image.jpg/x.php` never runs image.jpg, and a PHP file

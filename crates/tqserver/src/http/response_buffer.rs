@@ -7,8 +7,8 @@
 //! reading 50 MB at 700 KB/s held a worker for over a minute and was cut off
 //! at `request_timeout`.
 //!
-//! One task per buffered response (the [`Filler`]) owns the worker's lease
-//! and fills a [`Spool`]; the response body ([`SpoolReader`]) empties it. When
+//! One task per buffered response (the `Filler`) owns the worker's lease
+//! and fills a `Spool`; the response body ([`SpoolReader`]) empties it. When
 //! the spool is full the filler stops reading, so PHP waits for the client
 //! as it would without buffering. When the client goes away the filler keeps
 //! reading and drops what it reads, so PHP still finishes its request (under
