@@ -8,7 +8,7 @@
 //! pool), so it can be made by hand in a test. JSON is the struct through
 //! serde_json; the other formats walk the struct's fields once listed
 //! ([`fields`]), so a field added to the struct shows in every format.
-//! [`render`] holds what a format adds on top: php-fpm's date in text and
+//! `render` holds what a format adds on top: php-fpm's date in text and
 //! HTML, its `phpfpm_*` series in OpenMetrics.
 //!
 //! Field names and meanings follow php-fpm's `pm.status_path`, so tools
