@@ -7,9 +7,10 @@ mod support;
 use std::time::{Duration, Instant};
 
 use fastcgi::record::{ProtocolStatus, RecordType, put_abort_request, put_record};
+use nix::sys::signal::Signal;
 use support::fcgi::{FcgiConn, cgi_params, is_complete};
 use support::nginx::Nginx;
-use support::{Server, Site, free_port, md5, multipart};
+use support::{Server, Site, free_port, md5, multipart, wait_until};
 
 const ECHO_PHP: &str = r#"<?php
 echo 'method=', $_SERVER['REQUEST_METHOD'], "\n";
@@ -199,6 +200,18 @@ fn two_hundred_concurrent_requests_through_nginx() {
     }
 }
 
+/// The pid sleep.php wrote to `marker` once it runs (it then sleeps).
+fn script_pid(marker: &std::path::Path) -> u32 {
+    let mut pid = None;
+    wait_until("the script to start", Duration::from_secs(5), || {
+        pid = std::fs::read_to_string(marker)
+            .ok()
+            .and_then(|text| text.trim().parse().ok());
+        pid.is_some()
+    });
+    pid.unwrap()
+}
+
 #[test]
 fn a_worker_killed_mid_request_is_a_clean_502_at_nginx() {
     let fixture = Fixture::start("", "");
@@ -216,17 +229,8 @@ fn a_worker_killed_mid_request_is_a_clean_502_at_nginx() {
         );
         conn.read_response(false).status
     });
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let pid: i32 = loop {
-        if let Ok(text) = std::fs::read_to_string(&marker)
-            && let Ok(pid) = text.trim().parse()
-        {
-            break pid;
-        }
-        assert!(Instant::now() < deadline, "the script never started");
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let pid = script_pid(&marker);
+    support::kill(pid, Signal::SIGKILL);
     assert_eq!(client.join().unwrap(), 502);
     assert!(
         started.elapsed() < Duration::from_secs(3),
@@ -436,12 +440,21 @@ fn abort_request_ends_the_request_and_frees_the_worker() {
     let fixture = Fixture::start("", "");
     let docroot = fixture.docroot();
     let filename = format!("{docroot}/sleep.php");
+    let tag = format!("abort{}", std::process::id());
+    let marker = std::path::PathBuf::from(format!("/tmp/tq-sleep-{tag}"));
+    let _ = std::fs::remove_file(&marker);
     let mut conn = FcgiConn::tcp(fixture.fastcgi_port);
     conn.request_start(
         1,
-        &cgi_params(&docroot, &filename, "/sleep.php", "ms=1500&tag=abort"),
+        &cgi_params(
+            &docroot,
+            &filename,
+            "/sleep.php",
+            &format!("ms=1500&tag={tag}"),
+        ),
     );
-    std::thread::sleep(Duration::from_millis(300));
+    // The script runs (and sleeps) before the web server gives up on it.
+    script_pid(&marker);
     let started = Instant::now();
     let mut buf = bytes::BytesMut::new();
     put_abort_request(&mut buf, 1);
@@ -454,25 +467,18 @@ fn abort_request_ends_the_request_and_frees_the_worker() {
         started.elapsed()
     );
     // The worker goes back to the pool when PHP finishes: busy drops to 0.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let status = FcgiConn::tcp(fixture.fastcgi_port).request(
-            1,
-            &cgi_params(&docroot, &format!("{docroot}/x.php"), "/fpm-status", "json"),
-            b"",
-            false,
-        );
-        if status.text().contains("\"active processes\":0") {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "worker never freed: {}",
-            status.text()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let _ = std::fs::remove_file("/tmp/tq-sleep-abort");
+    wait_until("the worker to be freed", Duration::from_secs(5), || {
+        FcgiConn::tcp(fixture.fastcgi_port)
+            .request(
+                1,
+                &cgi_params(&docroot, &format!("{docroot}/x.php"), "/fpm-status", "json"),
+                b"",
+                false,
+            )
+            .text()
+            .contains("\"active processes\":0")
+    });
+    let _ = std::fs::remove_file(&marker);
 }
 
 fn good_request_still_works(fixture: &Fixture) {
@@ -580,11 +586,7 @@ fn unix_socket_listener_gets_owner_and_mode() {
     std::fs::create_dir_all(site.root().join("workers/app/run")).unwrap();
     let server = site.start();
     let socket = server.site.root().join("workers/app/run/php.sock");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !socket.exists() {
-        assert!(Instant::now() < deadline, "socket not created");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until("the socket", Duration::from_secs(5), || socket.exists());
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let meta = std::fs::metadata(&socket).unwrap();
     assert_eq!(meta.permissions().mode() & 0o777, 0o600);
@@ -666,7 +668,7 @@ fn graceful_stop_closes_idle_kept_alive_connections_at_once() {
     assert!(response.text().contains("query=kept=1"));
     // The web server keeps the connection open; tqserver is told to stop.
     let started = Instant::now();
-    fixture.server.signal(libc::SIGTERM);
+    fixture.server.signal(Signal::SIGTERM);
     assert!(conn.closed(), "idle connection closed by the stop");
     let status = fixture.server.wait_exit(Duration::from_secs(10));
     assert!(status.is_some(), "tqserver still running");
