@@ -32,6 +32,7 @@ impl Fixture {
         let fastcgi_port = free_port();
         let site = Site::new()
             .server_settings(server_settings)
+            .with_admin()
             .worker(
                 "app",
                 &format!(
@@ -152,16 +153,68 @@ fn exercise_nginx(nginx: &Nginx) {
     assert!(info.text().trim_end().ends_with("</html>"));
 }
 
+/// Every TCP connection to `port` that the kernel still knows of, open or
+/// recently closed (TIME_WAIT lasts a minute), named by the port of its
+/// other end. Both ends of a loopback connection are listed; either names
+/// the connection by the same ephemeral port. Counts what the listener
+/// accepted without asking tqserver.
+fn connections_to(port: u16) -> std::collections::BTreeSet<u16> {
+    const LISTEN: &str = "0A";
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
+    let port_of = |address: &str| {
+        let (_, hex) = address.rsplit_once(':')?;
+        u16::from_str_radix(hex, 16).ok()
+    };
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (local, remote) = (port_of(fields.get(1)?)?, port_of(fields.get(2)?)?);
+            match *fields.get(3)? {
+                LISTEN => None,
+                _ if local == port => Some(remote),
+                _ if remote == port => Some(local),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+/// The FastCGI connections tqserver holds open right now (its gauge).
+fn open_fastcgi_connections(fixture: &Fixture) -> f64 {
+    fixture
+        .server
+        .metric("tqserver_fastcgi_connections{worker=\"app\"}")
+        .expect("the FastCGI connection gauge")
+}
+
+/// Runs 20 requests through nginx one after another; returns how many
+/// FastCGI connections they opened.
+fn connections_for_20_requests(fixture: &Fixture, nginx: &Nginx) -> usize {
+    let before = connections_to(fixture.fastcgi_port);
+    for _ in 0..20 {
+        assert_eq!(nginx.get("/echo.php").status, 200);
+    }
+    connections_to(fixture.fastcgi_port)
+        .difference(&before)
+        .count()
+}
+
 #[test]
 fn behind_nginx_with_keep_alive() {
     let fixture = Fixture::start("", "");
     let nginx = fixture.nginx(true);
     exercise_nginx(&nginx);
-    // The upstream connections were reused: far fewer FastCGI connections
-    // than requests. (Counted by the listener's accepted requests.)
-    for _ in 0..20 {
-        assert_eq!(nginx.get("/echo.php").status, 200);
-    }
+    // The upstream connections were reused: 20 requests in a row travel
+    // over the connection nginx already has.
+    let opened = connections_for_20_requests(&fixture, &nginx);
+    assert!(
+        opened <= 1,
+        "20 requests opened {opened} FastCGI connections"
+    );
+    // tqserver holds the kept-alive connection open between requests.
+    assert!(open_fastcgi_connections(&fixture) >= 1.0);
 }
 
 #[test]
@@ -169,6 +222,17 @@ fn behind_nginx_without_keep_alive() {
     let fixture = Fixture::start("", "");
     let nginx = fixture.nginx(false);
     exercise_nginx(&nginx);
+    // The control for the test above: here each request has a connection
+    // of its own, counted the same way, and none stays open. (At least 15:
+    // the kernel may reuse a loopback port still in TIME_WAIT.)
+    let opened = connections_for_20_requests(&fixture, &nginx);
+    assert!(
+        opened >= 15,
+        "20 requests opened {opened} FastCGI connections"
+    );
+    wait_until("no open FastCGI connection", Duration::from_secs(5), || {
+        open_fastcgi_connections(&fixture) == 0.0
+    });
 }
 
 #[test]
