@@ -1,16 +1,27 @@
 //! The FastCGI listener as a drop-in php-fpm: a real nginx in front
 //! (keep-alive on and off), cgi-fcgi as an outside client, and raw sockets for
-//! every kind of bad input, each followed by a good request.
+//! every kind of bad input, each followed by a good request. The tests named
+//! `in_process_*` drive the listener without a socket or a tqserver process,
+//! over `tokio::io::duplex` pipes.
 
 mod support;
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use fastcgi::record::{ProtocolStatus, RecordType, put_abort_request, put_record};
 use nix::sys::signal::Signal;
-use support::fcgi::{FcgiConn, cgi_params, is_complete};
+use support::fcgi::{AsyncFcgiConn, FcgiConn, begin_and_params, cgi_params, is_complete, stdin};
 use support::nginx::Nginx;
 use support::{Server, Site, free_port, md5, multipart, wait_until};
+use tokio::io::DuplexStream;
+use tokio_util::sync::CancellationToken;
+use tqserver::app::App;
+use tqserver::listener;
+use tqserver::metrics::{BuildInfo, Metrics};
+use tqserver::observe::Telemetry;
+use tqserver::router::Router;
 
 const ECHO_PHP: &str = r#"<?php
 echo 'method=', $_SERVER['REQUEST_METHOD'], "\n";
@@ -818,4 +829,217 @@ fn slow_requests_through_the_listener_name_their_pid_and_script() {
     ] {
         assert!(line.contains(&part), "{part} missing in {line}");
     }
+}
+
+// In-process: the listener driven over `tokio::io::duplex` pipes, with no
+// socket bound for it and no tqserver process; the app's pool is real
+// php-cgi.
+
+/// One app's FastCGI listener served in-process: each connection is a
+/// duplex pipe whose far end `listener::serve_stream` serves, as it serves
+/// an accepted socket.
+struct InProcess {
+    _site: Site,
+    app: Arc<App>,
+    metrics: Arc<Metrics>,
+    shared: Arc<listener::Shared>,
+    stop: CancellationToken,
+}
+
+impl InProcess {
+    async fn start() -> Self {
+        // The address is never bound: the test hands connections over itself.
+        let site = Site::new()
+            .worker(
+                "app",
+                &format!(
+                    "path: /\nphp:\n  pool:\n    manager: static\n    max_workers: 2\nfastcgi:\n  listen: 127.0.0.1:{}\n  max_connections: 77\n",
+                    free_port()
+                ),
+            )
+            .file("app", "echo.php", ECHO_PHP);
+        let config = tqserver::config::load(&site.config_path()).expect("a valid config");
+        let mut worker = config.workers[0].clone();
+        // Worker sockets in a folder of this test's own, as tqserver makes
+        // one per process.
+        let sockets = site.root().join("run");
+        pool::socket::prepare_socket_dir(&sockets).unwrap();
+        Arc::make_mut(&mut worker).pool.command.socket = pool::SocketKind::Unix { dir: sockets };
+        let router = Arc::new(ArcSwap::from_pointee(Router::default()));
+        let metrics = Metrics::new(router.clone(), BuildInfo { version: "test" });
+        let telemetry = Telemetry::new(metrics.clone(), None, None, None).unwrap();
+        let app = App::start(worker.clone(), &telemetry)
+            .await
+            .expect("the app's pool starts");
+        router.store(Arc::new(Router::new(vec![app.clone()])));
+        let shared = listener::Shared::new(
+            worker.name.clone(),
+            router,
+            telemetry,
+            worker.fastcgi.clone().expect("a fastcgi section"),
+            config.server.clone(),
+        );
+        Self {
+            _site: site,
+            app,
+            metrics,
+            shared,
+            stop: CancellationToken::new(),
+        }
+    }
+
+    fn docroot(&self) -> String {
+        self.app.config.document_root.display().to_string()
+    }
+
+    /// A new connection: the web server's end of the pipe, and the task
+    /// serving the listener's end (it ends when the connection does).
+    fn connect(&self) -> (AsyncFcgiConn<DuplexStream>, tokio::task::JoinHandle<()>) {
+        let (web_server, listener_end) = tokio::io::duplex(64 * 1024);
+        let served = tokio::spawn(listener::serve_stream(
+            listener_end,
+            self.shared.clone(),
+            self.stop.clone(),
+        ));
+        (AsyncFcgiConn::new(web_server), served)
+    }
+
+    /// The listener's open-connection gauge, from the metrics page.
+    fn open_connections(&self) -> f64 {
+        let sample = "tqserver_fastcgi_connections{worker=\"app\"}";
+        self.metrics
+            .encode(false)
+            .lines()
+            .find_map(|line| line.strip_prefix(sample)?.trim().parse().ok())
+            .expect("the FastCGI connection gauge")
+    }
+
+    async fn stop(self) {
+        self.stop.cancel();
+        self.app.pool.drain(Duration::from_secs(5)).await;
+    }
+}
+
+/// Waits for a connection's task to end, as it must once the connection is
+/// over.
+async fn ended(served: tokio::task::JoinHandle<()>) {
+    tokio::time::timeout(Duration::from_secs(10), served)
+        .await
+        .expect("the connection ended")
+        .expect("the connection task did not panic");
+}
+
+#[tokio::test]
+async fn in_process_requests_over_one_kept_connection() {
+    let listener = InProcess::start().await;
+    let docroot = listener.docroot();
+    let (mut conn, served) = listener.connect();
+    for i in 0..3 {
+        let response = conn
+            .get(&docroot, "/echo.php", &format!("i={i}"), true)
+            .await;
+        assert!(is_complete(&response), "{response:?}");
+        assert!(
+            response.text().contains(&format!("query=i={i}")),
+            "{}",
+            response.text()
+        );
+    }
+    assert_eq!(listener.open_connections(), 1.0);
+    // The web server closes its end: the listener's connection ends.
+    drop(conn);
+    ended(served).await;
+    assert_eq!(listener.open_connections(), 0.0);
+    listener.stop().await;
+}
+
+#[tokio::test]
+async fn in_process_a_malformed_record_closes_only_its_connection() {
+    let listener = InProcess::start().await;
+    let docroot = listener.docroot();
+    let (mut good, _good_served) = listener.connect();
+    let (mut bad, bad_served) = listener.connect();
+    let response = good.get(&docroot, "/echo.php", "before=1", true).await;
+    assert!(response.text().contains("query=before=1"), "{response:?}");
+    assert_eq!(listener.open_connections(), 2.0);
+    // A record header with version 2.
+    bad.send(&[2, 1, 0, 1, 0, 8, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0])
+        .await;
+    assert!(bad.closed().await, "the bad connection is closed");
+    ended(bad_served).await;
+    assert_eq!(listener.open_connections(), 1.0);
+    let response = good.get(&docroot, "/echo.php", "still=alive", true).await;
+    assert!(
+        response.text().contains("query=still=alive"),
+        "{response:?}"
+    );
+    listener.stop().await;
+}
+
+#[tokio::test]
+async fn in_process_get_values_and_a_second_request_id() {
+    let listener = InProcess::start().await;
+    let docroot = listener.docroot();
+    let (mut conn, _served) = listener.connect();
+    let mut asked = bytes::BytesMut::new();
+    for name in ["FCGI_MAX_CONNS", "FCGI_MAX_REQS", "FCGI_MPXS_CONNS"] {
+        fastcgi::params::put_pair(&mut asked, name.as_bytes(), b"");
+    }
+    let mut record = bytes::BytesMut::new();
+    put_record(&mut record, RecordType::GetValues, 0, &asked);
+    conn.send(&record).await;
+    let answer = conn.read_record().await.expect("GET_VALUES_RESULT");
+    assert_eq!(answer.record_type, RecordType::GetValuesResult);
+    let values = fastcgi::Params::parse(answer.content, fastcgi::ParamsLimits::default()).unwrap();
+    assert_eq!(values.get_str("FCGI_MAX_CONNS"), Some("77"));
+    assert_eq!(values.get_str("FCGI_MAX_REQS"), Some("77"));
+    assert_eq!(values.get_str("FCGI_MPXS_CONNS"), Some("0"));
+    // One request at a time: a second id is refused, the first answered.
+    let filename = format!("{docroot}/echo.php");
+    let mut both = begin_and_params(
+        1,
+        &cgi_params(&docroot, &filename, "/echo.php", "who=one"),
+        true,
+    );
+    both.extend_from_slice(&begin_and_params(
+        2,
+        &cgi_params(&docroot, &filename, "/echo.php", "who=two"),
+        true,
+    ));
+    both.extend_from_slice(&stdin(2, b""));
+    both.extend_from_slice(&stdin(1, b""));
+    conn.send(&both).await;
+    let refusal = conn.read_record().await.expect("END_REQUEST for id 2");
+    assert_eq!(refusal.request_id, 2);
+    assert_eq!(refusal.record_type, RecordType::EndRequest);
+    assert_eq!(refusal.content[4], ProtocolStatus::CantMpxConn.as_u8());
+    let response = conn.response(1).await;
+    assert!(is_complete(&response));
+    assert!(response.text().contains("query=who=one"), "{response:?}");
+    listener.stop().await;
+}
+
+#[tokio::test]
+async fn in_process_a_stalled_peer_is_cut_off_at_read_timeout() {
+    let listener = InProcess::start().await;
+    let (mut conn, served) = listener.connect();
+    // BEGIN_REQUEST, then half of a PARAMS record header, then nothing.
+    let mut partial = bytes::BytesMut::new();
+    fastcgi::record::put_begin_request(&mut partial, 1, fastcgi::Role::Responder, true);
+    partial.extend_from_slice(&[1, 4, 0]);
+    conn.send(&partial).await;
+    // The default read_timeout (30 s) passes on paused time: nothing but
+    // timers is awaited until the listener gives up.
+    tokio::time::pause();
+    let started = tokio::time::Instant::now();
+    assert!(conn.closed().await, "the stalled connection is closed");
+    let waited = started.elapsed();
+    tokio::time::resume();
+    let read_timeout = Duration::from_secs(30);
+    assert!(
+        waited >= read_timeout && waited < read_timeout + Duration::from_secs(1),
+        "{waited:?}"
+    );
+    ended(served).await;
+    listener.stop().await;
 }
