@@ -138,7 +138,11 @@ async fn a_killed_worker_is_replaced_at_once() {
         .await
         .unwrap();
     let victim = pool.pids()[0];
-    unsafe { libc::kill(victim as i32, libc::SIGKILL) };
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(victim as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
     wait_for("replacement", || {
         let pids = pool.pids();
         pids.len() == 3 && !pids.contains(&victim)

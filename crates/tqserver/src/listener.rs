@@ -240,6 +240,17 @@ fn client_allowed(allowed: &[IpAddr], peer: IpAddr) -> bool {
     allowed.contains(&peer)
 }
 
+/// Serves one web server connection over any byte stream, as [`serve`]
+/// does for each accepted socket (no peer address: as over a unix socket).
+/// Tests drive the listener in-process through it, over
+/// `tokio::io::duplex`.
+pub async fn serve_stream<S>(stream: S, shared: Arc<Shared>, stop: CancellationToken)
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    connection(tokio::io::split(stream), None, shared, stop).await;
+}
+
 /// Why a connection ended early.
 #[derive(Debug, thiserror::Error)]
 enum ConnectionError {

@@ -170,7 +170,7 @@ fn check_warns_about_symlinks_that_leave_the_document_root() {
 
 #[test]
 fn php_workers_may_not_run_as_root() {
-    if !nix_is_root() {
+    if !support::is_root() {
         return; // user switching (and this check) only happen as root
     }
     let site = Site::new()
@@ -187,10 +187,6 @@ fn php_workers_may_not_run_as_root() {
         stderr.contains("worker.yaml:4: php.group: `root` is gid 0"),
         "{stderr}"
     );
-}
-
-fn nix_is_root() -> bool {
-    unsafe { libc::geteuid() == 0 }
 }
 
 #[test]
@@ -270,7 +266,7 @@ fn no_worker_survives_sigkill_of_tqserver() {
 
 #[test]
 fn a_site_the_worker_user_cannot_enter_is_refused_naming_user_and_directory() {
-    if !nix_is_root() {
+    if !support::is_root() {
         eprintln!("skipped: workers change user (and this check runs) only as root");
         return;
     }

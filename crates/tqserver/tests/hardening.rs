@@ -8,6 +8,7 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
+use nix::sys::signal::Signal;
 use support::{Conn, Site, worker_yaml};
 
 const VARS: &str = r#"<?php
@@ -453,7 +454,7 @@ fn while_draining_kept_alive_clients_are_told_to_go() {
         "GET /app/file.txt HTTP/1.1\r\nHost: localhost\r\n\r\n",
     );
     assert_eq!(response.header("connection"), None);
-    server.signal(libc::SIGTERM);
+    server.signal(Signal::SIGTERM);
     assert!(server.wait_for_log("draining", Duration::from_secs(5)));
     // Still served, but the connection will not be kept.
     let response = raw(

@@ -5,6 +5,7 @@ mod support;
 
 use std::time::Duration;
 
+use nix::sys::signal::Signal;
 use support::{Site, md5, multipart, worker_yaml};
 
 const ENV_PHP: &str = r#"<?php
@@ -383,7 +384,7 @@ fn custom_headers_pass_and_proxy_does_not() {
 
 #[test]
 fn workers_run_as_www_data_when_started_as_root() {
-    if !nix_is_root() {
+    if !support::is_root() {
         return;
     }
     let server = blog_site().start();
@@ -436,10 +437,6 @@ fn worker_stderr_reaches_the_log_with_worker_and_pid() {
         .to_owned();
     assert!(line.contains("worker=blog"), "{line}");
     assert!(line.contains("pid="), "{line}");
-}
-
-fn nix_is_root() -> bool {
-    unsafe { libc::geteuid() == 0 }
 }
 
 #[test]
@@ -684,7 +681,7 @@ fn each_pool_gets_a_private_opcache_file_cache_removed_at_stop() {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let meta = std::fs::metadata(&dir).unwrap();
     assert_eq!(meta.permissions().mode() & 0o777, 0o700);
-    if unsafe { libc::geteuid() } == 0 {
+    if support::is_root() {
         // Owned by the workers' user, who write it.
         assert_ne!(meta.uid(), 0);
     }
@@ -699,7 +696,7 @@ fn each_pool_gets_a_private_opcache_file_cache_removed_at_stop() {
         server.get("/blog/env.php");
         std::thread::sleep(Duration::from_millis(200));
     }
-    server.signal(libc::SIGTERM);
+    server.signal(Signal::SIGTERM);
     assert!(server.wait_exit(Duration::from_secs(10)).is_some());
     assert!(!dir.exists(), "the file cache outlived the server");
 }

@@ -1,15 +1,27 @@
 //! The FastCGI listener as a drop-in php-fpm: a real nginx in front
 //! (keep-alive on and off), cgi-fcgi as an outside client, and raw sockets for
-//! every kind of bad input, each followed by a good request.
+//! every kind of bad input, each followed by a good request. The tests named
+//! `in_process_*` drive the listener without a socket or a tqserver process,
+//! over `tokio::io::duplex` pipes.
 
 mod support;
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use fastcgi::record::{ProtocolStatus, RecordType, put_abort_request, put_record};
-use support::fcgi::{FcgiConn, cgi_params, is_complete};
+use nix::sys::signal::Signal;
+use support::fcgi::{AsyncFcgiConn, FcgiConn, begin_and_params, cgi_params, is_complete, stdin};
 use support::nginx::Nginx;
-use support::{Server, Site, free_port, md5, multipart};
+use support::{Server, Site, free_port, md5, multipart, wait_until};
+use tokio::io::DuplexStream;
+use tokio_util::sync::CancellationToken;
+use tqserver::app::App;
+use tqserver::listener;
+use tqserver::metrics::{BuildInfo, Metrics};
+use tqserver::observe::Telemetry;
+use tqserver::router::Router;
 
 const ECHO_PHP: &str = r#"<?php
 echo 'method=', $_SERVER['REQUEST_METHOD'], "\n";
@@ -31,6 +43,7 @@ impl Fixture {
         let fastcgi_port = free_port();
         let site = Site::new()
             .server_settings(server_settings)
+            .with_admin()
             .worker(
                 "app",
                 &format!(
@@ -151,16 +164,68 @@ fn exercise_nginx(nginx: &Nginx) {
     assert!(info.text().trim_end().ends_with("</html>"));
 }
 
+/// Every TCP connection to `port` that the kernel still knows of, open or
+/// recently closed (TIME_WAIT lasts a minute), named by the port of its
+/// other end. Both ends of a loopback connection are listed; either names
+/// the connection by the same ephemeral port. Counts what the listener
+/// accepted without asking tqserver.
+fn connections_to(port: u16) -> std::collections::BTreeSet<u16> {
+    const LISTEN: &str = "0A";
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
+    let port_of = |address: &str| {
+        let (_, hex) = address.rsplit_once(':')?;
+        u16::from_str_radix(hex, 16).ok()
+    };
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (local, remote) = (port_of(fields.get(1)?)?, port_of(fields.get(2)?)?);
+            match *fields.get(3)? {
+                LISTEN => None,
+                _ if local == port => Some(remote),
+                _ if remote == port => Some(local),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+/// The FastCGI connections tqserver holds open right now (its gauge).
+fn open_fastcgi_connections(fixture: &Fixture) -> f64 {
+    fixture
+        .server
+        .metric("tqserver_fastcgi_connections{worker=\"app\"}")
+        .expect("the FastCGI connection gauge")
+}
+
+/// Runs 20 requests through nginx one after another; returns how many
+/// FastCGI connections they opened.
+fn connections_for_20_requests(fixture: &Fixture, nginx: &Nginx) -> usize {
+    let before = connections_to(fixture.fastcgi_port);
+    for _ in 0..20 {
+        assert_eq!(nginx.get("/echo.php").status, 200);
+    }
+    connections_to(fixture.fastcgi_port)
+        .difference(&before)
+        .count()
+}
+
 #[test]
 fn behind_nginx_with_keep_alive() {
     let fixture = Fixture::start("", "");
     let nginx = fixture.nginx(true);
     exercise_nginx(&nginx);
-    // The upstream connections were reused: far fewer FastCGI connections
-    // than requests. (Counted by the listener's accepted requests.)
-    for _ in 0..20 {
-        assert_eq!(nginx.get("/echo.php").status, 200);
-    }
+    // The upstream connections were reused: 20 requests in a row travel
+    // over the connection nginx already has.
+    let opened = connections_for_20_requests(&fixture, &nginx);
+    assert!(
+        opened <= 1,
+        "20 requests opened {opened} FastCGI connections"
+    );
+    // tqserver holds the kept-alive connection open between requests.
+    assert!(open_fastcgi_connections(&fixture) >= 1.0);
 }
 
 #[test]
@@ -168,6 +233,17 @@ fn behind_nginx_without_keep_alive() {
     let fixture = Fixture::start("", "");
     let nginx = fixture.nginx(false);
     exercise_nginx(&nginx);
+    // The control for the test above: here each request has a connection
+    // of its own, counted the same way, and none stays open. (At least 15:
+    // the kernel may reuse a loopback port still in TIME_WAIT.)
+    let opened = connections_for_20_requests(&fixture, &nginx);
+    assert!(
+        opened >= 15,
+        "20 requests opened {opened} FastCGI connections"
+    );
+    wait_until("no open FastCGI connection", Duration::from_secs(5), || {
+        open_fastcgi_connections(&fixture) == 0.0
+    });
 }
 
 #[test]
@@ -199,6 +275,18 @@ fn two_hundred_concurrent_requests_through_nginx() {
     }
 }
 
+/// The pid sleep.php wrote to `marker` once it runs (it then sleeps).
+fn script_pid(marker: &std::path::Path) -> u32 {
+    let mut pid = None;
+    wait_until("the script to start", Duration::from_secs(5), || {
+        pid = std::fs::read_to_string(marker)
+            .ok()
+            .and_then(|text| text.trim().parse().ok());
+        pid.is_some()
+    });
+    pid.unwrap()
+}
+
 #[test]
 fn a_worker_killed_mid_request_is_a_clean_502_at_nginx() {
     let fixture = Fixture::start("", "");
@@ -216,17 +304,8 @@ fn a_worker_killed_mid_request_is_a_clean_502_at_nginx() {
         );
         conn.read_response(false).status
     });
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let pid: i32 = loop {
-        if let Ok(text) = std::fs::read_to_string(&marker)
-            && let Ok(pid) = text.trim().parse()
-        {
-            break pid;
-        }
-        assert!(Instant::now() < deadline, "the script never started");
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let pid = script_pid(&marker);
+    support::kill(pid, Signal::SIGKILL);
     assert_eq!(client.join().unwrap(), 502);
     assert!(
         started.elapsed() < Duration::from_secs(3),
@@ -436,12 +515,21 @@ fn abort_request_ends_the_request_and_frees_the_worker() {
     let fixture = Fixture::start("", "");
     let docroot = fixture.docroot();
     let filename = format!("{docroot}/sleep.php");
+    let tag = format!("abort{}", std::process::id());
+    let marker = std::path::PathBuf::from(format!("/tmp/tq-sleep-{tag}"));
+    let _ = std::fs::remove_file(&marker);
     let mut conn = FcgiConn::tcp(fixture.fastcgi_port);
     conn.request_start(
         1,
-        &cgi_params(&docroot, &filename, "/sleep.php", "ms=1500&tag=abort"),
+        &cgi_params(
+            &docroot,
+            &filename,
+            "/sleep.php",
+            &format!("ms=1500&tag={tag}"),
+        ),
     );
-    std::thread::sleep(Duration::from_millis(300));
+    // The script runs (and sleeps) before the web server gives up on it.
+    script_pid(&marker);
     let started = Instant::now();
     let mut buf = bytes::BytesMut::new();
     put_abort_request(&mut buf, 1);
@@ -454,25 +542,18 @@ fn abort_request_ends_the_request_and_frees_the_worker() {
         started.elapsed()
     );
     // The worker goes back to the pool when PHP finishes: busy drops to 0.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let status = FcgiConn::tcp(fixture.fastcgi_port).request(
-            1,
-            &cgi_params(&docroot, &format!("{docroot}/x.php"), "/fpm-status", "json"),
-            b"",
-            false,
-        );
-        if status.text().contains("\"active processes\":0") {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "worker never freed: {}",
-            status.text()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let _ = std::fs::remove_file("/tmp/tq-sleep-abort");
+    wait_until("the worker to be freed", Duration::from_secs(5), || {
+        FcgiConn::tcp(fixture.fastcgi_port)
+            .request(
+                1,
+                &cgi_params(&docroot, &format!("{docroot}/x.php"), "/fpm-status", "json"),
+                b"",
+                false,
+            )
+            .text()
+            .contains("\"active processes\":0")
+    });
+    let _ = std::fs::remove_file(&marker);
 }
 
 fn good_request_still_works(fixture: &Fixture) {
@@ -580,11 +661,7 @@ fn unix_socket_listener_gets_owner_and_mode() {
     std::fs::create_dir_all(site.root().join("workers/app/run")).unwrap();
     let server = site.start();
     let socket = server.site.root().join("workers/app/run/php.sock");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !socket.exists() {
-        assert!(Instant::now() < deadline, "socket not created");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until("the socket", Duration::from_secs(5), || socket.exists());
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let meta = std::fs::metadata(&socket).unwrap();
     assert_eq!(meta.permissions().mode() & 0o777, 0o600);
@@ -666,7 +743,7 @@ fn graceful_stop_closes_idle_kept_alive_connections_at_once() {
     assert!(response.text().contains("query=kept=1"));
     // The web server keeps the connection open; tqserver is told to stop.
     let started = Instant::now();
-    fixture.server.signal(libc::SIGTERM);
+    fixture.server.signal(Signal::SIGTERM);
     assert!(conn.closed(), "idle connection closed by the stop");
     let status = fixture.server.wait_exit(Duration::from_secs(10));
     assert!(status.is_some(), "tqserver still running");
@@ -752,4 +829,217 @@ fn slow_requests_through_the_listener_name_their_pid_and_script() {
     ] {
         assert!(line.contains(&part), "{part} missing in {line}");
     }
+}
+
+// In-process: the listener driven over `tokio::io::duplex` pipes, with no
+// socket bound for it and no tqserver process; the app's pool is real
+// php-cgi.
+
+/// One app's FastCGI listener served in-process: each connection is a
+/// duplex pipe whose far end `listener::serve_stream` serves, as it serves
+/// an accepted socket.
+struct InProcess {
+    _site: Site,
+    app: Arc<App>,
+    metrics: Arc<Metrics>,
+    shared: Arc<listener::Shared>,
+    stop: CancellationToken,
+}
+
+impl InProcess {
+    async fn start() -> Self {
+        // The address is never bound: the test hands connections over itself.
+        let site = Site::new()
+            .worker(
+                "app",
+                &format!(
+                    "path: /\nphp:\n  pool:\n    manager: static\n    max_workers: 2\nfastcgi:\n  listen: 127.0.0.1:{}\n  max_connections: 77\n",
+                    free_port()
+                ),
+            )
+            .file("app", "echo.php", ECHO_PHP);
+        let config = tqserver::config::load(&site.config_path()).expect("a valid config");
+        let mut worker = config.workers[0].clone();
+        // Worker sockets in a folder of this test's own, as tqserver makes
+        // one per process.
+        let sockets = site.root().join("run");
+        pool::socket::prepare_socket_dir(&sockets).unwrap();
+        Arc::make_mut(&mut worker).pool.command.socket = pool::SocketKind::Unix { dir: sockets };
+        let router = Arc::new(ArcSwap::from_pointee(Router::default()));
+        let metrics = Metrics::new(router.clone(), BuildInfo { version: "test" });
+        let telemetry = Telemetry::new(metrics.clone(), None, None, None).unwrap();
+        let app = App::start(worker.clone(), &telemetry)
+            .await
+            .expect("the app's pool starts");
+        router.store(Arc::new(Router::new(vec![app.clone()])));
+        let shared = listener::Shared::new(
+            worker.name.clone(),
+            router,
+            telemetry,
+            worker.fastcgi.clone().expect("a fastcgi section"),
+            config.server.clone(),
+        );
+        Self {
+            _site: site,
+            app,
+            metrics,
+            shared,
+            stop: CancellationToken::new(),
+        }
+    }
+
+    fn docroot(&self) -> String {
+        self.app.config.document_root.display().to_string()
+    }
+
+    /// A new connection: the web server's end of the pipe, and the task
+    /// serving the listener's end (it ends when the connection does).
+    fn connect(&self) -> (AsyncFcgiConn<DuplexStream>, tokio::task::JoinHandle<()>) {
+        let (web_server, listener_end) = tokio::io::duplex(64 * 1024);
+        let served = tokio::spawn(listener::serve_stream(
+            listener_end,
+            self.shared.clone(),
+            self.stop.clone(),
+        ));
+        (AsyncFcgiConn::new(web_server), served)
+    }
+
+    /// The listener's open-connection gauge, from the metrics page.
+    fn open_connections(&self) -> f64 {
+        let sample = "tqserver_fastcgi_connections{worker=\"app\"}";
+        self.metrics
+            .encode(false)
+            .lines()
+            .find_map(|line| line.strip_prefix(sample)?.trim().parse().ok())
+            .expect("the FastCGI connection gauge")
+    }
+
+    async fn stop(self) {
+        self.stop.cancel();
+        self.app.pool.drain(Duration::from_secs(5)).await;
+    }
+}
+
+/// Waits for a connection's task to end, as it must once the connection is
+/// over.
+async fn ended(served: tokio::task::JoinHandle<()>) {
+    tokio::time::timeout(Duration::from_secs(10), served)
+        .await
+        .expect("the connection ended")
+        .expect("the connection task did not panic");
+}
+
+#[tokio::test]
+async fn in_process_requests_over_one_kept_connection() {
+    let listener = InProcess::start().await;
+    let docroot = listener.docroot();
+    let (mut conn, served) = listener.connect();
+    for i in 0..3 {
+        let response = conn
+            .get(&docroot, "/echo.php", &format!("i={i}"), true)
+            .await;
+        assert!(is_complete(&response), "{response:?}");
+        assert!(
+            response.text().contains(&format!("query=i={i}")),
+            "{}",
+            response.text()
+        );
+    }
+    assert_eq!(listener.open_connections(), 1.0);
+    // The web server closes its end: the listener's connection ends.
+    drop(conn);
+    ended(served).await;
+    assert_eq!(listener.open_connections(), 0.0);
+    listener.stop().await;
+}
+
+#[tokio::test]
+async fn in_process_a_malformed_record_closes_only_its_connection() {
+    let listener = InProcess::start().await;
+    let docroot = listener.docroot();
+    let (mut good, _good_served) = listener.connect();
+    let (mut bad, bad_served) = listener.connect();
+    let response = good.get(&docroot, "/echo.php", "before=1", true).await;
+    assert!(response.text().contains("query=before=1"), "{response:?}");
+    assert_eq!(listener.open_connections(), 2.0);
+    // A record header with version 2.
+    bad.send(&[2, 1, 0, 1, 0, 8, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0])
+        .await;
+    assert!(bad.closed().await, "the bad connection is closed");
+    ended(bad_served).await;
+    assert_eq!(listener.open_connections(), 1.0);
+    let response = good.get(&docroot, "/echo.php", "still=alive", true).await;
+    assert!(
+        response.text().contains("query=still=alive"),
+        "{response:?}"
+    );
+    listener.stop().await;
+}
+
+#[tokio::test]
+async fn in_process_get_values_and_a_second_request_id() {
+    let listener = InProcess::start().await;
+    let docroot = listener.docroot();
+    let (mut conn, _served) = listener.connect();
+    let mut asked = bytes::BytesMut::new();
+    for name in ["FCGI_MAX_CONNS", "FCGI_MAX_REQS", "FCGI_MPXS_CONNS"] {
+        fastcgi::params::put_pair(&mut asked, name.as_bytes(), b"");
+    }
+    let mut record = bytes::BytesMut::new();
+    put_record(&mut record, RecordType::GetValues, 0, &asked);
+    conn.send(&record).await;
+    let answer = conn.read_record().await.expect("GET_VALUES_RESULT");
+    assert_eq!(answer.record_type, RecordType::GetValuesResult);
+    let values = fastcgi::Params::parse(answer.content, fastcgi::ParamsLimits::default()).unwrap();
+    assert_eq!(values.get_str("FCGI_MAX_CONNS"), Some("77"));
+    assert_eq!(values.get_str("FCGI_MAX_REQS"), Some("77"));
+    assert_eq!(values.get_str("FCGI_MPXS_CONNS"), Some("0"));
+    // One request at a time: a second id is refused, the first answered.
+    let filename = format!("{docroot}/echo.php");
+    let mut both = begin_and_params(
+        1,
+        &cgi_params(&docroot, &filename, "/echo.php", "who=one"),
+        true,
+    );
+    both.extend_from_slice(&begin_and_params(
+        2,
+        &cgi_params(&docroot, &filename, "/echo.php", "who=two"),
+        true,
+    ));
+    both.extend_from_slice(&stdin(2, b""));
+    both.extend_from_slice(&stdin(1, b""));
+    conn.send(&both).await;
+    let refusal = conn.read_record().await.expect("END_REQUEST for id 2");
+    assert_eq!(refusal.request_id, 2);
+    assert_eq!(refusal.record_type, RecordType::EndRequest);
+    assert_eq!(refusal.content[4], ProtocolStatus::CantMpxConn.as_u8());
+    let response = conn.response(1).await;
+    assert!(is_complete(&response));
+    assert!(response.text().contains("query=who=one"), "{response:?}");
+    listener.stop().await;
+}
+
+#[tokio::test]
+async fn in_process_a_stalled_peer_is_cut_off_at_read_timeout() {
+    let listener = InProcess::start().await;
+    let (mut conn, served) = listener.connect();
+    // BEGIN_REQUEST, then half of a PARAMS record header, then nothing.
+    let mut partial = bytes::BytesMut::new();
+    fastcgi::record::put_begin_request(&mut partial, 1, fastcgi::Role::Responder, true);
+    partial.extend_from_slice(&[1, 4, 0]);
+    conn.send(&partial).await;
+    // The default read_timeout (30 s) passes on paused time: nothing but
+    // timers is awaited until the listener gives up.
+    tokio::time::pause();
+    let started = tokio::time::Instant::now();
+    assert!(conn.closed().await, "the stalled connection is closed");
+    let waited = started.elapsed();
+    tokio::time::resume();
+    let read_timeout = Duration::from_secs(30);
+    assert!(
+        waited >= read_timeout && waited < read_timeout + Duration::from_secs(1),
+        "{waited:?}"
+    );
+    ended(served).await;
+    listener.stop().await;
 }

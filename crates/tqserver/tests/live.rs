@@ -9,7 +9,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use support::{BIN, Conn, Server, Site, all_php_cgi, wait_gone};
+use nix::sys::signal::Signal;
+use support::{BIN, Conn, Server, Site, all_php_cgi, wait_gone, wait_until};
 
 const SETTINGS_PHP: &str =
     "<?php echo 'memory_limit=', ini_get('memory_limit'), \"\\npid=\", getmypid(), \"\\n\";";
@@ -38,18 +39,6 @@ fn memory_limit(server: &Server) -> Option<String> {
         .vars()
         .get("memory_limit")
         .cloned()
-}
-
-fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) -> Duration {
-    let started = Instant::now();
-    while !check() {
-        assert!(
-            started.elapsed() < timeout,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    started.elapsed()
 }
 
 #[test]
@@ -113,7 +102,7 @@ fn reload_under_load_fails_no_request() {
             write_by_rename(&worker_file, &worker_yaml(generation));
         }
         let expected = format!("{}M", 100 + generation);
-        wait_for(
+        wait_until(
             &format!("generation {generation}"),
             Duration::from_secs(15),
             || memory_limit(&server).as_deref() == Some(expected.as_str()),
@@ -141,7 +130,7 @@ fn reload_under_load_fails_no_request() {
     assert!(ok > 1000, "only {ok} requests in 20 s");
     assert_eq!(server.metric("tqserver_config_reloads_total"), Some(10.0));
     // Old pools drained and stopped: only the current pool's workers remain.
-    wait_for("old pools stopped", Duration::from_secs(15), || {
+    wait_until("old pools stopped", Duration::from_secs(15), || {
         let workers = server.worker_pids().len();
         (2..=8).contains(&workers)
             && server
@@ -221,7 +210,7 @@ fn adding_and_removing_a_worker_folder_needs_no_restart() {
         "path: /shop\nphp:\n  pool:\n    manager: static\n    max_workers: 1\n",
     )
     .unwrap();
-    wait_for("the new route", Duration::from_secs(10), || {
+    wait_until("the new route", Duration::from_secs(10), || {
         server.get("/shop/item.php").text() == "shop item"
     });
 
@@ -235,14 +224,14 @@ fn adding_and_removing_a_worker_folder_needs_no_restart() {
     });
     std::thread::sleep(Duration::from_millis(300));
     std::fs::remove_dir_all(root.join("workers/shop")).unwrap();
-    wait_for("the route to go", Duration::from_secs(10), || {
+    wait_until("the route to go", Duration::from_secs(10), || {
         server.get("/shop/").text() == "main front"
     });
     assert_eq!(server.get("/shop/item.php").status, 404);
     assert_eq!(in_flight.join().unwrap(), (200, "shop item".to_owned()));
     // The main app never noticed.
     assert_eq!(server.get("/").text(), "main front");
-    wait_for(
+    wait_until(
         "the shop's workers to stop",
         Duration::from_secs(10),
         || server.worker_pids().len() == 1,
@@ -269,7 +258,7 @@ fn a_broken_worker_yaml_leaves_the_old_config_serving() {
             .metric("tqserver_config_reload_failures_total")
             .unwrap_or(0.0);
         std::fs::write(&worker_file, broken).unwrap();
-        wait_for("the refused reload", Duration::from_secs(10), || {
+        wait_until("the refused reload", Duration::from_secs(10), || {
             server
                 .metric("tqserver_config_reload_failures_total")
                 .unwrap_or(0.0)
@@ -288,7 +277,7 @@ fn a_broken_worker_yaml_leaves_the_old_config_serving() {
     }
     // Fixed: applied.
     std::fs::write(&worker_file, worker_yaml(5)).unwrap();
-    wait_for("the fix", Duration::from_secs(10), || {
+    wait_until("the fix", Duration::from_secs(10), || {
         memory_limit(&server).as_deref() == Some("105M")
     });
 }
@@ -316,7 +305,7 @@ fn sigterm_lets_in_flight_requests_finish_then_exits_0() {
         .collect();
     std::thread::sleep(Duration::from_millis(500));
     let signalled = Instant::now();
-    server.signal(libc::SIGTERM);
+    server.signal(Signal::SIGTERM);
     // New connections are refused while the old ones finish.
     std::thread::sleep(Duration::from_millis(200));
     assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
@@ -362,7 +351,7 @@ fn an_idle_server_exits_at_once_after_sigterm_whatever_its_clients_hold() {
     std::thread::sleep(Duration::from_millis(100));
 
     let signalled = Instant::now();
-    server.signal(libc::SIGTERM);
+    server.signal(Signal::SIGTERM);
     let mut stopped_at = None;
     let exited_at = loop {
         if stopped_at.is_none() && server.log().contains("INFO stopped") {
@@ -411,10 +400,10 @@ fn a_second_sigint_stops_at_once() {
         let _ = conn.stream().read_to_end(&mut sink);
     });
     std::thread::sleep(Duration::from_millis(300));
-    server.signal(libc::SIGINT);
+    server.signal(Signal::SIGINT);
     std::thread::sleep(Duration::from_millis(300));
     let started = Instant::now();
-    server.signal(libc::SIGINT);
+    server.signal(Signal::SIGINT);
     assert!(
         server.wait_exit(Duration::from_secs(5)).is_some(),
         "second SIGINT did not stop tqserver"
@@ -439,20 +428,20 @@ fn sigusr1_reopens_log_files() {
     ));
     let server = site.start();
     server.get("/ok.php?before");
-    wait_for("first access line", Duration::from_secs(3), || {
+    wait_until("first access line", Duration::from_secs(3), || {
         std::fs::read_to_string(logs.join("access.log")).is_ok_and(|t| t.contains("before"))
     });
     // logrotate moves the files away...
     std::fs::rename(logs.join("tqserver.log"), logs.join("tqserver.log.1")).unwrap();
     std::fs::rename(logs.join("access.log"), logs.join("access.log.1")).unwrap();
     // ...and signals.
-    server.signal(libc::SIGUSR1);
-    wait_for("a fresh server log", Duration::from_secs(3), || {
+    server.signal(Signal::SIGUSR1);
+    wait_until("a fresh server log", Duration::from_secs(3), || {
         std::fs::read_to_string(logs.join("tqserver.log"))
             .is_ok_and(|t| t.contains("log files reopened"))
     });
     server.get("/ok.php?after");
-    wait_for("a fresh access log", Duration::from_secs(3), || {
+    wait_until("a fresh access log", Duration::from_secs(3), || {
         std::fs::read_to_string(logs.join("access.log")).is_ok_and(|t| t.contains("after"))
     });
     let old_access = std::fs::read_to_string(logs.join("access.log.1")).unwrap();
@@ -484,7 +473,7 @@ fn tqserver_reload_applies_or_reports_errors() {
         String::from_utf8_lossy(&output.stderr)
     );
     assert!(String::from_utf8_lossy(&output.stdout).contains("reloaded"));
-    wait_for("new settings", Duration::from_secs(5), || {
+    wait_until("new settings", Duration::from_secs(5), || {
         memory_limit(&server).as_deref() == Some("107M")
     });
     std::fs::write(
@@ -558,7 +547,7 @@ fn moving_the_fastcgi_listener_binds_the_new_address_before_letting_go() {
         String::from_utf8_lossy(&output.stderr)
     );
     assert_eq!(ask(second), "served");
-    wait_for("the old listener to close", Duration::from_secs(5), || {
+    wait_until("the old listener to close", Duration::from_secs(5), || {
         std::net::TcpStream::connect(("127.0.0.1", first)).is_err()
     });
 }
@@ -573,8 +562,8 @@ fn sighup_reloads() {
     let before = server
         .metric("tqserver_config_reloads_total")
         .unwrap_or(0.0);
-    server.signal(libc::SIGHUP);
-    wait_for("the reload", Duration::from_secs(5), || {
+    server.signal(Signal::SIGHUP);
+    wait_until("the reload", Duration::from_secs(5), || {
         server
             .metric("tqserver_config_reloads_total")
             .unwrap_or(0.0)
@@ -621,7 +610,7 @@ fn systemd_notifications_and_watchdog() {
     assert!(receive_until("READY=1", &mut messages), "{messages:?}");
     // Watchdog pings every 200 ms.
     assert!(receive_until("WATCHDOG=1", &mut messages), "{messages:?}");
-    server.signal(libc::SIGHUP);
+    server.signal(Signal::SIGHUP);
     assert!(
         receive_until("RELOADING=1", &mut messages),
         "{messages:?}\n{}",
@@ -632,7 +621,7 @@ fn systemd_notifications_and_watchdog() {
         "{messages:?}"
     );
     assert!(receive_until("READY=1", &mut messages), "{messages:?}");
-    server.signal(libc::SIGTERM);
+    server.signal(Signal::SIGTERM);
     assert!(receive_until("STOPPING=1", &mut messages), "{messages:?}");
     assert!(
         server

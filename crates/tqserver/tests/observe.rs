@@ -8,6 +8,7 @@ mod support;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use nix::sys::signal::Signal;
 use support::{BIN, Conn, Server, Site};
 
 fn site(pool: &str) -> Site {
@@ -471,7 +472,7 @@ fn health_and_readiness() {
     // Draining: a request keeps the server in its stop phase.
     let slow = background_get(&server, "/sleep.php?ms=1500");
     std::thread::sleep(Duration::from_millis(200));
-    server.signal(libc::SIGTERM);
+    server.signal(Signal::SIGTERM);
     std::thread::sleep(Duration::from_millis(300));
     let draining = server.admin("/readyz");
     assert_eq!(draining.status, 503);

@@ -7,7 +7,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use support::{Conn, Server, Site};
+use nix::sys::signal::Signal;
+use support::{Conn, Server, Site, wait_until};
 
 const PID_PHP: &str = "<?php echo getmypid();";
 const SLEEP_PHP: &str =
@@ -48,18 +49,6 @@ fn concurrent(server: &Server, path: &str, count: usize) -> Vec<(u16, String)> {
         })
         .collect();
     handles.into_iter().map(|h| h.join().unwrap()).collect()
-}
-
-fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) -> Duration {
-    let started = Instant::now();
-    while !check() {
-        assert!(
-            started.elapsed() < timeout,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    started.elapsed()
 }
 
 /// Samples the number of workers every 5 ms until stopped; returns the max.
@@ -143,7 +132,7 @@ fn static_pool_replaces_a_killed_worker_and_only_its_request_fails() {
         conn.read_response(false).status
     });
     let busy = wait_for_busy_worker(&server);
-    unsafe { libc::kill(busy as i32, libc::SIGKILL) };
+    support::kill(busy, Signal::SIGKILL);
     let took = wait_until("replacement", Duration::from_secs(5), || {
         let now = server.worker_pids();
         now.len() == 4 && !now.contains(&busy)
@@ -164,19 +153,20 @@ fn static_pool_replaces_a_killed_worker_and_only_its_request_fails() {
     );
 }
 
-/// The pid of a php-cgi worker that is running a request (in state R or S
-/// inside usleep), found as the one whose CPU time is not changing... simpler:
-/// ask PHP. The sleeping request reports nothing until done, so instead pick
-/// the worker by elimination: idle workers answer quick requests at once.
+/// The pid of the one php-cgi worker that is running a (sleeping) request,
+/// found by elimination: idle workers answer quick requests at once. Asked
+/// again until the sleeping request has reached its worker.
 fn wait_for_busy_worker(server: &Server) -> u32 {
-    std::thread::sleep(Duration::from_millis(200));
-    let all = server.worker_pids();
-    let mut idle = std::collections::BTreeSet::new();
-    for (_, body) in concurrent(server, "/pid.php", 12) {
-        idle.insert(body.parse::<u32>().unwrap());
-    }
-    let busy: Vec<_> = all.into_iter().filter(|pid| !idle.contains(pid)).collect();
-    assert_eq!(busy.len(), 1, "exactly one worker is busy: {busy:?}");
+    let mut busy = Vec::new();
+    wait_until("one busy worker", Duration::from_secs(5), || {
+        let all = server.worker_pids();
+        let mut idle = std::collections::BTreeSet::new();
+        for (_, body) in concurrent(server, "/pid.php", 12) {
+            idle.insert(body.parse::<u32>().unwrap());
+        }
+        busy = all.into_iter().filter(|pid| !idle.contains(pid)).collect();
+        busy.len() == 1
+    });
     busy[0]
 }
 
@@ -367,7 +357,7 @@ fn an_idle_worker_that_died_costs_no_request() {
         let last = server.get("/pid.php").text();
         let victim: u32 = last.parse().unwrap();
         assert!(pids.contains(&victim));
-        unsafe { libc::kill(victim as i32, libc::SIGKILL) };
+        support::kill(victim, Signal::SIGKILL);
         // Dead (a zombie until tqserver reaps it), as after a crash while idle.
         wait_until("victim dead", Duration::from_secs(2), || {
             !support::is_alive(victim)
@@ -414,7 +404,7 @@ fn a_crash_loop_backs_off_instead_of_spinning() {
     let count_starts = || std::fs::read_to_string(&starts).unwrap().lines().count();
     let before = count_starts();
     for pid in server.worker_pids() {
-        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        support::kill(pid, Signal::SIGKILL);
     }
     std::thread::sleep(Duration::from_secs(3));
     let attempts = count_starts() - before;
@@ -489,7 +479,7 @@ fn healthy_workers_killed_from_outside_are_replaced_at_once() {
     for kill in 0..10 {
         // A worker that just completed a request: it has served.
         let victim: u32 = server.get("/pid.php").text().parse().unwrap();
-        unsafe { libc::kill(victim as i32, libc::SIGKILL) };
+        support::kill(victim, Signal::SIGKILL);
         let took = wait_until("replacement", Duration::from_secs(20), || {
             let now = server.worker_pids();
             now.len() == 4 && !now.contains(&victim)

@@ -22,7 +22,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use support::{Site, worker_yaml};
+use nix::sys::signal::Signal;
+use support::{Site, holds_within, worker_yaml};
 
 // ---------------------------------------------------------------------------
 // Readiness on one node.
@@ -35,20 +36,6 @@ fn server_yaml(site: &Site, server: &str, admin: &str) -> String {
         site.port,
         site.admin_port.expect("with_admin"),
     )
-}
-
-/// Polls `check` every 20 ms until it holds or `timeout` passes.
-fn wait_until(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if check() {
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// One GET on a new connection; the status, or the error that stopped it.
@@ -73,7 +60,7 @@ fn readyz_fails_while_a_queue_is_above_ready_max_queue() {
     );
     let server = site.start();
     assert!(
-        wait_until(Duration::from_secs(10), || server.admin("/readyz").status
+        holds_within(Duration::from_secs(10), || server.admin("/readyz").status
             == 200),
         "{}",
         server.admin("/readyz").text()
@@ -94,7 +81,7 @@ fn readyz_fails_while_a_queue_is_above_ready_max_queue() {
 
     // The app that turned the limit off: two waiting requests, still ready.
     let lax = slow("/lax");
-    assert!(wait_until(Duration::from_secs(5), || queue_len("lax") == 2));
+    assert!(holds_within(Duration::from_secs(5), || queue_len("lax") == 2));
     let ready = server.admin("/readyz");
     assert_eq!(ready.status, 200, "{}", ready.text());
     for request in lax {
@@ -104,7 +91,7 @@ fn readyz_fails_while_a_queue_is_above_ready_max_queue() {
     // The server's limit of 1: two waiting requests make the node unready,
     // and it is ready again once they are served.
     let strict = slow("/strict");
-    assert!(wait_until(Duration::from_secs(5), || queue_len("strict") == 2));
+    assert!(holds_within(Duration::from_secs(5), || queue_len("strict") == 2));
     let unready = server.admin("/readyz");
     assert_eq!(unready.status, 503);
     assert!(
@@ -132,7 +119,7 @@ fn on_sigterm_readyz_fails_first_while_the_port_still_serves_for_drain_delay() {
         server_yaml(&site, "  drain_delay: 2s\n", ""),
     );
     let mut server = site.start();
-    assert!(wait_until(Duration::from_secs(10), || server
+    assert!(holds_within(Duration::from_secs(10), || server
         .admin("/readyz")
         .status
         == 200));
@@ -140,10 +127,10 @@ fn on_sigterm_readyz_fails_first_while_the_port_still_serves_for_drain_delay() {
     let admin: SocketAddr = ([127, 0, 0, 1], server.site.admin_port.unwrap()).into();
 
     let signalled = Instant::now();
-    server.signal(libc::SIGTERM);
+    server.signal(Signal::SIGTERM);
     // At once (the signal only takes a moment to be handled).
     assert!(
-        wait_until(Duration::from_secs(1), || server.admin("/readyz").status
+        holds_within(Duration::from_secs(1), || server.admin("/readyz").status
             == 503),
         "{}",
         server.log()
@@ -204,17 +191,17 @@ fn a_second_sigint_ends_the_drain_at_once() {
         server_yaml(&site, "  drain_delay: 30s\n", ""),
     );
     let mut server = site.start();
-    assert!(wait_until(Duration::from_secs(10), || server
+    assert!(holds_within(Duration::from_secs(10), || server
         .admin("/readyz")
         .status
         == 200));
-    server.signal(libc::SIGINT);
-    assert!(wait_until(Duration::from_secs(2), || server
+    server.signal(Signal::SIGINT);
+    assert!(holds_within(Duration::from_secs(2), || server
         .admin("/readyz")
         .status
         == 503));
     let second = Instant::now();
-    server.signal(libc::SIGINT);
+    server.signal(Signal::SIGINT);
     let status = server.wait_exit(Duration::from_secs(5));
     assert!(status.is_some(), "still running:\n{}", server.log());
     assert!(second.elapsed() < Duration::from_secs(3));
@@ -442,7 +429,7 @@ impl Node {
     fn wait_ready(&self, lb: &netns::Netns) {
         let admin = self.admin();
         let ready = lb.run(move || {
-            wait_until(Duration::from_secs(20), || {
+            holds_within(Duration::from_secs(20), || {
                 http_get(admin, "/readyz", None).is_ok_and(|r| r.status == 200)
             })
         });
@@ -454,7 +441,7 @@ impl Node {
         );
     }
 
-    fn signal(&self, signal: i32) {
+    fn signal(&self, signal: Signal) {
         self.process.as_ref().expect("node running").signal(signal);
     }
 
@@ -579,7 +566,7 @@ fn haproxy_server_status(stats_socket: &Path, server: &str) -> Option<String> {
 
 fn wait_haproxy_status(stats: &Path, server: &str, wanted: &str, timeout: Duration) {
     let mut last = None;
-    let reached = wait_until(timeout, || {
+    let reached = holds_within(timeout, || {
         last = haproxy_server_status(stats, server);
         last.as_deref() == Some(wanted)
     });
@@ -660,7 +647,7 @@ fn two_nodes_behind_haproxy() {
     let redis_addr: SocketAddr = format!("{LB_IP}:{REDIS_PORT}").parse().unwrap();
     assert!(
         lb.run(
-            move || wait_until(Duration::from_secs(10), || TcpStream::connect(redis_addr)
+            move || holds_within(Duration::from_secs(10), || TcpStream::connect(redis_addr)
                 .is_ok())
         ),
         "redis-server did not start:\n{}",
@@ -735,7 +722,7 @@ fn two_nodes_behind_haproxy() {
         node.set_revision(2);
         let http = node.http();
         let reloaded = lb.run(move || {
-            wait_until(Duration::from_secs(15), || {
+            holds_within(Duration::from_secs(15), || {
                 http_get(http, "/work.php", None).is_ok_and(|r| r.var("rev") == Some("2"))
             })
         });
@@ -761,15 +748,15 @@ fn two_nodes_behind_haproxy() {
     // succeeded (HAProxy retries refused connections on the other node).
     let clients = 2;
     let load = Load::start(&lb, clients);
-    assert!(wait_until(Duration::from_secs(5), || load.snapshot().0 >= 20));
+    assert!(holds_within(Duration::from_secs(5), || load.snapshot().0 >= 20));
     let killed_at = load.started.elapsed();
-    nodes[0].signal(libc::SIGKILL);
+    nodes[0].signal(Signal::SIGKILL);
     assert!(nodes[0].wait_exit(Duration::from_secs(5)).is_some());
     let dead_at = load.started.elapsed();
     let (ok_at_kill, _) = load.snapshot();
     // Long enough for HAProxy to notice and for plenty of requests after.
     wait_haproxy_status(&stats, "n1", "DOWN", Duration::from_secs(5));
-    assert!(wait_until(Duration::from_secs(5), || load.snapshot().0
+    assert!(holds_within(Duration::from_secs(5), || load.snapshot().0
         >= ok_at_kill + 50));
     let report = load.finish();
     eprintln!("kill -9 at {killed_at:?}, exit seen at {dead_at:?}: {report:?}");
@@ -798,7 +785,7 @@ fn two_nodes_behind_haproxy() {
     // (c) SIGTERM of a node under load fails no request: /readyz fails
     // first, HAProxy takes the node out, and only then does its port close.
     let load = Load::start(&lb, clients);
-    assert!(wait_until(Duration::from_secs(5), || load.snapshot().0 >= 20));
+    assert!(holds_within(Duration::from_secs(5), || load.snapshot().0 >= 20));
     let http = nodes[1].http();
     let watching = Arc::new(AtomicBool::new(true));
     // Watches, from the balancer's side, when HAProxy says DOWN and when the
@@ -824,11 +811,11 @@ fn two_nodes_behind_haproxy() {
             (down_at, closed_at)
         })
     };
-    nodes[1].signal(libc::SIGTERM);
+    nodes[1].signal(Signal::SIGTERM);
     let exit = nodes[1].wait_exit(Duration::from_secs(15));
     // A little more traffic after the exit, all to the other node.
     let (ok_at_exit, _) = load.snapshot();
-    assert!(wait_until(Duration::from_secs(5), || load.snapshot().0
+    assert!(holds_within(Duration::from_secs(5), || load.snapshot().0
         >= ok_at_exit + 20));
     watching.store(false, Ordering::Relaxed);
     let (down_at, closed_at) = watcher.join().unwrap();

@@ -4,7 +4,6 @@
 //! waits.
 
 use std::fs::File;
-use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -23,14 +22,11 @@ pub fn ensure_packages() {
     DONE.get_or_init(|| {
         // One apt-get at a time on this machine: parallel test processes
         // would otherwise fight over dpkg's lock.
-        let lock = File::create(std::env::temp_dir().join("tqserver-apps-deps.lock"))
+        let file = File::create(std::env::temp_dir().join("tqserver-apps-deps.lock"))
             .expect("create the deps lock file");
-        // SAFETY: flock on a descriptor we own; released when `lock` drops.
-        assert_eq!(
-            unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) },
-            0,
-            "lock the deps lock file"
-        );
+        // Released when `lock` drops.
+        let lock = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+            .unwrap_or_else(|(_, errno)| panic!("lock the deps lock file: {errno}"));
         let script = repo_root().join("scripts/deps.sh");
         let output = run(Command::new(&script).arg("apps"), Duration::from_secs(600));
         assert!(
@@ -94,8 +90,9 @@ pub fn run(command: &mut Command, timeout: Duration) -> Output {
             break status;
         }
         if Instant::now() > deadline {
-            // SAFETY: kills the process group this child leads.
-            unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
+            // The process group this child leads (not reaped yet).
+            let group = nix::unistd::Pid::from_raw(child.id() as i32);
+            let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
             let _ = child.wait();
             panic!("{described} did not finish within {timeout:?}");
         }
@@ -125,8 +122,7 @@ pub fn run_ok(command: &mut Command, timeout: Duration) -> String {
 /// Whether the tests run as root (then workers run as www-data, and what
 /// they write must belong to www-data).
 pub fn is_root() -> bool {
-    // SAFETY: geteuid has no failure mode.
-    unsafe { libc::geteuid() == 0 }
+    nix::unistd::geteuid().is_root()
 }
 
 /// Makes `path` (recursively) owned by the user workers run as.

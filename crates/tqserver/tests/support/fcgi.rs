@@ -1,5 +1,7 @@
-//! A blocking raw FastCGI client for tests, built on the project's codec, so
-//! a test can send exactly the records it wants (good or bad).
+//! A raw FastCGI client for tests, built on the project's codec, so a test
+//! can send exactly the records it wants (good or bad): [`FcgiConn`] over a
+//! blocking socket, [`AsyncFcgiConn`] over an async stream (a
+//! `tokio::io::duplex` pipe to a listener served in-process).
 #![allow(dead_code)]
 
 use std::io::{Read, Write};
@@ -11,6 +13,7 @@ use fastcgi::record::{
     put_stream_end,
 };
 use fastcgi::{ParamsWriter, RecordDecoder};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 pub trait Stream: Read + Write + Send {}
 impl<T: Read + Write + Send> Stream for T {}
@@ -100,21 +103,11 @@ impl FcgiConn {
     }
 
     pub fn begin_and_params(&mut self, id: u16, params: &[(&str, &str)], keep: bool) {
-        let mut buf = BytesMut::new();
-        put_begin_request(&mut buf, id, Role::Responder, keep);
-        let mut writer = ParamsWriter::new(&mut buf, id);
-        for (name, value) in params {
-            writer.pair(name.as_bytes(), value.as_bytes());
-        }
-        writer.finish();
-        self.send(&buf);
+        self.send(&begin_and_params(id, params, keep));
     }
 
     pub fn stdin(&mut self, id: u16, data: &[u8]) {
-        let mut buf = BytesMut::new();
-        put_stream(&mut buf, RecordType::Stdin, id, data);
-        put_stream_end(&mut buf, RecordType::Stdin, id);
-        self.send(&buf);
+        self.send(&stdin(id, data));
     }
 
     /// A whole request; reads records for `id` until END_REQUEST.
@@ -139,22 +132,129 @@ impl FcgiConn {
     pub fn response(&mut self, id: u16) -> FcgiResponse {
         let mut response = FcgiResponse::default();
         while let Some(record) = self.read_record() {
-            assert_eq!(
-                record.request_id, id,
-                "record for another request: {record:?}"
-            );
-            match record.record_type {
-                RecordType::Stdout => response.stdout.extend_from_slice(&record.content),
-                RecordType::Stderr => response.stderr.extend_from_slice(&record.content),
-                RecordType::EndRequest => {
-                    response.end = EndRequest::parse(&record.content);
-                    return response;
-                }
-                other => panic!("unexpected {other:?}"),
+            if response.absorb(id, record) {
+                break;
             }
         }
         response
     }
+}
+
+/// The same client over an async stream.
+pub struct AsyncFcgiConn<S> {
+    stream: S,
+    buf: BytesMut,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncFcgiConn<S> {
+    pub fn new(stream: S) -> Self {
+        Self {
+            stream,
+            buf: BytesMut::new(),
+        }
+    }
+
+    /// Writes bytes; a peer that already closed is noticed by the next read.
+    pub async fn send(&mut self, bytes: &[u8]) {
+        let _ = self.stream.write_all(bytes).await;
+    }
+
+    /// Next record, or None at EOF.
+    pub async fn read_record(&mut self) -> Option<Record> {
+        let mut decoder = RecordDecoder::new();
+        loop {
+            if let Some(record) = decoder.decode(&mut self.buf).expect("valid record") {
+                return Some(record);
+            }
+            match self.stream.read_buf(&mut self.buf).await {
+                Ok(0) | Err(_) => return None,
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// Whether the server closes the connection (EOF) before sending
+    /// anything more.
+    pub async fn closed(&mut self) -> bool {
+        self.read_record().await.is_none()
+    }
+
+    /// A whole request; reads records for `id` until END_REQUEST.
+    pub async fn request(
+        &mut self,
+        id: u16,
+        params: &[(&str, &str)],
+        body: &[u8],
+        keep: bool,
+    ) -> FcgiResponse {
+        let mut buf = begin_and_params(id, params, keep);
+        buf.extend_from_slice(&stdin(id, body));
+        self.send(&buf).await;
+        self.response(id).await
+    }
+
+    /// A whole GET of `script` (a path under `docroot`) with nginx's params.
+    pub async fn get(
+        &mut self,
+        docroot: &str,
+        script: &str,
+        query: &str,
+        keep: bool,
+    ) -> FcgiResponse {
+        let filename = format!("{docroot}{script}");
+        self.request(1, &cgi_params(docroot, &filename, script, query), b"", keep)
+            .await
+    }
+
+    pub async fn response(&mut self, id: u16) -> FcgiResponse {
+        let mut response = FcgiResponse::default();
+        while let Some(record) = self.read_record().await {
+            if response.absorb(id, record) {
+                break;
+            }
+        }
+        response
+    }
+}
+
+impl FcgiResponse {
+    /// Takes one record of request `id`'s response; true at its end.
+    fn absorb(&mut self, id: u16, record: Record) -> bool {
+        assert_eq!(
+            record.request_id, id,
+            "record for another request: {record:?}"
+        );
+        match record.record_type {
+            RecordType::Stdout => self.stdout.extend_from_slice(&record.content),
+            RecordType::Stderr => self.stderr.extend_from_slice(&record.content),
+            RecordType::EndRequest => {
+                self.end = EndRequest::parse(&record.content);
+                return true;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        false
+    }
+}
+
+/// BEGIN_REQUEST (responder) and the whole PARAMS stream of request `id`.
+pub fn begin_and_params(id: u16, params: &[(&str, &str)], keep: bool) -> BytesMut {
+    let mut buf = BytesMut::new();
+    put_begin_request(&mut buf, id, Role::Responder, keep);
+    let mut writer = ParamsWriter::new(&mut buf, id);
+    for (name, value) in params {
+        writer.pair(name.as_bytes(), value.as_bytes());
+    }
+    writer.finish();
+    buf
+}
+
+/// Request `id`'s whole STDIN stream: `data`, then its end.
+pub fn stdin(id: u16, data: &[u8]) -> BytesMut {
+    let mut buf = BytesMut::new();
+    put_stream(&mut buf, RecordType::Stdin, id, data);
+    put_stream_end(&mut buf, RecordType::Stdin, id);
+    buf
 }
 
 /// The params nginx's fastcgi_params would send for a GET of `script`.

@@ -2,6 +2,11 @@
 //! temporary directory, starts the real `tqserver` binary on a free port
 //! against real php-cgi, and talks raw HTTP/1.1 to it, so a test controls
 //! every byte of a request (`..`, `%00`, odd headers).
+//!
+//! Also the kit every test shares: [`wait_until`] and [`holds_within`] to
+//! wait for a condition with a deadline (never a fixed sleep as
+//! synchronisation), [`kill`] to signal a process (nix, no `unsafe`), and
+//! process lookups in /proc ([`children_named`], [`is_alive`]).
 #![allow(dead_code)]
 
 pub mod fcgi;
@@ -15,7 +20,56 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use nix::errno::Errno;
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_tqserver");
+
+/// How often the waits below look again.
+const POLL_INTERVAL: Duration = Duration::from_millis(10);
+
+/// Waits until `check` holds and returns how long that took; fails the test,
+/// naming `what`, if it does not hold within `timeout`.
+pub fn wait_until(what: &str, timeout: Duration, check: impl FnMut() -> bool) -> Duration {
+    let started = Instant::now();
+    assert!(
+        holds_within(timeout, check),
+        "timed out after {timeout:?} waiting for {what}"
+    );
+    started.elapsed()
+}
+
+/// Whether `check` holds within `timeout` (looked at every 10 ms, and once
+/// more at the deadline), for tests that report a failure themselves.
+pub fn holds_within(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if check() {
+            return true;
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return false;
+        }
+        std::thread::sleep(POLL_INTERVAL.min(deadline - now));
+    }
+}
+
+/// Sends `signal` to process `pid`. One that is already gone is no error
+/// (a test often races a process's own exit); anything else fails the test.
+pub fn kill(pid: u32, signal: Signal) {
+    let target = Pid::from_raw(i32::try_from(pid).expect("a pid fits in pid_t"));
+    match nix::sys::signal::kill(target, signal) {
+        Ok(()) | Err(Errno::ESRCH) => {}
+        Err(err) => panic!("cannot send {signal} to {pid}: {err}"),
+    }
+}
+
+/// Whether the tests run as root (then workers run as www-data).
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
 
 /// A free TCP port on 127.0.0.1 (released just before use).
 pub fn free_port() -> u16 {
@@ -211,14 +265,7 @@ impl Server {
 
     /// Waits until the log contains `needle`.
     pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if self.log().contains(needle) {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(25));
-        }
-        false
+        holds_within(timeout, || self.log().contains(needle))
     }
 
     pub fn get(&self, path: &str) -> Response {
@@ -267,22 +314,24 @@ impl Server {
     }
 
     /// Sends a signal to tqserver.
-    pub fn signal(&self, signal: i32) {
-        unsafe { libc::kill(self.pid() as i32, signal) };
+    pub fn signal(&self, signal: Signal) {
+        if self.child.is_some() {
+            kill(self.pid(), signal);
+        }
     }
 
     /// Waits for tqserver to exit; returns its status.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
-        let deadline = Instant::now() + timeout;
         let child = self.child.as_mut()?;
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = child.try_wait() {
-                self.child = None;
-                return Some(status);
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        let mut status = None;
+        holds_within(timeout, || {
+            status = child.try_wait().ok().flatten();
+            status.is_some()
+        });
+        if status.is_some() {
+            self.child = None;
         }
-        None
+        status
     }
 
     /// SIGKILLs tqserver and returns the worker pids it had.
@@ -300,7 +349,7 @@ impl Drop for Server {
     fn drop(&mut self) {
         let pids = self.worker_pids();
         if let Some(mut child) = self.child.take() {
-            unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+            let _ = child.kill();
             let _ = child.wait();
         }
         // The parent-death signal must take every worker with it.
@@ -316,17 +365,12 @@ impl Drop for Server {
 /// Stops a child process the polite way: SIGTERM, up to `grace` to exit,
 /// then SIGKILL.
 pub fn stop_child(child: &mut Child, grace: Duration) {
-    // SAFETY: signals our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let deadline = Instant::now() + grace;
-    while Instant::now() < deadline {
-        if let Ok(Some(_)) = child.try_wait() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
+    // Our own child, not reaped yet: its pid is still its own.
+    kill(child.id(), Signal::SIGTERM);
+    if !holds_within(grace, || matches!(child.try_wait(), Ok(Some(_)))) {
+        let _ = child.kill();
+        let _ = child.wait();
     }
-    let _ = child.kill();
-    let _ = child.wait();
 }
 
 pub fn spawn_server(config: &Path, log: &Path, env: &[(&str, &str)]) -> Child {
@@ -345,17 +389,7 @@ pub fn spawn_server(config: &Path, log: &Path, env: &[(&str, &str)]) -> Child {
 
 /// Whether every pid is gone (or a zombie) within `timeout`.
 pub fn wait_gone(pids: &[u32], timeout: Duration) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let alive: Vec<_> = pids.iter().filter(|pid| is_alive(**pid)).collect();
-        if alive.is_empty() {
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    holds_within(timeout, || pids.iter().all(|pid| !is_alive(*pid)))
 }
 
 pub fn is_alive(pid: u32) -> bool {

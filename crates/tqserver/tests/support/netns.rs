@@ -183,11 +183,11 @@ impl Process {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    pub fn signal(&self, signal: i32) {
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        // Our own child, not reaped yet (the Child is still held), so the
+        // pid is not reused.
         if let Some(pid) = self.pid() {
-            // SAFETY: signals our own child, which has not been reaped (the
-            // Child is still held), so the pid is not reused.
-            unsafe { libc::kill(pid as i32, signal) };
+            crate::support::kill(pid, signal);
         }
     }
 
@@ -212,9 +212,10 @@ impl Process {
 impl Drop for Process {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            // SAFETY: the group is the child's own (process_group(0)), and
-            // the child is not reaped yet, so its id is still its group's.
-            unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
+            // The group is the child's own (process_group(0)), and the child
+            // is not reaped yet, so its id is still its group's.
+            let group = nix::unistd::Pid::from_raw(child.id() as i32);
+            let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
             let _ = child.wait();
         }
     }
