@@ -75,9 +75,15 @@ pub fn parse_head(buf: &mut BytesMut, limits: HeadLimits) -> Result<Option<Head>
         max_bytes,
         max_headers,
     } = limits;
-    // Tolerate blank lines before a request (RFC 9112 2.2).
-    while buf.starts_with(b"\r\n") {
-        let _ = buf.split_to(2);
+    // Tolerate blank lines before a request (RFC 9112 2.2), CRLF or LF.
+    loop {
+        if buf.starts_with(b"\r\n") {
+            let _ = buf.split_to(2);
+        } else if buf.starts_with(b"\n") {
+            let _ = buf.split_to(1);
+        } else {
+            break;
+        }
     }
     // The usual limit fits on the stack; a larger configured one is honoured
     // with a heap allocation.
@@ -180,6 +186,16 @@ pub fn downgrade_minor_version(buf: &mut BytesMut) {
 /// absolute-form target the target's authority wins and replaces Host, and
 /// userinfo in it is refused (RFC 9110 4.2.4).
 pub fn check_authority(head: &mut Head) -> Result<(), &'static str> {
+    // Host itself is checked whatever the target's form (RFC 9112 3.2).
+    let mut hosts = head.headers.get_all(header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (Some(_), Some(_)) => return Err("more than one Host"),
+        (None, _) if head.version == Version::HTTP_11 => {
+            return Err("HTTP/1.1 request without Host");
+        }
+        (Some(host), None) if !valid_host(host.as_bytes()) => return Err("invalid Host"),
+        _ => {}
+    }
     if let Some(authority) = head.uri.authority() {
         match head.uri.scheme_str() {
             Some(scheme)
@@ -194,17 +210,10 @@ pub fn check_authority(head: &mut Head) -> Result<(), &'static str> {
         }
         let value = HeaderValue::from_str(authority.as_str())
             .map_err(|_| "invalid host in the request target")?;
+        // The target's authority wins over Host (RFC 9112 3.2.2).
         head.headers.insert(header::HOST, value);
-        return Ok(());
     }
-    let mut hosts = head.headers.get_all(header::HOST).iter();
-    match (hosts.next(), hosts.next()) {
-        (Some(_), Some(_)) => Err("more than one Host"),
-        (None, _) if head.version == Version::HTTP_11 => Err("HTTP/1.1 request without Host"),
-        (None, _) => Ok(()),
-        (Some(host), None) if valid_host(host.as_bytes()) => Ok(()),
-        (Some(_), None) => Err("invalid Host"),
-    }
+    Ok(())
 }
 
 /// `uri-host [":" port]` (RFC 3986): a bracketed IP literal or a reg-name
@@ -239,7 +248,13 @@ pub fn valid_host(host: &[u8]) -> bool {
             && name
                 .iter()
                 .all(|&b| b.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=".contains(&b)));
-    name_ok && port.is_none_or(|port| port.len() <= 5 && port.iter().all(u8::is_ascii_digit))
+    name_ok
+        && port.is_none_or(|port| {
+            port.len() <= 5
+                && port.iter().all(u8::is_ascii_digit)
+                && (port.is_empty()
+                    || std::str::from_utf8(port).is_ok_and(|p| p.parse::<u16>().is_ok()))
+        })
 }
 
 /// How the request body is delimited, refusing anything ambiguous.
@@ -327,6 +342,8 @@ mod tests {
             "a b",
             "host:port",
             "host:123456",
+            "host:65536",
+            "host:99999",
             "[::1",
             "[zz]",
             "[::1]x",

@@ -25,6 +25,14 @@ impl Body {
     pub fn text(text: impl Into<Bytes>) -> Self {
         Self::Bytes(Some(text.into()))
     }
+
+    /// The client is slower than the body's source: a PHP response moves
+    /// into a buffer so its worker is not held (see `PhpStream::spill`).
+    pub fn spill(&mut self) {
+        if let Body::Php(stream) = self {
+            stream.spill();
+        }
+    }
 }
 
 impl http_body::Body for Body {

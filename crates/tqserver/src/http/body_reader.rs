@@ -85,6 +85,9 @@ pub enum Remaining {
     /// The client waits for `100 Continue` before sending a body nobody
     /// read: it may send it later or never, so the connection closes.
     NotInvited,
+    /// Part of `100 Continue` went out and the rest could not: no response
+    /// can follow on this connection.
+    Garbled,
     /// The body broke (bad chunk syntax, client gone): the connection cannot
     /// carry another request.
     Broken,
@@ -201,6 +204,7 @@ impl Drop for RequestBody {
                 State::Length(0) => Remaining::Nothing,
                 State::Chunked(decoder) if decoder.is_done() => Remaining::Nothing,
                 _ if inner.continue_left == CONTINUE.len() => Remaining::NotInvited,
+                _ if inner.continue_left > 0 => Remaining::Garbled,
                 State::Length(left) => Remaining::Bytes(*left),
                 State::Chunked(_) => Remaining::Chunked,
                 State::Broken => Remaining::Broken,
@@ -235,7 +239,19 @@ impl Inner {
                 Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
                 Ok(written) => self.continue_left -= written,
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
-                    ready!(stream.poll_write_ready(cx))?;
+                    if stream.poll_write_ready(cx)?.is_pending() {
+                        // A client that takes nothing is bounded like one
+                        // that sends nothing.
+                        let timeout = self.read_timeout;
+                        let stall = self
+                            .stall
+                            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                        ready!(stall.as_mut().poll(cx));
+                        return Poll::Ready(Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            "client did not take 100 Continue",
+                        )));
+                    }
                 }
                 Err(err) => return Poll::Ready(Err(err)),
             }

@@ -188,6 +188,8 @@ pub async fn serve_connection(
         let discard_after = match remaining {
             Remaining::Nothing => 0,
             Remaining::Bytes(left) if left <= MAX_DISCARD => left,
+            // Half an interim response went out: nothing can follow it.
+            Remaining::Garbled => return,
             Remaining::Bytes(_)
             | Remaining::Chunked
             | Remaining::NotInvited
@@ -200,19 +202,23 @@ pub async fn serve_connection(
         if shutdown.is_cancelled() || front.draining.is_cancelled() {
             keep_alive = false;
         }
-        match writer
-            .response(response, version, is_head, keep_alive)
-            .await
-        {
-            Ok(true) if keep_alive => {
-                if discard(&mut reader, discard_after, settings.read_timeout)
-                    .await
-                    .is_err()
-                {
-                    close(&mut reader, &mut writer).await;
-                    return;
-                }
-            }
+        // A small unread body is read and dropped while the response goes
+        // out, not before (a client may wait for the answer before it sends
+        // more) and not after (one that sends it all first would block on
+        // its write while tqserver blocks on its own).
+        let written = if keep_alive && discard_after > 0 {
+            let (written, discarded) = tokio::join!(
+                writer.response(response, version, is_head, keep_alive),
+                discard(&mut reader, discard_after, settings.read_timeout)
+            );
+            written.map(|again| again && discarded.is_ok())
+        } else {
+            writer
+                .response(response, version, is_head, keep_alive)
+                .await
+        };
+        match written {
+            Ok(true) if keep_alive => {}
             Ok(_) => {
                 close(&mut reader, &mut writer).await;
                 return;
@@ -536,9 +542,11 @@ impl Writer {
                 self.buf.extend_from_slice(line);
                 self.buf.extend_from_slice(&data);
                 self.buf.extend_from_slice(b"\r\n");
-                self.flush_buf().await?;
+                let result = write_body(&self.half, self.timeout, &self.buf, &mut body).await;
+                self.buf.clear();
+                result?;
             } else {
-                self.write(&data).await?;
+                write_body(&self.half, self.timeout, &data, &mut body).await?;
             }
         }
         if chunked {
@@ -573,6 +581,25 @@ async fn write_two(
         Ok(())
     })
     .await
+}
+
+/// Writes a piece of a streamed body. If the socket does not take it all at
+/// once the client is slower than the body's source: the body is told
+/// (a PHP response then frees its worker, see `Body::spill`) before the
+/// write waits for the client.
+async fn write_body(
+    half: &OwnedWriteHalf,
+    timeout: Duration,
+    mut bytes: &[u8],
+    body: &mut Body,
+) -> io::Result<()> {
+    let mut none: &[u8] = &[];
+    try_write_two(half, &mut bytes, &mut none)?;
+    if bytes.is_empty() {
+        return Ok(());
+    }
+    body.spill();
+    write_two(half, timeout, bytes, &[]).await
 }
 
 /// Writes what the socket takes without waiting, advancing both slices.

@@ -30,6 +30,8 @@ use super::errors;
 use super::resolve::Script;
 use super::response_buffer::{self, SpoolReader};
 use crate::app::App;
+use crate::config::ResponseBuffer;
+use crate::metrics::BufferMetrics;
 use crate::observe::Observation;
 use crate::php::response_head::{CgiHead, HeadParser};
 use crate::php::stderr::StderrRelay;
@@ -238,46 +240,48 @@ fn respond(
     let body = if ended {
         stderr.flush();
         lease.complete();
-        match chunks.len() {
-            0 => Body::Empty,
-            1 => Body::Bytes(chunks.pop()),
-            _ => Body::Bytes(Some(concat(&chunks))),
+        let mut whole = match chunks.len() {
+            0 => Bytes::new(),
+            1 => chunks.pop().unwrap_or_default(),
+            _ => concat(&chunks),
+        };
+        // Never more than the script's own Content-Length, as when it
+        // streams (PhpStream::poll_chunk).
+        if let Some(declared) = declared_length(&head.headers)
+            && (whole.len() as u64) > declared
+        {
+            whole.truncate(declared as usize);
+        }
+        if whole.is_empty() {
+            Body::Empty
+        } else {
+            Body::Bytes(Some(whole))
         }
     } else if failed {
         stderr.flush();
         lease.kill(KillReason::Broken);
         return errors::status(StatusCode::BAD_GATEWAY);
     } else {
+        // Streamed from the worker while the client keeps up; spilled into
+        // a buffer the moment it does not (see `PhpStream::spill`).
         let buffer = app.config.php.response_buffer;
-        let source = if buffer.enabled {
-            let reader = response_buffer::start(
-                lease,
-                std::mem::take(&mut chunks),
-                stderr,
-                deadline,
-                buffer,
-                app.telemetry.metrics.response_buffer.clone(),
-            );
-            Source::Spool(reader)
-        } else {
-            Source::Worker {
-                lease: Some(lease),
-                deadline_at: deadline,
-                deadline: Box::pin(tokio::time::sleep_until(deadline)),
-                stderr,
-            }
+        let source = Source::Worker {
+            lease: Some(lease),
+            deadline_at: deadline,
+            deadline: Box::pin(tokio::time::sleep_until(deadline)),
+            stderr,
         };
-        let declared = head
-            .headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.parse::<u64>().ok());
+        let spill_to = buffer
+            .enabled
+            .then(|| (buffer, app.telemetry.metrics.response_buffer.clone()));
+        let declared = declared_length(&head.headers);
         Body::Php(Box::new(PhpStream {
             source,
             pending: chunks.into(),
             observation: None,
             sent_bytes: 0,
             declared,
+            spill_to,
         }))
     };
     let mut response = Response::new(body);
@@ -295,6 +299,14 @@ fn respond(
         );
     }
     response
+}
+
+/// The Content-Length a script set, if any.
+fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<u64>().ok())
 }
 
 fn concat(chunks: &[Bytes]) -> Bytes {
@@ -464,6 +476,9 @@ pub struct PhpStream {
     /// The response's Content-Length: once that much is sent the response
     /// is complete for the client, even if the script goes on working.
     declared: Option<u64>,
+    /// Where the rest goes when the client falls behind
+    /// (`php.response_buffering`); None: the worker waits for the client.
+    spill_to: Option<(ResponseBuffer, BufferMetrics)>,
 }
 
 /// Where the rest of a PHP response comes from. Left unboxed: the whole
@@ -528,6 +543,29 @@ impl PhpStream {
         chunk
     }
 
+    /// The client cannot take more right now: the rest of the response is
+    /// buffered by a task of its own, which frees the worker as soon as PHP
+    /// is done. Until then (a client that keeps up, the usual case) the
+    /// response streams straight from the worker, with no task or lock.
+    pub fn spill(&mut self) {
+        let Some((limits, metrics)) = self.spill_to.take() else {
+            return;
+        };
+        if let Source::Worker {
+            lease,
+            deadline_at,
+            stderr,
+            ..
+        } = &mut self.source
+            && let Some(lease) = lease.take()
+        {
+            let stderr = std::mem::replace(stderr, StderrRelay::new(String::new(), 0));
+            let reader =
+                response_buffer::start(lease, Vec::new(), stderr, *deadline_at, limits, metrics);
+            self.source = Source::Spool(reader);
+        }
+    }
+
     /// The client has the whole response: a worker still held is left to
     /// finish the script in the background.
     fn finish_early(&mut self) {
@@ -561,7 +599,15 @@ impl PhpStream {
             return Poll::Ready(None);
         };
         loop {
-            match lease.connection().poll_event(cx) {
+            // Checked on every turn: with output always ready, the timer
+            // below (polled only when nothing is) would never be seen.
+            let expired = deadline.is_elapsed() || deadline.deadline() <= Instant::now();
+            let event = if expired {
+                Poll::Pending
+            } else {
+                lease.connection().poll_event(cx)
+            };
+            match event {
                 Poll::Ready(Ok(ResponseEvent::Stdout(data))) => return Poll::Ready(Some(Ok(data))),
                 Poll::Ready(Ok(ResponseEvent::Stderr(data))) => stderr.push(&data),
                 Poll::Ready(Ok(ResponseEvent::End(_))) => {
@@ -584,7 +630,7 @@ impl PhpStream {
                     return Poll::Ready(Some(Err(io::Error::other(err))));
                 }
                 Poll::Pending => {
-                    if deadline.as_mut().poll(cx).is_ready() {
+                    if expired || deadline.as_mut().poll(cx).is_ready() {
                         stderr.flush();
                         if let Some(lease) = lease_slot.take() {
                             lease.kill(KillReason::Timeout);
@@ -603,6 +649,9 @@ impl PhpStream {
 
 impl Drop for PhpStream {
     fn drop(&mut self) {
+        // Not read to the end (a client gone, a HEAD or 304 whose body is
+        // never sent): PHP finishes in the background, its STDERR logged.
+        self.finish_early();
         // The client went away before the end: still counted and logged.
         if let Some((observation, status)) = self.observation.take() {
             observation.finish(status, self.sent_bytes);

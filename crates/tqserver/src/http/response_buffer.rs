@@ -131,6 +131,11 @@ pub fn start(
 /// for): PHP's remaining output is read and dropped, its STDERR still
 /// logged, and the worker returned when PHP ends.
 pub fn finish_in_background(lease: Lease, stderr: StderrRelay, deadline: Instant) {
+    // Outside a runtime (never, in the server) there is nothing to finish
+    // with: the lease's own drop then stops the worker.
+    if tokio::runtime::Handle::try_current().is_err() {
+        return;
+    }
     let spool = Arc::new(Spool {
         state: Mutex::new(State {
             reader_gone: true,
@@ -161,12 +166,25 @@ struct Filler {
 impl Filler {
     async fn run(mut self, mut lease: Lease) {
         let outcome = loop {
+            // Checked on every turn: with output always ready, a timer
+            // polled after the read would never be seen.
+            if Instant::now() >= self.deadline {
+                warn!(
+                    worker = %self.stderr.worker(),
+                    pid = lease.pid(),
+                    "request_timeout reached while PHP was still sending its response"
+                );
+                break Err((
+                    KillReason::Timeout,
+                    "request_timeout reached while PHP was still sending".into(),
+                ));
+            }
             let event =
                 tokio::time::timeout_at(self.deadline, lease.connection().next_event()).await;
             match event {
                 Ok(Ok(ResponseEvent::Stdout(data))) => {
-                    if let Err(err) = self.hold(data).await {
-                        break Err((KillReason::Timeout, err));
+                    if let Err(failure) = self.hold(data).await {
+                        break Err(failure);
                     }
                 }
                 Ok(Ok(ResponseEvent::Stderr(data))) => self.stderr.push(&data),
@@ -211,8 +229,9 @@ impl Filler {
     }
 
     /// Adds `data` to the spool once there is room for it; drops it if the
-    /// client is gone. Errors if there is never room before the deadline.
-    async fn hold(&mut self, data: Bytes) -> Result<(), String> {
+    /// client is gone. Errors if there is never room before the deadline
+    /// (a timeout) or the temporary file fails (a broken request).
+    async fn hold(&mut self, data: Bytes) -> Result<(), (KillReason, String)> {
         let length = data.len() as u64;
         let limits = self.spool.limits;
         loop {
@@ -229,11 +248,15 @@ impl Filler {
             }
             // A permit stored by notify_one is not lost between the check
             // and this wait.
-            if tokio::time::timeout_at(self.deadline, self.spool.room.notified())
-                .await
-                .is_err()
+            if Instant::now() >= self.deadline
+                || tokio::time::timeout_at(self.deadline, self.spool.room.notified())
+                    .await
+                    .is_err()
             {
-                return Err("the client read too slowly to take the response in time".into());
+                return Err((
+                    KillReason::Timeout,
+                    "the client read too slowly to take the response in time".into(),
+                ));
             }
         }
         let in_memory = {
@@ -245,7 +268,18 @@ impl Filler {
             Segment::Memory(data)
         } else {
             let (file, offset) = {
-                let state = self.spool.lock();
+                let mut state = self.spool.lock();
+                // Nothing of the file is waiting to be read (and no read is
+                // in flight: a read always targets a queued stretch): start
+                // over at its beginning, so the file never holds more than
+                // the spool does.
+                if !state
+                    .segments
+                    .iter()
+                    .any(|segment| matches!(segment, Segment::File { .. }))
+                {
+                    state.file_end = 0;
+                }
                 (state.file.clone(), state.file_end)
             };
             let file = match file {
@@ -257,7 +291,10 @@ impl Filler {
                         .and_then(|file| file.map_err(|err| err.to_string()))
                         .map_err(|err| {
                             error!("cannot create a temporary file for a response: {err}");
-                            format!("cannot buffer the response: {err}")
+                            (
+                                KillReason::Broken,
+                                format!("cannot buffer the response: {err}"),
+                            )
                         })?;
                     let file = Arc::new(created);
                     self.spool.lock().file = Some(file.clone());
@@ -270,7 +307,10 @@ impl Filler {
                 .and_then(|result| result);
             if let Err(err) = written {
                 error!("writing a response to its temporary file: {err}");
-                return Err(format!("cannot buffer the response: {err}"));
+                return Err((
+                    KillReason::Broken,
+                    format!("cannot buffer the response: {err}"),
+                ));
             }
             self.spool.metrics.file_bytes.inc_by(length);
             Segment::File { offset, length }
@@ -302,6 +342,20 @@ impl Filler {
             waker.wake();
         }
         Ok(())
+    }
+}
+
+impl Drop for Filler {
+    /// A filler that ends without saying how (a panic) must not leave the
+    /// client waiting forever.
+    fn drop(&mut self) {
+        let mut state = self.spool.lock();
+        if state.finished.is_none() {
+            state.finished = Some(Err("the response buffer's task ended early".into()));
+            if let Some(waker) = state.reader.take() {
+                waker.wake();
+            }
+        }
     }
 }
 
