@@ -113,13 +113,11 @@ impl RequestInfo {
 #[derive(Clone, Debug, Default)]
 struct Activity {
     current: Option<(RequestInfo, Instant)>,
-    /// The process's CPU time when the current request began.
-    cpu_at_begin: Option<u64>,
     last: Option<(RequestInfo, Duration)>,
-    /// The last request's CPU time at its start and its wall time: its
-    /// usage is read from /proc only when a status page asks (see
-    /// `snapshot`), not on every request.
-    last_window: Option<(u64, Duration)>,
+    /// The process's CPU time at the end of the request before the last
+    /// one, and at the end of the last one: an idle php-cgi uses none, so
+    /// the difference is the last request's (one /proc read per request).
+    cpu_at_ends: (Option<u64>, Option<u64>),
 }
 
 /// The part of a worker everyone may see; the process itself is owned by its
@@ -186,40 +184,38 @@ impl WorkerShared {
 
     pub(crate) fn begin_request(&self, info: RequestInfo) {
         self.set_state(WorkerState::Busy);
-        self.proc_files.reset_peak();
-        let cpu = self.proc_files.cpu_ns();
         if let Ok(mut activity) = self.activity.lock() {
             activity.current = Some((info, Instant::now()));
-            activity.cpu_at_begin = cpu;
         }
     }
 
     pub(crate) fn end_request(&self) {
         self.requests.fetch_add(1, Ordering::Relaxed);
+        let cpu = self.proc_files.cpu_ns();
         if let Ok(mut activity) = self.activity.lock()
             && let Some((info, started)) = activity.current.take()
         {
-            let wall = started.elapsed();
-            activity.last_window = activity.cpu_at_begin.take().map(|cpu| (cpu, wall));
-            activity.last = Some((info, wall));
+            activity.cpu_at_ends = (activity.cpu_at_ends.1, cpu);
+            activity.last = Some((info, started.elapsed()));
         }
     }
 
-    /// The last request's CPU and peak memory, read now: an idle php-cgi
-    /// uses no CPU and its peak RSS was reset when that request began, so
-    /// the numbers are the request's until the next one starts. Reading
-    /// them here rather than at each request's end saves two /proc reads
-    /// per request (about 3 µs); while a request runs there is none (0, as
-    /// php-fpm shows).
-    fn last_usage(&self, window: Option<(u64, Duration)>) -> Option<RequestUsage> {
-        let (before, wall) = window?;
-        let after = self.proc_files.cpu_ns()?;
+    /// The last request's CPU (see `cpu_at_ends`) and the peak memory
+    /// since the previous status read, read when a status page asks, for an
+    /// idle worker (while a request runs there is none: 0, as php-fpm
+    /// shows). Measuring more per request costs every request: resetting
+    /// the peak and reading the CPU at each start took about 3 µs of
+    /// tqserver's 35 µs per hello.php request (bench, 2 CPUs).
+    fn last_usage(&self, ends: (Option<u64>, Option<u64>), wall: Duration) -> Option<RequestUsage> {
+        let cpu = match ends {
+            (Some(before), Some(after)) => after.saturating_sub(before),
+            // The first request: everything since the process started.
+            (None, Some(after)) => after,
+            _ => return None,
+        };
         let peak = self.proc_files.peak_rss()?;
-        Some(crate::usage::usage(
-            wall,
-            after.saturating_sub(before),
-            peak,
-        ))
+        self.proc_files.reset_peak();
+        Some(crate::usage::usage(wall, cpu, peak))
     }
 
     pub fn requests(&self) -> u64 {
@@ -243,14 +239,13 @@ impl WorkerShared {
                     .as_ref()
                     .map(|(info, started)| (info.clone(), started.elapsed())),
                 activity.last.clone(),
-                activity.last_window,
+                activity.cpu_at_ends,
             ),
-            Err(_) => (None, None, None),
+            Err(_) => (None, None, (None, None)),
         };
-        let last_usage = if current.is_none() {
-            self.last_usage(window)
-        } else {
-            None
+        let last_usage = match (&current, &last) {
+            (None, Some((_, wall))) => self.last_usage(window, *wall),
+            _ => None,
         };
         WorkerStatus {
             id: self.id,

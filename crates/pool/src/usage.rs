@@ -4,11 +4,10 @@
 //!
 //! php-fpm measures inside its children; our workers are separate php-cgi
 //! processes, so this reads them from /proc. Each worker's files are opened
-//! once, when it starts, and read with `pread` at offset 0: at a request's
-//! start, the CPU time (0.5 µs) and a reset of the peak RSS (0.3 µs); the
-//! CPU time again and the peak RSS (2.7 µs for /proc/PID/status) only when a
-//! status page asks, while the worker is idle (measured on this machine's
-//! Linux 6.18 against a php-cgi worker).
+//! once, when it starts, and read with `pread` at offset 0: the CPU time at
+//! each request's end (0.5 µs), and the peak RSS (2.7 µs for
+//! /proc/PID/status, then a reset of it) only when a status page asks
+//! (measured on this machine's Linux 6.18 against a php-cgi worker).
 //! Open files also keep answering for the process they were opened for:
 //! a recycled pid never gives another process's numbers.
 //!
@@ -17,8 +16,9 @@
 //!   makes a 5 ms request 0% or 200%); `/proc/PID/stat`'s utime + stime
 //!   where schedstat is missing. The percentage is CPU time over the
 //!   request's wall time, as php-fpm computes it.
-//! - Memory: the peak resident set (`VmHWM` in `/proc/PID/status`) during
-//!   the request, reset at its start by writing 5 to `/proc/PID/clear_refs`.
+//! - Memory: the peak resident set (`VmHWM` in `/proc/PID/status`) since
+//!   the previous status read, reset after each by writing 5 to
+//!   `/proc/PID/clear_refs`.
 //!   The RSS at the end would miss memory PHP freed before finishing. PHP
 //!   answers (END_REQUEST) before it frees the request's variables, so a
 //!   request that starts while that is still under way counts the memory
