@@ -11,12 +11,12 @@ use bytes::BytesMut;
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::{HeaderMap, HeaderValue, Method, Uri, Version};
 use pool::{PoolConfig, SocketKind, WorkerCommand};
-use tqserver::config::{PhpConfig, ResponseBuffer, SecurityConfig, SymlinkPolicy, WorkerConfig};
+use tqserver::config::{AppConfig, PhpConfig, ResponseBuffer, SecurityConfig, SymlinkPolicy};
 use tqserver::http::cgi_params::{CgiRequest, write};
 use tqserver::http::resolve::Script;
 
-fn worker() -> WorkerConfig {
-    WorkerConfig {
+fn worker() -> AppConfig {
+    AppConfig {
         name: "blog".into(),
         file: "workers/blog/config/worker.yaml".into(),
         route: "/blog".into(),

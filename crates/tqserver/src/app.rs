@@ -8,13 +8,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use pool::WorkerPool;
 
-use crate::config::WorkerConfig;
+use crate::config::AppConfig;
 use crate::docroot::DocumentRoot;
 use crate::observe::{AppTelemetry, Telemetry};
 use crate::status::AppStatus;
 
 pub struct App {
-    pub config: Arc<WorkerConfig>,
+    pub config: Arc<AppConfig>,
     pub pool: WorkerPool,
     pub root: DocumentRoot,
     /// Metrics and logs, shared with the observations of its requests.
@@ -36,10 +36,7 @@ impl Drop for App {
 
 impl App {
     /// Starts the app's pool; fails if its first workers cannot start.
-    pub async fn start(
-        config: Arc<WorkerConfig>,
-        telemetry: &Telemetry,
-    ) -> anyhow::Result<Arc<Self>> {
+    pub async fn start(config: Arc<AppConfig>, telemetry: &Telemetry) -> anyhow::Result<Arc<Self>> {
         let root = DocumentRoot::open(&config.document_root, &config.name).map_err(|err| {
             anyhow::anyhow!(
                 "worker {}: cannot open document root {}: {err}",

@@ -69,7 +69,7 @@ fn check(path: &std::path::Path) -> ExitCode {
     match config::load(path) {
         Ok(config) => {
             println!("{}: configuration is valid", path.display());
-            for worker in &config.workers {
+            for worker in &config.apps {
                 println!(
                     "  worker {:<16} {:<12} php {} ({}), {} {}..{} workers",
                     worker.name,
@@ -82,7 +82,7 @@ fn check(path: &std::path::Path) -> ExitCode {
                 );
             }
             // Warnings, not errors: the configuration works as written.
-            for worker in &config.workers {
+            for worker in &config.apps {
                 if let Some(warning) = tqserver::docroot::symlinks::check_warning(worker) {
                     eprintln!("{warning}");
                 }

@@ -8,16 +8,16 @@
 use std::fmt;
 use std::sync::Arc;
 
-use crate::config::{Config, FastcgiConfig, WorkerConfig};
+use crate::config::{AppConfig, Config, FastcgiConfig};
 
 /// What a reload changes.
 #[derive(Debug, Default)]
 pub struct ReloadPlan {
     /// Apps that are new: a pool starts, warm before traffic reaches it.
-    pub start: Vec<Arc<WorkerConfig>>,
+    pub start: Vec<Arc<AppConfig>>,
     /// Apps whose configuration changed: a new pool starts, traffic moves to
     /// it once it is warm, and the old one drains.
-    pub replace: Vec<Arc<WorkerConfig>>,
+    pub replace: Vec<Arc<AppConfig>>,
     /// Apps that stay as they are (by name).
     pub keep: Vec<String>,
     /// Apps that are gone or disabled: they drain and stop (by name).
@@ -91,7 +91,7 @@ impl fmt::Display for ReloadSummary {
 /// Compares the running apps with `new`; `running_server` is the
 /// configuration the server started with (its `server`, `admin` and
 /// `logging` sections need a restart to change).
-pub fn plan(running_server: &Config, running: &[Arc<WorkerConfig>], new: &Config) -> ReloadPlan {
+pub fn plan(running_server: &Config, running: &[Arc<AppConfig>], new: &Config) -> ReloadPlan {
     let mut plan = ReloadPlan::default();
     for (section, changed) in [
         ("server", new.server != running_server.server),
@@ -102,7 +102,7 @@ pub fn plan(running_server: &Config, running: &[Arc<WorkerConfig>], new: &Config
             plan.restart_needed.push(section);
         }
     }
-    for worker in &new.workers {
+    for worker in &new.apps {
         let old = running.iter().find(|old| old.name == worker.name);
         match old {
             Some(old) if **old == **worker => plan.keep.push(worker.name.clone()),
@@ -122,7 +122,7 @@ pub fn plan(running_server: &Config, running: &[Arc<WorkerConfig>], new: &Config
         }
     }
     for old in running {
-        if !new.workers.iter().any(|worker| worker.name == old.name) {
+        if !new.apps.iter().any(|worker| worker.name == old.name) {
             plan.remove.push(old.name.clone());
             if old.fastcgi.is_some() {
                 plan.listeners.push(ListenerChange::Close {
@@ -185,7 +185,7 @@ mod tests {
         }
     }
 
-    fn names(configs: &[Arc<WorkerConfig>]) -> Vec<&str> {
+    fn names(configs: &[Arc<AppConfig>]) -> Vec<&str> {
         configs.iter().map(|c| c.name.as_str()).collect()
     }
 
@@ -202,7 +202,7 @@ mod tests {
             ("edited", "path: /edited\nfront_controller: false\n"),
             ("fresh", "path: /fresh\n"),
         ]);
-        let plan = plan(&old, &old.workers, &new);
+        let plan = plan(&old, &old.apps, &new);
         assert_eq!(names(&plan.start), ["fresh"]);
         assert_eq!(names(&plan.replace), ["edited"]);
         assert_eq!(plan.keep, ["same"]);
@@ -214,7 +214,7 @@ mod tests {
     #[test]
     fn the_same_configuration_changes_nothing() {
         let old = Site::new().load(&[("a", "path: /a\n"), ("b", "path: /b\n")]);
-        let plan = plan(&old, &old.workers, &old);
+        let plan = plan(&old, &old.apps, &old);
         assert!(plan.start.is_empty() && plan.replace.is_empty() && plan.remove.is_empty());
         assert_eq!(plan.keep, ["a", "b"]);
     }
@@ -255,7 +255,7 @@ mod tests {
                 "path: /added\nfastcgi:\n  listen: 127.0.0.1:19005\n",
             ),
         ]);
-        let plan = plan(&old, &old.workers, &new);
+        let plan = plan(&old, &old.apps, &new);
         let has = |change: ListenerChange| plan.listeners.contains(&change);
         assert!(has(ListenerChange::Bind {
             worker: "moves".into()
@@ -287,7 +287,7 @@ mod tests {
         let old = site.load(&[("a", "path: /a\n")]);
         let mut new = site.load(&[("a", "path: /a\n")]);
         new.server.read_timeout = std::time::Duration::from_secs(1);
-        let plan = plan(&old, &old.workers, &new);
+        let plan = plan(&old, &old.apps, &new);
         assert_eq!(plan.restart_needed, ["server"]);
         assert_eq!(plan.keep, ["a"]);
     }

@@ -32,7 +32,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
 use crate::app::App;
-use crate::config::{Config, WorkerConfig, validate::display_route};
+use crate::config::{AppConfig, Config, validate::display_route};
 use crate::http::{self, Frontend};
 use crate::listener;
 use crate::logging::LogFile;
@@ -179,7 +179,7 @@ pub async fn run(mut config: Config, log_file: LogFile) -> anyhow::Result<()> {
 }
 
 fn set_socket_dirs(config: &mut Config, dir: &Path) {
-    for worker in &mut config.workers {
+    for worker in &mut config.apps {
         if let pool::SocketKind::Unix { dir: socket_dir } =
             &mut Arc::make_mut(worker).pool.command.socket
         {
@@ -208,7 +208,7 @@ fn remove_stale_runtime_dirs(base: &Path) {
 }
 
 fn set_cache_dirs(config: &mut Config, dir: &Path) {
-    for worker in &mut config.workers {
+    for worker in &mut config.apps {
         Arc::make_mut(worker).php.cache_dir = Some(dir.to_owned());
     }
 }
@@ -298,7 +298,7 @@ async fn serve_until_stopped(
     let router = state.router.clone();
     let telemetry = state.telemetry.clone();
 
-    let apps = match start_apps(&config.workers, &telemetry).await {
+    let apps = match start_apps(&config.apps, &telemetry).await {
         Ok(apps) => apps,
         Err(err) => {
             state.shutdown.cancel();
@@ -431,7 +431,7 @@ async fn serve_until_stopped(
     Ok(())
 }
 
-async fn start_listener(state: &Arc<ServerState>, worker: &WorkerConfig) -> anyhow::Result<()> {
+async fn start_listener(state: &Arc<ServerState>, worker: &AppConfig) -> anyhow::Result<()> {
     let Some(fastcgi) = &worker.fastcgi else {
         return Ok(());
     };
@@ -441,7 +441,7 @@ async fn start_listener(state: &Arc<ServerState>, worker: &WorkerConfig) -> anyh
 }
 
 async fn bind_listener(
-    worker: &WorkerConfig,
+    worker: &AppConfig,
     fastcgi: &crate::config::FastcgiConfig,
 ) -> anyhow::Result<listener::Bound> {
     listener::bind(fastcgi).await.with_context(|| {
@@ -456,7 +456,7 @@ async fn bind_listener(
 /// same worker.
 fn run_listener(
     state: &Arc<ServerState>,
-    worker: &WorkerConfig,
+    worker: &AppConfig,
     fastcgi: &crate::config::FastcgiConfig,
     bound: listener::Bound,
 ) {
@@ -545,7 +545,7 @@ async fn apply_reload(state: &Arc<ServerState>) -> Result<ReloadSummary, ReloadE
         .iter()
         .map(|app| (app.config.name.clone(), app.clone()))
         .collect();
-    let running: Vec<Arc<WorkerConfig>> = current.values().map(|app| app.config.clone()).collect();
+    let running: Vec<Arc<AppConfig>> = current.values().map(|app| app.config.clone()).collect();
     let plan = reload::plan(&old, &running, &new);
     if !plan.restart_needed.is_empty() {
         warn!(
@@ -555,8 +555,7 @@ async fn apply_reload(state: &Arc<ServerState>) -> Result<ReloadSummary, ReloadE
     }
 
     // New pools are warm before any traffic moves to them.
-    let to_start: Vec<Arc<WorkerConfig>> =
-        plan.start.iter().chain(&plan.replace).cloned().collect();
+    let to_start: Vec<Arc<AppConfig>> = plan.start.iter().chain(&plan.replace).cloned().collect();
     let started = start_apps(&to_start, &state.telemetry)
         .await
         .map_err(|err| ReloadError::Start(format!("{err:#}")))?;
@@ -638,7 +637,7 @@ async fn apply_reload(state: &Arc<ServerState>) -> Result<ReloadSummary, ReloadE
 
     // The old pools finish what they are running, then stop.
     let grace = state.config.load().server.grace_period;
-    let names = |configs: &[Arc<WorkerConfig>]| configs.iter().map(|c| c.name.clone()).collect();
+    let names = |configs: &[Arc<AppConfig>]| configs.iter().map(|c| c.name.clone()).collect();
     let summary = ReloadSummary {
         added: names(&plan.start),
         changed: names(&plan.replace),
@@ -657,7 +656,7 @@ async fn apply_reload(state: &Arc<ServerState>) -> Result<ReloadSummary, ReloadE
 
 /// Starts every app concurrently; if one fails, the others are stopped.
 pub async fn start_apps(
-    workers: &[Arc<WorkerConfig>],
+    workers: &[Arc<AppConfig>],
     telemetry: &Arc<Telemetry>,
 ) -> anyhow::Result<Vec<Arc<App>>> {
     let mut starting = tokio::task::JoinSet::new();

@@ -859,7 +859,7 @@ impl InProcess {
             )
             .file("app", "echo.php", ECHO_PHP);
         let config = tqserver::config::load(&site.config_path()).expect("a valid config");
-        let mut worker = config.workers[0].clone();
+        let mut worker = config.apps[0].clone();
         // Worker sockets in a folder of this test's own, as tqserver makes
         // one per process.
         let sockets = site.root().join("run");

@@ -370,13 +370,15 @@ fn an_idle_server_exits_at_once_after_sigterm_whatever_its_clients_hold() {
     let stopped_at = stopped_at.unwrap_or(exited_at);
     let log = server.log();
     assert!(log.contains("INFO stopped"), "{log}");
+    // Bounds with room for a loaded 2-CPU machine: the grace period here is
+    // 10 s, and the defect was an exit 1.6-2 s after "stopped".
     assert!(
-        exited_at - signalled < Duration::from_secs(1),
+        exited_at - signalled < Duration::from_secs(5),
         "exit took {:?} after SIGTERM: {log}",
         exited_at - signalled
     );
     assert!(
-        exited_at - stopped_at < Duration::from_millis(500),
+        exited_at - stopped_at < Duration::from_secs(1),
         "exit took {:?} after \"stopped\"",
         exited_at - stopped_at
     );

@@ -95,8 +95,8 @@ pub struct Config {
     /// `/readyz` fails while more requests than this wait in an app's queue
     /// (`admin.ready_max_queue`; an app's `php.pool.ready_max_queue` wins).
     pub ready_max_queue: QueueLimit,
-    /// Enabled workers, in name order.
-    pub workers: Vec<Arc<WorkerConfig>>,
+    /// Enabled apps (one per `workers/<name>` folder), in name order.
+    pub apps: Vec<Arc<AppConfig>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -140,7 +140,7 @@ pub struct AccessLogConfig {
 
 /// One app.
 #[derive(Debug, Clone, PartialEq)]
-pub struct WorkerConfig {
+pub struct AppConfig {
     pub name: String,
     /// The worker.yaml this came from.
     pub file: PathBuf,
@@ -302,7 +302,7 @@ pub struct FastcgiConfig {
     pub max_connections: usize,
 }
 
-impl WorkerConfig {
+impl AppConfig {
     /// Whether a file name has an extension that executes.
     pub fn is_executable(&self, name: &str) -> bool {
         let lower = name.len();

@@ -42,7 +42,7 @@ use nix::errno::Errno;
 use nix::fcntl::{AtFlags, OFlag, OpenHow, ResolveFlag, openat2};
 use nix::sys::stat::{Mode, SFlag, fstat, fstatat};
 
-use crate::config::{SymlinkPolicy, WorkerConfig};
+use crate::config::{AppConfig, SymlinkPolicy};
 
 /// Why a path could not be opened.
 #[derive(Debug)]
@@ -296,7 +296,7 @@ const REPORT_MAX_LINKS: usize = 20;
 
 /// `tqserver check`'s warning about the links under an app's document root
 /// that a request would be refused through; `None` when there are none.
-pub fn check_warning(worker: &WorkerConfig) -> Option<String> {
+pub fn check_warning(worker: &AppConfig) -> Option<String> {
     let (worker_file, root, policy) = (
         &worker.file,
         &worker.document_root,

@@ -19,7 +19,7 @@ use fastcgi::params::put_pair_lengths;
 use http::{HeaderMap, Method, Uri, Version, header};
 
 use super::resolve::Script;
-use crate::config::WorkerConfig;
+use crate::config::AppConfig;
 
 /// Apps pick URL-rewriting behaviour by server name (WordPress offers pretty
 /// permalinks to Apache, nginx and Caddy only); tqserver routes like nginx's
@@ -32,7 +32,7 @@ pub const SERVER_SOFTWARE: &str = concat!(
 
 /// What the params are built from.
 pub struct CgiRequest<'a> {
-    pub config: &'a WorkerConfig,
+    pub config: &'a AppConfig,
     pub script: &'a Script,
     pub method: &'a Method,
     pub uri: &'a Uri,

@@ -24,7 +24,7 @@ use std::path::PathBuf;
 
 use nix::errno::Errno;
 
-use crate::config::{SymlinkPolicy, WorkerConfig};
+use crate::config::{AppConfig, SymlinkPolicy};
 pub use crate::docroot::{DocumentRoot, Location};
 use crate::rules::{DenyStatus, Verdict};
 
@@ -59,12 +59,12 @@ pub struct Script {
 
 /// Resolves the part of the URL path below the worker's route (`rest` starts
 /// with '/' or is empty), still percent-encoded.
-pub fn resolve(config: &WorkerConfig, root: &DocumentRoot, rest: &str) -> Target {
+pub fn resolve(config: &AppConfig, root: &DocumentRoot, rest: &str) -> Target {
     let target = resolve_path(config, root, rest);
     apply_rules_to_target(config, root, target)
 }
 
-fn resolve_path(config: &WorkerConfig, root: &DocumentRoot, rest: &str) -> Target {
+fn resolve_path(config: &AppConfig, root: &DocumentRoot, rest: &str) -> Target {
     if rest.is_empty() {
         // "/blog" for the app at /blog: its root directory, without the slash.
         return Target::AddSlash;
@@ -166,7 +166,7 @@ fn is_php_source(name: &[u8]) -> bool {
         .any(|ext| lower.len() > ext.len() && lower.ends_with(ext))
 }
 
-fn is_executable(config: &WorkerConfig, name: &[u8]) -> bool {
+fn is_executable(config: &AppConfig, name: &[u8]) -> bool {
     std::str::from_utf8(name).is_ok_and(|name| config.is_executable(name))
 }
 
@@ -181,7 +181,7 @@ fn script(root: &DocumentRoot, relative: &[u8], path_info: String) -> Target {
 
 /// A directory: its first index file, else 403.
 fn directory_index(
-    config: &WorkerConfig,
+    config: &AppConfig,
     root: &DocumentRoot,
     relative: &[u8],
     escape: SymlinkPolicy,
@@ -217,7 +217,7 @@ fn directory_index(
 /// Some segment of the path is a file: it runs with the rest as PATH_INFO if
 /// it is a script; otherwise nothing is there.
 fn path_info_split(
-    config: &WorkerConfig,
+    config: &AppConfig,
     root: &DocumentRoot,
     segments: &[&[u8]],
     escape: SymlinkPolicy,
@@ -261,7 +261,7 @@ fn path_info_split(
 /// Nothing at the path: the front controller takes it, unless the path names
 /// a script (a missing .php is a 404, as nginx's `try_files $uri =404`).
 fn not_found(
-    config: &WorkerConfig,
+    config: &AppConfig,
     root: &DocumentRoot,
     segments: &[&[u8]],
     escape: SymlinkPolicy,
@@ -285,7 +285,7 @@ fn not_found(
 
 /// The app's `rules:` on the requested path: a denied path answers as the
 /// rule says, whatever is there.
-fn apply_rules_to_request(config: &WorkerConfig, segments: &[&[u8]]) -> Option<Target> {
+fn apply_rules_to_request(config: &AppConfig, segments: &[&[u8]]) -> Option<Target> {
     match config.rules.verdict(segments) {
         Verdict::Deny { status, rule } => {
             tracing::debug!(
@@ -305,7 +305,7 @@ fn apply_rules_to_request(config: &WorkerConfig, segments: &[&[u8]]) -> Option<T
 /// directory's index, `/x.php/info` for a glob on `*.php`) is not served.
 /// The front controller runs for a missing path under a `static_only` path:
 /// its code is not there.
-fn apply_rules_to_target(config: &WorkerConfig, root: &DocumentRoot, target: Target) -> Target {
+fn apply_rules_to_target(config: &AppConfig, root: &DocumentRoot, target: Target) -> Target {
     if config.rules.is_empty() {
         return target;
     }

@@ -5,11 +5,11 @@
 use super::*;
 
 /// Loads one worker folder. `Ok(None)` for a disabled worker.
-pub(super) fn load_worker(
+pub(super) fn load_app(
     folder: &Path,
     socket_dir: &Path,
     php_versions: &mut HashMap<PathBuf, Result<String, String>>,
-) -> Result<Option<WorkerConfig>, Vec<ConfigError>> {
+) -> Result<Option<AppConfig>, Vec<ConfigError>> {
     let file = folder.join("config/worker.yaml");
     let (raw, text) = yaml::load::<RawWorkerFile>(&file).map_err(|e| vec![e])?;
     if raw.enabled == Some(false) {
@@ -375,7 +375,7 @@ pub(super) fn load_worker(
     if !errors.is_empty() {
         return Err(errors);
     }
-    Ok(Some(WorkerConfig {
+    Ok(Some(AppConfig {
         name,
         file,
         route,

@@ -13,8 +13,8 @@ use ::pool::{Manager, PoolConfig, SocketKind, WorkerCommand};
 
 use super::yaml::{self, ConfigError, ConfigErrors, suggest};
 use super::{
-    AccessLogConfig, Config, FastcgiConfig, ListenAddr, LoggingConfig, PhpConfig, QueueLimit,
-    ResponseBuffer, SecurityConfig, ServerSettings, SlowLogConfig, SymlinkPolicy, WorkerConfig,
+    AccessLogConfig, AppConfig, Config, FastcgiConfig, ListenAddr, LoggingConfig, PhpConfig,
+    QueueLimit, ResponseBuffer, SecurityConfig, ServerSettings, SlowLogConfig, SymlinkPolicy,
     defaults,
 };
 use crate::config::raw::{
@@ -92,7 +92,7 @@ mod tests {
         let config = load_site(&dir).unwrap();
         assert_eq!(config.server.drain_delay, Duration::ZERO);
         assert_eq!(config.ready_max_queue, QueueLimit::Off);
-        assert_eq!(config.workers[0].ready_max_queue, None);
+        assert_eq!(config.apps[0].ready_max_queue, None);
     }
 
     #[test]
@@ -104,7 +104,7 @@ mod tests {
         let config = load_site(&dir).unwrap();
         assert_eq!(config.server.drain_delay, Duration::from_secs(5));
         assert_eq!(config.ready_max_queue, QueueLimit::Max(16));
-        assert_eq!(config.workers[0].ready_max_queue, Some(QueueLimit::Off));
+        assert_eq!(config.apps[0].ready_max_queue, Some(QueueLimit::Off));
 
         let dir = site(
             "admin:\n  ready_max_queue: off\n",
@@ -112,7 +112,7 @@ mod tests {
         );
         let config = load_site(&dir).unwrap();
         assert_eq!(config.ready_max_queue, QueueLimit::Off);
-        assert_eq!(config.workers[0].ready_max_queue, Some(QueueLimit::Max(0)));
+        assert_eq!(config.apps[0].ready_max_queue, Some(QueueLimit::Max(0)));
     }
 
     #[test]

@@ -141,7 +141,7 @@ pub fn load(server_file: &Path) -> Result<Config, ConfigErrors> {
                 .collect();
             folders.sort();
             for folder in folders {
-                match load_worker(&folder, &socket_dir, &mut php_versions) {
+                match load_app(&folder, &socket_dir, &mut php_versions) {
                     Ok(Some(worker)) => workers.push(Arc::new(worker)),
                     Ok(None) => {}
                     Err(mut worker_errors) => errors.append(&mut worker_errors),
@@ -150,7 +150,7 @@ pub fn load(server_file: &Path) -> Result<Config, ConfigErrors> {
         }
     }
 
-    let mut routes: BTreeMap<&str, &WorkerConfig> = BTreeMap::new();
+    let mut routes: BTreeMap<&str, &AppConfig> = BTreeMap::new();
     for worker in &workers {
         if let Some(other) = routes.insert(&worker.route, worker) {
             errors.push(ConfigError::at_key(
@@ -191,7 +191,7 @@ pub fn load(server_file: &Path) -> Result<Config, ConfigErrors> {
         logging,
         admin,
         ready_max_queue,
-        workers,
+        apps: workers,
     })
 }
 
