@@ -752,7 +752,9 @@ fn workers_on_tcp_ports_from_a_range() {
         })
         .filter(|port| (base..=base + 20).contains(port))
         .count();
-    assert_eq!(in_range, 2);
+    // At least the two workers: another test running at the same time may
+    // have taken a free port inside the range too.
+    assert!(in_range >= 2, "{in_range} listening ports in the range");
 }
 
 #[test]
