@@ -257,8 +257,9 @@ const LINGER_IDLE: Duration = Duration::from_secs(5);
 /// send a reset, which destroys whatever of the response the client had not
 /// yet received (nginx's `lingering_close`).
 async fn close(reader: &mut ConnReader, writer: &mut Writer) {
-    let more_input = !reader.buf.is_empty()
-        || !matches!(reader.try_fill(), Err(ref err) if err.kind() == io::ErrorKind::WouldBlock);
+    // Bytes already here or arriving; a client that already closed (EOF)
+    // or reset has nothing left to send.
+    let more_input = !reader.buf.is_empty() || matches!(reader.try_fill(), Ok(read) if read > 0);
     if more_input {
         linger(reader, writer).await;
     } else {
