@@ -464,3 +464,59 @@ fn while_draining_kept_alive_clients_are_told_to_go() {
     assert_eq!(response.status, 200);
     assert_eq!(response.header("connection"), Some("close"));
 }
+
+#[test]
+fn request_timeout_holds_while_output_keeps_flowing() {
+    // A script that writes for 20 s to a client that keeps reading, more
+    // slowly than PHP writes: request_timeout still cuts it at 2 s, with
+    // buffering off (the worker streams to the client) as with it on (the
+    // buffer fills and its task waits for room).
+    for buffering in ["false", "true"] {
+        let site = app_site(
+            1,
+            &format!(
+                "    request_timeout: 2s\n  response_buffering: {buffering}\n  response_buffer_memory: 64K\n  max_response_buffer: 128K\n"
+            ),
+        )
+        .file(
+            "app",
+            "endless.php",
+            "<?php while (ob_get_level()) ob_end_flush();\n\
+             $chunk = str_repeat('x', 8192);\n\
+             $end = microtime(true) + 20;\n\
+             while (microtime(true) < $end) { echo $chunk; flush(); }",
+        );
+        let server = site.start();
+        let mut client = TcpStream::connect(("127.0.0.1", server.port())).unwrap();
+        client
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        client
+            .write_all(
+                b"GET /app/endless.php HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+            )
+            .unwrap();
+        let started = Instant::now();
+        let mut buf = vec![0u8; 16 * 1024];
+        let mut received = 0usize;
+        loop {
+            match client.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => received += n,
+            }
+            // Slower than PHP writes, so PHP always has more ready.
+            std::thread::sleep(Duration::from_millis(5));
+            assert!(
+                started.elapsed() < Duration::from_secs(12),
+                "buffering {buffering}: still streaming after {:?} ({received} bytes)",
+                started.elapsed()
+            );
+        }
+        assert!(received > 0, "buffering {buffering}");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "buffering {buffering}: cut after {:?}",
+            started.elapsed()
+        );
+    }
+}
