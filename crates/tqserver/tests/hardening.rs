@@ -26,6 +26,18 @@ fn app_site(pool: usize, yaml_extra: &str) -> Site {
         .file("app", "dir/inside.txt", "inside")
 }
 
+/// A PHP request is answered, and within `limit` (the one worker is free).
+fn answered_within(server: &support::Server, limit: Duration, behind: &str) {
+    let started = Instant::now();
+    let response = server.get("/app/vars.php");
+    assert_eq!(response.status, 200);
+    assert!(
+        started.elapsed() < limit,
+        "waited {:?} {behind}",
+        started.elapsed()
+    );
+}
+
 fn raw(conn: &mut Conn, request: &str) -> support::Response {
     conn.send(request.as_bytes());
     conn.read_response(request.starts_with("HEAD "))
@@ -305,14 +317,7 @@ fn stalled_uploads_never_hold_a_worker() {
         })
         .collect();
     std::thread::sleep(Duration::from_millis(300));
-    let started = Instant::now();
-    let response = server.get("/app/vars.php");
-    assert_eq!(response.status, 200);
-    assert!(
-        started.elapsed() < Duration::from_secs(2),
-        "waited {:?} behind stalled uploads",
-        started.elapsed()
-    );
+    answered_within(&server, Duration::from_secs(2), "behind stalled uploads");
     // The stalled ones end with 408 at read_timeout, never reaching PHP.
     for conn in &mut stalled {
         assert_eq!(conn.read_response(false).status, 408);
@@ -344,14 +349,7 @@ fn a_slow_reader_does_not_hold_the_worker() {
     slow.read_exact(&mut first).unwrap();
     // The slow client now reads nothing; PHP finishes anyway and the one
     // worker serves others.
-    let started = Instant::now();
-    let response = server.get("/app/vars.php");
-    assert_eq!(response.status, 200);
-    assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "the worker was held by a slow reader for {:?}",
-        started.elapsed()
-    );
+    answered_within(&server, Duration::from_secs(5), "behind a slow reader");
     assert!(
         server
             .metric("tqserver_responses_buffered_total{worker=\"app\"}")

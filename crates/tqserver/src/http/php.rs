@@ -551,34 +551,35 @@ impl PhpStream {
         let Some((limits, metrics)) = self.spill_to.take() else {
             return;
         };
-        if let Source::Worker {
+        if let Some((lease, stderr, deadline)) = self.take_worker() {
+            let reader =
+                response_buffer::start(lease, Vec::new(), stderr, deadline, limits, metrics);
+            self.source = Source::Spool(reader);
+        }
+    }
+
+    /// The worker this response still streams from, with its STDERR relay
+    /// and deadline, for a task that takes over from here.
+    fn take_worker(&mut self) -> Option<(Lease, StderrRelay, Instant)> {
+        let Source::Worker {
             lease,
             deadline_at,
             stderr,
             ..
         } = &mut self.source
-            && let Some(lease) = lease.take()
-        {
-            let stderr = std::mem::replace(stderr, StderrRelay::new(String::new(), 0));
-            let reader =
-                response_buffer::start(lease, Vec::new(), stderr, *deadline_at, limits, metrics);
-            self.source = Source::Spool(reader);
-        }
+        else {
+            return None;
+        };
+        let lease = lease.take()?;
+        let stderr = std::mem::replace(stderr, StderrRelay::new(String::new(), 0));
+        Some((lease, stderr, *deadline_at))
     }
 
     /// The client has the whole response: a worker still held is left to
     /// finish the script in the background.
     fn finish_early(&mut self) {
-        if let Source::Worker {
-            lease,
-            deadline_at,
-            stderr,
-            ..
-        } = &mut self.source
-            && let Some(lease) = lease.take()
-        {
-            let stderr = std::mem::replace(stderr, StderrRelay::new(String::new(), 0));
-            response_buffer::finish_in_background(lease, stderr, *deadline_at);
+        if let Some((lease, stderr, deadline)) = self.take_worker() {
+            response_buffer::finish_in_background(lease, stderr, deadline);
         }
     }
 

@@ -166,30 +166,24 @@ struct Filler {
 impl Filler {
     async fn run(mut self, mut lease: Lease) {
         let outcome = loop {
-            // Checked on every turn: with output always ready, a timer
+            // Checked on every turn too: with output always ready, a timer
             // polled after the read would never be seen.
-            if Instant::now() >= self.deadline {
-                warn!(
-                    worker = %self.stderr.worker(),
-                    pid = lease.pid(),
-                    "request_timeout reached while PHP was still sending its response"
-                );
-                break Err((
-                    KillReason::Timeout,
-                    "request_timeout reached while PHP was still sending".into(),
-                ));
-            }
-            let event =
-                tokio::time::timeout_at(self.deadline, lease.connection().next_event()).await;
+            let event = if Instant::now() < self.deadline {
+                tokio::time::timeout_at(self.deadline, lease.connection().next_event())
+                    .await
+                    .ok()
+            } else {
+                None
+            };
             match event {
-                Ok(Ok(ResponseEvent::Stdout(data))) => {
+                Some(Ok(ResponseEvent::Stdout(data))) => {
                     if let Err(failure) = self.hold(data).await {
                         break Err(failure);
                     }
                 }
-                Ok(Ok(ResponseEvent::Stderr(data))) => self.stderr.push(&data),
-                Ok(Ok(ResponseEvent::End(_))) => break Ok(()),
-                Ok(Err(err)) => {
+                Some(Ok(ResponseEvent::Stderr(data))) => self.stderr.push(&data),
+                Some(Ok(ResponseEvent::End(_))) => break Ok(()),
+                Some(Err(err)) => {
                     error!(
                         worker = %self.stderr.worker(),
                         pid = lease.pid(),
@@ -197,7 +191,7 @@ impl Filler {
                     );
                     break Err((KillReason::Broken, format!("worker failed: {err}")));
                 }
-                Err(_) => {
+                None => {
                     warn!(
                         worker = %self.stderr.worker(),
                         pid = lease.pid(),
