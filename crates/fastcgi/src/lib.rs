@@ -15,8 +15,13 @@
 //! - [`decoder`]: bytes in, records out; checks a record is complete before
 //!   taking it; large content shares the input buffer instead of being
 //!   copied, small content is copied out so the buffer can be reused;
-//! - [`client`] and [`server`] (feature `tokio`): thin async layers that own a
-//!   socket and a buffer and stream bodies through in record-sized pieces.
+//! - [`server`]: the protocol rules of the application's side (what may
+//!   follow what, one request at a time) over a buffer, with thin async
+//!   methods (feature `tokio`) that own the socket; a blocking caller reads
+//!   and writes the socket itself;
+//! - [`client`] (feature `tokio`): the web server's side, a thin async layer
+//!   that owns a socket and a buffer and streams bodies through in
+//!   record-sized pieces.
 //!
 //! The crate knows nothing of HTTP, PHP or process pools.
 //!
@@ -38,7 +43,6 @@ pub mod record;
 
 #[cfg(feature = "tokio")]
 pub mod client;
-#[cfg(feature = "tokio")]
 pub mod server;
 
 pub use decoder::{DecodeError, RecordDecoder};

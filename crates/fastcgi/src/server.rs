@@ -17,6 +17,7 @@ use std::io;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+#[cfg(feature = "tokio")]
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use crate::decoder::{DecodeError, RecordDecoder};
@@ -109,7 +110,7 @@ pub struct RequestReader<R> {
     finished: Option<u16>,
 }
 
-impl<R: AsyncRead + Unpin> RequestReader<R> {
+impl<R> RequestReader<R> {
     pub fn new(io: R, limits: ParamsLimits) -> Self {
         Self {
             io,
@@ -137,22 +138,16 @@ impl<R: AsyncRead + Unpin> RequestReader<R> {
         self.params.clear();
     }
 
-    /// Next event, or `None` at a clean end of stream (between records).
-    pub async fn next_event(&mut self) -> Result<Option<ServerEvent>, ServerError> {
-        loop {
-            if let Some(event) = self.buffered_event()? {
-                return Ok(Some(event));
-            }
-            self.buf.reserve(4 * 1024);
-            let read = tokio::io::AsyncReadExt::read_buf(&mut self.io, &mut self.buf).await?;
-            if read == 0 {
-                return if self.buf.is_empty() {
-                    Ok(None)
-                } else {
-                    Err(ServerError::TruncatedRecord)
-                };
-            }
-        }
+    /// The socket, for a caller that reads it itself with blocking I/O:
+    /// it puts what it reads into [`buffer_mut`](Self::buffer_mut) and takes
+    /// events from [`buffered_event`](Self::buffered_event).
+    pub fn io_mut(&mut self) -> &mut R {
+        &mut self.io
+    }
+
+    /// The input buffer, for a caller that reads the socket itself.
+    pub fn buffer_mut(&mut self) -> &mut BytesMut {
+        &mut self.buf
     }
 
     /// The next event if its records are already buffered; never reads.
@@ -266,13 +261,34 @@ pub struct ServerValues {
     pub mpxs_conns: bool,
 }
 
+#[cfg(feature = "tokio")]
+impl<R: AsyncRead + Unpin> RequestReader<R> {
+    /// Next event, or `None` at a clean end of stream (between records).
+    pub async fn next_event(&mut self) -> Result<Option<ServerEvent>, ServerError> {
+        loop {
+            if let Some(event) = self.buffered_event()? {
+                return Ok(Some(event));
+            }
+            self.buf.reserve(4 * 1024);
+            let read = tokio::io::AsyncReadExt::read_buf(&mut self.io, &mut self.buf).await?;
+            if read == 0 {
+                return if self.buf.is_empty() {
+                    Ok(None)
+                } else {
+                    Err(ServerError::TruncatedRecord)
+                };
+            }
+        }
+    }
+}
+
 pub struct ResponseWriter<W> {
     io: W,
     buf: BytesMut,
     write_timeout: Option<Duration>,
 }
 
-impl<W: AsyncWrite + Unpin> ResponseWriter<W> {
+impl<W> ResponseWriter<W> {
     pub fn new(io: W) -> Self {
         Self {
             io,
@@ -350,6 +366,20 @@ impl<W: AsyncWrite + Unpin> ResponseWriter<W> {
         self.buf.len()
     }
 
+    /// Encoded bytes not yet written, for a caller that writes the socket
+    /// itself with blocking I/O (and clears what it wrote).
+    pub fn buffer_mut(&mut self) -> &mut BytesMut {
+        &mut self.buf
+    }
+
+    /// The socket, for a caller that writes it itself.
+    pub fn io_mut(&mut self) -> &mut W {
+        &mut self.io
+    }
+}
+
+#[cfg(feature = "tokio")]
+impl<W: AsyncWrite + Unpin> ResponseWriter<W> {
     pub async fn flush(&mut self) -> io::Result<()> {
         let write = async {
             if !self.buf.is_empty() {
@@ -371,7 +401,7 @@ impl<W: AsyncWrite + Unpin> ResponseWriter<W> {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "tokio"))]
 mod tests {
     use super::*;
     use crate::params::ParamsWriter;

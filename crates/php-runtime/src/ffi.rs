@@ -1,0 +1,157 @@
+//! The C half's entry points (csrc/tq_sapi.h) and the callbacks it calls.
+//!
+//! PHP runs only inside `tq_php_*`, whose C frames hold the `zend_try` that
+//! every bailout (fatal error, `exit()`, timeout, aborted connection) jumps
+//! back to. The callbacks below are leaves: they touch the connection and
+//! return, and never call into PHP, so no longjmp passes through a Rust frame.
+//! A panic in a callback cannot unwind into C either: `extern "C"` functions
+//! abort on panic.
+
+use std::ffi::{CStr, c_char, c_int, c_void};
+
+/// `struct tq_param`.
+#[repr(C)]
+pub struct Param {
+    pub name: *const c_char,
+    pub name_len: usize,
+    pub value: *const c_char,
+    pub value_len: usize,
+}
+
+/// `struct tq_io`.
+#[repr(C)]
+pub struct Io {
+    pub ctx: *mut c_void,
+    pub write: unsafe extern "C" fn(*mut c_void, *const c_char, usize) -> usize,
+    pub flush: unsafe extern "C" fn(*mut c_void) -> c_int,
+    pub read: unsafe extern "C" fn(*mut c_void, *mut c_char, usize) -> usize,
+    pub log: unsafe extern "C" fn(*mut c_void, *const c_char, usize),
+    pub finish: unsafe extern "C" fn(*mut c_void) -> c_int,
+}
+
+unsafe extern "C" {
+    pub fn tq_php_startup(ini_entries: *const c_char, ini_path: *const c_char) -> c_int;
+    pub fn tq_php_after_fork();
+    pub fn tq_php_request(params: *const Param, count: usize, io: *const Io) -> c_int;
+}
+
+/// What a request's callbacks act on: the worker's side of one request.
+pub trait Connection {
+    /// Response bytes; how many were taken (fewer: the web server is gone).
+    fn write(&mut self, bytes: &[u8]) -> usize;
+    fn flush(&mut self) -> bool;
+    fn read(&mut self, into: &mut [u8]) -> usize;
+    fn log(&mut self, line: &[u8]);
+    /// Ends the response early (fastcgi_finish_request).
+    fn finish(&mut self) -> bool;
+}
+
+/// Runs PHP's module startup. `ini` is "key=value\n" lines.
+pub fn startup(ini: &CStr, ini_path: Option<&CStr>) -> bool {
+    // SAFETY: called once, before any other tq_php_* function, from the only
+    // thread; both strings outlive the call (PHP copies them).
+    unsafe {
+        tq_php_startup(
+            ini.as_ptr(),
+            ini_path.map_or(std::ptr::null(), CStr::as_ptr),
+        ) == 0
+    }
+}
+
+/// In a new worker, right after fork.
+pub fn after_fork() {
+    // SAFETY: module startup has run; this only clears two flags.
+    unsafe { tq_php_after_fork() }
+}
+
+/// Runs one request over `conn`; returns the script's exit status, or -1 if
+/// PHP could not start the request.
+pub fn run_request<C: Connection>(params: &[(&[u8], &[u8])], conn: &mut C) -> i32 {
+    let params: Vec<Param> = params
+        .iter()
+        .map(|(name, value)| Param {
+            name: name.as_ptr().cast(),
+            name_len: name.len(),
+            value: value.as_ptr().cast(),
+            value_len: value.len(),
+        })
+        .collect();
+    let io = Io {
+        ctx: (conn as *mut C).cast(),
+        write: write::<C>,
+        flush: flush::<C>,
+        read: read::<C>,
+        log: log::<C>,
+        finish: finish::<C>,
+    };
+    // SAFETY: `params` and `io` (and the `conn` its ctx points to, borrowed
+    // mutably here) live until the call returns; the C side keeps neither
+    // pointer after it returns, and calls the callbacks only on this thread.
+    unsafe { tq_php_request(params.as_ptr(), params.len(), &io) }
+}
+
+/// # Safety
+/// `ctx` is the `&mut C` given to [`run_request`], not otherwise borrowed
+/// while the C side runs; `bytes` points to `len` readable bytes.
+unsafe extern "C" fn write<C: Connection>(
+    ctx: *mut c_void,
+    bytes: *const c_char,
+    len: usize,
+) -> usize {
+    if len == 0 {
+        return 0;
+    }
+    // SAFETY: see the function's contract.
+    let (conn, bytes) = unsafe {
+        (
+            &mut *ctx.cast::<C>(),
+            std::slice::from_raw_parts(bytes.cast::<u8>(), len),
+        )
+    };
+    conn.write(bytes)
+}
+
+/// # Safety
+/// As [`write`].
+unsafe extern "C" fn flush<C: Connection>(ctx: *mut c_void) -> c_int {
+    // SAFETY: see the function's contract.
+    let conn = unsafe { &mut *ctx.cast::<C>() };
+    if conn.flush() { 0 } else { -1 }
+}
+
+/// # Safety
+/// As [`write`]; `into` points to `len` writable bytes.
+unsafe extern "C" fn read<C: Connection>(ctx: *mut c_void, into: *mut c_char, len: usize) -> usize {
+    if len == 0 {
+        return 0;
+    }
+    // SAFETY: see the function's contract.
+    let (conn, into) = unsafe {
+        (
+            &mut *ctx.cast::<C>(),
+            std::slice::from_raw_parts_mut(into.cast::<u8>(), len),
+        )
+    };
+    conn.read(into)
+}
+
+/// # Safety
+/// As [`write`].
+unsafe extern "C" fn log<C: Connection>(ctx: *mut c_void, line: *const c_char, len: usize) {
+    // SAFETY: see the function's contract.
+    let (conn, line) = unsafe {
+        (
+            &mut *ctx.cast::<C>(),
+            std::slice::from_raw_parts(line.cast::<u8>(), len),
+        )
+    };
+    conn.log(line);
+}
+
+/// # Safety
+/// As [`write`].
+unsafe extern "C" fn finish<C: Connection>(ctx: *mut c_void) -> c_int {
+    // SAFETY: see the function's contract.
+    let conn = unsafe { &mut *ctx.cast::<C>() };
+    if conn.finish() { 0 } else { -1 }
+}
