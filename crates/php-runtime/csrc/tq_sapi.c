@@ -1007,3 +1007,8 @@ int tq_php_request(const struct tq_param *params, size_t count, const struct tq_
 	env_clear();
 	return status;
 }
+
+const char *tq_php_version(void)
+{
+	return PHP_VERSION;
+}

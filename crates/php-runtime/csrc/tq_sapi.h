@@ -49,4 +49,7 @@ void tq_php_after_fork(void);
  * Returns the script's exit status. */
 int tq_php_request(const struct tq_param *params, size_t count, const struct tq_io *io);
 
+/* PHP's version, "8.2.32". */
+const char *tq_php_version(void);
+
 #endif

@@ -32,6 +32,7 @@ pub struct Io {
 unsafe extern "C" {
     pub fn tq_php_startup(ini_entries: *const c_char, ini_path: *const c_char) -> c_int;
     pub fn tq_php_after_fork();
+    pub fn tq_php_version() -> *const c_char;
     pub fn tq_php_request(params: *const Param, count: usize, io: *const Io) -> c_int;
 }
 
@@ -56,6 +57,14 @@ pub fn startup(ini: &CStr, ini_path: Option<&CStr>) -> bool {
             ini_path.map_or(std::ptr::null(), CStr::as_ptr),
         ) == 0
     }
+}
+
+/// PHP's version ("8.2.32").
+pub fn version() -> String {
+    // SAFETY: returns a pointer to a static NUL-terminated string.
+    unsafe { CStr::from_ptr(tq_php_version()) }
+        .to_string_lossy()
+        .into_owned()
 }
 
 /// In a new worker, right after fork.

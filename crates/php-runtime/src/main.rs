@@ -38,7 +38,12 @@ fn main() {
                 }
             }
             "-v" | "--version" => {
-                println!("tqserver-php {} (PHP 8.2)", env!("CARGO_PKG_VERSION"));
+                // The first line reads as php-cgi's does: tqserver checks it.
+                println!(
+                    "PHP {} (cgi-fcgi) (tqserver-php {}, libphp8.2-embed)",
+                    ffi::version(),
+                    env!("CARGO_PKG_VERSION")
+                );
                 return;
             }
             other if other.starts_with("-d") => {

@@ -43,6 +43,17 @@ pub enum SocketKind {
     },
 }
 
+/// How a worker process comes to be.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Launch {
+    /// Exec the program for each worker (php-cgi).
+    #[default]
+    Exec,
+    /// Exec the program once as a zygote (`--zygote`, tqserver-php) and fork
+    /// each worker from it.
+    Zygote,
+}
+
 /// The program a worker runs and how.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WorkerCommand {
@@ -54,6 +65,7 @@ pub struct WorkerCommand {
     /// Run as this uid/gid (when tqserver runs as root).
     pub credentials: Option<(u32, u32)>,
     pub socket: SocketKind,
+    pub launch: Launch,
 }
 
 #[derive(Clone, Debug, PartialEq)]

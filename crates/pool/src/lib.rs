@@ -34,8 +34,9 @@ pub mod scaling;
 pub mod socket;
 pub mod stats;
 pub mod usage;
+pub mod zygote;
 
-pub use config::{Manager, PoolConfig, SocketKind, WorkerCommand};
+pub use config::{Launch, Manager, PoolConfig, SocketKind, WorkerCommand};
 pub use error::{AcquireError, SpawnError, StartError};
 pub use lease::{KillReason, Lease};
 pub use pool::WorkerPool;

@@ -103,6 +103,8 @@ pub(crate) struct PoolInner {
     /// Handle to this pool for the tasks it spawns from under its own lock.
     me: std::sync::Weak<PoolInner>,
     pub(crate) config: PoolConfig,
+    /// Exec per worker, or the pool's zygote.
+    launcher: process::Launcher,
     state: Mutex<PoolState>,
     pub(crate) counters: PoolCounters,
     next_worker_id: AtomicU64,
@@ -162,8 +164,10 @@ impl WorkerPool {
     pub async fn start(config: PoolConfig) -> Result<Self, StartError> {
         config.debug_check();
         let initial = config.initial();
+        let launcher = process::Launcher::new(&config.command, &config.name);
         let inner = Arc::new_cyclic(|me| PoolInner {
             me: me.clone(),
+            launcher,
             state: Mutex::new(PoolState {
                 phase: Phase::Running,
                 idle: Vec::with_capacity(config.max_workers),
@@ -196,9 +200,16 @@ impl WorkerPool {
         for _ in 0..initial {
             let id = inner.next_worker_id.fetch_add(1, Ordering::Relaxed);
             let config = inner.config.clone();
+            let launcher = inner.launcher.clone();
             starting.spawn(async move {
-                let result =
-                    process::spawn(&config.command, &config.name, id, config.spawn_timeout).await;
+                let result = process::spawn(
+                    &launcher,
+                    &config.command,
+                    &config.name,
+                    id,
+                    config.spawn_timeout,
+                )
+                .await;
                 (id, result)
             });
         }
@@ -629,6 +640,7 @@ impl PoolInner {
     /// Spawns one worker process and then owns it until it exits.
     async fn run_worker(self: Arc<Self>, id: u64) {
         let spawned = process::spawn(
+            &self.launcher,
             &self.config.command,
             &self.config.name,
             id,
@@ -660,10 +672,14 @@ impl PoolInner {
         spawned: Spawned,
     ) -> (
         Arc<WorkerShared>,
-        tokio::process::Child,
+        process::WorkerProcess,
         mpsc::UnboundedReceiver<process::Control>,
     ) {
-        let Spawned { child, pid, conn } = spawned;
+        let Spawned {
+            process: child,
+            pid,
+            conn,
+        } = spawned;
         let (control_tx, control_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(WorkerShared::new(id, pid, control_tx));
         let mut state = self.lock();
@@ -683,7 +699,7 @@ impl PoolInner {
     async fn supervise(
         self: Arc<Self>,
         shared: Arc<WorkerShared>,
-        child: tokio::process::Child,
+        child: process::WorkerProcess,
         control_rx: mpsc::UnboundedReceiver<process::Control>,
     ) {
         let exit = process::supervise(child, shared.pid, control_rx).await;

@@ -16,14 +16,15 @@ use std::time::Duration;
 use fastcgi::ParamsWriter;
 use fastcgi::client::{ClientConnection, REQUEST_ID, ResponseEvent};
 use fastcgi::record::{RecordType, Role, put_begin_request, put_stream_end};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, ChildStderr, Command};
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-use crate::config::WorkerCommand;
+use crate::config::{Launch, WorkerCommand};
 use crate::error::SpawnError;
 use crate::socket::{self, WorkerStream};
+use crate::zygote::{Forked, Zygote};
 
 /// Lines of a worker's stderr kept to explain an early exit.
 const STDERR_TAIL_LINES: usize = 20;
@@ -40,15 +41,78 @@ pub enum Control {
 
 /// A freshly spawned worker that answered its probe request.
 pub struct Spawned {
-    pub child: Child,
+    pub process: WorkerProcess,
     pub pid: u32,
     pub conn: ClientConnection<WorkerStream>,
+}
+
+/// How a pool makes workers: exec its command for each, or ask its zygote to
+/// fork one. Cheap to clone.
+#[derive(Clone)]
+pub enum Launcher {
+    Exec,
+    Zygote(Arc<Zygote>),
+}
+
+impl Launcher {
+    pub fn new(command: &WorkerCommand, pool: &str) -> Self {
+        match command.launch {
+            Launch::Exec => Launcher::Exec,
+            Launch::Zygote => Launcher::Zygote(Arc::new(Zygote::new(command.clone(), pool))),
+        }
+    }
+}
+
+/// A worker process: tqserver's child (exec'd) or its zygote's (forked).
+pub enum WorkerProcess {
+    Exec(Child),
+    Forked(Forked),
+}
+
+impl WorkerProcess {
+    pub async fn wait(&mut self) -> std::io::Result<ExitStatus> {
+        match self {
+            WorkerProcess::Exec(child) => child.wait().await,
+            WorkerProcess::Forked(forked) => forked.wait().await,
+        }
+    }
+
+    pub fn try_wait(&mut self) -> std::io::Result<Option<ExitStatus>> {
+        match self {
+            WorkerProcess::Exec(child) => child.try_wait(),
+            WorkerProcess::Forked(forked) => forked.try_wait(),
+        }
+    }
+
+    fn terminate(&mut self, pid: u32) {
+        match self {
+            WorkerProcess::Exec(_) => {
+                if pid != 0 {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid as i32),
+                        nix::sys::signal::Signal::SIGTERM,
+                    );
+                }
+            }
+            WorkerProcess::Forked(forked) => {
+                let _ = forked.signal(libc::SIGTERM);
+            }
+        }
+    }
+
+    fn start_kill(&mut self) -> std::io::Result<()> {
+        match self {
+            WorkerProcess::Exec(child) => child.start_kill(),
+            WorkerProcess::Forked(forked) => forked.signal(libc::SIGKILL),
+        }
+    }
 }
 
 /// Spawns one worker and waits until it has answered a probe request over the
 /// connection that will carry its real requests. A process that exits or
 /// stalls first is reported with its exit status and the end of its stderr.
 pub async fn spawn(
+    launcher: &Launcher,
     command: &WorkerCommand,
     pool: &str,
     slot: u64,
@@ -58,6 +122,9 @@ pub async fn spawn(
     let stream = socket::connect(&bound.addr)
         .await
         .map_err(SpawnError::Socket)?;
+    if let Launcher::Zygote(zygote) = launcher {
+        return fork(zygote, bound.listener, stream, pool, spawn_timeout).await;
+    }
 
     let mut cmd = Command::new(&command.program);
     cmd.args(&command.args)
@@ -101,7 +168,7 @@ pub async fn spawn(
         .spawn()
         .map_err(|cause| explain_exec_error(command, cause))?;
     let pid = child.id().unwrap_or(0);
-    let stderr_tail = Arc::new(Mutex::new(VecDeque::new()));
+    let stderr_tail = StderrTail::default();
     if let Some(stderr) = child.stderr.take() {
         tokio::spawn(relay_stderr(
             stderr,
@@ -110,17 +177,64 @@ pub async fn spawn(
             stderr_tail.clone(),
         ));
     }
+    probe_new(
+        WorkerProcess::Exec(child),
+        pid,
+        stream,
+        stderr_tail,
+        spawn_timeout,
+    )
+    .await
+}
 
+/// A worker forked by the pool's zygote, with its own stderr pipe.
+async fn fork(
+    zygote: &Zygote,
+    listener: std::os::fd::OwnedFd,
+    stream: WorkerStream,
+    pool: &str,
+    spawn_timeout: Duration,
+) -> Result<Spawned, SpawnError> {
+    let (stderr_tx, stderr_rx) = tokio::net::unix::pipe::pipe().map_err(SpawnError::Socket)?;
+    let stderr_tx = stderr_tx.into_blocking_fd().map_err(SpawnError::Socket)?;
+    let forked = zygote.fork(listener, stderr_tx, spawn_timeout).await?;
+    let pid = forked.pid;
+    let stderr_tail = StderrTail::default();
+    tokio::spawn(relay_stderr(
+        stderr_rx,
+        pool.to_owned(),
+        pid,
+        stderr_tail.clone(),
+    ));
+    probe_new(
+        WorkerProcess::Forked(forked),
+        pid,
+        stream,
+        stderr_tail,
+        spawn_timeout,
+    )
+    .await
+}
+
+/// Sends the probe request to a new worker and waits for its answer (or its
+/// exit).
+async fn probe_new(
+    mut child: WorkerProcess,
+    pid: u32,
+    stream: WorkerStream,
+    stderr_tail: StderrTail,
+    spawn_timeout: Duration,
+) -> Result<Spawned, SpawnError> {
     let mut conn = ClientConnection::new(stream);
     let probe = tokio::time::timeout(spawn_timeout, probe(&mut conn));
     tokio::select! {
         result = probe => match result {
-            Ok(Ok(())) => Ok(Spawned { child, pid, conn }),
+            Ok(Ok(())) => Ok(Spawned { process: child, pid, conn }),
             Ok(Err(err)) => {
                 // The probe failed: usually the process died. Give the exit
                 // status a moment to arrive for a useful message.
                 let status = tokio::time::timeout(Duration::from_millis(500), child.wait()).await;
-                let stderr = tail_text(&stderr_tail);
+                let stderr = stderr_tail.text();
                 match status {
                     Ok(Ok(status)) => Err(SpawnError::Exited { status: describe(status), stderr }),
                     _ => Err(SpawnError::Probe { reason: err.to_string(), stderr }),
@@ -128,21 +242,21 @@ pub async fn spawn(
             }
             Err(_) => Err(SpawnError::Probe {
                 reason: format!("no answer within {spawn_timeout:?}"),
-                stderr: tail_text(&stderr_tail),
+                stderr: stderr_tail.text(),
             }),
         },
         status = child.wait() => {
             // Let the stderr relay catch up with the last words.
             tokio::time::sleep(Duration::from_millis(50)).await;
             let status = status.map(describe).unwrap_or_else(|e| e.to_string());
-            Err(SpawnError::Exited { status, stderr: tail_text(&stderr_tail) })
+            Err(SpawnError::Exited { status, stderr: stderr_tail.text() })
         }
     }
 }
 
 /// A failed exec, with the directory in the way when the worker's user was
 /// refused its working directory.
-fn explain_exec_error(command: &WorkerCommand, cause: std::io::Error) -> SpawnError {
+pub(crate) fn explain_exec_error(command: &WorkerCommand, cause: std::io::Error) -> SpawnError {
     if cause.kind() == std::io::ErrorKind::PermissionDenied
         && let (Some((uid, gid)), Some(cwd)) = (command.credentials, &command.cwd)
         && let Ok(Some(blocked)) = crate::access::first_blocked(cwd, uid, gid)
@@ -193,7 +307,7 @@ pub struct Exit {
 
 /// Owns the child until it exits.
 pub async fn supervise(
-    mut child: Child,
+    mut child: WorkerProcess,
     pid: u32,
     mut control: mpsc::UnboundedReceiver<Control>,
 ) -> Exit {
@@ -207,7 +321,7 @@ pub async fn supervise(
     }
 }
 
-async fn stop(child: &mut Child, pid: u32, grace: Duration) -> Exit {
+async fn stop(child: &mut WorkerProcess, pid: u32, grace: Duration) -> Exit {
     // Already dead before we signalled it: a crash, not our stop.
     if let Ok(Some(status)) = child.try_wait() {
         return Exit {
@@ -216,8 +330,9 @@ async fn stop(child: &mut Child, pid: u32, grace: Duration) -> Exit {
         };
     }
     if !grace.is_zero() && pid != 0 {
-        // SAFETY: plain kill(2) on our own child, which we have not reaped.
-        unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+        // Our own child, not reaped yet, or a pidfd: the pid is still this
+        // worker's.
+        child.terminate(pid);
         if let Ok(status) = tokio::time::timeout(grace, child.wait()).await {
             // Death by any signal but ours means something else killed it.
             let requested = status
@@ -240,11 +355,24 @@ async fn stop(child: &mut Child, pid: u32, grace: Duration) -> Exit {
     }
 }
 
-async fn relay_stderr(
-    stderr: ChildStderr,
+/// The last lines a worker wrote to stderr, to explain an early exit.
+#[derive(Clone, Default)]
+pub(crate) struct StderrTail(Arc<Mutex<VecDeque<String>>>);
+
+impl StderrTail {
+    pub(crate) fn text(&self) -> String {
+        self.0
+            .lock()
+            .map(|lines| lines.iter().cloned().collect::<Vec<_>>().join("\n"))
+            .unwrap_or_default()
+    }
+}
+
+pub(crate) async fn relay_stderr(
+    stderr: impl AsyncRead + Unpin,
     pool: String,
     pid: u32,
-    tail: Arc<Mutex<VecDeque<String>>>,
+    tail: StderrTail,
 ) {
     let mut reader = BufReader::new(stderr);
     let mut line = Vec::new();
@@ -269,7 +397,7 @@ async fn relay_stderr(
         } else {
             info!(worker = %pool, pid, stream = "stderr", "{text}");
         }
-        if let Ok(mut tail) = tail.lock() {
+        if let Ok(mut tail) = tail.0.lock() {
             if tail.len() == STDERR_TAIL_LINES {
                 tail.pop_front();
             }
@@ -279,12 +407,6 @@ async fn relay_stderr(
 }
 
 use tokio::io::AsyncReadExt as _;
-
-fn tail_text(tail: &Mutex<VecDeque<String>>) -> String {
-    tail.lock()
-        .map(|lines| lines.iter().cloned().collect::<Vec<_>>().join("\n"))
-        .unwrap_or_default()
-}
 
 /// "exit code 255" or "signal 9 (SIGKILL)".
 pub fn describe(status: ExitStatus) -> String {

@@ -160,6 +160,7 @@ mod tests {
                 env: vec![],
                 cwd: None,
                 credentials: None,
+                launch: Default::default(),
                 socket: SocketKind::Unix { dir: "/tmp".into() },
             },
         );

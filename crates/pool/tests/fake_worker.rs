@@ -56,6 +56,7 @@ impl Fixture {
                 env: vec![("FAKE_WORKER_FAIL_FILE".into(), self.fail_file().into())],
                 cwd: None,
                 credentials: None,
+                launch: Default::default(),
                 socket,
             },
         );

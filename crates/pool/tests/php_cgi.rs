@@ -50,6 +50,7 @@ impl Fixture {
                 env: vec![("PHP_FCGI_MAX_REQUESTS".into(), "0".into())],
                 cwd: None,
                 credentials: None,
+                launch: Default::default(),
                 socket: SocketKind::Unix {
                     dir: self.dir.path().join("run"),
                 },

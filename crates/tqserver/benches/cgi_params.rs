@@ -53,6 +53,7 @@ fn worker() -> AppConfig {
                 env: vec![],
                 cwd: None,
                 credentials: None,
+                launch: Default::default(),
                 socket: SocketKind::Unix { dir: "/run".into() },
             },
         ),

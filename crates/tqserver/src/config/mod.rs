@@ -240,8 +240,30 @@ impl std::fmt::Display for SymlinkPolicy {
     }
 }
 
+/// `php.runtime`: how PHP worker processes come to be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PhpRuntime {
+    /// php-cgi, exec'd once per worker.
+    Cgi,
+    /// tqserver-php: PHP started once in a zygote per app, workers forked
+    /// from it (they share its OPcache).
+    Embed,
+}
+
+impl PhpRuntime {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PhpRuntime::Cgi => "cgi",
+            PhpRuntime::Embed => "embed",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PhpConfig {
+    /// Which program runs PHP (`php.runtime`).
+    pub runtime: PhpRuntime,
+    /// php-cgi, or tqserver-php for the embed runtime.
     pub binary: PathBuf,
     /// As `php-cgi -v` reports it, e.g. "8.2.29".
     pub version: String,

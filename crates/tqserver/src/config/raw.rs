@@ -152,6 +152,7 @@ impl<'de> Deserialize<'de> for RawFrontController {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawPhp {
+    pub runtime: Option<String>,
     pub binary: Option<String>,
     pub config_file: Option<String>,
     pub settings: Option<BTreeMap<String, RawScalar>>,

@@ -123,22 +123,57 @@ pub(super) fn load_app(
         .index
         .unwrap_or_else(|| defaults::INDEX.map(String::from).to_vec());
 
-    // PHP binary and version.
-    let binary_name = php_raw
-        .binary
-        .clone()
-        .unwrap_or_else(|| defaults::PHP_BINARY.to_owned());
-    let binary = match find_binary(&binary_name, folder) {
-        Some(binary) => binary,
-        None => {
+    // The runtime, its binary and PHP's version.
+    let runtime = match php_raw.runtime.as_deref() {
+        None | Some("cgi") => PhpRuntime::Cgi,
+        Some("embed") => PhpRuntime::Embed,
+        Some(other) => {
             errors.push(at(
-                "php.binary",
-                format!(
-                    "`{binary_name}` not found{}; install it with `apt-get install php-cgi` (Debian package php-cgi)",
-                    if binary_name.contains('/') { "" } else { " on PATH" }
-                ),
+                "php.runtime",
+                format!("`{other}` is not one of cgi (php-cgi processes), embed (tqserver-php, forked from a zygote)"),
             ));
-            PathBuf::from(&binary_name)
+            PhpRuntime::Cgi
+        }
+    };
+    let binary = match runtime {
+        PhpRuntime::Cgi => {
+            let binary_name = php_raw
+                .binary
+                .clone()
+                .unwrap_or_else(|| defaults::PHP_BINARY.to_owned());
+            match find_binary(&binary_name, folder) {
+                Some(binary) => binary,
+                None => {
+                    errors.push(at(
+                        "php.binary",
+                        format!(
+                            "`{binary_name}` not found{}; install it with `apt-get install php-cgi` (Debian package php-cgi)",
+                            if binary_name.contains('/') { "" } else { " on PATH" }
+                        ),
+                    ));
+                    PathBuf::from(&binary_name)
+                }
+            }
+        }
+        PhpRuntime::Embed => {
+            if php_raw.binary.is_some() {
+                errors.push(at(
+                    "php.binary",
+                    "php.binary names a php-cgi, which php.runtime: embed does not run; remove php.binary or use php.runtime: cgi".to_owned(),
+                ));
+            }
+            match find_runtime() {
+                Some(binary) => binary,
+                None => {
+                    errors.push(at(
+                        "php.runtime",
+                        format!(
+                            "embed needs {EMBED_RUNTIME}, which is neither beside tqserver nor on PATH; build it with `cargo build --release -p tq-php-runtime` (it needs Debian's libphp8.2-embed and php8.2-dev) or use php.runtime: cgi"
+                        ),
+                    ));
+                    PathBuf::from(EMBED_RUNTIME)
+                }
+            }
         }
     };
     let version = if binary.is_file() {
@@ -336,6 +371,10 @@ pub(super) fn load_app(
             cwd: Some(document_root.clone()),
             credentials,
             socket,
+            launch: match runtime {
+                PhpRuntime::Cgi => ::pool::Launch::Exec,
+                PhpRuntime::Embed => ::pool::Launch::Zygote,
+            },
         },
     );
 
@@ -394,11 +433,15 @@ pub(super) fn load_app(
             symlinks,
         },
         php: PhpConfig {
+            runtime,
             binary,
             version,
             user: credentials.map(|_| user_name),
             // Settings that choose for OPcache themselves win.
-            opcache_file_cache: php_raw.opcache_file_cache.unwrap_or(true)
+            // Workers forked from one zygote share its OPcache: a file cache
+            // would only add writes.
+            opcache_file_cache: runtime == PhpRuntime::Cgi
+                && php_raw.opcache_file_cache.unwrap_or(true)
                 && !php_raw.settings.iter().flatten().any(|(key, value)| {
                     key == "opcache.file_cache" || (key == "opcache.enable" && value.0 == "0")
                 }),

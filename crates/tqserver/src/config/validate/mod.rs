@@ -14,8 +14,8 @@ use ::pool::{Manager, PoolConfig, SocketKind, WorkerCommand};
 use super::yaml::{self, ConfigError, ConfigErrors, suggest};
 use super::{
     AccessLogConfig, AppConfig, Config, FastcgiConfig, ListenAddr, LoggingConfig, PhpConfig,
-    QueueLimit, ResponseBuffer, SecurityConfig, ServerSettings, SlowLogConfig, SymlinkPolicy,
-    defaults,
+    PhpRuntime, QueueLimit, ResponseBuffer, SecurityConfig, ServerSettings, SlowLogConfig,
+    SymlinkPolicy, defaults,
 };
 use crate::config::raw::{
     RawAccessLog, RawAdmin, RawFastcgi, RawFrontController, RawPool, RawRule, RawSecurity,
@@ -32,7 +32,7 @@ mod server;
 use app::*;
 pub use app::{display_route, normalize_route};
 use fastcgi::*;
-pub use probe::{find_binary, php_version};
+pub use probe::{EMBED_RUNTIME, find_binary, find_runtime, php_version};
 use process_pool::*;
 use server::access_log;
 pub use server::{control_settings, load};

@@ -21,6 +21,19 @@ pub fn find_binary(name: &str, folder: &Path) -> Option<PathBuf> {
         })
 }
 
+/// The embed runtime's binary.
+pub const EMBED_RUNTIME: &str = "tqserver-php";
+
+/// tqserver-php beside the running tqserver (as cargo builds them), else on
+/// PATH.
+pub fn find_runtime() -> Option<PathBuf> {
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|dir| dir.join(EMBED_RUNTIME)))
+        .filter(|path| path.is_file());
+    beside.or_else(|| find_binary(EMBED_RUNTIME, Path::new("/")))
+}
+
 /// Runs `php-cgi -v` and returns the version ("8.2.29").
 pub fn php_version(binary: &Path) -> Result<String, String> {
     let output = std::process::Command::new(binary)
