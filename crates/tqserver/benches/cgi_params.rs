@@ -33,6 +33,7 @@ fn worker() -> AppConfig {
             symlinks: SymlinkPolicy::Owner,
         },
         php: PhpConfig {
+            runtime: tqserver::config::PhpRuntime::Cgi,
             binary: "/usr/bin/php-cgi".into(),
             version: "8.2".into(),
             user: None,

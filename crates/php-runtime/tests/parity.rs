@@ -1,0 +1,380 @@
+//! Parity: the same FastCGI requests through php-cgi and through tqserver-php
+//! must produce the same response (head, body and STDERR), apart from lines
+//! documented in docs/RUNTIME.md (none in this corpus: the pid and temporary
+//! names are not printed by the script).
+//!
+//! Both processes serve FastCGI on a socket at fd 0, as tqserver's pool runs
+//! them, and each runtime's corpus runs on one kept-alive connection, so every
+//! request after a fatal error, an `exit()` or an exhausted `memory_limit` is
+//! also a check that the worker serves the next request cleanly.
+
+use std::io::{Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use fastcgi::record::{RecordType, Role, put_begin_request, put_stream, put_stream_end};
+use fastcgi::{ParamsWriter, RecordDecoder};
+
+const SETTINGS: &[&str] = &[
+    "display_errors=0",
+    "log_errors=1",
+    "error_reporting=32767",
+    "html_errors=0",
+    "session.save_path=/tmp",
+    "expose_php=1",
+];
+
+struct Worker {
+    child: Child,
+    stream: UnixStream,
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start(program: &Path, dir: &Path, name: &str) -> Worker {
+    let socket = dir.join(format!("{name}.sock"));
+    let listener = UnixListener::bind(&socket).expect("bind");
+    let mut command = Command::new(program);
+    for setting in SETTINGS {
+        command.arg("-d").arg(setting);
+    }
+    let child = command
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .env("PHP_FCGI_MAX_REQUESTS", "0")
+        .env("TQ_PARITY", "1")
+        .current_dir(dir)
+        .stdin(Stdio::from(std::os::fd::OwnedFd::from(listener)))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", program.display()));
+    let stream = UnixStream::connect(&socket).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    Worker { child, stream }
+}
+
+struct Response {
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+}
+
+fn request(worker: &mut Worker, params: &[(String, String)], body: &[u8]) -> Response {
+    let mut wire = BytesMut::new();
+    put_begin_request(&mut wire, 1, Role::Responder, true);
+    {
+        let mut writer = ParamsWriter::new(&mut wire, 1);
+        for (name, value) in params {
+            writer.pair(name.as_bytes(), value.as_bytes());
+        }
+        writer.finish();
+    }
+    for chunk in body.chunks(60_000) {
+        put_stream(&mut wire, RecordType::Stdin, 1, chunk);
+    }
+    put_stream_end(&mut wire, RecordType::Stdin, 1);
+    worker.stream.write_all(&wire).expect("send request");
+
+    let mut decoder = RecordDecoder::new();
+    let mut input = BytesMut::new();
+    let mut response = Response {
+        stdout: Vec::new(),
+        stderr: Vec::new(),
+    };
+    loop {
+        while let Some(record) = decoder.decode(&mut input).expect("valid records") {
+            match record.record_type {
+                RecordType::Stdout => response.stdout.extend_from_slice(&record.content),
+                RecordType::Stderr => response.stderr.extend_from_slice(&record.content),
+                RecordType::EndRequest => return response,
+                _ => {}
+            }
+        }
+        let mut buf = [0u8; 65536];
+        let n = worker.stream.read(&mut buf).expect("read response");
+        assert!(n > 0, "the worker closed the connection mid-response");
+        input.extend_from_slice(&buf[..n]);
+    }
+}
+
+struct Case {
+    name: &'static str,
+    params: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+fn base(root: &Path, script: &str, uri: &str, query: &str, method: &str) -> Vec<(String, String)> {
+    let root = root.display().to_string();
+    [
+        ("GATEWAY_INTERFACE", "CGI/1.1".to_owned()),
+        ("SERVER_SOFTWARE", "tqserver".to_owned()),
+        ("REQUEST_METHOD", method.to_owned()),
+        ("QUERY_STRING", query.to_owned()),
+        (
+            "REQUEST_URI",
+            if query.is_empty() {
+                uri.to_owned()
+            } else {
+                format!("{uri}?{query}")
+            },
+        ),
+        ("DOCUMENT_URI", uri.to_owned()),
+        ("SCRIPT_NAME", script.to_owned()),
+        ("SCRIPT_FILENAME", format!("{root}{script}")),
+        ("DOCUMENT_ROOT", root),
+        ("SERVER_PROTOCOL", "HTTP/1.1".to_owned()),
+        ("REMOTE_ADDR", "127.0.0.1".to_owned()),
+        ("REMOTE_PORT", "40000".to_owned()),
+        ("SERVER_ADDR", "127.0.0.1".to_owned()),
+        ("SERVER_PORT", "8080".to_owned()),
+        ("SERVER_NAME", "localhost".to_owned()),
+        ("REDIRECT_STATUS", "200".to_owned()),
+        ("HTTP_HOST", "localhost:8080".to_owned()),
+        ("HTTP_USER_AGENT", "parity-test".to_owned()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect()
+}
+
+fn get(root: &Path, name: &'static str, query: &str) -> Case {
+    Case {
+        name,
+        params: base(root, "/dump.php", "/dump.php", query, "GET"),
+        body: Vec::new(),
+    }
+}
+
+fn with(mut case: Case, extra: &[(&str, &str)]) -> Case {
+    for (k, v) in extra {
+        case.params.retain(|(name, _)| name != k);
+        case.params.push((k.to_string(), v.to_string()));
+    }
+    case
+}
+
+fn post(root: &Path, name: &'static str, content_type: &str, body: Vec<u8>) -> Case {
+    let mut params = base(root, "/dump.php", "/dump.php", "q=1", "POST");
+    params.push(("CONTENT_TYPE".into(), content_type.into()));
+    params.push(("CONTENT_LENGTH".into(), body.len().to_string()));
+    Case { name, params, body }
+}
+
+fn corpus(root: &Path) -> Vec<Case> {
+    let multipart = b"--XyZ\r\nContent-Disposition: form-data; name=\"field\"\r\n\r\nvalue\r\n--XyZ\r\nContent-Disposition: form-data; name=\"upload\"; filename=\"a.txt\"\r\nContent-Type: text/plain\r\n\r\nfile contents\r\n--XyZ--\r\n".to_vec();
+    let mut cases = vec![
+        get(root, "simple GET", "a=1&b[]=2&b[]=3&c"),
+        get(root, "no query", ""),
+        with(get(root, "HEAD", ""), &[("REQUEST_METHOD", "HEAD")]),
+        post(
+            root,
+            "urlencoded POST",
+            "application/x-www-form-urlencoded",
+            b"x=1&y=%20two".to_vec(),
+        ),
+        post(
+            root,
+            "multipart upload",
+            "multipart/form-data; boundary=XyZ",
+            multipart,
+        ),
+        post(
+            root,
+            "raw JSON body",
+            "application/json",
+            b"{\"k\":[1,2,3]}".to_vec(),
+        ),
+        with(
+            get(root, "cookies", ""),
+            &[("HTTP_COOKIE", "a=1; b=two; c[x]=3")],
+        ),
+        with(
+            get(root, "basic auth", ""),
+            &[("HTTP_AUTHORIZATION", "Basic dXNlcjpwYXNz")],
+        ),
+        with(
+            get(root, "HTTPS", ""),
+            &[("HTTPS", "on"), ("REQUEST_SCHEME", "https")],
+        ),
+        with(
+            get(root, "odd headers", ""),
+            &[
+                ("HTTP_X_FORWARDED_FOR", "10.0.0.1"),
+                ("HTTP_ACCEPT", "*/*"),
+                ("CONTENT_TYPE", ""),
+            ],
+        ),
+        get(root, "http_response_code", "do=code404"),
+        get(root, "Status header", "do=status"),
+        get(root, "HTTP/1.1 status line", "do=statusline"),
+        get(root, "redirect", "do=redirect"),
+        get(root, "redirect 301", "do=redirect301"),
+        get(root, "304 without Content-Type", "do=notmodified"),
+        get(root, "several Set-Cookie", "do=cookies"),
+        get(root, "output buffering", "do=ob"),
+        get(root, "streaming with flush", "do=stream"),
+        get(root, "headers_list", "do=headers"),
+        get(root, "a large body", "do=big"),
+        get(root, "exit()", "do=exit"),
+        get(root, "after exit", "a=after-exit"),
+        get(root, "fatal error", "do=fatal"),
+        get(root, "after a fatal error", "a=after-fatal"),
+        get(root, "warnings to STDERR", "do=warning"),
+        get(root, "error_log()", "do=errorlog"),
+        get(root, "memory_limit exhausted", "do=memory"),
+        get(root, "after memory_limit", "a=after-memory"),
+        get(root, "ini as set", "do=ini"),
+    ];
+    // PATH_INFO, the way nginx and tqserver pass it, and the way
+    // cgi.fix_pathinfo finds it when only SCRIPT_FILENAME names it.
+    let mut path_info = base(root, "/dump.php", "/dump.php/extra/path", "", "GET");
+    path_info.push(("PATH_INFO".into(), "/extra/path".into()));
+    cases.push(Case {
+        name: "PATH_INFO given",
+        params: path_info,
+        body: Vec::new(),
+    });
+    let mut fixed = base(
+        root,
+        "/dump.php/extra/path",
+        "/dump.php/extra/path",
+        "",
+        "GET",
+    );
+    fixed.push(("PATH_INFO".into(), "/dump.php/extra/path".into()));
+    cases.push(Case {
+        name: "PATH_INFO found by fix_pathinfo",
+        params: fixed,
+        body: Vec::new(),
+    });
+    cases.push(Case {
+        name: "odd path",
+        params: base(root, "/dump.php", "/dump.php/%2e%2e/a%20b", "x=%00y", "GET"),
+        body: Vec::new(),
+    });
+    cases.push(Case {
+        name: "missing script",
+        params: base(root, "/missing.php", "/missing.php", "", "GET"),
+        body: Vec::new(),
+    });
+    cases.push(Case {
+        name: ".user.ini and auto_prepend_file",
+        params: base(root, "/sub/dump.php", "/sub/dump.php", "do=ini", "GET"),
+        body: Vec::new(),
+    });
+    cases.push(get(root, "after a directory with .user.ini", "do=ini"));
+    cases
+}
+
+/// Session ids differ by design: the cookie value is replaced.
+fn normalize(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(bytes).into_owned();
+    text.lines()
+        .map(|line| {
+            if let Some(rest) = line.strip_prefix("Set-Cookie: PHPSESSID=") {
+                let tail = rest.split_once(';').map(|(_, t)| t).unwrap_or("");
+                format!("Set-Cookie: PHPSESSID=ID;{tail}")
+            } else {
+                line.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn fixture_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/parity");
+    copy_dir(&source, dir.path());
+    dir
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            std::fs::create_dir_all(&target).unwrap();
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+fn php_cgi() -> PathBuf {
+    PathBuf::from("/usr/bin/php-cgi")
+}
+
+#[test]
+fn php_sees_and_sends_the_same_through_both_runtimes() {
+    let fixtures = fixture_dir();
+    let root = std::fs::canonicalize(fixtures.path()).unwrap();
+    let sockets = tempfile::tempdir().unwrap();
+    let mut cgi = start(&php_cgi(), sockets.path(), "cgi");
+    let mut embed = start(
+        Path::new(env!("CARGO_BIN_EXE_tqserver-php")),
+        sockets.path(),
+        "embed",
+    );
+    let mut differences = Vec::new();
+    let cases = corpus(&root);
+    for case in &cases {
+        let a = request(&mut cgi, &case.params, &case.body);
+        let b = request(&mut embed, &case.params, &case.body);
+        let (a_out, b_out) = (normalize(&a.stdout), normalize(&b.stdout));
+        let (a_err, b_err) = (normalize(&a.stderr), normalize(&b.stderr));
+        assert!(!a_out.is_empty(), "{}: php-cgi sent nothing", case.name);
+        if a_out != b_out || a_err != b_err {
+            differences.push(format!(
+                "== {} ==\n-- php-cgi stdout --\n{a_out}\n-- tqserver-php stdout --\n{b_out}\n-- php-cgi stderr --\n{a_err}\n-- tqserver-php stderr --\n{b_err}",
+                case.name
+            ));
+        }
+    }
+    assert!(
+        differences.is_empty(),
+        "{} of {} requests differ:\n{}",
+        differences.len(),
+        cases.len(),
+        differences.join("\n")
+    );
+}
+
+#[test]
+fn sessions_get_different_ids_in_different_workers() {
+    let fixtures = fixture_dir();
+    let root = std::fs::canonicalize(fixtures.path()).unwrap();
+    let sockets = tempfile::tempdir().unwrap();
+    let mut ids = Vec::new();
+    for n in 0..2 {
+        let mut worker = start(
+            Path::new(env!("CARGO_BIN_EXE_tqserver-php")),
+            sockets.path(),
+            &format!("w{n}"),
+        );
+        let response = request(
+            &mut worker,
+            &base(&root, "/dump.php", "/dump.php", "do=session", "GET"),
+            b"",
+        );
+        let text = String::from_utf8_lossy(&response.stdout).into_owned();
+        let id = text
+            .lines()
+            .find_map(|l| l.strip_prefix("Set-Cookie: PHPSESSID="))
+            .map(|v| v.split(';').next().unwrap_or_default().to_owned())
+            .expect("a session cookie");
+        ids.push(id);
+    }
+    assert_ne!(ids[0], ids[1]);
+}
