@@ -165,6 +165,18 @@ impl WorkerPool {
         config.debug_check();
         let initial = config.initial();
         let launcher = process::Launcher::new(&config.command, &config.name);
+        // PHP starts in the zygote now, not on the first request, even for a
+        // pool that starts no worker (ondemand).
+        if let process::Launcher::Zygote(zygote) = &launcher {
+            zygote
+                .start_now(config.spawn_timeout)
+                .await
+                .map_err(|cause| StartError {
+                    pool: config.name.clone(),
+                    slot: 0,
+                    cause,
+                })?;
+        }
         let inner = Arc::new_cyclic(|me| PoolInner {
             me: me.clone(),
             launcher,

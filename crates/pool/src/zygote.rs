@@ -89,6 +89,11 @@ impl Zygote {
             .and_then(|r| r.as_ref().map(|r| r.pid))
     }
 
+    /// Starts the zygote (PHP's module startup) if it is not running.
+    pub async fn start_now(&self, timeout: Duration) -> Result<(), SpawnError> {
+        self.running(timeout).await.map(drop)
+    }
+
     /// Forks a worker that serves FastCGI on `listener` and writes its stderr
     /// to `stderr`.
     pub async fn fork(
