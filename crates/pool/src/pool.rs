@@ -458,6 +458,10 @@ impl WorkerPool {
         {
             error!(worker = %inner.config.name, "worker tasks did not finish within {limit:?}");
         }
+        // The workers are gone: their zygote has nothing left to do.
+        if let process::Launcher::Zygote(zygote) = &inner.launcher {
+            zygote.stop().await;
+        }
     }
 
     pub fn status(&self) -> PoolStatus {

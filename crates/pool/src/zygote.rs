@@ -94,6 +94,17 @@ impl Zygote {
         self.running(timeout).await.map(drop)
     }
 
+    /// Kills the zygote (its workers die with it) and waits for it.
+    pub async fn stop(&self) {
+        let running = self.running.lock().await.take();
+        if let Some(running) = running {
+            let mut child = running.child.lock().unwrap_or_else(|p| p.into_inner());
+            let _ = child.start_kill();
+            // Reaped by tokio's orphan queue if not here.
+            let _ = child.try_wait();
+        }
+    }
+
     /// Forks a worker that serves FastCGI on `listener` and writes its stderr
     /// to `stderr`.
     pub async fn fork(
