@@ -10,6 +10,7 @@
 #![allow(dead_code)]
 
 pub mod fcgi;
+pub mod netns;
 pub mod nginx;
 
 use std::collections::BTreeMap;

@@ -2,15 +2,15 @@
 //! and removed without a restart, broken configs that change nothing,
 //! graceful shutdown, log reopening, `tqserver reload`.
 
-mod support;
+use crate::support;
 
 use std::io::{Read, Write};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::support::{BIN, Conn, Server, Site, all_php_cgi, wait_gone, wait_until};
 use nix::sys::signal::Signal;
-use support::{BIN, Conn, Server, Site, all_php_cgi, wait_gone, wait_until};
 
 const SETTINGS_PHP: &str =
     "<?php echo 'memory_limit=', ini_get('memory_limit'), \"\\npid=\", getmypid(), \"\\n\";";

@@ -1,14 +1,14 @@
 //! The pool manager seen from outside: process counts while scaling,
 //! recycling, timeouts, queueing, crashes and crash loops, with real php-cgi.
 
-mod support;
+use crate::support;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::support::{Conn, Server, Site, wait_until};
 use nix::sys::signal::Signal;
-use support::{Conn, Server, Site, wait_until};
 
 const PID_PHP: &str = "<?php echo getmypid();";
 const SLEEP_PHP: &str =

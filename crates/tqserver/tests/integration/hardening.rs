@@ -2,14 +2,14 @@
 //! against real php-cgi: hold a worker, lose bytes of a reply, spoof a
 //! header PHP trusts, reach another app's files, or get a wrong answer.
 
-mod support;
+use crate::support;
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
+use crate::support::{Conn, Site, worker_yaml};
 use nix::sys::signal::Signal;
-use support::{Conn, Site, worker_yaml};
 
 const VARS: &str = r#"<?php
 foreach (['HTTP_X_FORWARDED_FOR', 'HTTP_X_REAL_IP', 'REMOTE_USER', 'SERVER_NAME', 'HTTP_HOST', 'SERVER_PROTOCOL'] as $k) {

@@ -1,12 +1,12 @@
 //! The HTTP front against real php-cgi: requests and responses as a browser
 //! or curl sees them, routing, static files, and the CGI environment PHP gets.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 
+use crate::support::{Site, md5, multipart, worker_yaml};
 use nix::sys::signal::Signal;
-use support::{Site, md5, multipart, worker_yaml};
 
 const ENV_PHP: &str = r#"<?php
 foreach (['REQUEST_METHOD','REQUEST_URI','SCRIPT_NAME','SCRIPT_FILENAME','PATH_INFO','PATH_TRANSLATED',

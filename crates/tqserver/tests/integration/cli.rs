@@ -1,12 +1,12 @@
 //! The command line: `check` on good and bad configs, clear start-up errors,
 //! `--help`, and workers that never outlive tqserver.
 
-mod support;
+use crate::support;
 
 use std::process::Command;
 use std::time::Duration;
 
-use support::{BIN, Site, wait_gone, worker_yaml};
+use crate::support::{BIN, Site, wait_gone, worker_yaml};
 
 fn tqserver(args: &[&str]) -> std::process::Output {
     Command::new(BIN).args(args).output().expect("run tqserver")

@@ -3,13 +3,11 @@
 //! format (and in headless Chromium); health and readiness; the slow log, the
 //! access log, STDERR relay; `tqserver status`.
 
-mod support;
-
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::support::{BIN, Conn, Server, Site};
 use nix::sys::signal::Signal;
-use support::{BIN, Conn, Server, Site};
 
 fn site(pool: &str) -> Site {
     Site::new()

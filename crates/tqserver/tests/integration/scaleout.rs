@@ -10,10 +10,7 @@
 //! redis-server, two tqserver nodes with PHP sessions in Redis. It needs
 //! root (for `ip netns`) and skips, saying why, without it.
 
-mod support;
-
-#[path = "support/netns.rs"]
-mod netns;
+use crate::support::{self, netns};
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -22,8 +19,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::support::{Site, holds_within, worker_yaml};
 use nix::sys::signal::Signal;
-use support::{Site, holds_within, worker_yaml};
 
 // ---------------------------------------------------------------------------
 // Readiness on one node.
