@@ -158,6 +158,8 @@ fn on_sigterm_readyz_fails_first_while_the_port_still_serves_for_drain_delay() {
             }
             Err(_) => break elapsed,
         }
+        // The sampling interval of this look over the drain window, not
+        // synchronisation.
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(
@@ -803,6 +805,8 @@ fn two_nodes_behind_haproxy() {
                 {
                     closed_at = Some(started.elapsed());
                 }
+                // The sampling interval (it times both events), not
+                // synchronisation.
                 std::thread::sleep(Duration::from_millis(20));
             }
             (down_at, closed_at)
