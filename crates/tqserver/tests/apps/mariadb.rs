@@ -68,7 +68,8 @@ impl Mariadb {
         STARTED_DIR
             .set(dir.clone())
             .expect("MariaDB starts once per process");
-        // SAFETY: registers a plain extern "C" function.
+        // SAFETY: registers a plain extern "C" function (nix has no safe
+        // atexit).
         unsafe { libc::atexit(stop_at_exit) };
         let datadir = dir.join("data");
         let socket = dir.join("mysqld.sock");
@@ -105,11 +106,12 @@ impl Mariadb {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
-        // SAFETY: prctl is async-signal-safe; it only sets this child's
-        // parent-death signal.
+        // SAFETY: the hook runs between fork and exec, where only
+        // async-signal-safe calls are sound: set_pdeathsig is one prctl
+        // call that only sets this child's parent-death signal.
         unsafe {
             server.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)?;
                 Ok(())
             });
         }

@@ -156,10 +156,12 @@ impl ForkingServer {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
-        // SAFETY: prctl only sets the child's parent-death signal.
+        // SAFETY: the hook runs between fork and exec, where only
+        // async-signal-safe calls are sound: set_pdeathsig is one prctl
+        // call that only sets the child's parent-death signal.
         unsafe {
             command.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)?;
                 Ok(())
             });
         }

@@ -5,11 +5,15 @@
 //!
 //! Also the kit every test shares: [`wait_until`] and [`holds_within`] to
 //! wait for a condition with a deadline (never a fixed sleep as
-//! synchronisation), [`kill`] to signal a process (nix, no `unsafe`), and
-//! process lookups in /proc ([`children_named`], [`is_alive`]).
+//! synchronisation), with [`Started`] (a request has reached PHP),
+//! [`server_caught_up`] (the server has read what clients sent) and
+//! [`Server::wait_busy`] as conditions; [`holds_throughout`] for what must
+//! stay true for a while; [`kill`] to signal a process (nix, no `unsafe`),
+//! and process lookups in /proc ([`children_named`], [`is_alive`]).
 #![allow(dead_code)]
 
 pub mod fcgi;
+pub mod netns;
 pub mod nginx;
 
 use std::collections::BTreeMap;
@@ -18,6 +22,7 @@ use std::net::{TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
@@ -53,6 +58,107 @@ pub fn holds_within(timeout: Duration, mut check: impl FnMut() -> bool) -> bool 
             return false;
         }
         std::thread::sleep(POLL_INTERVAL.min(deadline - now));
+    }
+}
+
+/// Whether `check` holds at every look (every 10 ms) for all of `duration`,
+/// for a test whose point is that something stays so for a while: the
+/// duration is the subject of the test, not a guess at how long something
+/// takes.
+pub fn holds_throughout(duration: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + duration;
+    loop {
+        if !check() {
+            return false;
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return true;
+        }
+        std::thread::sleep(POLL_INTERVAL.min(deadline - now));
+    }
+}
+
+/// Whether the server listening on TCP `port` has taken in everything sent
+/// to it: no connection waits in its accept queue and no byte waits unread
+/// in any of its connections (the receive queues in /proc/net/tcp and tcp6,
+/// of the listening socket and of each connection on that local port). A
+/// test waits for this to know the server has seen what its clients sent.
+pub fn server_caught_up(port: u16) -> bool {
+    ["/proc/net/tcp", "/proc/net/tcp6"].iter().all(|table| {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            return true;
+        };
+        // "sl local_address rem_address st tx_queue:rx_queue ...", addresses
+        // and queues in hex; a listening socket's rx_queue is its accept
+        // queue, a connection's the bytes the server has not read yet.
+        text.lines().skip(1).all(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let local_port = fields
+                .get(1)
+                .and_then(|local| local.rsplit_once(':'))
+                .and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
+            if local_port != Some(port) {
+                return true;
+            }
+            fields
+                .get(4)
+                .and_then(|queues| queues.split_once(':'))
+                .is_some_and(|(_, rx)| u64::from_str_radix(rx, 16) == Ok(0))
+        })
+    })
+}
+
+/// A file a PHP script writes as it starts (its pid, a line per request), so
+/// that a test waits until requests have reached PHP instead of sleeping.
+/// In /tmp, which workers running as www-data can write; removed on drop.
+pub struct Started {
+    path: PathBuf,
+}
+
+impl Started {
+    pub fn new() -> Self {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let path = PathBuf::from(format!(
+            "/tmp/tq-started-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_file(&path);
+        Self { path }
+    }
+
+    /// The PHP statement that records a start.
+    pub fn php(&self) -> String {
+        format!(
+            "file_put_contents('{}', getmypid() . \"\\n\", FILE_APPEND | LOCK_EX);",
+            self.path.display()
+        )
+    }
+
+    /// The pids of the scripts that have started so far.
+    pub fn pids(&self) -> Vec<u32> {
+        std::fs::read_to_string(&self.path)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|line| line.parse().ok())
+            .collect()
+    }
+
+    /// Waits until `count` scripts have started; returns their pids.
+    pub fn wait(&self, count: usize) -> Vec<u32> {
+        wait_until(
+            &format!("{count} script(s) to start"),
+            Duration::from_secs(10),
+            || self.pids().len() >= count,
+        );
+        self.pids()
+    }
+}
+
+impl Drop for Started {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
     }
 }
 
@@ -306,6 +412,24 @@ impl Server {
         text.lines()
             .filter(|l| !l.starts_with('#'))
             .find_map(|l| l.strip_prefix(sample).and_then(|v| v.trim().parse().ok()))
+    }
+
+    /// How many of `app`'s workers are busy (from /metrics, so the site
+    /// needs `with_admin()`).
+    pub fn busy_workers(&self, app: &str) -> f64 {
+        self.metric(&format!(
+            "tqserver_workers{{worker=\"{app}\",state=\"busy\"}}"
+        ))
+        .unwrap_or(0.0)
+    }
+
+    /// Waits until `count` of `app`'s workers are busy (`with_admin()`).
+    pub fn wait_busy(&self, app: &str, count: usize) {
+        wait_until(
+            &format!("{count} busy worker(s) in {app}"),
+            Duration::from_secs(10),
+            || self.busy_workers(app) == count as f64,
+        );
     }
 
     /// php-cgi processes whose parent is this tqserver.

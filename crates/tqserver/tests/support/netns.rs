@@ -63,7 +63,8 @@ impl Netns {
                 .unwrap_or_else(|err| panic!("open {}: {err}", path.display()));
             // SAFETY: the descriptor is open for the whole call; setns
             // changes the namespace of this thread only, which runs nothing
-            // but `f`.
+            // but `f`. (nix's safe `sched::setns` needs its `sched` feature,
+            // which the workspace does not enable.)
             let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
             assert_eq!(
                 rc,
@@ -154,14 +155,14 @@ impl Process {
             .stdout(file.try_clone().expect("log file"))
             .stderr(file)
             .process_group(0);
-        // SAFETY: prctl is async-signal-safe and touches no memory of the
-        // parent; the child dies with the thread that spawned it (the test's),
-        // even when the test is killed before its guards run.
+        // SAFETY: the hook runs between fork and exec, where only
+        // async-signal-safe calls are sound: set_pdeathsig is one prctl
+        // call, allocating nothing and touching no memory of the parent. The
+        // child dies with the thread that spawned it (the test's), even when
+        // the test is killed before its guards run.
         unsafe {
             command.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
+                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)?;
                 Ok(())
             });
         }

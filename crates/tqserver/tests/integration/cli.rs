@@ -1,12 +1,12 @@
 //! The command line: `check` on good and bad configs, clear start-up errors,
 //! `--help`, and workers that never outlive tqserver.
 
-mod support;
+use crate::support;
 
 use std::process::Command;
 use std::time::Duration;
 
-use support::{BIN, Site, wait_gone, worker_yaml};
+use crate::support::{BIN, Site, Started, wait_gone, worker_yaml};
 
 fn tqserver(args: &[&str]) -> std::process::Output {
     Command::new(BIN).args(args).output().expect("run tqserver")
@@ -242,9 +242,14 @@ fn help_explains_run_and_check() {
 
 #[test]
 fn no_worker_survives_sigkill_of_tqserver() {
+    let started = Started::new();
     let mut server = Site::new()
         .worker("blog", &worker_yaml("/blog", 3))
-        .file("blog", "slow.php", "<?php sleep(30);")
+        .file(
+            "blog",
+            "slow.php",
+            format!("<?php {} sleep(30);", started.php()),
+        )
         .start();
     let pids = server.worker_pids();
     assert_eq!(pids.len(), 3, "{}", server.log());
@@ -255,7 +260,7 @@ fn no_worker_survives_sigkill_of_tqserver() {
         conn.send(b"GET /blog/slow.php HTTP/1.1\r\nHost: x\r\n\r\n");
         let _ = std::panic::catch_unwind(move || conn.read_response(false));
     });
-    std::thread::sleep(Duration::from_millis(300));
+    started.wait(1);
     let killed = server.kill9();
     assert_eq!(killed.len(), 3);
     assert!(

@@ -3,13 +3,11 @@
 //! format (and in headless Chromium); health and readiness; the slow log, the
 //! access log, STDERR relay; `tqserver status`.
 
-mod support;
-
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::support::{BIN, Conn, Server, Site, holds_within, wait_until};
 use nix::sys::signal::Signal;
-use support::{BIN, Conn, Server, Site};
 
 fn site(pool: &str) -> Site {
     Site::new()
@@ -166,11 +164,10 @@ fn queue_length_and_rejections_move_under_saturation() {
     let busy: Vec<_> = (0..4)
         .map(|_| background_get(&server, "/sleep.php?ms=1500"))
         .collect();
-    std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(
-        server.metric("tqserver_queue_length{worker=\"app\"}"),
-        Some(3.0)
-    );
+    // One runs, three wait (within queue_timeout: the wait ends at once).
+    wait_until("three queued requests", Duration::from_secs(5), || {
+        server.metric("tqserver_queue_length{worker=\"app\"}") == Some(3.0)
+    });
     // The queue is full: refused at once.
     assert_eq!(server.get("/ok.php").status, 503);
     let statuses: Vec<u16> = busy.into_iter().map(|h| h.join().unwrap()).collect();
@@ -218,14 +215,14 @@ fn timeouts_and_crashes_are_counted() {
     assert_eq!(server.get("/loop.php").status, 504);
     assert_eq!(server.get("/crash.php").status, 502);
     let deadline = Instant::now() + Duration::from_secs(5);
-    while server.metric("tqserver_worker_crashes_total{worker=\"app\"}") != Some(1.0) {
-        assert!(
-            Instant::now() < deadline,
-            "{}",
-            server.admin("/metrics").text()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let left = || deadline.saturating_duration_since(Instant::now());
+    assert!(
+        holds_within(left(), || server
+            .metric("tqserver_worker_crashes_total{worker=\"app\"}")
+            == Some(1.0)),
+        "{}",
+        server.admin("/metrics").text()
+    );
     assert_eq!(
         server.metric("tqserver_worker_timeouts_total{worker=\"app\"}"),
         Some(1.0)
@@ -240,17 +237,14 @@ fn timeouts_and_crashes_are_counted() {
     );
     // Both replaced. A php-cgi is a child before the pool counts its spawn
     // (when it accepts), so wait for the counter too.
-    while server.worker_pids().len() != 2
-        || server.metric("tqserver_worker_spawns_total{worker=\"app\"}") < Some(4.0)
-    {
-        assert!(
-            Instant::now() < deadline,
-            "{:?}\n{}",
-            server.worker_pids(),
-            server.admin("/metrics").text()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    assert!(
+        holds_within(left(), || server.worker_pids().len() == 2
+            && server.metric("tqserver_worker_spawns_total{worker=\"app\"}")
+                >= Some(4.0)),
+        "{:?}\n{}",
+        server.worker_pids(),
+        server.admin("/metrics").text()
+    );
 }
 
 #[test]
@@ -352,17 +346,15 @@ fn status_json_full_has_every_php_fpm_field() {
 
 /// The only process of the pool, once it is idle, from `?json&full`.
 fn idle_process(server: &Server) -> serde_json::Value {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
+    let mut process = serde_json::Value::Null;
+    let idle = holds_within(Duration::from_secs(5), || {
         let status: serde_json::Value =
             serde_json::from_slice(&server.admin("/status/app?json&full").body).unwrap();
-        let process = status["processes"][0].clone();
-        if process["state"] == "Idle" {
-            return process;
-        }
-        assert!(Instant::now() < deadline, "never idle: {process}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+        process = status["processes"][0].clone();
+        process["state"] == "Idle"
+    });
+    assert!(idle, "never idle: {process}");
+    process
 }
 
 #[test]
@@ -386,11 +378,9 @@ fn last_request_cpu_and_memory_are_measured() {
 
     // Measured per request: a light one after it peaks far lower. PHP
     // answers before it frees the request's memory; wait until it has.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while idle_process(&server)["rss"].as_u64().unwrap() + (15 << 20) > memory {
-        assert!(Instant::now() < deadline, "PHP kept the 20 MB");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_until("PHP to free the 20 MB", Duration::from_secs(5), || {
+        idle_process(&server)["rss"].as_u64().unwrap() + (15 << 20) <= memory
+    });
     assert_eq!(server.get("/ok.php").text(), "ok");
     let light = idle_process(&server);
     let light_memory = light["last request memory"].as_u64().unwrap();
@@ -471,11 +461,13 @@ fn health_and_readiness() {
     assert_eq!(ready.status, 200, "{}", ready.text());
     // Draining: a request keeps the server in its stop phase.
     let slow = background_get(&server, "/sleep.php?ms=1500");
-    std::thread::sleep(Duration::from_millis(200));
+    server.wait_busy("app", 1);
     server.signal(Signal::SIGTERM);
-    std::thread::sleep(Duration::from_millis(300));
-    let draining = server.admin("/readyz");
-    assert_eq!(draining.status, 503);
+    let mut draining = server.admin("/readyz");
+    wait_until("/readyz to fail", Duration::from_secs(1), || {
+        draining = server.admin("/readyz");
+        draining.status == 503
+    });
     assert!(draining.text().contains("stopping"), "{}", draining.text());
     assert_eq!(slow.join().unwrap(), 200);
     assert!(
@@ -553,11 +545,11 @@ fn each_app_may_have_its_own_slow_log() {
         assert_eq!(server.get(path).status, 200, "{path}");
     }
     let own = server.site.root().join("workers/a/a-slow.log");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !std::fs::read_to_string(&own).is_ok_and(|t| t.contains("slow request")) {
-        assert!(Instant::now() < deadline, "nothing in {}", own.display());
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until(
+        &format!("a slow request in {}", own.display()),
+        Duration::from_secs(5),
+        || std::fs::read_to_string(&own).is_ok_and(|t| t.contains("slow request")),
+    );
     let own = std::fs::read_to_string(&own).unwrap();
     assert!(
         own.contains("worker=a ") && own.contains("uri=/a/sleep.php?ms=200"),
@@ -613,14 +605,11 @@ fn access_log_in_combined_and_json_formats() {
     let server = site.start();
     server.request("GET /ok.php?x=1 HTTP/1.1\r\nHost: x\r\nReferer: http://ref.example/\r\nUser-Agent: tester/1.0\r\nConnection: close\r\n\r\n");
     server.get("/missing");
-    let deadline = Instant::now() + Duration::from_secs(3);
-    let text = loop {
-        let text = std::fs::read_to_string(&combined).unwrap_or_default();
-        if text.lines().count() >= 2 || Instant::now() > deadline {
-            break text;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let mut text = String::new();
+    holds_within(Duration::from_secs(3), || {
+        text = std::fs::read_to_string(&combined).unwrap_or_default();
+        text.lines().count() >= 2
+    });
     let lines: Vec<_> = text.lines().collect();
     assert_eq!(lines.len(), 2, "{text}");
     assert!(lines[0].starts_with("127.0.0.1 - - ["), "{}", lines[0]);
@@ -648,14 +637,11 @@ fn access_log_in_combined_and_json_formats() {
     );
     let server = site.start();
     server.get("/ok.php");
-    let deadline = Instant::now() + Duration::from_secs(3);
-    let text = loop {
-        let text = std::fs::read_to_string(&json).unwrap_or_default();
-        if !text.is_empty() || Instant::now() > deadline {
-            break text;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let mut text = String::new();
+    holds_within(Duration::from_secs(3), || {
+        text = std::fs::read_to_string(&json).unwrap_or_default();
+        !text.is_empty()
+    });
     let entry: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
     assert_eq!(entry["worker"], "app");
     assert_eq!(entry["status"], 200);

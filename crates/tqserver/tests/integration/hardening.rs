@@ -2,14 +2,14 @@
 //! against real php-cgi: hold a worker, lose bytes of a reply, spoof a
 //! header PHP trusts, reach another app's files, or get a wrong answer.
 
-mod support;
+use crate::support;
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
+use crate::support::{Conn, Site, wait_until, worker_yaml};
 use nix::sys::signal::Signal;
-use support::{Conn, Site, worker_yaml};
 
 const VARS: &str = r#"<?php
 foreach (['HTTP_X_FORWARDED_FOR', 'HTTP_X_REAL_IP', 'REMOTE_USER', 'SERVER_NAME', 'HTTP_HOST', 'SERVER_PROTOCOL'] as $k) {
@@ -316,7 +316,12 @@ fn stalled_uploads_never_hold_a_worker() {
             conn
         })
         .collect();
-    std::thread::sleep(Duration::from_millis(300));
+    // tqserver has read what they sent (it could have taken the worker).
+    wait_until(
+        "tqserver to read the stalled uploads",
+        Duration::from_secs(5),
+        || support::server_caught_up(server.port()),
+    );
     answered_within(&server, Duration::from_secs(2), "behind stalled uploads");
     // The stalled ones end with 408 at read_timeout, never reaching PHP.
     for conn in &mut stalled {
@@ -388,11 +393,14 @@ fn a_closing_response_is_delivered_whole_to_a_client_that_keeps_sending() {
               GET /app/file.txt HTTP/1.1\r\nHost: localhost\r\n",
         )
         .unwrap();
-    // More bytes while the response is going out: unread input at close.
-    std::thread::sleep(Duration::from_millis(300));
-    let _ = client.write_all(b"X-More: 1\r\n");
     let mut received = Vec::with_capacity(big.len() + 1024);
     let mut buf = vec![0u8; 256 * 1024];
+    // More bytes once the response is going out (its first bytes are here,
+    // 12 MB cannot all be in the socket buffers): unread input at close.
+    let first = client.read(&mut buf).unwrap();
+    assert!(first > 0, "no response");
+    received.extend_from_slice(&buf[..first]);
+    let _ = client.write_all(b"X-More: 1\r\n");
     loop {
         match client.read(&mut buf) {
             Ok(0) => break,
@@ -400,7 +408,8 @@ fn a_closing_response_is_delivered_whole_to_a_client_that_keeps_sending() {
             Err(err) if err.kind() == ErrorKind::Interrupted => {}
             Err(err) => panic!("after {} bytes: {err}", received.len()),
         }
-        // A slow reader.
+        // A slow reader: pacing that is the point of the test, not
+        // synchronisation.
         std::thread::sleep(Duration::from_millis(2));
     }
     let head_end = received.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
@@ -502,7 +511,8 @@ fn request_timeout_holds_while_output_keeps_flowing() {
                 Ok(0) | Err(_) => break,
                 Ok(n) => received += n,
             }
-            // Slower than PHP writes, so PHP always has more ready.
+            // Slower than PHP writes, so PHP always has more ready (pacing,
+            // the point of the test; not synchronisation).
             std::thread::sleep(Duration::from_millis(5));
             assert!(
                 started.elapsed() < Duration::from_secs(12),

@@ -10,10 +10,7 @@
 //! redis-server, two tqserver nodes with PHP sessions in Redis. It needs
 //! root (for `ip netns`) and skips, saying why, without it.
 
-mod support;
-
-#[path = "support/netns.rs"]
-mod netns;
+use crate::support::{self, netns};
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -22,8 +19,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::support::{Site, holds_within, worker_yaml};
 use nix::sys::signal::Signal;
-use support::{Site, holds_within, worker_yaml};
 
 // ---------------------------------------------------------------------------
 // Readiness on one node.
@@ -161,6 +158,8 @@ fn on_sigterm_readyz_fails_first_while_the_port_still_serves_for_drain_delay() {
             }
             Err(_) => break elapsed,
         }
+        // The sampling interval of this look over the drain window, not
+        // synchronisation.
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(
@@ -806,6 +805,8 @@ fn two_nodes_behind_haproxy() {
                 {
                     closed_at = Some(started.elapsed());
                 }
+                // The sampling interval (it times both events), not
+                // synchronisation.
                 std::thread::sleep(Duration::from_millis(20));
             }
             (down_at, closed_at)

@@ -1,12 +1,12 @@
 //! The HTTP front against real php-cgi: requests and responses as a browser
 //! or curl sees them, routing, static files, and the CGI environment PHP gets.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 
+use crate::support::{Site, md5, multipart, wait_until, worker_yaml};
 use nix::sys::signal::Signal;
-use support::{Site, md5, multipart, worker_yaml};
 
 const ENV_PHP: &str = r#"<?php
 foreach (['REQUEST_METHOD','REQUEST_URI','SCRIPT_NAME','SCRIPT_FILENAME','PATH_INFO','PATH_TRANSLATED',
@@ -344,6 +344,8 @@ fn an_upload_refused_as_too_large_still_gets_its_413() {
         use std::io::Write;
         for piece in body.chunks(16 * 1024) {
             upload.write_all(piece)?;
+            // An upload still arriving when the 413 goes out: pacing that
+            // is the point of the test, not synchronisation.
             std::thread::sleep(Duration::from_micros(200));
         }
         Ok::<(), std::io::Error>(())
@@ -492,14 +494,9 @@ fn a_flooding_connection_does_not_starve_the_others() {
         })
     };
     // The flood is being served...
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while answered.load(Ordering::Relaxed) < 1000 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the flood is not served"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_until("the flood to be served", Duration::from_secs(10), || {
+        answered.load(Ordering::Relaxed) >= 1000
+    });
     // ...and a second client still gets its answer at once: while it waits,
     // the flood gets a few turns' worth of responses, not thousands (without
     // turns: thousands, over 60 ms). Both must be seen to call it starved: a
@@ -600,14 +597,25 @@ fn a_large_response_to_a_slow_reader_is_streamed_not_buffered() {
             "big.php",
             "<?php $line = str_repeat('0123456789abcdef', 64); for ($i = 0; $i < 48 * 1024; $i++) { echo $line; }",
         )
+        .with_admin()
         .start();
     assert_eq!(server.get("/blog/hello.php").text(), "Hello, World!");
     let before = rss_kib(server.pid());
     let mut conn = server.connect();
     conn.send(b"GET /blog/big.php HTTP/1.1\r\nHost: x\r\n\r\n");
-    // The client does not read yet: PHP may only get as far as the socket
-    // buffers let it, not 48 MiB into tqserver's memory.
-    std::thread::sleep(Duration::from_secs(1));
+    // The client does not read yet: PHP's output goes to the response
+    // buffer (memory up to response_buffer_memory, then a file), not 48 MiB
+    // into tqserver's memory. Measured once PHP is done and its worker free.
+    wait_until(
+        "PHP to finish into the response buffer",
+        Duration::from_secs(20),
+        || {
+            server
+                .metric("tqserver_responses_buffered_total{worker=\"blog\"}")
+                .is_some_and(|n| n >= 1.0)
+                && server.busy_workers("blog") == 0.0
+        },
+    );
     let grown = rss_kib(server.pid()).saturating_sub(before);
     assert!(grown < 16 * 1024, "tqserver grew by {grown} KiB");
     let response = conn.read_response(false);
@@ -652,6 +660,8 @@ fn a_slow_request_head_times_out_and_an_idle_connection_closes() {
     let mut idle = server.connect();
     idle.send(b"GET /blog/hello.php HTTP/1.1\r\nHost: x\r\n\r\n");
     assert_eq!(idle.read_response(false).text(), "hi");
+    // Idle past read_timeout, within idle_timeout: the time is the point of
+    // the test, not synchronisation.
     std::thread::sleep(Duration::from_millis(1500));
     idle.send(b"GET /blog/hello.php HTTP/1.1\r\nHost: x\r\n\r\n");
     assert_eq!(idle.read_response(false).text(), "hi");
@@ -687,15 +697,10 @@ fn each_pool_gets_a_private_opcache_file_cache_removed_at_stop() {
     }
     // Compiled scripts land there (once they are older than OPcache's
     // file_update_protection, 2 s).
-    let deadline = std::time::Instant::now() + Duration::from_secs(8);
-    while walk(&dir).is_empty() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no file cache written"
-        );
+    wait_until("a file cache written", Duration::from_secs(8), || {
         server.get("/blog/env.php");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+        !walk(&dir).is_empty()
+    });
     server.signal(Signal::SIGTERM);
     assert!(server.wait_exit(Duration::from_secs(10)).is_some());
     assert!(!dir.exists(), "the file cache outlived the server");

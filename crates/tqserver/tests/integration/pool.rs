@@ -1,14 +1,14 @@
 //! The pool manager seen from outside: process counts while scaling,
 //! recycling, timeouts, queueing, crashes and crash loops, with real php-cgi.
 
-mod support;
+use crate::support;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::support::{Conn, Server, Site, holds_throughout, wait_until};
 use nix::sys::signal::Signal;
-use support::{Conn, Server, Site, wait_until};
 
 const PID_PHP: &str = "<?php echo getmypid();";
 const SLEEP_PHP: &str =
@@ -58,6 +58,7 @@ fn sample_max_workers(server: &Server, stop: Arc<AtomicBool>) -> std::thread::Jo
         let mut max = 0;
         while !stop.load(Ordering::Relaxed) {
             max = max.max(support::children_named(pid, "php-cgi").len());
+            // The sampling interval, not synchronisation.
             std::thread::sleep(Duration::from_millis(5));
         }
         max
@@ -99,8 +100,13 @@ fn dynamic_pool_grows_under_a_burst_and_shrinks_back() {
         took > Duration::from_secs(5),
         "scale-down should be gentle, took {took:?}"
     );
-    std::thread::sleep(Duration::from_millis(1500));
-    assert_eq!(server.worker_pids().len(), 2, "never below min_workers");
+    // And stays there: looked at all through 1.5 s, more than idle_timeout.
+    assert!(
+        holds_throughout(Duration::from_millis(1500), || server.worker_pids().len()
+            == 2),
+        "never below min_workers: {:?}",
+        server.worker_pids()
+    );
 }
 
 #[test]
@@ -247,8 +253,9 @@ fn request_timeout_gives_504_and_a_fresh_worker() {
 
 #[test]
 fn a_full_pool_queues_with_a_bound_and_answers_503_with_retry_after() {
-    let server =
-        pool_site("    manager: static\n    max_workers: 2\n    queue_timeout: 1500ms\n").start();
+    let server = pool_site("    manager: static\n    max_workers: 2\n    queue_timeout: 1500ms\n")
+        .with_admin()
+        .start();
     let started = Instant::now();
     let results = concurrent(&server, "/sleep.php?ms=1000", 10);
     let elapsed = started.elapsed();
@@ -274,7 +281,7 @@ fn a_full_pool_queues_with_a_bound_and_answers_503_with_retry_after() {
                 })
             })
             .collect();
-        std::thread::sleep(Duration::from_millis(200));
+        server.wait_busy("app", 2);
         let response = server.get("/pid.php");
         for blocker in blockers {
             assert_eq!(blocker.join().unwrap(), 200);
@@ -320,12 +327,15 @@ fn a_crash_mid_request_is_a_502_for_that_request_only() {
 
 #[test]
 fn a_client_that_goes_away_does_not_hold_its_worker() {
-    let server = pool_site("    manager: static\n    max_workers: 1\n").start();
+    let server = pool_site("    manager: static\n    max_workers: 1\n")
+        .with_admin()
+        .start();
     {
         let mut conn = server.connect();
         conn.send(b"GET /sleep.php?ms=700 HTTP/1.1\r\nHost: x\r\n\r\n");
-        std::thread::sleep(Duration::from_millis(100));
-        // Dropped: the client is gone.
+        // The script runs...
+        server.wait_busy("app", 1);
+        // ...and the connection is dropped: the client is gone.
     }
     let started = Instant::now();
     let response = server.get("/pid.php");
@@ -406,6 +416,8 @@ fn a_crash_loop_backs_off_instead_of_spinning() {
     for pid in server.worker_pids() {
         support::kill(pid, Signal::SIGKILL);
     }
+    // A fixed window in which spawn attempts are counted: the time is the
+    // measure, not synchronisation.
     std::thread::sleep(Duration::from_secs(3));
     let attempts = count_starts() - before;
     assert!(attempts >= 2, "it must keep retrying: {attempts}");
@@ -487,6 +499,7 @@ fn healthy_workers_killed_from_outside_are_replaced_at_once() {
         slowest_replacement = slowest_replacement.max(took);
         let backoff = pool_json(&server)["backoff remaining"].as_f64().unwrap();
         assert_eq!(backoff, 0.0, "kill {kill}: the pool backed off");
+        // A kill every 250 ms: pacing that is the point of the test.
         std::thread::sleep(Duration::from_millis(250));
     }
     stop.store(true, Ordering::Relaxed);
@@ -534,9 +547,10 @@ fn no_worker_survives_kill_9_of_tqserver_under_load() {
         pool_site("    manager: dynamic\n    min_workers: 2\n    max_workers: 6\n").start();
     let port = server.port();
     let stop = Arc::new(AtomicBool::new(false));
+    let answered = Arc::new(AtomicUsize::new(0));
     let load: Vec<_> = (0..8)
         .map(|_| {
-            let stop = stop.clone();
+            let (stop, answered) = (stop.clone(), answered.clone());
             std::thread::spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
                     let Ok(stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
@@ -550,11 +564,19 @@ fn no_worker_survives_kill_9_of_tqserver_under_load() {
                     );
                     let mut sink = Vec::new();
                     let _ = stream.read_to_end(&mut sink);
+                    if sink.starts_with(b"HTTP/1.1 200") {
+                        answered.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
             })
         })
         .collect();
-    std::thread::sleep(Duration::from_millis(800));
+    // Under load: requests flowing, the pool grown past min_workers.
+    wait_until(
+        "the pool to grow under load",
+        Duration::from_secs(10),
+        || answered.load(Ordering::Relaxed) >= 50 && server.worker_pids().len() > 2,
+    );
     let pids = server.kill9();
     assert!(!pids.is_empty());
     assert!(

@@ -3,9 +3,9 @@
 //! hidden, path-info tricks never run the wrong file, and hostile requests get
 //! a 4xx while the server keeps serving everyone else.
 
-mod support;
+use crate::support;
 
-use support::{Site, worker_yaml};
+use crate::support::{Site, worker_yaml};
 
 fn site() -> Site {
     let site = Site::new()

@@ -2,15 +2,15 @@
 //! and removed without a restart, broken configs that change nothing,
 //! graceful shutdown, log reopening, `tqserver reload`.
 
-mod support;
+use crate::support;
 
 use std::io::{Read, Write};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::support::{BIN, Conn, Server, Site, Started, all_php_cgi, wait_gone, wait_until};
 use nix::sys::signal::Signal;
-use support::{BIN, Conn, Server, Site, all_php_cgi, wait_gone, wait_until};
 
 const SETTINGS_PHP: &str =
     "<?php echo 'memory_limit=', ini_get('memory_limit'), \"\\npid=\", getmypid(), \"\\n\";";
@@ -94,6 +94,8 @@ fn reload_under_load_fails_no_request() {
     let mut reload_times = Vec::new();
     let test_started = Instant::now();
     for generation in 1..=10 {
+        // Pacing, not synchronisation: the ten reloads are spread over the
+        // 20 s of load.
         std::thread::sleep(Duration::from_millis(800));
         let written = Instant::now();
         if generation % 2 == 0 {
@@ -109,7 +111,8 @@ fn reload_under_load_fails_no_request() {
         );
         reload_times.push(written.elapsed());
     }
-    // Keep the load on for the full 20 s.
+    // Keep the load on for the full 20 s (the test's length, not
+    // synchronisation).
     if let Some(rest) = Duration::from_secs(20).checked_sub(test_started.elapsed()) {
         std::thread::sleep(rest);
     }
@@ -182,6 +185,7 @@ fn one_request(conn: &mut std::io::BufReader<std::net::TcpStream>) -> std::io::R
 
 #[test]
 fn adding_and_removing_a_worker_folder_needs_no_restart() {
+    let started = Started::new();
     let site = Site::new()
         .worker(
             "main",
@@ -197,7 +201,11 @@ fn adding_and_removing_a_worker_folder_needs_no_restart() {
     std::fs::create_dir_all(root.join("workers/shop/public")).unwrap();
     std::fs::write(
         root.join("workers/shop/public/item.php"),
-        "<?php usleep((int)($_GET['ms'] ?? 0) * 1000); echo 'shop item';",
+        format!(
+            "<?php if (isset($_GET['started'])) {{ {} }}\n\
+             usleep((int)($_GET['ms'] ?? 0) * 1000); echo 'shop item';",
+            started.php()
+        ),
     )
     .unwrap();
     let _ = std::process::Command::new("chmod")
@@ -218,11 +226,13 @@ fn adding_and_removing_a_worker_folder_needs_no_restart() {
     let port = server.port();
     let in_flight = std::thread::spawn(move || {
         let mut conn = Conn::open(port);
-        conn.send(b"GET /shop/item.php?ms=1500 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        conn.send(
+            b"GET /shop/item.php?ms=1500&started HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        );
         let response = conn.read_response(false);
         (response.status, response.text())
     });
-    std::thread::sleep(Duration::from_millis(300));
+    started.wait(1);
     std::fs::remove_dir_all(root.join("workers/shop")).unwrap();
     wait_until("the route to go", Duration::from_secs(10), || {
         server.get("/shop/").text() == "main front"
@@ -284,12 +294,17 @@ fn a_broken_worker_yaml_leaves_the_old_config_serving() {
 
 #[test]
 fn sigterm_lets_in_flight_requests_finish_then_exits_0() {
+    let started = Started::new();
     let mut server = Site::new()
         .worker(
             "app",
             "path: /\nphp:\n  pool:\n    manager: static\n    max_workers: 10\n",
         )
-        .file("app", "slow.php", "<?php sleep(2); echo 'done';")
+        .file(
+            "app",
+            "slow.php",
+            format!("<?php {} sleep(2); echo 'done';", started.php()),
+        )
         .start();
     let pids = server.worker_pids();
     let port = server.port();
@@ -303,12 +318,19 @@ fn sigterm_lets_in_flight_requests_finish_then_exits_0() {
             })
         })
         .collect();
-    std::thread::sleep(Duration::from_millis(500));
+    started.wait(10);
     let signalled = Instant::now();
     server.signal(Signal::SIGTERM);
     // New connections are refused while the old ones finish.
-    std::thread::sleep(Duration::from_millis(200));
-    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
+    wait_until(
+        "new connections to be refused",
+        Duration::from_secs(1),
+        || std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+    );
+    assert!(
+        requests.iter().all(|request| !request.is_finished()),
+        "refused only once the requests had finished"
+    );
     for request in requests {
         assert_eq!(request.join().unwrap(), (200, "done".to_owned()));
     }
@@ -348,7 +370,11 @@ fn an_idle_server_exits_at_once_after_sigterm_whatever_its_clients_hold() {
         .write_all(b"GET /status HTTP/1.1\r\n")
         .unwrap();
     let _admin_silent = std::net::TcpStream::connect(("127.0.0.1", admin_port)).unwrap();
-    std::thread::sleep(Duration::from_millis(100));
+    wait_until(
+        "tqserver to take in every connection and byte",
+        Duration::from_secs(5),
+        || support::server_caught_up(server.port()) && support::server_caught_up(admin_port),
+    );
 
     let signalled = Instant::now();
     server.signal(Signal::SIGTERM);
@@ -386,12 +412,17 @@ fn an_idle_server_exits_at_once_after_sigterm_whatever_its_clients_hold() {
 
 #[test]
 fn a_second_sigint_stops_at_once() {
+    let started = Started::new();
     let mut server = Site::new()
         .worker(
             "app",
             "path: /\nphp:\n  pool:\n    manager: static\n    max_workers: 2\n",
         )
-        .file("app", "slow.php", "<?php sleep(20); echo 'done';")
+        .file(
+            "app",
+            "slow.php",
+            format!("<?php {} sleep(20); echo 'done';", started.php()),
+        )
         .start();
     let pids = server.worker_pids();
     let port = server.port();
@@ -401,16 +432,20 @@ fn a_second_sigint_stops_at_once() {
         let mut sink = Vec::new();
         let _ = conn.stream().read_to_end(&mut sink);
     });
-    std::thread::sleep(Duration::from_millis(300));
+    started.wait(1);
     server.signal(Signal::SIGINT);
-    std::thread::sleep(Duration::from_millis(300));
-    let started = Instant::now();
+    assert!(
+        server.wait_for_log("SIGINT: stopping gracefully", Duration::from_secs(5)),
+        "{}",
+        server.log()
+    );
+    let second = Instant::now();
     server.signal(Signal::SIGINT);
     assert!(
         server.wait_exit(Duration::from_secs(5)).is_some(),
         "second SIGINT did not stop tqserver"
     );
-    assert!(started.elapsed() < Duration::from_secs(4));
+    assert!(second.elapsed() < Duration::from_secs(4));
     assert!(wait_gone(&pids, Duration::from_secs(2)));
 }
 
@@ -483,7 +518,17 @@ fn tqserver_reload_applies_or_reports_errors() {
         "path: /\nphp:\n  pool:\n    manager: elastic\n",
     )
     .unwrap();
-    std::thread::sleep(Duration::from_millis(800));
+    // The watcher sees the file first and refuses it; `tqserver reload` then
+    // asks again.
+    wait_until(
+        "the watcher's refused reload",
+        Duration::from_secs(10),
+        || {
+            server
+                .metric("tqserver_config_reload_failures_total")
+                .is_some_and(|n| n >= 1.0)
+        },
+    );
     let output = std::process::Command::new(BIN)
         .args(["reload", "--config"])
         .arg(&config)
@@ -636,6 +681,8 @@ fn systemd_notifications_and_watchdog() {
 fn no_worker_is_left_behind_by_these_tests() {
     // Runs alongside the others; checks that nothing from a finished test
     // leaks by looking for php-cgi processes whose parent is gone (pid 1).
+    // Not synchronisation: there is no event to wait for, the delay lets the
+    // tests started with this one get going (and finish) before the look.
     std::thread::sleep(Duration::from_secs(1));
     for pid in all_php_cgi() {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();

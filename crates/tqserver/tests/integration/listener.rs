@@ -4,17 +4,19 @@
 //! `in_process_*` drive the listener without a socket or a tqserver process,
 //! over `tokio::io::duplex` pipes.
 
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::support::fcgi::{
+    AsyncFcgiConn, FcgiConn, begin_and_params, cgi_params, is_complete, stdin,
+};
+use crate::support::nginx::Nginx;
+use crate::support::{Server, Site, free_port, md5, multipart, wait_until};
 use arc_swap::ArcSwap;
 use fastcgi::record::{ProtocolStatus, RecordType, put_abort_request, put_record};
 use nix::sys::signal::Signal;
-use support::fcgi::{AsyncFcgiConn, FcgiConn, begin_and_params, cgi_params, is_complete, stdin};
-use support::nginx::Nginx;
-use support::{Server, Site, free_port, md5, multipart, wait_until};
 use tokio::io::DuplexStream;
 use tokio_util::sync::CancellationToken;
 use tqserver::app::App;

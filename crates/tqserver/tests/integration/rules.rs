@@ -3,10 +3,10 @@
 //! of its path, a static-only directory serves its files but never runs (or
 //! shows) a script, and the FastCGI listener applies the same rules.
 
-mod support;
+use crate::support;
 
-use support::fcgi::{FcgiConn, cgi_params};
-use support::{Site, free_port};
+use crate::support::fcgi::{FcgiConn, cgi_params};
+use crate::support::{Site, free_port};
 
 const SECRET_SCRIPT: &str = "<?php echo 'EXECUTED'; // source that must not show";
 

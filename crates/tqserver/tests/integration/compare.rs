@@ -2,10 +2,10 @@
 //! nginx + php-fpm serving the same files: where nginx + php-fpm is the
 //! reference a user compares us with, both must answer alike.
 
-mod support;
+use crate::support;
 
-use support::nginx::PhpFpm;
-use support::{Site, worker_yaml};
+use crate::support::nginx::PhpFpm;
+use crate::support::{Site, worker_yaml};
 
 const VARS: &str = r#"<?php
 foreach (['HTTP_X_FORWARDED_FOR', 'HTTP_X_REAL_IP', 'REMOTE_USER'] as $k) {
@@ -46,7 +46,7 @@ fn hostile_requests_get_the_answers_nginx_and_php_fpm_give() {
         ("bare CR in a chunk extension",
          "POST /vars.php HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n3;a\rb\r\nabc\r\n0\r\n\r\n".into()),
         // Not compared: a chunk size past the limit, which tqserver answers
-        // with 413 at once (tests/hardening.rs) while nginx waits for the
+        // with 413 at once (hardening.rs) while nginx waits for the
         // chunk's bytes until client_body_timeout.
         ("a Content-Length past the body limit",
          "POST /vars.php HTTP/1.1\r\nHost: localhost\r\nContent-Length: 200000000\r\nConnection: close\r\n\r\n".into()),

@@ -1,0 +1,28 @@
+//! The fast integration tests, one module per subject, in one test binary:
+//! the harness in `tests/support` is compiled once and one binary is linked
+//! instead of one per file. Each test starts its own server on free ports
+//! against real php-cgi (and nginx, php-fpm, haproxy, redis where a test says
+//! so); nextest runs each test in a process of its own.
+//!
+//! ```text
+//! cargo nextest run -p tqserver --test integration            # all of them
+//! cargo nextest run -p tqserver --test integration hardening:: # one module
+//! ```
+//!
+//! The heavy suites against real applications are a separate binary,
+//! `tests/apps` (feature `app-tests`).
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod cli;
+mod compare;
+mod hardening;
+mod http;
+mod listener;
+mod live;
+mod observe;
+mod pool;
+mod rules;
+mod scaleout;
+mod security;
