@@ -17,6 +17,7 @@ mod support;
 
 mod cli;
 mod compare;
+mod embed;
 mod hardening;
 mod http;
 mod listener;

@@ -2,12 +2,11 @@
 //! tqserver, workers under the zygote, nothing left after `kill -9`, a new
 //! zygote on reload, and configuration errors that say what to do.
 
-mod support;
 
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
-use support::{Site, children_named, wait_gone, wait_until};
+use crate::support::{self, Site, children_named, wait_gone, wait_until};
 
 const APP: &str =
     "path: /\nphp:\n  runtime: embed\n  pool:\n    manager: static\n    max_workers: 2\n";
