@@ -33,12 +33,12 @@ use http::StatusCode;
 use pool::{KillReason, Lease, RequestInfo};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, UnixListener};
-use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
 
+use crate::accept::{Accept, AcceptLoop};
 use crate::app::App;
 use crate::config::{FastcgiConfig, ListenAddr, ServerSettings};
 use crate::docroot::Location;
@@ -151,58 +151,47 @@ impl Shared {
     }
 }
 
-/// Accepts connections until `shutdown`.
+/// Accepts connections until `shutdown`, at most `fastcgi.max_connections`
+/// at once ([`crate::accept`]); a TCP client not in
+/// `fastcgi.allowed_clients` is closed at once.
 pub async fn serve(
     bound: Bound,
     shared: Arc<Shared>,
     shutdown: CancellationToken,
     connections: TaskTracker,
 ) {
-    let max_connections = shared.config.load().max_connections.max(1);
-    // Beyond max_connections, new connections wait in the kernel backlog.
-    let slots = Arc::new(Semaphore::new(max_connections));
-    loop {
-        let permit = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            permit = slots.clone().acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => break,
-            },
-        };
-        let accepted = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            accepted = accept(&bound) => accepted,
-        };
-        match accepted {
-            Ok(Accepted::Tcp(stream, peer)) => {
+    let accept_loop = AcceptLoop {
+        front: "FastCGI listener",
+        app: Some(shared.worker.clone()),
+        max_connections: shared.config.load().max_connections,
+        setting: "fastcgi.max_connections",
+    };
+    accept_loop
+        .run(&bound, &shutdown, &connections, |accepted| {
+            if let Accepted::Tcp(stream, peer) = &accepted {
                 if !client_allowed(&shared.config.load().allowed_clients, peer.ip()) {
                     warn!(
                         worker = %shared.worker,
                         %peer,
                         "FastCGI connection refused: client not in fastcgi.allowed_clients"
                     );
-                    continue;
+                    return None;
                 }
                 let _ = stream.set_nodelay(true);
-                let (shared, stop) = (shared.clone(), shutdown.clone());
-                connections.spawn(async move {
-                    connection(stream.into_split(), Some(peer), shared, stop).await;
-                    drop(permit);
-                });
             }
-            Ok(Accepted::Unix(stream)) => {
-                let (shared, stop) = (shared.clone(), shutdown.clone());
-                connections.spawn(async move {
-                    connection(stream.into_split(), None, shared, stop).await;
-                    drop(permit);
-                });
-            }
-            Err(err) => {
-                warn!("FastCGI accept failed: {err}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    }
+            let (shared, stop) = (shared.clone(), shutdown.clone());
+            Some(async move {
+                match accepted {
+                    Accepted::Tcp(stream, peer) => {
+                        connection(stream.into_split(), Some(peer), shared, stop).await
+                    }
+                    Accepted::Unix(stream) => {
+                        connection(stream.into_split(), None, shared, stop).await
+                    }
+                }
+            })
+        })
+        .await;
     if let Bound::Unix(listener) = &bound
         && let Ok(addr) = listener.local_addr()
         && let Some(path) = addr.as_pathname()
@@ -211,21 +200,25 @@ pub async fn serve(
     }
 }
 
-enum Accepted {
+/// A connection from a web server.
+pub enum Accepted {
     Tcp(tokio::net::TcpStream, SocketAddr),
     Unix(tokio::net::UnixStream),
 }
 
-async fn accept(bound: &Bound) -> io::Result<Accepted> {
-    match bound {
-        Bound::Tcp(listener) => listener
-            .accept()
-            .await
-            .map(|(stream, peer)| Accepted::Tcp(stream, peer)),
-        Bound::Unix(listener) => listener
-            .accept()
-            .await
-            .map(|(stream, _)| Accepted::Unix(stream)),
+impl Accept for Bound {
+    type Connection = Accepted;
+    async fn accept(&self) -> io::Result<Accepted> {
+        match self {
+            Bound::Tcp(listener) => listener
+                .accept()
+                .await
+                .map(|(stream, peer)| Accepted::Tcp(stream, peer)),
+            Bound::Unix(listener) => listener
+                .accept()
+                .await
+                .map(|(stream, _)| Accepted::Unix(stream)),
+        }
     }
 }
 

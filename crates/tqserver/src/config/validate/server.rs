@@ -79,6 +79,15 @@ pub fn load(server_file: &Path) -> Result<Config, ConfigErrors> {
             format!("{max_headers} is out of range; expected 1 to 10000"),
         ));
     }
+    let max_connections = server_raw
+        .max_connections
+        .unwrap_or(defaults::MAX_CONNECTIONS);
+    if max_connections == 0 || max_connections > 1_000_000 {
+        errors.push(at(
+            "server.max_connections",
+            format!("{max_connections} is out of range; expected 1 to 1000000"),
+        ));
+    }
     let server = ServerSettings {
         listen,
         read_timeout: dur(server_raw.read_timeout, defaults::READ_TIMEOUT),
@@ -90,6 +99,7 @@ pub fn load(server_file: &Path) -> Result<Config, ConfigErrors> {
             .max_body_bytes
             .map(|s| s.0)
             .unwrap_or(defaults::MAX_BODY_BYTES),
+        max_connections: max_connections.clamp(1, 1_000_000),
         grace_period: dur(server_raw.grace_period, defaults::GRACE_PERIOD),
         drain_delay: dur(server_raw.drain_delay, defaults::DRAIN_DELAY),
         threads: server_raw.threads.unwrap_or(0),
