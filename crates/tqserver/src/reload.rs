@@ -2,7 +2,7 @@
 //! with a newly validated configuration and says what to start, keep,
 //! replace and remove, and what each FastCGI listener must do. It touches no
 //! process and no socket, so it is tested by the table below; the server
-//! (`server::apply_reload`) carries a plan out. sozu's `ConfigState::diff`
+//! (`apply_reload` in server/reload.rs) carries a plan out. sozu's `ConfigState::diff`
 //! is the model.
 
 use std::fmt;
