@@ -3,7 +3,7 @@
 //! servers on one machine never compete for a port):
 //! - `/metrics`: Prometheus text, or OpenMetrics when the scraper asks;
 //! - `/status`: JSON for every pool, the server's phase and the last reload;
-//! - `/status/<worker>`: php-fpm's status page (`?json`, `?html`, `?xml`,
+//! - `/status/<app>`: php-fpm's status page (`?json`, `?html`, `?xml`,
 //!   `?openmetrics`, `&full`);
 //! - `/healthz`: the process answers;
 //! - `/readyz`: every enabled pool can take work (not while starting,
@@ -320,7 +320,7 @@ pub fn handle<B>(view: &impl ServerView, request: &Request<B>) -> Response<Full<
             )),
         ),
         _ => match path.strip_prefix("/status/") {
-            Some(worker) => match view.app(worker) {
+            Some(name) => match view.app(name) {
                 Some(app) => {
                     let page = status::render_pool(&app.pool, query);
                     respond(StatusCode::OK, page.content_type, page.body)
@@ -328,7 +328,7 @@ pub fn handle<B>(view: &impl ServerView, request: &Request<B>) -> Response<Full<
                 None => respond(
                     StatusCode::NOT_FOUND,
                     "text/plain",
-                    format!("no worker named {worker}\n"),
+                    format!("no app named {name}\n"),
                 ),
             },
             None => respond(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
@@ -457,7 +457,7 @@ mod tests {
         assert_eq!(content_type, "text/plain");
         assert!(body.starts_with("pool:                 app\n"), "{body}");
         let (status, _, body) = get(&READY, "/status/nope", None).await;
-        assert_eq!((status, body.as_str()), (404, "no worker named nope\n"));
+        assert_eq!((status, body.as_str()), (404, "no app named nope\n"));
         let (status, _, _) = get(&READY, "/nope", None).await;
         assert_eq!(status, 404);
     }

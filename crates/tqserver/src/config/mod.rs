@@ -154,7 +154,7 @@ pub struct AppConfig {
     pub name: String,
     /// The worker.yaml this came from.
     pub file: PathBuf,
-    /// URL prefix without trailing slash; empty for a worker at `/`.
+    /// URL prefix without trailing slash; empty for an app at `/`.
     pub route: String,
     pub folder: PathBuf,
     /// Canonical path of the document root.

@@ -49,14 +49,14 @@ pub(super) async fn serve_connection<R, W>(
     shared.metrics.fastcgi_connections.inc();
     let mut reader = RequestReader::new(read, ParamsLimits::default());
     let mut writer = ResponseWriter::new(write).with_write_timeout(shared.settings.write_timeout);
-    let worker = &shared.worker;
+    let app = &shared.app;
     let peer_text = peer.map_or_else(|| "unix".to_owned(), |p| p.to_string());
     match serve_requests(&mut reader, &mut writer, &shared, peer, &stop).await {
-        Ok(()) => debug!(worker = %worker, peer = %peer_text, "FastCGI connection closed"),
+        Ok(()) => debug!(worker = %app, peer = %peer_text, "FastCGI connection closed"),
         // A web server closing mid-request is its client going away;
         // broken protocol and stalls are worth a warning.
         Err(err @ (ConnectionError::Closed | ConnectionError::Write(_))) => {
-            info!(worker = %worker, peer = %peer_text, "FastCGI connection ended: {err}")
+            info!(worker = %app, peer = %peer_text, "FastCGI connection ended: {err}")
         }
         Err(ConnectionError::Protocol(ServerError::Io(err)))
             if matches!(
@@ -64,9 +64,9 @@ pub(super) async fn serve_connection<R, W>(
                 io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
             ) =>
         {
-            info!(worker = %worker, peer = %peer_text, "FastCGI connection ended: {err}")
+            info!(worker = %app, peer = %peer_text, "FastCGI connection ended: {err}")
         }
-        Err(err) => warn!(worker = %worker, peer = %peer_text, "FastCGI connection dropped: {err}"),
+        Err(err) => warn!(worker = %app, peer = %peer_text, "FastCGI connection dropped: {err}"),
     }
     let _ = writer.shutdown().await;
     shared.metrics.fastcgi_connections.dec();

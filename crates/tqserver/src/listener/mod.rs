@@ -102,7 +102,7 @@ fn remove_stale_socket(path: &Path) -> io::Result<()> {
 /// request, so after a reload kept-alive web server connections move to the
 /// new pool; the listener settings can be swapped without rebinding.
 pub struct Shared {
-    worker: String,
+    app: String,
     router: Arc<ArcSwap<Router>>,
     telemetry: Arc<Telemetry>,
     config: ArcSwap<FastcgiConfig>,
@@ -112,15 +112,15 @@ pub struct Shared {
 
 impl Shared {
     pub fn new(
-        worker: String,
+        app: String,
         router: Arc<ArcSwap<Router>>,
         telemetry: Arc<Telemetry>,
         config: FastcgiConfig,
         settings: ServerSettings,
     ) -> Arc<Self> {
-        let metrics = telemetry.metrics.for_app(&worker);
+        let metrics = telemetry.metrics.for_app(&app);
         Arc::new(Self {
-            worker,
+            app,
             router,
             telemetry,
             config: ArcSwap::from_pointee(config),
@@ -135,7 +135,7 @@ impl Shared {
     }
 
     fn app(&self) -> Option<Arc<App>> {
-        self.router.load().app_named(&self.worker).cloned()
+        self.router.load().app_named(&self.app).cloned()
     }
 
     fn values(&self) -> ServerValues {
@@ -159,7 +159,7 @@ pub async fn serve(
 ) {
     let accept_loop = AcceptLoop {
         front: "FastCGI listener",
-        app: Some(shared.worker.clone()),
+        app: Some(shared.app.clone()),
         max_connections: shared.config.load().max_connections,
         setting: "fastcgi.max_connections",
     };
@@ -168,7 +168,7 @@ pub async fn serve(
             if let Accepted::Tcp(stream, peer) = &accepted {
                 if !client_allowed(&shared.config.load().allowed_clients, peer.ip()) {
                     warn!(
-                        worker = %shared.worker,
+                        worker = %shared.app,
                         %peer,
                         "FastCGI connection refused: client not in fastcgi.allowed_clients"
                     );

@@ -191,7 +191,7 @@ pub(super) async fn serve_until_stopped(
     state.set_phase(Phase::Running);
     info!(
         listen = %config.server.listen,
-        workers = apps.len(),
+        apps = apps.len(),
         "tqserver {} serving",
         env!("CARGO_PKG_VERSION")
     );
@@ -286,14 +286,14 @@ pub(super) async fn serve_until_stopped(
 
 /// Starts every app concurrently; if one fails, the others are stopped.
 pub async fn start_apps(
-    workers: &[Arc<AppConfig>],
+    apps: &[Arc<AppConfig>],
     telemetry: &Arc<Telemetry>,
 ) -> anyhow::Result<Vec<Arc<App>>> {
     let mut starting = tokio::task::JoinSet::new();
-    for worker in workers {
-        let worker = worker.clone();
+    for app in apps {
+        let app = app.clone();
         let telemetry = telemetry.clone();
-        starting.spawn(async move { App::start(worker, &telemetry).await });
+        starting.spawn(async move { App::start(app, &telemetry).await });
     }
     let mut apps = Vec::new();
     let mut failure = None;

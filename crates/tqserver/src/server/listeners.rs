@@ -19,38 +19,38 @@ pub(super) struct RunningListener {
 
 pub(super) async fn start_listener(
     state: &Arc<ServerState>,
-    worker: &AppConfig,
+    app: &AppConfig,
 ) -> anyhow::Result<()> {
-    let Some(fastcgi) = &worker.fastcgi else {
+    let Some(fastcgi) = &app.fastcgi else {
         return Ok(());
     };
-    let bound = bind_listener(worker, fastcgi).await?;
-    run_listener(state, worker, fastcgi, bound);
+    let bound = bind_listener(app, fastcgi).await?;
+    run_listener(state, app, fastcgi, bound);
     Ok(())
 }
 
 pub(super) async fn bind_listener(
-    worker: &AppConfig,
+    app: &AppConfig,
     fastcgi: &FastcgiConfig,
 ) -> anyhow::Result<listener::Bound> {
     listener::bind(fastcgi).await.with_context(|| {
         format!(
-            "worker {}: cannot listen on fastcgi.listen {:?}",
-            worker.name, fastcgi.listen
+            "app {}: cannot listen on fastcgi.listen {:?}",
+            app.name, fastcgi.listen
         )
     })
 }
 
 /// Serves a bound listener, replacing (and stopping) any earlier one of the
-/// same worker.
+/// same app.
 pub(super) fn run_listener(
     state: &Arc<ServerState>,
-    worker: &AppConfig,
+    app: &AppConfig,
     fastcgi: &FastcgiConfig,
     bound: listener::Bound,
 ) {
     let shared = listener::Shared::new(
-        worker.name.clone(),
+        app.name.clone(),
         state.router.clone(),
         state.telemetry.clone(),
         fastcgi.clone(),
@@ -63,9 +63,9 @@ pub(super) fn run_listener(
         stop.clone(),
         state.connections.clone(),
     ));
-    info!(worker = %worker.name, listen = ?fastcgi.listen, "FastCGI listener ready");
+    info!(worker = %app.name, listen = ?fastcgi.listen, "FastCGI listener ready");
     if let Ok(mut listeners) = state.listeners.lock()
-        && let Some(old) = listeners.insert(worker.name.clone(), RunningListener { shared, stop })
+        && let Some(old) = listeners.insert(app.name.clone(), RunningListener { shared, stop })
     {
         old.stop.cancel();
     }

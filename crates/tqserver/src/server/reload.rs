@@ -105,26 +105,26 @@ pub(super) async fn apply_reload(state: &Arc<ServerState>) -> Result<ReloadSumma
     let mut bound = Vec::new();
     let mut reconfigure = Vec::new();
     for change in &plan.listeners {
-        let (worker, shared) = match change {
-            ListenerChange::Bind { worker } => (worker, None),
+        let (name, shared) = match change {
+            ListenerChange::Bind { app } => (app, None),
             ListenerChange::Reconfigure {
-                worker,
+                app,
                 max_connections_changed,
-            } => match running_listener(worker) {
+            } => match running_listener(app) {
                 Some(shared) => {
                     if *max_connections_changed {
                         warn!(
-                            worker = %worker,
+                            worker = %app,
                             "fastcgi.max_connections changes take effect after a restart (or a change of fastcgi.listen)"
                         );
                     }
-                    (worker, Some(shared))
+                    (app, Some(shared))
                 }
-                None => (worker, None),
+                None => (app, None),
             },
             ListenerChange::Close { .. } => continue,
         };
-        let Some(app) = started_app(worker) else {
+        let Some(app) = started_app(name) else {
             continue;
         };
         let Some(fastcgi) = app.config.fastcgi.as_ref() else {
@@ -152,8 +152,8 @@ pub(super) async fn apply_reload(state: &Arc<ServerState>) -> Result<ReloadSumma
         run_listener(state, &app.config, fastcgi, listener);
     }
     for change in &plan.listeners {
-        if let ListenerChange::Close { worker } = change {
-            stop_listener(state, worker);
+        if let ListenerChange::Close { app } = change {
+            stop_listener(state, app);
         }
     }
 

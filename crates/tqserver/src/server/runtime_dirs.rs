@@ -10,9 +10,9 @@ use anyhow::Context as _;
 use crate::config::Config;
 
 pub(super) fn set_socket_dirs(config: &mut Config, dir: &Path) {
-    for worker in &mut config.apps {
+    for app in &mut config.apps {
         if let pool::SocketKind::Unix { dir: socket_dir } =
-            &mut Arc::make_mut(worker).pool.command.socket
+            &mut Arc::make_mut(app).pool.command.socket
         {
             *socket_dir = dir.to_owned();
         }
@@ -39,8 +39,8 @@ pub(super) fn remove_stale_runtime_dirs(base: &Path) {
 }
 
 pub(super) fn set_cache_dirs(config: &mut Config, dir: &Path) {
-    for worker in &mut config.apps {
-        Arc::make_mut(worker).php.cache_dir = Some(dir.to_owned());
+    for app in &mut config.apps {
+        Arc::make_mut(app).php.cache_dir = Some(dir.to_owned());
     }
 }
 

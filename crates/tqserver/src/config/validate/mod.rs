@@ -66,7 +66,7 @@ mod tests {
         assert_eq!(normalize_route("/api~v1"), Ok("/api~v1".to_owned()));
     }
 
-    /// A site with server.yaml `server_yaml` and one worker `app` whose
+    /// A site with server.yaml `server_yaml` and one app `app` whose
     /// worker.yaml is `worker_yaml`.
     fn site(server_yaml: &str, worker_yaml: &str) -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();

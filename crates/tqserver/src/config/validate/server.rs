@@ -29,7 +29,7 @@ pub fn control_settings(
     Ok((admin, pid_file))
 }
 
-/// Loads `config/server.yaml` and every enabled worker under the workers
+/// Loads `config/server.yaml` and every enabled app under the workers
 /// directory.
 pub fn load(server_file: &Path) -> Result<Config, ConfigErrors> {
     let (raw, text) = yaml::load::<RawServerFile>(server_file)?;
@@ -136,7 +136,7 @@ pub fn load(server_file: &Path) -> Result<Config, ConfigErrors> {
         }
     };
 
-    let mut workers = Vec::new();
+    let mut apps = Vec::new();
     let mut php_versions = HashMap::new();
     match std::fs::read_dir(&workers_dir) {
         Err(err) => errors.push(at(
@@ -152,37 +152,37 @@ pub fn load(server_file: &Path) -> Result<Config, ConfigErrors> {
             folders.sort();
             for folder in folders {
                 match load_app(&folder, &socket_dir, &mut php_versions) {
-                    Ok(Some(worker)) => workers.push(Arc::new(worker)),
+                    Ok(Some(app)) => apps.push(Arc::new(app)),
                     Ok(None) => {}
-                    Err(mut worker_errors) => errors.append(&mut worker_errors),
+                    Err(mut app_errors) => errors.append(&mut app_errors),
                 }
             }
         }
     }
 
     let mut routes: BTreeMap<&str, &AppConfig> = BTreeMap::new();
-    for worker in &workers {
-        if let Some(other) = routes.insert(&worker.route, worker) {
+    for app in &apps {
+        if let Some(other) = routes.insert(&app.route, app) {
             errors.push(ConfigError::at_key(
-                &worker.file,
-                &std::fs::read_to_string(&worker.file).unwrap_or_default(),
+                &app.file,
+                &std::fs::read_to_string(&app.file).unwrap_or_default(),
                 "path",
                 format!(
-                    "route `{}` is already taken by worker `{}`",
-                    display_route(&worker.route),
+                    "route `{}` is already taken by app `{}`",
+                    display_route(&app.route),
                     other.name
                 ),
             ));
         }
     }
     let mut listeners: BTreeMap<String, &str> = BTreeMap::new();
-    for worker in &workers {
-        if let Some(fastcgi) = &worker.fastcgi {
+    for app in &apps {
+        if let Some(fastcgi) = &app.fastcgi {
             let key = format!("{:?}", fastcgi.listen);
-            if let Some(other) = listeners.insert(key, &worker.name) {
+            if let Some(other) = listeners.insert(key, &app.name) {
                 errors.push(ConfigError::new(
-                    &worker.file,
-                    format!("fastcgi.listen is already used by worker `{other}`"),
+                    &app.file,
+                    format!("fastcgi.listen is already used by app `{other}`"),
                 ));
             }
         }
@@ -201,7 +201,7 @@ pub fn load(server_file: &Path) -> Result<Config, ConfigErrors> {
         logging,
         admin,
         ready_max_queue,
-        apps: workers,
+        apps,
     })
 }
 
