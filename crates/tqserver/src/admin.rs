@@ -3,7 +3,7 @@
 //! servers on one machine never compete for a port):
 //! - `/metrics`: Prometheus text, or OpenMetrics when the scraper asks;
 //! - `/status`: JSON for every pool, the server's phase and the last reload;
-//! - `/status/<worker>`: php-fpm's status page (`?json`, `?html`, `?xml`,
+//! - `/status/<app>`: php-fpm's status page (`?json`, `?html`, `?xml`,
 //!   `?openmetrics`, `&full`);
 //! - `/healthz`: the process answers;
 //! - `/readyz`: every enabled pool can take work (not while starting,
@@ -37,7 +37,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::warn;
 
-use crate::config::ListenAddr;
+use crate::accept::{Accept, AcceptLoop};
+use crate::config::{ListenAddr, defaults};
 use crate::status::{self, AppPage, AppStatus, PoolPage, ReloadPage, ServerPage};
 
 /// What the admin endpoint reads of the running server.
@@ -131,6 +132,8 @@ pub async fn bind(listen: &ListenAddr, config_file: &Path) -> anyhow::Result<Adm
     }
 }
 
+/// Accepts connections until `shutdown`, at most
+/// [`defaults::ADMIN_MAX_CONNECTIONS`] at once ([`crate::accept`]).
 pub async fn serve<V: ServerView>(
     listener: AdminListener,
     state: Arc<V>,
@@ -141,35 +144,40 @@ pub async fn serve<V: ServerView>(
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(std::time::Duration::from_secs(10));
-    loop {
-        let accepted = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            accepted = accept(&listener) => accepted,
-        };
-        let state = state.clone();
-        let builder = builder.clone();
-        let shutdown = shutdown.clone();
-        match accepted {
-            Ok(Accepted::Tcp(stream)) => {
-                connections.spawn(connection(stream, state, builder, shutdown));
-            }
-            Ok(Accepted::Unix(stream)) => {
-                connections.spawn(connection(stream, state, builder, shutdown));
-            }
-            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
-        }
-    }
+    let accept_loop = AcceptLoop {
+        front: "admin",
+        app: None,
+        max_connections: defaults::ADMIN_MAX_CONNECTIONS,
+        setting: "the admin endpoint's fixed limit",
+    };
+    accept_loop
+        .run(&listener, &shutdown, &connections, |accepted| {
+            let (state, builder, shutdown) = (state.clone(), builder.clone(), shutdown.clone());
+            Some(async move {
+                match accepted {
+                    Accepted::Tcp(stream) => connection(stream, state, builder, shutdown).await,
+                    Accepted::Unix(stream) => connection(stream, state, builder, shutdown).await,
+                }
+            })
+        })
+        .await;
 }
 
-enum Accepted {
+/// A connection to the admin endpoint.
+pub enum Accepted {
     Tcp(tokio::net::TcpStream),
     Unix(tokio::net::UnixStream),
 }
 
-async fn accept(listener: &AdminListener) -> std::io::Result<Accepted> {
-    match listener {
-        AdminListener::Tcp(listener) => listener.accept().await.map(|(s, _)| Accepted::Tcp(s)),
-        AdminListener::Unix(listener, _) => listener.accept().await.map(|(s, _)| Accepted::Unix(s)),
+impl Accept for AdminListener {
+    type Connection = Accepted;
+    async fn accept(&self) -> std::io::Result<Accepted> {
+        match self {
+            AdminListener::Tcp(listener) => listener.accept().await.map(|(s, _)| Accepted::Tcp(s)),
+            AdminListener::Unix(listener, _) => {
+                listener.accept().await.map(|(s, _)| Accepted::Unix(s))
+            }
+        }
     }
 }
 
@@ -312,7 +320,7 @@ pub fn handle<B>(view: &impl ServerView, request: &Request<B>) -> Response<Full<
             )),
         ),
         _ => match path.strip_prefix("/status/") {
-            Some(worker) => match view.app(worker) {
+            Some(name) => match view.app(name) {
                 Some(app) => {
                     let page = status::render_pool(&app.pool, query);
                     respond(StatusCode::OK, page.content_type, page.body)
@@ -320,7 +328,7 @@ pub fn handle<B>(view: &impl ServerView, request: &Request<B>) -> Response<Full<
                 None => respond(
                     StatusCode::NOT_FOUND,
                     "text/plain",
-                    format!("no worker named {worker}\n"),
+                    format!("no app named {name}\n"),
                 ),
             },
             None => respond(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
@@ -449,7 +457,7 @@ mod tests {
         assert_eq!(content_type, "text/plain");
         assert!(body.starts_with("pool:                 app\n"), "{body}");
         let (status, _, body) = get(&READY, "/status/nope", None).await;
-        assert_eq!((status, body.as_str()), (404, "no worker named nope\n"));
+        assert_eq!((status, body.as_str()), (404, "no app named nope\n"));
         let (status, _, _) = get(&READY, "/nope", None).await;
         assert_eq!(status, 404);
     }

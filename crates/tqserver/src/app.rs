@@ -39,7 +39,7 @@ impl App {
     pub async fn start(config: Arc<AppConfig>, telemetry: &Telemetry) -> anyhow::Result<Arc<Self>> {
         let root = DocumentRoot::open(&config.document_root, &config.name).map_err(|err| {
             anyhow::anyhow!(
-                "worker {}: cannot open document root {}: {err}",
+                "app {}: cannot open document root {}: {err}",
                 config.name,
                 config.document_root.display()
             )
@@ -49,14 +49,10 @@ impl App {
             .as_ref()
             .map(|log| telemetry.access_log(log))
             .transpose()
-            .map_err(|err| {
-                anyhow::anyhow!("worker {}: cannot open access log: {err}", config.name)
-            })?;
+            .map_err(|err| anyhow::anyhow!("app {}: cannot open access log: {err}", config.name))?;
         let slow_log = telemetry
             .slow_log(config.slow_log.as_ref())
-            .map_err(|err| {
-                anyhow::anyhow!("worker {}: cannot open slow log: {err}", config.name)
-            })?;
+            .map_err(|err| anyhow::anyhow!("app {}: cannot open slow log: {err}", config.name))?;
         let metrics = telemetry.metrics.for_app(&config.name);
         let mut pool_config = config.pool.clone();
         let opcache_dir = match (&config.php.cache_dir, config.php.opcache_file_cache) {
@@ -68,7 +64,7 @@ impl App {
                 ));
                 prepare_cache_dir(&dir, pool_config.command.credentials).map_err(|err| {
                     anyhow::anyhow!(
-                        "worker {}: cannot create the OPcache file cache {}: {err} \
+                        "app {}: cannot create the OPcache file cache {}: {err} \
                          (set php.opcache_file_cache: false, or php.cache_dir in server.yaml)",
                         config.name,
                         dir.display()

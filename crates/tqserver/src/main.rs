@@ -26,7 +26,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve (the default): start every enabled worker's pool and the HTTP front.
+    /// Serve (the default): start every enabled app's pool and the HTTP front.
     Run,
     /// Validate server.yaml and every worker.yaml, print what is wrong, and exit
     /// non-zero if anything is.
@@ -69,21 +69,21 @@ fn check(path: &std::path::Path) -> ExitCode {
     match config::load(path) {
         Ok(config) => {
             println!("{}: configuration is valid", path.display());
-            for worker in &config.apps {
+            for app in &config.apps {
                 println!(
-                    "  worker {:<16} {:<12} php {} ({}), {} {}..{} workers",
-                    worker.name,
-                    config::validate::display_route(&worker.route),
-                    worker.php.version,
-                    worker.php.binary.display(),
-                    worker.pool.manager.as_str(),
-                    worker.pool.floor(),
-                    worker.pool.max_workers,
+                    "  app {:<16} {:<12} php {} ({}), {} {}..{} workers",
+                    app.name,
+                    config::validate::display_route(&app.route),
+                    app.php.version,
+                    app.php.binary.display(),
+                    app.pool.manager.as_str(),
+                    app.pool.floor(),
+                    app.pool.max_workers,
                 );
             }
             // Warnings, not errors: the configuration works as written.
-            for worker in &config.apps {
-                if let Some(warning) = tqserver::docroot::symlinks::check_warning(worker) {
+            for app in &config.apps {
+                if let Some(warning) = tqserver::docroot::symlinks::check_warning(app) {
                     eprintln!("{warning}");
                 }
             }

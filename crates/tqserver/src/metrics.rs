@@ -20,7 +20,9 @@ use prometheus_client::registry::{Registry, Unit};
 
 use crate::status::AppStatus;
 
-type WorkerLabel = [(&'static str, String); 1];
+/// The `worker` label: an app's name (the label keeps its old name: dashboards
+/// and alerts select on it).
+type AppLabel = [(&'static str, String); 1];
 type CodeLabels = [(&'static str, String); 2];
 type StoreLabels = [(&'static str, String); 2];
 /// A metric read off a pool's status: name, help, how to read it.
@@ -38,12 +40,12 @@ const WAIT_BUCKETS: [f64; 14] = [
 pub struct Metrics {
     registry: Registry,
     requests: Family<CodeLabels, Counter>,
-    durations: Family<WorkerLabel, Histogram>,
-    queue_waits: Family<WorkerLabel, Histogram>,
-    fastcgi_connections: Family<WorkerLabel, Gauge>,
-    buffered_responses: Family<WorkerLabel, Counter>,
+    durations: Family<AppLabel, Histogram>,
+    queue_waits: Family<AppLabel, Histogram>,
+    fastcgi_connections: Family<AppLabel, Gauge>,
+    buffered_responses: Family<AppLabel, Counter>,
     buffered_bytes: Family<StoreLabels, Counter>,
-    buffer_held: Family<WorkerLabel, Gauge>,
+    buffer_held: Family<AppLabel, Gauge>,
     pub http_connections: Gauge,
     pub reloads: Counter,
     pub reload_failures: Counter,
@@ -63,7 +65,7 @@ pub struct BufferMetrics {
 
 /// One app's request-path handles.
 pub struct AppMetrics {
-    worker: String,
+    app: String,
     requests: Family<CodeLabels, Counter>,
     /// By status code 100..=599, created on first use.
     by_code: Box<[OnceLock<Counter>]>,
@@ -84,10 +86,7 @@ impl AppMetrics {
 
     fn counter_for(&self, status: u16) -> Counter {
         self.requests
-            .get_or_create(&[
-                ("worker", self.worker.clone()),
-                ("code", status.to_string()),
-            ])
+            .get_or_create(&[("worker", self.app.clone()), ("code", status.to_string())])
             .clone()
     }
 }
@@ -99,10 +98,10 @@ impl Metrics {
         let requests = Family::<CodeLabels, Counter>::default();
         registry.register(
             "requests",
-            "Requests answered, by worker and HTTP status code",
+            "Requests answered, by worker (app) and HTTP status code",
             requests.clone(),
         );
-        let durations = Family::<WorkerLabel, Histogram>::new_with_constructor(|| {
+        let durations = Family::<AppLabel, Histogram>::new_with_constructor(|| {
             Histogram::new(DURATION_BUCKETS)
         });
         registry.register_with_unit(
@@ -112,7 +111,7 @@ impl Metrics {
             durations.clone(),
         );
         let queue_waits =
-            Family::<WorkerLabel, Histogram>::new_with_constructor(|| Histogram::new(WAIT_BUCKETS));
+            Family::<AppLabel, Histogram>::new_with_constructor(|| Histogram::new(WAIT_BUCKETS));
         registry.register_with_unit(
             "queue_wait",
             "Time requests waited for a free worker",
@@ -125,10 +124,10 @@ impl Metrics {
             "Open HTTP connections",
             http_connections.clone(),
         );
-        let fastcgi_connections = Family::<WorkerLabel, Gauge>::default();
+        let fastcgi_connections = Family::<AppLabel, Gauge>::default();
         registry.register(
             "fastcgi_connections",
-            "Open connections on a worker's FastCGI listener",
+            "Open connections on an app's FastCGI listener",
             fastcgi_connections.clone(),
         );
         let reloads = Counter::default();
@@ -143,7 +142,7 @@ impl Metrics {
             "Configuration reloads refused (invalid configuration)",
             reload_failures.clone(),
         );
-        let buffered_responses = Family::<WorkerLabel, Counter>::default();
+        let buffered_responses = Family::<AppLabel, Counter>::default();
         registry.register(
             "responses_buffered",
             "PHP responses held for a client slower than PHP (the worker was freed before the client had read them)",
@@ -156,7 +155,7 @@ impl Metrics {
             Unit::Bytes,
             buffered_bytes.clone(),
         );
-        let buffer_held = Family::<WorkerLabel, Gauge>::default();
+        let buffer_held = Family::<AppLabel, Gauge>::default();
         registry.register_with_unit(
             "response_buffer_held",
             "Bytes of PHP responses held for clients right now",
@@ -182,12 +181,12 @@ impl Metrics {
         })
     }
 
-    pub fn for_app(&self, worker: &str) -> AppMetrics {
-        let label = [("worker", worker.to_owned())];
+    pub fn for_app(&self, app: &str) -> AppMetrics {
+        let label = [("worker", app.to_owned())];
         // One statement each: `get_or_create` returns a read guard, and a
         // second call on the same family while it lives would deadlock.
         let store = |store: &str| {
-            let labels = [("worker", worker.to_owned()), ("store", store.to_owned())];
+            let labels = [("worker", app.to_owned()), ("store", store.to_owned())];
             self.buffered_bytes.get_or_create(&labels).clone()
         };
         let memory_bytes = store("memory");
@@ -199,7 +198,7 @@ impl Metrics {
             held_bytes: self.buffer_held.get_or_create(&label).clone(),
         };
         AppMetrics {
-            worker: worker.to_owned(),
+            app: app.to_owned(),
             requests: self.requests.clone(),
             by_code: (100..600).map(|_| OnceLock::new()).collect(),
             duration: self.durations.get_or_create(&label).clone(),
@@ -268,7 +267,7 @@ fn family<M: EncodeMetric, L: prometheus_client::encoding::EncodeLabelSet>(
 impl Collector for PoolCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let apps = self.pools.pools();
-        let worker = |name: &str| [("worker", name.to_owned())];
+        let label = |name: &str| [("worker", name.to_owned())];
 
         let mut build = Vec::new();
         for app in &apps {
@@ -294,7 +293,7 @@ impl Collector for PoolCollector {
         family(
             &mut encoder,
             "build_info",
-            "tqserver version and the PHP version of each worker",
+            "tqserver version and the PHP version of each app",
             None,
             build,
         )?;
@@ -351,7 +350,7 @@ impl Collector for PoolCollector {
         for (name, help, get) in gauges {
             let samples = apps
                 .iter()
-                .map(|app| (worker(&app.name), ConstGauge::new(get(&app.pool))))
+                .map(|app| (label(&app.name), ConstGauge::new(get(&app.pool))))
                 .collect();
             family(&mut encoder, name, help, None, samples)?;
         }
@@ -395,7 +394,7 @@ impl Collector for PoolCollector {
         for (name, help, get) in counters {
             let samples = apps
                 .iter()
-                .map(|app| (worker(&app.name), ConstCounter::new(get(&app.pool))))
+                .map(|app| (label(&app.name), ConstCounter::new(get(&app.pool))))
                 .collect();
             family(&mut encoder, name, help, None, samples)?;
         }
@@ -424,7 +423,7 @@ impl Collector for PoolCollector {
             .iter()
             .map(|app| {
                 let total: u64 = app.pool.workers.iter().filter_map(|w| w.rss_bytes).sum();
-                (worker(&app.name), ConstGauge::new(total as i64))
+                (label(&app.name), ConstGauge::new(total as i64))
             })
             .collect();
         family(
@@ -444,7 +443,7 @@ impl Collector for PoolCollector {
                     .filter_map(|w| w.rss_bytes)
                     .max()
                     .unwrap_or(0);
-                (worker(&app.name), ConstGauge::new(max as i64))
+                (label(&app.name), ConstGauge::new(max as i64))
             })
             .collect();
         family(

@@ -326,7 +326,7 @@ impl Observation {
     }
 
     fn slow(&self, slow_log: &SlowLog, status: u16, duration: Duration) {
-        let worker = self.app.as_ref().map(|a| a.name.as_str()).unwrap_or("");
+        let app = self.app.as_ref().map(|a| a.name.as_str()).unwrap_or("");
         if let Some(app) = &self.app {
             app.pool.record_slow_request();
         }
@@ -336,11 +336,11 @@ impl Observation {
         let duration_ms = duration.as_secs_f64() * 1000.0;
         match &slow_log.sink {
             Some(sink) => sink.write_line(&format!(
-                "[{}] slow request: worker={worker} pid={pid} method={method} uri={uri} script={script} duration_ms={duration_ms:.1} status={status}",
+                "[{}] slow request: worker={app} pid={pid} method={method} uri={uri} script={script} duration_ms={duration_ms:.1} status={status}",
                 fpm_time(SystemTime::now())
             )),
             None => warn!(
-                worker = %worker,
+                worker = %app,
                 pid,
                 method = %method,
                 uri = %uri,

@@ -2,7 +2,7 @@
 //! with a newly validated configuration and says what to start, keep,
 //! replace and remove, and what each FastCGI listener must do. It touches no
 //! process and no socket, so it is tested by the table below; the server
-//! (`server::apply_reload`) carries a plan out. sozu's `ConfigState::diff`
+//! (`apply_reload` in server/reload.rs) carries a plan out. sozu's `ConfigState::diff`
 //! is the model.
 
 use std::fmt;
@@ -32,17 +32,17 @@ pub struct ReloadPlan {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ListenerChange {
     /// A new address: bound before anything switches.
-    Bind { worker: String },
+    Bind { app: String },
     /// The same address with other settings (owner, mode, allowed
     /// clients, status paths): applied to the running listener.
     Reconfigure {
-        worker: String,
+        app: String,
         /// `max_connections` changed, which needs a new address or a
         /// restart.
         max_connections_changed: bool,
     },
     /// The app no longer listens (or is gone).
-    Close { worker: String },
+    Close { app: String },
 }
 
 /// How a reload ended without changing anything.
@@ -102,31 +102,31 @@ pub fn plan(running_server: &Config, running: &[Arc<AppConfig>], new: &Config) -
             plan.restart_needed.push(section);
         }
     }
-    for worker in &new.apps {
-        let old = running.iter().find(|old| old.name == worker.name);
+    for app in &new.apps {
+        let old = running.iter().find(|old| old.name == app.name);
         match old {
-            Some(old) if **old == **worker => plan.keep.push(worker.name.clone()),
+            Some(old) if **old == **app => plan.keep.push(app.name.clone()),
             Some(old) => {
-                plan.replace.push(worker.clone());
+                plan.replace.push(app.clone());
                 plan.listeners.extend(listener_change(
-                    &worker.name,
+                    &app.name,
                     old.fastcgi.as_ref(),
-                    worker.fastcgi.as_ref(),
+                    app.fastcgi.as_ref(),
                 ));
             }
             None => {
-                plan.start.push(worker.clone());
+                plan.start.push(app.clone());
                 plan.listeners
-                    .extend(listener_change(&worker.name, None, worker.fastcgi.as_ref()));
+                    .extend(listener_change(&app.name, None, app.fastcgi.as_ref()));
             }
         }
     }
     for old in running {
-        if !new.apps.iter().any(|worker| worker.name == old.name) {
+        if !new.apps.iter().any(|app| app.name == old.name) {
             plan.remove.push(old.name.clone());
             if old.fastcgi.is_some() {
                 plan.listeners.push(ListenerChange::Close {
-                    worker: old.name.clone(),
+                    app: old.name.clone(),
                 });
             }
         }
@@ -135,18 +135,18 @@ pub fn plan(running_server: &Config, running: &[Arc<AppConfig>], new: &Config) -
 }
 
 fn listener_change(
-    worker: &str,
+    app: &str,
     old: Option<&FastcgiConfig>,
     new: Option<&FastcgiConfig>,
 ) -> Option<ListenerChange> {
-    let worker = worker.to_owned();
+    let app = app.to_owned();
     match (old, new) {
         (Some(old), Some(new)) if old.listen == new.listen => Some(ListenerChange::Reconfigure {
-            worker,
+            app,
             max_connections_changed: old.max_connections != new.max_connections,
         }),
-        (_, Some(_)) => Some(ListenerChange::Bind { worker }),
-        (Some(_), None) => Some(ListenerChange::Close { worker }),
+        (_, Some(_)) => Some(ListenerChange::Bind { app }),
+        (Some(_), None) => Some(ListenerChange::Close { app }),
         (None, None) => None,
     }
 }
@@ -172,10 +172,10 @@ mod tests {
             Self(dir)
         }
 
-        fn load(&self, workers: &[(&str, &str)]) -> Config {
+        fn load(&self, apps: &[(&str, &str)]) -> Config {
             let folders = self.0.path().join("workers");
             let _ = std::fs::remove_dir_all(&folders);
-            for (name, yaml) in workers {
+            for (name, yaml) in apps {
                 let folder = folders.join(name);
                 std::fs::create_dir_all(folder.join("config")).unwrap();
                 std::fs::create_dir_all(folder.join("public")).unwrap();
@@ -258,20 +258,20 @@ mod tests {
         let plan = plan(&old, &old.apps, &new);
         let has = |change: ListenerChange| plan.listeners.contains(&change);
         assert!(has(ListenerChange::Bind {
-            worker: "moves".into()
+            app: "moves".into()
         }));
         assert!(has(ListenerChange::Reconfigure {
-            worker: "stays".into(),
+            app: "stays".into(),
             max_connections_changed: true,
         }));
         assert!(has(ListenerChange::Close {
-            worker: "stops".into()
+            app: "stops".into()
         }));
         assert!(has(ListenerChange::Close {
-            worker: "removed".into()
+            app: "removed".into()
         }));
         assert!(has(ListenerChange::Bind {
-            worker: "added".into()
+            app: "added".into()
         }));
         assert_eq!(plan.listeners.len(), 5);
         let moved = plan.replace.iter().find(|c| c.name == "moves").unwrap();

@@ -33,7 +33,7 @@ impl Router {
         &self.apps
     }
 
-    /// The app of the worker called `name` (worker names are unique).
+    /// The app called `name` (app names are unique).
     pub fn app_named(&self, name: &str) -> Option<&Arc<App>> {
         self.apps.iter().find(|app| app.config.name == name)
     }

@@ -34,6 +34,14 @@ pub mod defaults {
     pub const MAX_HEADER_BYTES: usize = 64 * 1024;
     pub const MAX_HEADERS: usize = 100;
     pub const MAX_BODY_BYTES: u64 = 64 * 1024 * 1024;
+    /// HTTP connections served at once; beyond, new ones wait in the
+    /// kernel's listen backlog. Room for the benchmark's 10,000 idle
+    /// keep-alive connections, and a bound well below a systemd unit's
+    /// 65,536 file descriptors (dist/tqserver.service).
+    pub const MAX_CONNECTIONS: usize = 16_384;
+    /// Most connections to the admin endpoint at once (not configurable:
+    /// pollers and scrapers need a handful).
+    pub const ADMIN_MAX_CONNECTIONS: usize = 256;
     pub const GRACE_PERIOD: Duration = Duration::from_secs(30);
     /// Off: a stop closes the listeners at once, as before there was a drain.
     pub const DRAIN_DELAY: Duration = Duration::ZERO;
@@ -111,6 +119,8 @@ pub struct ServerSettings {
     pub max_header_bytes: usize,
     pub max_headers: usize,
     pub max_body_bytes: u64,
+    /// HTTP connections served at once (`server.max_connections`).
+    pub max_connections: usize,
     /// How long in-flight requests may finish on shutdown.
     pub grace_period: Duration,
     /// On a stop, how long `/readyz` fails while the listeners still serve,
@@ -144,7 +154,7 @@ pub struct AppConfig {
     pub name: String,
     /// The worker.yaml this came from.
     pub file: PathBuf,
-    /// URL prefix without trailing slash; empty for a worker at `/`.
+    /// URL prefix without trailing slash; empty for an app at `/`.
     pub route: String,
     pub folder: PathBuf,
     /// Canonical path of the document root.

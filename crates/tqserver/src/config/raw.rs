@@ -33,6 +33,7 @@ pub struct RawServer {
     pub max_header_bytes: Option<RawSize>,
     pub max_headers: Option<usize>,
     pub max_body_bytes: Option<RawSize>,
+    pub max_connections: Option<usize>,
     pub grace_period: Option<RawDuration>,
     pub drain_delay: Option<RawDuration>,
     pub pid_file: Option<String>,

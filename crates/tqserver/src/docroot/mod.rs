@@ -31,19 +31,19 @@ pub enum Location {
     Refused(SymlinkRefusal),
 }
 
-/// The document root of one worker, opened once.
+/// The document root of one app, opened once.
 #[derive(Debug)]
 pub struct DocumentRoot {
     dir: OwnedFd,
     path: PathBuf,
-    /// The worker's name, for log lines.
-    worker: String,
+    /// The app's name, for log lines.
+    app: String,
     /// Links whose refusal was logged in full.
     refusals: RefusalLog,
 }
 
 impl DocumentRoot {
-    pub fn open(path: &Path, worker: &str) -> std::io::Result<Self> {
+    pub fn open(path: &Path, app: &str) -> std::io::Result<Self> {
         let dir = nix::fcntl::open(
             path,
             OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
@@ -52,7 +52,7 @@ impl DocumentRoot {
         Ok(Self {
             dir,
             path: path.to_owned(),
-            worker: worker.to_owned(),
+            app: app.to_owned(),
             refusals: RefusalLog::default(),
         })
     }
@@ -180,12 +180,12 @@ impl DocumentRoot {
     pub fn report(&self, path: &str, refusal: &SymlinkRefusal) {
         if self.refusals.first(&refusal.link) {
             tracing::warn!(
-                worker = %self.worker,
+                worker = %self.app,
                 path,
                 "{refusal} (logged once per link; repeats at debug level)"
             );
         } else {
-            tracing::debug!(worker = %self.worker, path, "{refusal}");
+            tracing::debug!(worker = %self.app, path, "{refusal}");
         }
     }
 }

@@ -296,13 +296,9 @@ const REPORT_MAX_LINKS: usize = 20;
 
 /// `tqserver check`'s warning about the links under an app's document root
 /// that a request would be refused through; `None` when there are none.
-pub fn check_warning(worker: &AppConfig) -> Option<String> {
-    let (worker_file, root, policy) = (
-        &worker.file,
-        &worker.document_root,
-        worker.security.symlinks,
-    );
-    let security = &worker.security;
+pub fn check_warning(app: &AppConfig) -> Option<String> {
+    let (worker_file, root, policy) = (&app.file, &app.document_root, app.security.symlinks);
+    let security = &app.security;
     let reachable = |name: &OsStr| {
         let name = name.as_bytes();
         security.allow_dotfiles

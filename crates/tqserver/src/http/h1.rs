@@ -18,6 +18,16 @@
 //! Timeouts: `idle_timeout` while waiting for the first byte of the next
 //! request, `read_timeout` from that byte to the end of the head (slowloris)
 //! and for any stall in a body, `write_timeout` for any stall in a write.
+//!
+//! A connection is a state machine ([`State`]), each state owning the read
+//! side (which a request body borrows while the service reads it):
+//!
+//! ```text
+//! Idle ─► ReadingHead ─► Serving ─► Writing ─┬─► Idle (kept alive)
+//!  │           │            │                └─► Closing ─► LingeringClose ─► Closed
+//!  │           └────────────┴─► Refusing (an error of our own) ─► LingeringClose
+//!  └─► Closed (idle timeout, stop, client gone)
+//! ```
 
 use std::io;
 use std::net::SocketAddr;
@@ -32,12 +42,13 @@ use http_body_util::BodyExt;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedWriteHalf;
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use super::body::Body;
 use ::h1::head::{
-    Framing, Head, HeadError, HeadLimits, check_authority, expects_continue, framing, parse_head,
+    Framing, Head, HeadLimits, check_authority, expects_continue, framing, parse_head,
     wants_keep_alive,
 };
 
@@ -48,6 +59,86 @@ use super::service::{self, Frontend};
 /// the connection is closed instead.
 const MAX_DISCARD: u64 = 256 * 1024;
 
+/// Where a connection is. Each state owns the connection's read side; the
+/// write side stays with the [`Connection`] throughout.
+enum State {
+    /// Keep-alive idle: no byte of the next request here yet. Waits `wait`
+    /// for one (`read_timeout` on a new connection, `idle_timeout` between
+    /// requests) without a read buffer, so an idle connection holds no
+    /// memory for reading; a stop closes it.
+    Idle {
+        reader: Box<ConnReader>,
+        wait: Duration,
+    },
+    /// A request has begun: its head must be complete within `read_timeout`.
+    ReadingHead {
+        reader: Box<ConnReader>,
+    },
+    /// A head is here: checked, then run by the service.
+    Serving {
+        reader: Box<ConnReader>,
+        head: Head,
+    },
+    /// The response goes out (with what is left of a small unread body read
+    /// and dropped at the same time).
+    Writing(Writing),
+    /// A request broke a rule: an error response of our own, then a
+    /// lingering close.
+    Refusing {
+        reader: Box<ConnReader>,
+        status: StatusCode,
+        version: Version,
+    },
+    /// The last response is out. If the client may still be sending (more
+    /// pipelined requests, a body nobody read), lingering follows: closing a
+    /// socket with unread input makes the kernel send a reset, which
+    /// destroys whatever of the response the client had not yet received.
+    /// Otherwise a FIN, and done.
+    Closing {
+        reader: Box<ConnReader>,
+    },
+    /// The FIN is out and input is read and dropped until the client closes
+    /// (nginx's `lingering_close`).
+    LingeringClose {
+        reader: Box<ConnReader>,
+    },
+    Closed,
+}
+
+/// A response on its way out.
+struct Writing {
+    reader: Box<ConnReader>,
+    response: Response<Body>,
+    version: Version,
+    is_head: bool,
+    keep_alive: bool,
+    /// Bytes of request body the service left unread, read and dropped
+    /// while the response goes out.
+    discard: u64,
+}
+
+/// Who holds the connection's reader while the service runs a request.
+enum ReaderHolder {
+    /// No request body: the connection, which watches the client so that a
+    /// client that goes away cancels its request (and frees its worker).
+    Connection(Box<ConnReader>),
+    /// The request body, which sends it back (with what it left unread)
+    /// when it is done or dropped.
+    Body(oneshot::Receiver<(Box<ConnReader>, Remaining)>),
+}
+
+/// One client connection: what stays the same from state to state.
+struct Connection {
+    writer: Writer,
+    peer: SocketAddr,
+    local: SocketAddr,
+    front: Arc<Frontend>,
+    shutdown: CancellationToken,
+    /// Requests served, for [`FAIR_SHARE`].
+    served: u64,
+}
+
+/// Serves one client connection until it closes, state by state.
 pub async fn serve_connection(
     stream: TcpStream,
     peer: SocketAddr,
@@ -56,93 +147,155 @@ pub async fn serve_connection(
     shutdown: CancellationToken,
 ) {
     let (read, write) = stream.into_split();
-    let mut reader = Box::new(ConnReader::new(read));
-    let mut writer = Writer {
-        half: write,
-        buf: BytesMut::new(),
-        timeout: front.settings.write_timeout,
+    let mut state = State::Idle {
+        reader: Box::new(ConnReader::new(read)),
+        wait: front.settings.read_timeout,
     };
-    let settings = &front.settings;
-    let mut first = true;
-    let mut served = 0u64;
+    let mut conn = Connection {
+        writer: Writer {
+            half: write,
+            buf: BytesMut::new(),
+            timeout: front.settings.write_timeout,
+        },
+        peer,
+        local,
+        front,
+        shutdown,
+        served: 0,
+    };
     loop {
-        let wait = if first {
-            settings.read_timeout
-        } else {
-            settings.idle_timeout
-        };
-        first = false;
-        let head = match read_head(
-            &mut reader,
-            wait,
-            settings.read_timeout,
-            settings.max_header_bytes,
-            settings.max_headers,
-            &shutdown,
-        )
-        .await
-        {
-            Ok(head) => head,
-            Err(ReadHead::Closed) => return,
-            Err(error) => {
-                let (status, why) = match error {
-                    ReadHead::TimedOut => (
-                        StatusCode::REQUEST_TIMEOUT,
-                        "request head not received in time",
-                    ),
-                    ReadHead::Refused(error) => error.status(),
-                    ReadHead::Closed => return,
-                };
-                info!(%peer, status = status.as_u16(), "refusing request: {why}");
-                if writer.simple(status, Version::HTTP_11).await.is_ok() {
-                    linger(&mut reader, &mut writer).await;
+        state = match state {
+            State::Idle { reader, wait } => conn.idle(reader, wait).await,
+            State::ReadingHead { reader } => conn.read_head(reader).await,
+            State::Serving { reader, head } => conn.serve(reader, head).await,
+            State::Writing(writing) => conn.write(writing).await,
+            State::Refusing {
+                reader,
+                status,
+                version,
+            } => match conn.writer.simple(status, version).await {
+                Ok(()) => State::LingeringClose { reader },
+                Err(_) => State::Closed,
+            },
+            State::Closing { mut reader } => {
+                // Bytes already here or arriving; a client that already
+                // closed (EOF) or reset has nothing left to send.
+                let more_input =
+                    !reader.buf.is_empty() || matches!(reader.try_fill(), Ok(read) if read > 0);
+                if more_input {
+                    State::LingeringClose { reader }
+                } else {
+                    let _ = conn.writer.half.shutdown().await;
+                    State::Closed
                 }
-                return;
+            }
+            State::LingeringClose { mut reader } => {
+                linger(&mut reader, &mut conn.writer).await;
+                State::Closed
+            }
+            State::Closed => return,
+        };
+    }
+}
+
+impl Connection {
+    /// Waits for the first byte of a request (unless a pipelined one is
+    /// already here).
+    async fn idle(&mut self, mut reader: Box<ConnReader>, wait: Duration) -> State {
+        while reader.buf.is_empty() {
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return State::Closed,
+                readable = tokio::time::timeout(wait, reader.readable()) => match readable {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) | Err(_) => return State::Closed,
+                }
+            }
+            match reader.try_fill() {
+                Ok(0) => return State::Closed,
+                Ok(_) => {}
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
+                Err(_) => return State::Closed,
+            }
+        }
+        State::ReadingHead { reader }
+    }
+
+    async fn read_head(&mut self, mut reader: Box<ConnReader>) -> State {
+        let settings = &self.front.settings;
+        let limits = HeadLimits {
+            max_bytes: settings.max_header_bytes,
+            max_headers: settings.max_headers,
+        };
+        let deadline = tokio::time::Instant::now() + settings.read_timeout;
+        let status = loop {
+            match parse_head(&mut reader.buf, limits) {
+                Ok(Some(head)) => return State::Serving { reader, head },
+                Ok(None) => match tokio::time::timeout_at(deadline, reader.fill()).await {
+                    Ok(Ok(0)) | Ok(Err(_)) => return State::Closed,
+                    Ok(Ok(_)) => {}
+                    Err(_) => {
+                        break (
+                            StatusCode::REQUEST_TIMEOUT,
+                            "request head not received in time",
+                        );
+                    }
+                },
+                Err(error) => break error.status(),
             }
         };
-        let mut head = head;
+        let (status, why) = status;
+        info!(peer = %self.peer, status = status.as_u16(), "refusing request: {why}");
+        State::Refusing {
+            reader,
+            status,
+            version: Version::HTTP_11,
+        }
+    }
+
+    /// Checks the head, then runs the request through the service; the
+    /// response is next.
+    async fn serve(&mut self, reader: Box<ConnReader>, mut head: Head) -> State {
+        let peer = self.peer;
+        let settings = &self.front.settings;
         if let Err(why) = check_authority(&mut head) {
             info!(%peer, status = 400, uri = %head.uri, "refusing request: {why}");
-            if writer
-                .simple(StatusCode::BAD_REQUEST, head.version)
-                .await
-                .is_ok()
-            {
-                linger(&mut reader, &mut writer).await;
-            }
-            return;
+            return State::Refusing {
+                reader,
+                status: StatusCode::BAD_REQUEST,
+                version: head.version,
+            };
         }
         let framing = match framing(&head) {
             Ok(framing) => framing,
             Err((status, why)) => {
                 info!(%peer, status = status.as_u16(), uri = %head.uri, "refusing request: {why}");
-                if writer.simple(status, head.version).await.is_ok() {
-                    linger(&mut reader, &mut writer).await;
-                }
-                return;
+                return State::Refusing {
+                    reader,
+                    status,
+                    version: head.version,
+                };
             }
         };
-        let mut keep_alive = wants_keep_alive(&head) && !shutdown.is_cancelled();
+        let mut keep_alive = wants_keep_alive(&head) && !self.shutdown.is_cancelled();
         let version = head.version;
         let is_head = head.method == Method::HEAD;
 
         // The body, if any, takes the reader with it while the request runs.
-        let (body, reader_back, idle_reader) = match framing {
-            Framing::None | Framing::Length(0) => (RequestBody::empty(), None, Some(reader)),
+        let (body, holder) = match framing {
+            Framing::None | Framing::Length(0) => {
+                (RequestBody::empty(), ReaderHolder::Connection(reader))
+            }
             _ => {
                 if let Framing::Length(length) = framing
                     && length > settings.max_body_bytes
                 {
                     // Refused before the client sends it (no 100 Continue);
                     // a client that sends it anyway still gets the 413.
-                    if writer
-                        .simple(StatusCode::PAYLOAD_TOO_LARGE, version)
-                        .await
-                        .is_ok()
-                    {
-                        linger(&mut reader, &mut writer).await;
-                    }
-                    return;
+                    return State::Refusing {
+                        reader,
+                        status: StatusCode::PAYLOAD_TOO_LARGE,
+                        version,
+                    };
                 }
                 // `100 Continue` goes out when the body is first read.
                 let limits = BodyLimits {
@@ -151,7 +304,7 @@ pub async fn serve_connection(
                     expect_continue: expects_continue(&head),
                 };
                 let (body, back) = RequestBody::new(reader, framing, limits);
-                (body, Some(back), None)
+                (body, ReaderHolder::Body(back))
             }
         };
         let mut request = Request::new(body);
@@ -160,36 +313,35 @@ pub async fn serve_connection(
         *request.version_mut() = version;
         *request.headers_mut() = head.headers;
 
-        let service = Box::pin(service::handle(front.clone(), request, peer, local));
-        let (response, remaining) = match idle_reader {
-            // No body to read: watch the socket, so a client that goes away
-            // cancels its request (and the worker is freed).
-            Some(mut idle) => {
-                let response = watch_client(&mut idle, service, settings.max_header_bytes).await;
-                reader = idle;
-                match response {
-                    Some(response) => (response, Remaining::Nothing),
-                    None => return,
+        let service = Box::pin(service::handle(
+            self.front.clone(),
+            request,
+            peer,
+            self.local,
+        ));
+        let (reader, response, remaining) = match holder {
+            ReaderHolder::Connection(mut reader) => {
+                match watch_client(&mut reader, service, settings.max_header_bytes).await {
+                    Some(response) => (reader, response, Remaining::Nothing),
+                    None => return State::Closed,
                 }
             }
-            None => {
+            ReaderHolder::Body(back) => {
                 let response = service.await;
-                let Some(back) = reader_back else { return };
-                let Ok((home, remaining)) = back.await else {
-                    return;
+                let Ok((reader, remaining)) = back.await else {
+                    return State::Closed;
                 };
-                reader = home;
-                (response, remaining)
+                (reader, response, remaining)
             }
         };
         // What the service left of the body is read and dropped after the
         // response (a client may wait for the answer before it sends more),
         // if it is small enough; otherwise the connection closes.
-        let discard_after = match remaining {
+        let discard = match remaining {
             Remaining::Nothing => 0,
             Remaining::Bytes(left) if left <= MAX_DISCARD => left,
             // Half an interim response went out: nothing can follow it.
-            Remaining::Garbled => return,
+            Remaining::Garbled => return State::Closed,
             Remaining::Bytes(_)
             | Remaining::Chunked
             | Remaining::NotInvited
@@ -198,42 +350,62 @@ pub async fn serve_connection(
                 0
             }
         };
-
-        if shutdown.is_cancelled() || front.draining.is_cancelled() {
+        if self.shutdown.is_cancelled() || self.front.draining.is_cancelled() {
             keep_alive = false;
         }
+        State::Writing(Writing {
+            reader,
+            response,
+            version,
+            is_head,
+            keep_alive,
+            discard,
+        })
+    }
+
+    /// Writes a response; then the connection is idle again, or closes.
+    async fn write(&mut self, writing: Writing) -> State {
+        let Writing {
+            mut reader,
+            response,
+            version,
+            is_head,
+            keep_alive,
+            discard: left,
+        } = writing;
         // A small unread body is read and dropped while the response goes
         // out, not before (a client may wait for the answer before it sends
         // more) and not after (one that sends it all first would block on
         // its write while tqserver blocks on its own).
-        let written = if keep_alive && discard_after > 0 {
+        let written = if keep_alive && left > 0 {
             let (written, discarded) = tokio::join!(
-                writer.response(response, version, is_head, keep_alive),
-                discard(&mut reader, discard_after, settings.read_timeout)
+                self.writer.response(response, version, is_head, keep_alive),
+                discard(&mut reader, left, self.front.settings.read_timeout)
             );
             written.map(|again| again && discarded.is_ok())
         } else {
-            writer
+            self.writer
                 .response(response, version, is_head, keep_alive)
                 .await
         };
         match written {
             Ok(true) if keep_alive => {}
-            Ok(_) => {
-                close(&mut reader, &mut writer).await;
-                return;
-            }
-            Err(_) => return,
+            Ok(_) => return State::Closing { reader },
+            Err(_) => return State::Closed,
         }
         reader.shrink();
-        writer.shrink();
+        self.writer.shrink();
         // A client that sends its next request the moment it has the
         // response (a load generator, a pipelining proxy) would keep this
         // task running, and the other connections on this thread waiting:
         // step aside now and then so every connection gets its turn.
-        served += 1;
-        if served % FAIR_SHARE == 0 {
+        self.served += 1;
+        if self.served % FAIR_SHARE == 0 {
             tokio::task::yield_now().await;
+        }
+        State::Idle {
+            reader,
+            wait: self.front.settings.idle_timeout,
         }
     }
 }
@@ -249,23 +421,6 @@ const FAIR_SHARE: u64 = 16;
 const LINGER_TIME: Duration = Duration::from_secs(30);
 /// Longest wait for more input while lingering (nginx's `lingering_timeout`).
 const LINGER_IDLE: Duration = Duration::from_secs(5);
-
-/// Ends a connection after its last response. If the client may still be
-/// sending (more pipelined requests, a body nobody read), the response goes
-/// out with a FIN and input is then read and dropped until the client
-/// closes, for a while: closing a socket with unread input makes the kernel
-/// send a reset, which destroys whatever of the response the client had not
-/// yet received (nginx's `lingering_close`).
-async fn close(reader: &mut ConnReader, writer: &mut Writer) {
-    // Bytes already here or arriving; a client that already closed (EOF)
-    // or reset has nothing left to send.
-    let more_input = !reader.buf.is_empty() || matches!(reader.try_fill(), Ok(read) if read > 0);
-    if more_input {
-        linger(reader, writer).await;
-    } else {
-        let _ = writer.half.shutdown().await;
-    }
-}
 
 /// The FIN, then input read and dropped until the client closes, goes quiet
 /// for [`LINGER_IDLE`], or [`LINGER_TIME`] has passed.
@@ -325,59 +480,6 @@ async fn discard(reader: &mut ConnReader, mut left: u64, timeout: Duration) -> i
         left -= take as u64;
     }
     Ok(())
-}
-
-/// How reading a request head ended without one.
-enum ReadHead {
-    /// The connection ended or stayed idle: close quietly.
-    Closed,
-    /// Started but not finished within `read_timeout` (408).
-    TimedOut,
-    /// The head broke a rule or a limit.
-    Refused(HeadError),
-}
-
-async fn read_head(
-    reader: &mut ConnReader,
-    wait: Duration,
-    read_timeout: Duration,
-    max_bytes: usize,
-    max_headers: usize,
-    shutdown: &CancellationToken,
-) -> Result<Head, ReadHead> {
-    // Wait for the first byte (unless a pipelined request is already here)
-    // without a buffer: an idle connection holds no memory for reading.
-    while reader.buf.is_empty() {
-        tokio::select! {
-            _ = shutdown.cancelled() => return Err(ReadHead::Closed),
-            readable = tokio::time::timeout(wait, reader.readable()) => match readable {
-                Ok(Ok(())) => {}
-                Ok(Err(_)) | Err(_) => return Err(ReadHead::Closed),
-            }
-        }
-        match reader.try_fill() {
-            Ok(0) => return Err(ReadHead::Closed),
-            Ok(_) => {}
-            Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
-            Err(_) => return Err(ReadHead::Closed),
-        }
-    }
-    let deadline = tokio::time::Instant::now() + read_timeout;
-    loop {
-        let limits = HeadLimits {
-            max_bytes,
-            max_headers,
-        };
-        match parse_head(&mut reader.buf, limits).map_err(ReadHead::Refused)? {
-            Some(head) => return Ok(head),
-            None => match tokio::time::timeout_at(deadline, reader.fill()).await {
-                Ok(Ok(0)) => return Err(ReadHead::Closed),
-                Ok(Ok(_)) => {}
-                Ok(Err(_)) => return Err(ReadHead::Closed),
-                Err(_) => return Err(ReadHead::TimedOut),
-            },
-        }
-    }
 }
 
 /// The writing side of a connection.

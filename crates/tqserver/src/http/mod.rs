@@ -8,6 +8,8 @@
 //!   is dropped;
 //! - `max_header_bytes` and `max_headers` (431 beyond), `max_body_bytes`
 //!   (413).
+//! - `max_connections`: connections served at once (the accept loop,
+//!   [`crate::accept`]).
 
 pub mod body;
 pub mod body_reader;
@@ -23,47 +25,41 @@ pub mod static_files;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::warn;
 
+use crate::accept::AcceptLoop;
 pub use service::Frontend;
 
-/// Accepts connections until `shutdown`; each connection runs on
-/// `connections` so the caller can wait for them to finish.
+/// Accepts connections until `shutdown`, at most `server.max_connections` at
+/// once ([`crate::accept`]); each connection runs on `connections` so the
+/// caller can wait for them to finish.
 pub async fn serve(
     listener: TcpListener,
     front: Arc<Frontend>,
     shutdown: CancellationToken,
     connections: TaskTracker,
 ) {
-    loop {
-        let accepted = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            accepted = listener.accept() => accepted,
-        };
-        match accepted {
-            Ok((stream, peer)) => {
-                let _ = stream.set_nodelay(true);
-                let local: SocketAddr = stream.local_addr().unwrap_or(peer);
-                let front = front.clone();
-                let shutdown = shutdown.clone();
-                connections.spawn(async move {
-                    let gauge = front.telemetry.metrics.http_connections.clone();
-                    gauge.inc();
-                    h1::serve_connection(stream, peer, local, front, shutdown).await;
-                    gauge.dec();
-                });
-            }
-            Err(err) => {
-                // Out of file descriptors and the like: back off briefly
-                // instead of spinning; the listener itself stays open.
-                warn!("accept failed: {err}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    }
+    let accept_loop = AcceptLoop {
+        front: "HTTP",
+        app: None,
+        max_connections: front.settings.max_connections,
+        setting: "server.max_connections",
+    };
+    accept_loop
+        .run(&listener, &shutdown, &connections, |(stream, peer)| {
+            let _ = stream.set_nodelay(true);
+            let local: SocketAddr = stream.local_addr().unwrap_or(peer);
+            let front = front.clone();
+            let shutdown = shutdown.clone();
+            Some(async move {
+                let gauge = front.telemetry.metrics.http_connections.clone();
+                gauge.inc();
+                h1::serve_connection(stream, peer, local, front, shutdown).await;
+                gauge.dec();
+            })
+        })
+        .await;
 }

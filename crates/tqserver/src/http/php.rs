@@ -621,7 +621,7 @@ impl PhpStream {
                 Poll::Ready(Err(err)) => {
                     stderr.flush();
                     error!(
-                        worker = %stderr.worker(),
+                        worker = %stderr.app(),
                         pid = stderr.pid(),
                         "worker failed mid-response: {err}"
                     );

@@ -57,7 +57,7 @@ pub struct Script {
     pub path_info: String,
 }
 
-/// Resolves the part of the URL path below the worker's route (`rest` starts
+/// Resolves the part of the URL path below the app's route (`rest` starts
 /// with '/' or is empty), still percent-encoded.
 pub fn resolve(config: &AppConfig, root: &DocumentRoot, rest: &str) -> Target {
     let target = resolve_path(config, root, rest);

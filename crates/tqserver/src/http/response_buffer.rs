@@ -185,7 +185,7 @@ impl Filler {
                 Some(Ok(ResponseEvent::End(_))) => break Ok(()),
                 Some(Err(err)) => {
                     error!(
-                        worker = %self.stderr.worker(),
+                        worker = %self.stderr.app(),
                         pid = lease.pid(),
                         "worker failed mid-response: {err}"
                     );
@@ -193,7 +193,7 @@ impl Filler {
                 }
                 None => {
                     warn!(
-                        worker = %self.stderr.worker(),
+                        worker = %self.stderr.app(),
                         pid = lease.pid(),
                         "request_timeout reached while PHP was still sending its response"
                     );

@@ -4,9 +4,9 @@
 use tracing::warn;
 
 /// Relays a worker's FastCGI STDERR to the log a whole line at a time, with
-/// the worker's name and pid.
+/// the app's name and the worker's pid.
 pub struct StderrRelay {
-    worker: String,
+    app: String,
     pid: u32,
     partial: Vec<u8>,
 }
@@ -15,16 +15,16 @@ pub struct StderrRelay {
 const MAX_STDERR_LINE: usize = 1024 * 1024;
 
 impl StderrRelay {
-    pub fn new(worker: String, pid: u32) -> Self {
+    pub fn new(app: String, pid: u32) -> Self {
         Self {
-            worker,
+            app,
             pid,
             partial: Vec::new(),
         }
     }
 
-    pub fn worker(&self) -> &str {
-        &self.worker
+    pub fn app(&self) -> &str {
+        &self.app
     }
 
     pub fn pid(&self) -> u32 {
@@ -64,6 +64,6 @@ impl StderrRelay {
             return;
         }
         let suffix = if continues { " [line continues]" } else { "" };
-        warn!(worker = %self.worker, pid = self.pid, stream = "stderr", "{line}{suffix}");
+        warn!(worker = %self.app, pid = self.pid, stream = "stderr", "{line}{suffix}");
     }
 }

@@ -4,7 +4,7 @@
 #[allow(unused_imports)]
 use super::*;
 
-/// Loads one worker folder. `Ok(None)` for a disabled worker.
+/// Loads one app's folder (`workers/<name>`). `Ok(None)` for a disabled app.
 pub(super) fn load_app(
     folder: &Path,
     socket_dir: &Path,
@@ -26,7 +26,7 @@ pub(super) fn load_app(
         None | Some("php") => {}
         Some(other) => errors.push(at(
             "type",
-            format!("`{other}` is not a supported worker type (only `php`)"),
+            format!("`{other}` is not a supported app type (only `php`)"),
         )),
     }
     if !name
@@ -35,7 +35,7 @@ pub(super) fn load_app(
     {
         errors.push(ConfigError::new(
             &file,
-            format!("worker folder name `{name}` may only use letters, digits, '-', '_' and '.'"),
+            format!("app folder name `{name}` may only use letters, digits, '-', '_' and '.'"),
         ));
     }
 
@@ -43,7 +43,7 @@ pub(super) fn load_app(
         None => {
             errors.push(at(
                 "path",
-                "missing: the URL path this worker serves, e.g. /blog or /".to_owned(),
+                "missing: the URL path this app serves, e.g. /blog or /".to_owned(),
             ));
             String::new()
         }

@@ -66,7 +66,7 @@ mod tests {
         assert_eq!(normalize_route("/api~v1"), Ok("/api~v1".to_owned()));
     }
 
-    /// A site with server.yaml `server_yaml` and one worker `app` whose
+    /// A site with server.yaml `server_yaml` and one app `app` whose
     /// worker.yaml is `worker_yaml`.
     fn site(server_yaml: &str, worker_yaml: &str) -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();
@@ -129,6 +129,30 @@ mod tests {
         let dir = site("server:\n  drain_delay: soon\n", "path: /\n");
         let errors = load_site(&dir).unwrap_err().to_string();
         assert!(errors.contains("server.drain_delay"), "{errors}");
+    }
+
+    #[test]
+    fn max_connections_defaults_and_is_checked() {
+        let dir = site("server:\n  port: 8080\n", "path: /\n");
+        let config = load_site(&dir).unwrap();
+        assert_eq!(config.server.max_connections, defaults::MAX_CONNECTIONS);
+
+        let dir = site("server:\n  max_connections: 500\n", "path: /\n");
+        assert_eq!(load_site(&dir).unwrap().server.max_connections, 500);
+
+        for bad in ["0", "2000000"] {
+            let dir = site(
+                &format!("server:\n  port: 8080\n  max_connections: {bad}\n"),
+                "path: /\n",
+            );
+            let errors = load_site(&dir).unwrap_err().to_string();
+            assert!(errors.contains("server.yaml:3"), "{errors}");
+            assert!(errors.contains("server.max_connections"), "{errors}");
+            assert!(errors.contains("expected 1 to 1000000"), "{errors}");
+        }
+        let dir = site("server:\n  max_connections: many\n", "path: /\n");
+        let errors = load_site(&dir).unwrap_err().to_string();
+        assert!(errors.contains("server.max_connections"), "{errors}");
     }
 
     #[test]

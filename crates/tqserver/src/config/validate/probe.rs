@@ -4,7 +4,7 @@
 #[allow(unused_imports)]
 use super::*;
 
-/// `name` on PATH, or a path relative to the worker folder.
+/// `name` on PATH, or a path relative to the app's folder.
 pub fn find_binary(name: &str, folder: &Path) -> Option<PathBuf> {
     if name.contains('/') {
         let path = folder.join(name);

@@ -29,7 +29,7 @@ pub fn control_settings(
     Ok((admin, pid_file))
 }
 
-/// Loads `config/server.yaml` and every enabled worker under the workers
+/// Loads `config/server.yaml` and every enabled app under the workers
 /// directory.
 pub fn load(server_file: &Path) -> Result<Config, ConfigErrors> {
     let (raw, text) = yaml::load::<RawServerFile>(server_file)?;
@@ -79,6 +79,15 @@ pub fn load(server_file: &Path) -> Result<Config, ConfigErrors> {
             format!("{max_headers} is out of range; expected 1 to 10000"),
         ));
     }
+    let max_connections = server_raw
+        .max_connections
+        .unwrap_or(defaults::MAX_CONNECTIONS);
+    if max_connections == 0 || max_connections > 1_000_000 {
+        errors.push(at(
+            "server.max_connections",
+            format!("{max_connections} is out of range; expected 1 to 1000000"),
+        ));
+    }
     let server = ServerSettings {
         listen,
         read_timeout: dur(server_raw.read_timeout, defaults::READ_TIMEOUT),
@@ -90,6 +99,7 @@ pub fn load(server_file: &Path) -> Result<Config, ConfigErrors> {
             .max_body_bytes
             .map(|s| s.0)
             .unwrap_or(defaults::MAX_BODY_BYTES),
+        max_connections: max_connections.clamp(1, 1_000_000),
         grace_period: dur(server_raw.grace_period, defaults::GRACE_PERIOD),
         drain_delay: dur(server_raw.drain_delay, defaults::DRAIN_DELAY),
         threads: server_raw.threads.unwrap_or(0),
@@ -126,7 +136,7 @@ pub fn load(server_file: &Path) -> Result<Config, ConfigErrors> {
         }
     };
 
-    let mut workers = Vec::new();
+    let mut apps = Vec::new();
     let mut php_versions = HashMap::new();
     match std::fs::read_dir(&workers_dir) {
         Err(err) => errors.push(at(
@@ -142,37 +152,37 @@ pub fn load(server_file: &Path) -> Result<Config, ConfigErrors> {
             folders.sort();
             for folder in folders {
                 match load_app(&folder, &socket_dir, &mut php_versions) {
-                    Ok(Some(worker)) => workers.push(Arc::new(worker)),
+                    Ok(Some(app)) => apps.push(Arc::new(app)),
                     Ok(None) => {}
-                    Err(mut worker_errors) => errors.append(&mut worker_errors),
+                    Err(mut app_errors) => errors.append(&mut app_errors),
                 }
             }
         }
     }
 
     let mut routes: BTreeMap<&str, &AppConfig> = BTreeMap::new();
-    for worker in &workers {
-        if let Some(other) = routes.insert(&worker.route, worker) {
+    for app in &apps {
+        if let Some(other) = routes.insert(&app.route, app) {
             errors.push(ConfigError::at_key(
-                &worker.file,
-                &std::fs::read_to_string(&worker.file).unwrap_or_default(),
+                &app.file,
+                &std::fs::read_to_string(&app.file).unwrap_or_default(),
                 "path",
                 format!(
-                    "route `{}` is already taken by worker `{}`",
-                    display_route(&worker.route),
+                    "route `{}` is already taken by app `{}`",
+                    display_route(&app.route),
                     other.name
                 ),
             ));
         }
     }
     let mut listeners: BTreeMap<String, &str> = BTreeMap::new();
-    for worker in &workers {
-        if let Some(fastcgi) = &worker.fastcgi {
+    for app in &apps {
+        if let Some(fastcgi) = &app.fastcgi {
             let key = format!("{:?}", fastcgi.listen);
-            if let Some(other) = listeners.insert(key, &worker.name) {
+            if let Some(other) = listeners.insert(key, &app.name) {
                 errors.push(ConfigError::new(
-                    &worker.file,
-                    format!("fastcgi.listen is already used by worker `{other}`"),
+                    &app.file,
+                    format!("fastcgi.listen is already used by app `{other}`"),
                 ));
             }
         }
@@ -191,7 +201,7 @@ pub fn load(server_file: &Path) -> Result<Config, ConfigErrors> {
         logging,
         admin,
         ready_max_queue,
-        apps: workers,
+        apps,
     })
 }
 

@@ -1,0 +1,326 @@
+//! Start, serve, stop: the runtime directories and the pid file, the apps'
+//! pools, the FastCGI listeners, then the HTTP port; signals; and the
+//! graceful stop in phases (drain, stop accepting and let in-flight
+//! requests finish, stop the workers).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicU8;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use arc_swap::ArcSwap;
+use tokio::net::TcpListener;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{error, info, warn};
+
+use super::listeners::start_listener;
+use super::reload::reload;
+use super::runtime_dirs::{
+    remove_stale_runtime_dirs, set_cache_dirs, set_socket_dirs, write_pid_file,
+};
+use super::{Phase, ReloadReport, ServerState};
+use crate::app::App;
+use crate::config::{AppConfig, Config, validate::display_route};
+use crate::http::{self, Frontend};
+use crate::logging::LogFile;
+use crate::metrics::{BuildInfo, Metrics};
+use crate::observe::Telemetry;
+use crate::router::Router;
+use crate::{admin, systemd, watch};
+
+pub async fn run(mut config: Config, log_file: LogFile) -> anyhow::Result<()> {
+    // The admin endpoint first: its default socket belongs to this site, so
+    // a second tqserver for the same site stops here, before it touches the
+    // running one's pid file.
+    let admin = match &config.admin {
+        Some(listen) => Some(admin::bind(listen, &config.file).await?),
+        None => None,
+    };
+    // Folders of earlier runs that died without cleaning up (kill -9).
+    remove_stale_runtime_dirs(&config.socket_dir);
+    remove_stale_runtime_dirs(&config.cache_dir);
+    // Sockets of this process live in their own private directory.
+    let socket_dir = config.socket_dir.join(std::process::id().to_string());
+    pool::socket::prepare_socket_dir(&socket_dir)
+        .with_context(|| format!("cannot create socket directory {}", socket_dir.display()))?;
+    set_socket_dirs(&mut config, &socket_dir);
+    // OPcache file caches of this process, emptied with it.
+    let cache_dir = config.cache_dir.join(std::process::id().to_string());
+    set_cache_dirs(&mut config, &cache_dir);
+    let mut pid_file = config.server.pid_file.clone();
+    if let Some(path) = &pid_file
+        && let Err(err) = write_pid_file(path)
+    {
+        warn!("{err:#}; `tqserver reload` will not find this server (SIGHUP still works)");
+        pid_file = None;
+    }
+    let result = serve(config, log_file, socket_dir.clone(), admin).await;
+    let _ = std::fs::remove_dir_all(&socket_dir);
+    let _ = std::fs::remove_dir_all(&cache_dir);
+    if let Some(pid_file) = &pid_file {
+        let _ = std::fs::remove_file(pid_file);
+    }
+    // The last thing before the process exits (the runtime has nothing
+    // left to wait for).
+    if result.is_ok() {
+        info!("stopped");
+    }
+    result
+}
+
+pub(super) async fn serve(
+    config: Config,
+    log_file: LogFile,
+    socket_dir: PathBuf,
+    admin: Option<admin::AdminListener>,
+) -> anyhow::Result<()> {
+    let router = Arc::new(ArcSwap::from_pointee(Router::default()));
+    let metrics = Metrics::new(
+        router.clone(),
+        BuildInfo {
+            version: env!("CARGO_PKG_VERSION"),
+        },
+    );
+    let telemetry = Telemetry::new(
+        metrics,
+        config.logging.access_log.as_ref(),
+        config.logging.slow_log_threshold,
+        config.logging.slow_log_file.clone(),
+    )
+    .context("cannot open log files")?;
+    let state = Arc::new(ServerState {
+        config_path: config.file.clone(),
+        config: ArcSwap::from_pointee(config.clone()),
+        router: router.clone(),
+        telemetry: telemetry.clone(),
+        phase: AtomicU8::new(Phase::Starting as u8),
+        started: Instant::now(),
+        last_reload: Mutex::new(ReloadReport {
+            ok: true,
+            ..ReloadReport::default()
+        }),
+        socket_dir,
+        listeners: Mutex::new(BTreeMap::new()),
+        reloading: tokio::sync::Mutex::new(()),
+        shutdown: CancellationToken::new(),
+        connections: TaskTracker::new(),
+        background: TaskTracker::new(),
+    });
+    state
+        .background
+        .spawn(telemetry.clone().flush_periodically(state.shutdown.clone()));
+
+    // The admin endpoint answers (not ready) while the pools start and
+    // while they drain; it stops last.
+    let admin_stop = CancellationToken::new();
+    let admin_connections = TaskTracker::new();
+    if let (Some(listener), Some(listen)) = (admin, &config.admin) {
+        info!(listen = %listen, "admin endpoint ready");
+        admin_connections.spawn(admin::serve(
+            listener,
+            state.clone(),
+            admin_stop.clone(),
+            admin_connections.clone(),
+        ));
+    }
+    let result = serve_until_stopped(&state, &config, log_file).await;
+    admin_stop.cancel();
+    admin_connections.close();
+    let _ = tokio::time::timeout(Duration::from_secs(2), admin_connections.wait()).await;
+    result
+}
+
+pub(super) async fn serve_until_stopped(
+    state: &Arc<ServerState>,
+    config: &Config,
+    log_file: LogFile,
+) -> anyhow::Result<()> {
+    // Handlers first: a signal that arrives while starting (a systemd reload
+    // right after READY, say) must not hit the default action and kill us.
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigquit = signal(SignalKind::quit())?;
+    let mut sighup = signal(SignalKind::hangup())?;
+    let mut sigusr1 = signal(SignalKind::user_defined1())?;
+    let router = state.router.clone();
+    let telemetry = state.telemetry.clone();
+
+    let apps = match start_apps(&config.apps, &telemetry).await {
+        Ok(apps) => apps,
+        Err(err) => {
+            state.shutdown.cancel();
+            return Err(err);
+        }
+    };
+    router.store(Arc::new(Router::new(apps.clone())));
+    // FastCGI listeners first: once the HTTP port answers, everything does.
+    for app in &apps {
+        if let Err(err) = start_listener(state, &app.config).await {
+            state.shutdown.cancel();
+            stop_apps(&apps, Duration::ZERO).await;
+            return Err(err);
+        }
+    }
+    let http_listener = match TcpListener::bind(config.server.listen).await {
+        Ok(listener) => listener,
+        Err(err) => {
+            state.shutdown.cancel();
+            stop_apps(&apps, Duration::ZERO).await;
+            return Err(err).with_context(|| format!("cannot listen on {}", config.server.listen));
+        }
+    };
+    let draining = CancellationToken::new();
+    let front = Arc::new(Frontend {
+        router: router.clone(),
+        settings: config.server.clone(),
+        telemetry: telemetry.clone(),
+        draining: draining.clone(),
+    });
+    let accept = tokio::spawn(http::serve(
+        http_listener,
+        front,
+        state.shutdown.clone(),
+        state.connections.clone(),
+    ));
+    state.set_phase(Phase::Running);
+    info!(
+        listen = %config.server.listen,
+        apps = apps.len(),
+        "tqserver {} serving",
+        env!("CARGO_PKG_VERSION")
+    );
+    for app in &apps {
+        info!(
+            worker = %app.config.name,
+            route = display_route(&app.config.route),
+            php = %app.config.php.version,
+            "route ready"
+        );
+    }
+    systemd::ready();
+    let watchdog = systemd::watchdog_interval();
+    if let Some(interval) = watchdog {
+        state
+            .background
+            .spawn(systemd::keep_alive(interval, state.shutdown.clone()));
+    }
+
+    // Reload requests from signals and the file watcher.
+    let (reload_tx, mut reload_rx) = mpsc::channel::<&'static str>(4);
+    let _watcher = match watch::start(config, reload_tx.clone()) {
+        Ok(watcher) => Some(watcher),
+        Err(err) => {
+            warn!(
+                "config files will not be watched (SIGHUP and `tqserver reload` still work): {err}"
+            );
+            None
+        }
+    };
+
+    loop {
+        tokio::select! {
+            _ = sigterm.recv() => { info!("SIGTERM: stopping gracefully"); break; }
+            _ = sigquit.recv() => { info!("SIGQUIT: stopping gracefully"); break; }
+            _ = sigint.recv() => { info!("SIGINT: stopping gracefully (again to stop at once)"); break; }
+            _ = sighup.recv() => reload(state, "SIGHUP").await,
+            Some(why) = reload_rx.recv() => reload(state, why).await,
+            _ = sigusr1.recv() => {
+                let result = log_file.reopen().and_then(|()| telemetry.reopen().map_err(Into::into));
+                match result {
+                    Ok(()) => info!("SIGUSR1: log files reopened"),
+                    Err(err) => error!("SIGUSR1: cannot reopen log files: {err}"),
+                }
+            }
+        }
+    }
+
+    systemd::stopping();
+    // Phase 1: readiness fails while everything still serves, long enough
+    // for a balancer's health checks to take this node out of rotation.
+    let drain_delay = state.config.load().server.drain_delay;
+    if !drain_delay.is_zero() {
+        state.set_phase(Phase::Draining);
+        draining.cancel();
+        info!("draining: /readyz fails for {drain_delay:?}, then the listeners close");
+        tokio::select! {
+            _ = tokio::time::sleep(drain_delay) => {}
+            _ = sigint.recv() => {
+                warn!("second SIGINT: stopping now");
+                state.shutdown.cancel();
+                let apps_now = router.load().apps().to_vec();
+                stop_apps(&apps_now, Duration::ZERO).await;
+                return Ok(());
+            }
+        }
+    }
+    // Phase 2: stop accepting; connections finish their requests.
+    state.set_phase(Phase::Stopping);
+    let grace = state.config.load().server.grace_period;
+    let deadline = Instant::now() + grace;
+    state.shutdown.cancel();
+    let _ = accept.await;
+    state.connections.close();
+    let apps_now = router.load().apps().to_vec();
+    tokio::select! {
+        _ = tokio::time::timeout_at(deadline, state.connections.wait()) => {}
+        _ = sigint.recv() => {
+            warn!("second SIGINT: stopping now");
+            stop_apps(&apps_now, Duration::ZERO).await;
+            return Ok(());
+        }
+    }
+    // Phase 3: workers (anything still running is cut off at the deadline).
+    let left = deadline.saturating_duration_since(Instant::now());
+    stop_apps(&apps_now, left).await;
+    state.background.close();
+    let _ = tokio::time::timeout(Duration::from_secs(5), state.background.wait()).await;
+    telemetry.flush();
+    Ok(())
+}
+
+/// Starts every app concurrently; if one fails, the others are stopped.
+pub async fn start_apps(
+    apps: &[Arc<AppConfig>],
+    telemetry: &Arc<Telemetry>,
+) -> anyhow::Result<Vec<Arc<App>>> {
+    let mut starting = tokio::task::JoinSet::new();
+    for app in apps {
+        let app = app.clone();
+        let telemetry = telemetry.clone();
+        starting.spawn(async move { App::start(app, &telemetry).await });
+    }
+    let mut apps = Vec::new();
+    let mut failure = None;
+    while let Some(joined) = starting.join_next().await {
+        match joined {
+            Ok(Ok(app)) => apps.push(app),
+            Ok(Err(err)) => {
+                failure.get_or_insert(err);
+            }
+            Err(err) => {
+                failure.get_or_insert(err.into());
+            }
+        }
+    }
+    if let Some(failure) = failure {
+        stop_apps(&apps, Duration::ZERO).await;
+        return Err(failure);
+    }
+    apps.sort_by(|a, b| a.config.name.cmp(&b.config.name));
+    Ok(apps)
+}
+
+pub async fn stop_apps(apps: &[Arc<App>], grace: Duration) {
+    let mut stopping = tokio::task::JoinSet::new();
+    for app in apps {
+        let pool = app.pool.clone();
+        stopping.spawn(async move { pool.drain(grace).await });
+    }
+    while stopping.join_next().await.is_some() {}
+}
