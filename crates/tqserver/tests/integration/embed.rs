@@ -2,11 +2,10 @@
 //! tqserver, workers under the zygote, nothing left after `kill -9`, a new
 //! zygote on reload, and configuration errors that say what to do.
 
-
 use std::time::Duration;
 
-use nix::sys::signal::Signal;
 use crate::support::{self, Site, children_named, wait_gone, wait_until};
+use nix::sys::signal::Signal;
 
 const APP: &str =
     "path: /\nphp:\n  runtime: embed\n  pool:\n    manager: static\n    max_workers: 2\n";
