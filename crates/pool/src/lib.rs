@@ -11,6 +11,9 @@
 //!
 //! - [`process`]: spawning (fd 0 handoff, parent-death signal, own process
 //!   group, dropped privileges) and the one task that owns each process;
+//!   a process is exec'd (php-cgi) or forked by the app's zygote;
+//! - [`zygote`]: the per-app `tqserver-php --zygote` that ran PHP's module
+//!   startup once and forks workers on request (pidfds, exit reports);
 //! - [`pool`]: dispatch (most recently used idle worker first), the bounded
 //!   FIFO wait queue, and the bookkeeping of starts and exits;
 //! - [`scaling`]: where the number of processes is decided (static, dynamic,
