@@ -726,6 +726,22 @@ static char *replace_keeping_original(const char *name, const char *orig_name, c
 	return env_set(name, value);
 }
 
+/* PATH_TRANSLATED = the first `base_len` bytes of `base`, then PATH_INFO;
+ * the old value is kept as ORIG_PATH_TRANSLATED. */
+static void translate_path(const char *base, size_t base_len, const char *path_info,
+                           const char *orig_path_translated)
+{
+	size_t info_len = path_info ? strlen(path_info) : 0;
+	char *translated = emalloc(base_len + info_len + 1);
+	memcpy(translated, base, base_len);
+	if (info_len) {
+		memcpy(translated + base_len, path_info, info_len);
+	}
+	translated[base_len + info_len] = 0;
+	replace_keeping_original("PATH_TRANSLATED", "ORIG_PATH_TRANSLATED", orig_path_translated, translated);
+	efree(translated);
+}
+
 static void settle_paths(char **script_out)
 {
 	char *script_filename = env_get("SCRIPT_FILENAME");
@@ -811,29 +827,11 @@ static void settle_paths(char **script_out)
 				if (root_len && document_root[root_len - 1] == '/') {
 					root_len--;
 				}
-				size_t pi_len = path_info ? strlen(path_info) : 0;
-				char *translated = emalloc(root_len + pi_len + 1);
-				memcpy(translated, document_root, root_len);
-				if (pi_len) {
-					memcpy(translated + root_len, path_info, pi_len);
-				}
-				translated[root_len + pi_len] = 0;
-				replace_keeping_original("PATH_TRANSLATED", "ORIG_PATH_TRANSLATED", orig_path_translated,
-				                         translated);
-				efree(translated);
+				translate_path(document_root, root_len, path_info, orig_path_translated);
 			} else if (name_for_uri && strstr(candidate, name_for_uri)) {
 				/* PATH_TRANSLATED = script - SCRIPT_NAME + PATH_INFO */
-				size_t base = strlen(candidate) - strlen(name_for_uri);
-				size_t pi_len = path_info ? strlen(path_info) : 0;
-				char *translated = emalloc(base + pi_len + 1);
-				memcpy(translated, candidate, base);
-				if (pi_len) {
-					memcpy(translated + base, path_info, pi_len);
-				}
-				translated[base + pi_len] = 0;
-				replace_keeping_original("PATH_TRANSLATED", "ORIG_PATH_TRANSLATED", orig_path_translated,
-				                         translated);
-				efree(translated);
+				translate_path(candidate, strlen(candidate) - strlen(name_for_uri), path_info,
+				               orig_path_translated);
 			}
 			break;
 		}

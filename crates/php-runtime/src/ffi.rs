@@ -75,9 +75,11 @@ pub fn after_fork() {
 
 /// Runs one request over `conn`; returns the script's exit status, or -1 if
 /// PHP could not start the request.
-pub fn run_request<C: Connection>(params: &[(&[u8], &[u8])], conn: &mut C) -> i32 {
+pub fn run_request<'p, C: Connection>(
+    params: impl Iterator<Item = (&'p [u8], &'p [u8])>,
+    conn: &mut C,
+) -> i32 {
     let params: Vec<Param> = params
-        .iter()
         .map(|(name, value)| Param {
             name: name.as_ptr().cast(),
             name_len: name.len(),

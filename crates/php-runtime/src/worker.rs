@@ -100,14 +100,12 @@ fn serve_connection(mut stream: File) -> io::Result<()> {
                 };
                 // php-cgi's FastCGI layer adds FCGI_ROLE before the
                 // parameters; PHP lists it after them.
-                let pairs: Vec<(&[u8], &[u8])> =
-                    std::iter::once((&b"FCGI_ROLE"[..], &b"RESPONDER"[..]))
-                        .chain(params.iter())
-                        .collect();
+                let pairs =
+                    std::iter::once((&b"FCGI_ROLE"[..], &b"RESPONDER"[..])).chain(params.iter());
                 let mut request = Request {
                     stream: &mut stream,
                     reader: &mut reader,
-                    out: BytesMut::with_capacity(OUT_CHUNK + 64),
+                    writer: &mut writer,
                     request_id,
                     pending: bytes::Bytes::new(),
                     stdin_done: false,
@@ -115,19 +113,17 @@ fn serve_connection(mut stream: File) -> io::Result<()> {
                     ended: false,
                     had_stderr: false,
                 };
-                let status = ffi::run_request(&pairs, &mut request);
-                let gone = request.gone;
+                let status = ffi::run_request(pairs, &mut request);
                 if !request.ended {
                     request.end();
                 }
-                let failed = request.gone && !gone;
-                drop(request);
+                let gone = request.gone;
                 reader.finish_request();
                 if status < 0 {
                     eprintln!("tqserver-php: PHP could not start a request; exiting");
                     std::process::exit(1);
                 }
-                if gone || failed || !keep_conn {
+                if gone || !keep_conn {
                     return Ok(());
                 }
             }
@@ -210,7 +206,8 @@ fn send(stream: &mut File, buf: &mut BytesMut) -> io::Result<()> {
 struct Request<'a> {
     stream: &'a mut File,
     reader: &'a mut RequestReader<()>,
-    out: BytesMut,
+    /// The connection's encoder; its buffer holds the records not sent yet.
+    writer: &'a mut ResponseWriter<()>,
     request_id: u16,
     /// Body bytes received and not yet given to PHP.
     pending: bytes::Bytes,
@@ -227,9 +224,9 @@ impl Request<'_> {
         if self.gone {
             return false;
         }
-        if send(self.stream, &mut self.out).is_err() {
+        if send(self.stream, self.writer.buffer_mut()).is_err() {
             self.gone = true;
-            self.out.clear();
+            self.writer.buffer_mut().clear();
         }
         !self.gone
     }
@@ -237,15 +234,12 @@ impl Request<'_> {
     /// Closes the streams and sends END_REQUEST.
     fn end(&mut self) {
         self.ended = true;
-        let mut writer = ResponseWriter::new(());
-        std::mem::swap(writer.buffer_mut(), &mut self.out);
-        writer.end_request(
+        self.writer.end_request(
             self.request_id,
             0,
             ProtocolStatus::RequestComplete,
             self.had_stderr,
         );
-        std::mem::swap(writer.buffer_mut(), &mut self.out);
         self.send_out();
     }
 }
@@ -256,8 +250,9 @@ impl Connection for Request<'_> {
             return 0;
         }
         for chunk in bytes.chunks(fastcgi::record::MAX_CONTENT_LEN) {
-            put_stream(&mut self.out, RecordType::Stdout, self.request_id, chunk);
-            if self.out.len() >= OUT_CHUNK && !self.send_out() {
+            let out = self.writer.buffer_mut();
+            put_stream(out, RecordType::Stdout, self.request_id, chunk);
+            if out.len() >= OUT_CHUNK && !self.send_out() {
                 return 0;
             }
         }
@@ -298,7 +293,12 @@ impl Connection for Request<'_> {
         message.extend_from_slice(line);
         message.push(b'\n');
         for chunk in message.chunks(fastcgi::record::MAX_CONTENT_LEN) {
-            put_stream(&mut self.out, RecordType::Stderr, self.request_id, chunk);
+            put_stream(
+                self.writer.buffer_mut(),
+                RecordType::Stderr,
+                self.request_id,
+                chunk,
+            );
         }
         self.had_stderr = true;
     }

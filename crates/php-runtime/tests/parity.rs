@@ -296,6 +296,8 @@ fn fixture_dir() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/parity");
     copy_dir(&source, dir.path());
+    // The same script once more, below a .user.ini.
+    std::fs::copy(dir.path().join("dump.php"), dir.path().join("sub/dump.php")).unwrap();
     dir
 }
 

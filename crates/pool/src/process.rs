@@ -126,43 +126,12 @@ pub async fn spawn(
         return fork(zygote, bound.listener, stream, pool, spawn_timeout).await;
     }
 
-    let mut cmd = Command::new(&command.program);
-    cmd.args(&command.args)
-        .env_clear()
-        .envs(command.env.iter().map(|(k, v)| (k, v)))
-        .stdin(Stdio::from(bound.listener))
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true);
-    if let Some(cwd) = &command.cwd {
-        cmd.current_dir(cwd);
-    }
-    if let Some((uid, gid)) = command.credentials {
-        cmd.uid(uid).gid(gid);
-    }
+    let mut cmd = base_command(command, Stdio::from(bound.listener));
     let parent = std::process::id();
     // SAFETY: the closure runs in the forked child before exec and only makes
-    // async-signal-safe calls (prctl, getppid, _exit). It runs after the uid
-    // and gid changes, which would otherwise clear the parent-death signal.
+    // async-signal-safe calls (see `die_with_parent`).
     unsafe {
-        cmd.pre_exec(move || {
-            if libc::prctl(
-                libc::PR_SET_PDEATHSIG,
-                libc::SIGKILL as libc::c_ulong,
-                0,
-                0,
-                0,
-            ) != 0
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-            // tqserver died between fork and prctl: do not run orphaned.
-            if libc::getppid() as u32 != parent {
-                libc::_exit(1);
-            }
-            Ok(())
-        });
+        cmd.pre_exec(move || die_with_parent(parent));
     }
     let mut child = cmd
         .spawn()
@@ -185,6 +154,42 @@ pub async fn spawn(
         spawn_timeout,
     )
     .await
+}
+
+/// A worker's (or a zygote's) process: the given environment and nothing
+/// else, its directory and user, stdout discarded, stderr piped, a process
+/// group of its own (a terminal's Ctrl-C reaches tqserver only), killed if
+/// its handle is dropped.
+pub(crate) fn base_command(command: &WorkerCommand, stdin: Stdio) -> Command {
+    let mut cmd = Command::new(&command.program);
+    cmd.args(&command.args)
+        .env_clear()
+        .envs(command.env.iter().map(|(k, v)| (k, v)))
+        .stdin(stdin)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    if let Some(cwd) = &command.cwd {
+        cmd.current_dir(cwd);
+    }
+    if let Some((uid, gid)) = command.credentials {
+        cmd.uid(uid).gid(gid);
+    }
+    cmd
+}
+
+/// For a `pre_exec` hook: SIGKILL when tqserver (`parent`) dies, and fail
+/// the exec if it already has. Only async-signal-safe calls (prctl,
+/// getppid), no allocation. Runs after the uid and gid changes, which would
+/// otherwise clear the parent-death signal.
+pub(crate) fn die_with_parent(parent: u32) -> std::io::Result<()> {
+    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)?;
+    // tqserver died between fork and prctl: do not run orphaned.
+    if nix::unistd::getppid().as_raw() as u32 != parent {
+        return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+    }
+    Ok(())
 }
 
 /// A worker forked by the pool's zygote, with its own stderr pipe.

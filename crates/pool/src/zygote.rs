@@ -27,7 +27,7 @@ use nix::sys::socket::{
     sendmsg, socketpair,
 };
 use tokio::io::unix::AsyncFd;
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 use tokio::sync::oneshot;
 use tracing::{info, warn};
 
@@ -201,29 +201,14 @@ impl Zygote {
         )
         .map_err(socket_error)?;
         let command = &self.command;
-        let mut cmd = Command::new(&command.program);
-        cmd.args(&command.args)
-            .arg("--zygote")
-            .env_clear()
-            .envs(command.env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .process_group(0)
-            .kill_on_drop(true);
-        if let Some(cwd) = &command.cwd {
-            cmd.current_dir(cwd);
-        }
-        if let Some((uid, gid)) = command.credentials {
-            cmd.uid(uid).gid(gid);
-        }
+        let mut cmd = crate::process::base_command(command, Stdio::null());
+        cmd.arg("--zygote");
         let parent = std::process::id();
         let theirs_raw = theirs.as_raw_fd();
         // SAFETY: the closure runs in the forked child before exec and makes
-        // only async-signal-safe calls (dup2, fcntl, prctl, getppid, _exit).
-        // The control socket becomes fd 3 without close-on-exec; the
-        // parent-death signal is set after the uid and gid changes, which
-        // would clear it.
+        // only async-signal-safe calls (dup2, fcntl, and those of
+        // `die_with_parent`). The control socket becomes fd 3 without
+        // close-on-exec.
         unsafe {
             cmd.pre_exec(move || {
                 if theirs_raw == CONTROL_FD {
@@ -236,20 +221,7 @@ impl Zygote {
                 } else if libc::dup2(theirs_raw, CONTROL_FD) < 0 {
                     return Err(io::Error::last_os_error());
                 }
-                if libc::prctl(
-                    libc::PR_SET_PDEATHSIG,
-                    libc::SIGKILL as libc::c_ulong,
-                    0,
-                    0,
-                    0,
-                ) != 0
-                {
-                    return Err(io::Error::last_os_error());
-                }
-                if libc::getppid() as u32 != parent {
-                    libc::_exit(1);
-                }
-                Ok(())
+                crate::process::die_with_parent(parent)
             });
         }
         let mut child = cmd
