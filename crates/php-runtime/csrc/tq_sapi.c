@@ -28,6 +28,7 @@
 #include "php_globals.h"
 #include "php_output.h"
 #include "zend_ini.h"
+#include "zend_ini_scanner.h"
 #include "zend_stream.h"
 #include "fopen_wrappers.h"
 #include "ext/standard/info.h"
@@ -476,8 +477,73 @@ static void activate_user_config(char *dir, size_t dir_len, const char *doc_root
 	php_ini_activate_config(entry->settings, PHP_INI_PERDIR, PHP_INI_STAGE_HTACCESS);
 }
 
+/* php-fpm's PHP_VALUE and PHP_ADMIN_VALUE parameters: "key=value" lines
+ * that the web server sends with a request (nginx: fastcgi_param PHP_VALUE).
+ * php-fpm writes them into the process's master values, so they stay for
+ * every later request the child serves, whatever site sent it (the known
+ * leak between sites). Here they are request values: PHP restores them when
+ * the request ends. PHP_VALUE may set only what ini_set() may set;
+ * PHP_ADMIN_VALUE may set anything and locks it for the request (the
+ * ACTIVATE stage with SYSTEM mode makes the entry SYSTEM-only until it is
+ * restored), so neither .user.ini nor ini_set() can change it. Extensions
+ * and the disable_* lists act once per process in php-fpm; per request they
+ * cannot, so they are refused with a log line. php-cgi ignores both
+ * parameters. */
+
+static void log_fastcgi_ini(const char *param, const char *key, const char *why)
+{
+	char *line;
+	spprintf(&line, 0, "%s: %s '%s'", param, why, key);
+	tq_log_message(line, 0);
+	efree(line);
+}
+
+struct fastcgi_ini {
+	const char *param;
+	int mode;
+};
+
+static void fastcgi_ini_entry(zval *key, zval *value, zval *unused, int type, void *arg)
+{
+	(void)unused;
+	const struct fastcgi_ini *ini = arg;
+	if (type != ZEND_INI_PARSER_ENTRY || !key || !value) {
+		log_fastcgi_ini(ini->param, key ? Z_STRVAL_P(key) : "", "only key=value lines are allowed, ignored");
+		return;
+	}
+	const char *name = Z_STRVAL_P(key);
+	if (!strcmp(name, "extension") || !strcmp(name, "zend_extension")
+		|| !strcmp(name, "disable_functions") || !strcmp(name, "disable_classes")) {
+		log_fastcgi_ini(ini->param, name, "cannot be set per request (use php.settings), ignored");
+		return;
+	}
+	if (zend_alter_ini_entry_chars(Z_STR_P(key), Z_STRVAL_P(value), Z_STRLEN_P(value), ini->mode,
+			ZEND_INI_STAGE_ACTIVATE) == FAILURE) {
+		log_fastcgi_ini(ini->param, name, ini->mode == ZEND_INI_USER
+			? "unknown, or not settable by PHP_VALUE (try PHP_ADMIN_VALUE), ignored"
+			: "unknown or rejected, ignored");
+	}
+}
+
+static void apply_fastcgi_ini(const char *param, int mode)
+{
+	char *lines = env_get(param);
+	if (!lines || !*lines) {
+		return;
+	}
+	struct fastcgi_ini ini = { param, mode };
+	char *text;
+	spprintf(&text, 0, "%s\n", lines);
+	zend_parse_ini_string(text, 1, ZEND_INI_SCANNER_NORMAL, fastcgi_ini_entry, &ini);
+	efree(text);
+}
+
 static int tq_activate(void)
 {
+	/* Before the per-directory settings, as php-fpm applies them: .user.ini
+	 * overrides PHP_VALUE and cannot override PHP_ADMIN_VALUE. */
+	apply_fastcgi_ini("PHP_VALUE", ZEND_INI_USER);
+	apply_fastcgi_ini("PHP_ADMIN_VALUE", ZEND_INI_SYSTEM);
 	const char *script = SG(request_info).path_translated;
 	if (!script) {
 		return FAILURE;

@@ -380,3 +380,104 @@ fn sessions_get_different_ids_in_different_workers() {
     }
     assert_ne!(ids[0], ids[1]);
 }
+
+/// php-fpm's PHP_VALUE and PHP_ADMIN_VALUE, which php-cgi ignores: values
+/// for one request, restored after it (php-fpm keeps them in the process for
+/// every later request, the known leak between sites); an admin value is
+/// locked against ini_set() and .user.ini; what cannot be set per request
+/// is refused with a log line and the request still runs.
+#[test]
+fn php_value_and_php_admin_value_apply_to_their_request_only() {
+    let fixtures = fixture_dir();
+    let root = std::fs::canonicalize(fixtures.path()).unwrap();
+    std::fs::write(
+        root.join("ini.php"),
+        "<?php $set = ini_set('memory_limit', '99M') === false ? 'locked' : 'set';\n\
+         echo ini_get('precision'), ' ', ini_get('upload_max_filesize'), ' ',\n\
+         ini_get('memory_limit'), ' ', $set, ' ',\n\
+         ini_get('html_errors'), ' ', function_exists('phpinfo') ? 'phpinfo' : 'none';",
+    )
+    .unwrap();
+    let sockets = tempfile::tempdir().unwrap();
+    let mut worker = start(
+        Path::new(env!("CARGO_BIN_EXE_tqserver-php")),
+        sockets.path(),
+        "ini",
+    );
+    let params = |extra: &[(&str, &str)]| {
+        let mut params = base(&root, "/ini.php", "/ini.php", "", "GET");
+        params.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        params
+    };
+    let body = |response: &Response| {
+        let text = String::from_utf8_lossy(&response.stdout).into_owned();
+        text.split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or(text)
+    };
+    let stderr = |response: &Response| String::from_utf8_lossy(&response.stderr).into_owned();
+
+    let plain = request(&mut worker, &params(&[]), b"");
+    assert_eq!(body(&plain), "14 2M 99M set 0 phpinfo");
+
+    // A user value applies; a PERDIR one is refused from PHP_VALUE.
+    let user = request(
+        &mut worker,
+        &params(&[(
+            "PHP_VALUE",
+            "precision=5\nupload_max_filesize=9M\nno_such.key=1",
+        )]),
+        b"",
+    );
+    assert_eq!(body(&user), "5 2M 99M set 0 phpinfo");
+    let log = stderr(&user);
+    assert!(log.contains("PHP_VALUE: unknown, or not settable by PHP_VALUE (try PHP_ADMIN_VALUE), ignored 'upload_max_filesize'"), "{log}");
+    assert!(log.contains("'no_such.key'"), "{log}");
+
+    // An admin value applies and cannot be changed by the script.
+    let admin = request(
+        &mut worker,
+        &params(&[
+            (
+                "PHP_ADMIN_VALUE",
+                "upload_max_filesize=9M\nmemory_limit=77M\ndisable_functions=phpinfo",
+            ),
+            ("PHP_VALUE", "html_errors=1"),
+        ]),
+        b"",
+    );
+    assert_eq!(body(&admin), "14 9M 77M locked 1 phpinfo");
+    assert!(
+        stderr(&admin).contains("PHP_ADMIN_VALUE: cannot be set per request (use php.settings), ignored 'disable_functions'"),
+        "{}",
+        stderr(&admin)
+    );
+
+    // .user.ini (precision = 7 in sub/) overrides PHP_VALUE, not an admin value.
+    std::fs::copy(root.join("ini.php"), root.join("sub/ini.php")).unwrap();
+    let in_sub = |extra: &[(&str, &str)]| {
+        let mut params = base(&root, "/sub/ini.php", "/sub/ini.php", "", "GET");
+        params.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        params
+    };
+    let under_user_ini = request(&mut worker, &in_sub(&[("PHP_VALUE", "precision=5")]), b"");
+    assert!(
+        body(&under_user_ini).ends_with("7 2M 99M set 0 phpinfo"),
+        "{}",
+        body(&under_user_ini)
+    );
+    let admin_under_user_ini = request(
+        &mut worker,
+        &in_sub(&[("PHP_ADMIN_VALUE", "precision=5")]),
+        b"",
+    );
+    assert!(
+        body(&admin_under_user_ini).ends_with("5 2M 99M set 0 phpinfo"),
+        "{}",
+        body(&admin_under_user_ini)
+    );
+
+    // Nothing stays for the next request.
+    let after = request(&mut worker, &params(&[]), b"");
+    assert_eq!(body(&after), "14 2M 99M set 0 phpinfo");
+}

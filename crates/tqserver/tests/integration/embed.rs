@@ -4,7 +4,8 @@
 
 use std::time::Duration;
 
-use crate::support::{self, Site, children_named, wait_gone, wait_until};
+use crate::support::nginx::Nginx;
+use crate::support::{self, Site, children_named, free_port, wait_gone, wait_until};
 use nix::sys::signal::Signal;
 
 const APP: &str =
@@ -103,5 +104,49 @@ fn runtime_errors_name_the_key_and_what_to_do() {
         assert!(!output.status.success(), "{yaml}");
         assert!(stderr.contains(expected), "{stderr}");
         assert!(stderr.contains(line), "names file and line: {stderr}");
+    }
+}
+
+/// nginx's `fastcgi_param PHP_VALUE` / `PHP_ADMIN_VALUE` reach an embed
+/// worker through the FastCGI listener as they reach a php-fpm child, for
+/// the request that sends them only; the HTTP front never sends them.
+#[test]
+fn php_value_from_nginx_applies_to_that_request_only() {
+    let port = free_port();
+    let server = Site::new()
+        .worker(
+            "app",
+            &format!("{APP}fastcgi:\n  listen: 127.0.0.1:{port}\n"),
+        )
+        .file(
+            "app",
+            "ini.php",
+            "<?php echo ini_get('precision'), ' ', ini_get('upload_max_filesize');",
+        )
+        .start();
+    let root = server.docroot("app");
+    let nginx = Nginx::start(
+        &format!("upstream tq {{ server 127.0.0.1:{port}; keepalive 4; }}"),
+        &format!(
+            "root {root};\n\
+             location = /tuned.php {{\n\
+               include /etc/nginx/fastcgi_params;\n\
+               fastcgi_param SCRIPT_FILENAME $document_root/ini.php;\n\
+               fastcgi_param PHP_VALUE \"precision=5\";\n\
+               fastcgi_param PHP_ADMIN_VALUE \"upload_max_filesize=9M\";\n\
+               fastcgi_pass tq; fastcgi_keep_conn on;\n\
+             }}\n\
+             location ~ \\.php$ {{\n\
+               include /etc/nginx/fastcgi_params;\n\
+               fastcgi_param SCRIPT_FILENAME $document_root$fastcgi_script_name;\n\
+               fastcgi_pass tq; fastcgi_keep_conn on;\n\
+             }}"
+        ),
+    );
+    // Both workers serve both kinds of request, in turns.
+    for _ in 0..4 {
+        assert_eq!(nginx.get("/tuned.php").text(), "5 9M");
+        assert_eq!(nginx.get("/ini.php").text(), "14 2M");
+        assert_eq!(server.get("/ini.php").text(), "14 2M");
     }
 }
