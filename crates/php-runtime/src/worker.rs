@@ -6,9 +6,9 @@
 //! [`OUT_CHUNK`] bytes, and at once when PHP flushes.
 
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::net::IpAddr;
-use std::os::fd::BorrowedFd;
+use std::os::fd::{AsRawFd, BorrowedFd};
 
 use bytes::BytesMut;
 use fastcgi::ParamsLimits;
@@ -162,25 +162,29 @@ fn next_event(
         if let Some(event) = reader.buffered_event().map_err(io::Error::other)? {
             return Ok(Some(event));
         }
+        // Straight into the decoder's spare capacity: zeroing it first (to
+        // hand `Read` a `&mut [u8]`) showed at 1.7 % of a hello request.
         let buf = reader.buffer_mut();
         buf.reserve(16 * 1024);
         let start = buf.len();
-        let capacity = buf.capacity();
-        buf.resize(capacity, 0);
+        let spare = buf.spare_capacity_mut();
         let read = loop {
-            match stream.read(&mut buf[start..]) {
-                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
-                other => break other,
+            // SAFETY: read(2) writes at most `spare.len()` bytes into the
+            // spare capacity, which `spare` borrows exclusively and which
+            // stays allocated for the call; it never reads from it.
+            let read =
+                unsafe { libc::read(stream.as_raw_fd(), spare.as_mut_ptr().cast(), spare.len()) };
+            if read >= 0 {
+                break read as usize;
             }
-        };
-        let read = match read {
-            Ok(read) => read,
-            Err(err) => {
-                buf.truncate(start);
+            let err = io::Error::last_os_error();
+            if err.kind() != io::ErrorKind::Interrupted {
                 return Err(err);
             }
         };
-        buf.truncate(start + read);
+        // SAFETY: the kernel initialised `read` bytes (at most the spare
+        // capacity) right after the `start` bytes already there.
+        unsafe { buf.set_len(start + read) };
         if read == 0 {
             return if start == 0 {
                 Ok(None)
