@@ -43,5 +43,5 @@ pub use config::{Launch, Manager, PoolConfig, SocketKind, WorkerCommand};
 pub use error::{AcquireError, SpawnError, StartError};
 pub use lease::{KillReason, Lease};
 pub use pool::WorkerPool;
-pub use stats::{PoolStatus, RequestInfo, WorkerState, WorkerStatus};
+pub use stats::{PoolStatus, RequestInfo, WorkerState, WorkerStatus, ZygoteStatus};
 pub use usage::RequestUsage;

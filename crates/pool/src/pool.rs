@@ -526,6 +526,10 @@ impl WorkerPool {
             queued: load(&c.queued),
             queue_wait_total: Duration::from_micros(load(&c.queue_wait_micros)),
             workers: workers.iter().map(|w| w.snapshot()).collect(),
+            zygote: match &inner.launcher {
+                process::Launcher::Zygote(zygote) => Some(zygote.status()),
+                process::Launcher::Exec => None,
+            },
         }
     }
 

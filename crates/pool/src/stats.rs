@@ -257,6 +257,7 @@ impl WorkerShared {
             last,
             last_usage,
             rss_bytes: rss_bytes(self.pid),
+            pss_bytes: pss_bytes(self.pid),
         }
     }
 }
@@ -277,6 +278,20 @@ pub struct WorkerStatus {
     pub last_usage: Option<RequestUsage>,
     /// Resident memory from /proc, if readable.
     pub rss_bytes: Option<u64>,
+    /// Proportional set size (shared pages divided among the processes
+    /// that map them), if readable: what a forked worker really costs.
+    pub pss_bytes: Option<u64>,
+}
+
+/// A pool's zygote (`php.runtime: embed`), as a status page shows it.
+#[derive(Clone, Debug, Default)]
+pub struct ZygoteStatus {
+    /// None between a zygote's death and its replacement.
+    pub pid: Option<u32>,
+    /// Zygotes started in this pool's life (more than 1: replaced).
+    pub starts: u64,
+    pub rss_bytes: Option<u64>,
+    pub pss_bytes: Option<u64>,
 }
 
 /// A whole pool, as a status page shows it.
@@ -313,6 +328,8 @@ pub struct PoolStatus {
     pub queued: u64,
     pub queue_wait_total: Duration,
     pub workers: Vec<WorkerStatus>,
+    /// For a pool whose workers are forked from a zygote.
+    pub zygote: Option<ZygoteStatus>,
 }
 
 /// Resident set size of a process, from /proc/PID/statm.
@@ -324,9 +341,30 @@ pub fn rss_bytes(pid: u32) -> Option<u64> {
     Some(pages * page_size.max(1) as u64)
 }
 
+/// Proportional set size of a process, from /proc/PID/smaps_rollup.
+pub fn pss_bytes(pid: u32) -> Option<u64> {
+    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+    let kib: u64 = rollup
+        .lines()
+        .find_map(|line| line.strip_prefix("Pss:"))?
+        .trim()
+        .strip_suffix("kB")?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pss_of_this_process_is_plausible() {
+        let pss = pss_bytes(std::process::id()).unwrap();
+        let rss = rss_bytes(std::process::id()).unwrap();
+        assert!(pss > 100 * 1024 && pss <= rss + 4096, "{pss} {rss}");
+    }
 
     #[test]
     fn rss_of_this_process_is_plausible() {

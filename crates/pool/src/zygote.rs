@@ -18,7 +18,7 @@ use std::io::{self, IoSlice, IoSliceMut};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::ExitStatusExt;
 use std::process::{ExitStatus, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -42,6 +42,11 @@ pub struct Zygote {
     command: WorkerCommand,
     pool: String,
     running: tokio::sync::Mutex<Option<Arc<Running>>>,
+    /// The pid of the zygote that runs now (0: none), for status pages;
+    /// cleared when its socket closes.
+    pid: Arc<AtomicU32>,
+    /// Zygotes started so far.
+    starts: AtomicU64,
 }
 
 struct Running {
@@ -78,15 +83,25 @@ impl Zygote {
             command,
             pool: pool.to_owned(),
             running: tokio::sync::Mutex::new(None),
+            pid: Arc::new(AtomicU32::new(0)),
+            starts: AtomicU64::new(0),
         }
     }
 
     /// The zygote's pid, if one runs.
     pub fn pid(&self) -> Option<u32> {
-        self.running
-            .try_lock()
-            .ok()
-            .and_then(|r| r.as_ref().map(|r| r.pid))
+        Some(self.pid.load(Ordering::Relaxed)).filter(|&pid| pid != 0)
+    }
+
+    /// What a status page shows of it.
+    pub fn status(&self) -> crate::stats::ZygoteStatus {
+        let pid = self.pid();
+        crate::stats::ZygoteStatus {
+            pid,
+            starts: self.starts.load(Ordering::Relaxed),
+            rss_bytes: pid.and_then(crate::stats::rss_bytes),
+            pss_bytes: pid.and_then(crate::stats::pss_bytes),
+        }
     }
 
     /// Starts the zygote (PHP's module startup) if it is not running.
@@ -98,6 +113,9 @@ impl Zygote {
     pub async fn stop(&self) {
         let running = self.running.lock().await.take();
         if let Some(running) = running {
+            let _ = self
+                .pid
+                .compare_exchange(running.pid, 0, Ordering::Relaxed, Ordering::Relaxed);
             let mut child = running.child.lock().unwrap_or_else(|p| p.into_inner());
             let _ = child.start_kill();
             // Reaped by tokio's orphan queue if not here.
@@ -291,6 +309,8 @@ impl Zygote {
             }
         }
         info!(worker = %self.pool, pid, "zygote started PHP");
+        self.pid.store(pid, Ordering::Relaxed);
+        self.starts.fetch_add(1, Ordering::Relaxed);
         let running = Arc::new(Running {
             child: Mutex::new(child),
             pid,
@@ -298,7 +318,7 @@ impl Zygote {
             next_token: AtomicU64::new(1),
             waiters: Mutex::new(Waiters::default()),
         });
-        tokio::spawn(read_replies(Arc::downgrade(&running)));
+        tokio::spawn(read_replies(Arc::downgrade(&running), self.pid.clone()));
         Ok(running)
     }
 }
@@ -353,7 +373,7 @@ fn receive(fd: RawFd) -> io::Result<Option<Message>> {
 }
 
 /// Hands the zygote's answers to whoever waits for them, until it closes.
-async fn read_replies(running: std::sync::Weak<Running>) {
+async fn read_replies(running: std::sync::Weak<Running>, shown_pid: Arc<AtomicU32>) {
     loop {
         let Some(this) = running.upgrade() else {
             return;
@@ -426,6 +446,7 @@ async fn read_replies(running: std::sync::Weak<Running>) {
         }
     }
     if let Some(this) = running.upgrade() {
+        let _ = shown_pid.compare_exchange(this.pid, 0, Ordering::Relaxed, Ordering::Relaxed);
         let mut waiters = this.waiters.lock().unwrap_or_else(|p| p.into_inner());
         waiters.closed = true;
         waiters.forks.clear();

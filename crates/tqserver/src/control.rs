@@ -159,10 +159,19 @@ pub fn render(status: &ServerPage) -> String {
             continue;
         }
         let _ = writeln!(out, "\n{} workers:", app.pool.pool);
+        if let (Some(pid), Some(starts)) = (app.pool.zygote_pid, app.pool.zygote_starts) {
+            let _ = writeln!(
+                out,
+                "  zygote pid {pid}, RSS {}, PSS {}, started {starts} time{}",
+                human_bytes(app.pool.zygote_rss.unwrap_or(0)),
+                human_bytes(app.pool.zygote_pss.unwrap_or(0)),
+                if starts == 1 { "" } else { "s" }
+            );
+        }
         let _ = writeln!(
             out,
-            "  {:>8} {:<9} {:>8} {:>8} {:>7}  REQUEST",
-            "PID", "STATE", "REQS", "RSS", "UP"
+            "  {:>8} {:<9} {:>8} {:>8} {:>8} {:>7}  REQUEST",
+            "PID", "STATE", "REQS", "RSS", "PSS", "UP"
         );
         for process in processes {
             let request = match process.request_method.as_str() {
@@ -175,11 +184,12 @@ pub fn render(status: &ServerPage) -> String {
             };
             let _ = writeln!(
                 out,
-                "  {:>8} {:<9} {:>8} {:>8} {:>7}  {request}",
+                "  {:>8} {:<9} {:>8} {:>8} {:>8} {:>7}  {request}",
                 process.pid,
                 process.state,
                 process.requests,
                 human_bytes(process.rss),
+                human_bytes(process.pss),
                 human_secs(process.start_since),
             );
         }
@@ -285,7 +295,9 @@ mod tests {
         );
         // The app's route and PHP version follow the pool's fields.
         assert!(
-            body.ends_with(r#""rss":26214400}],"route":"/blog","php version":"8.4"}]}"#),
+            body.ends_with(
+                r#""rss":26214400,"pss":9437184}],"route":"/blog","php version":"8.4"}]}"#
+            ),
             "{body}"
         );
         let read: ServerPage = serde_json::from_str(&body).unwrap();
@@ -328,6 +340,19 @@ mod tests {
         assert!(text.contains("\napp workers:\n"), "{text}");
         let running = text.lines().find(|l| l.contains(" Running ")).unwrap();
         assert!(running.ends_with("POST /a?<b> (1 ms)"), "{running}");
+        let columns: Vec<&str> = running.split_whitespace().collect();
+        assert_eq!(columns[..5], ["4002", "Running", "7", "25.0M", "9.0M"]);
+        assert!(!text.contains("zygote"), "{text}");
+
+        let mut page = server_page();
+        page.pools[0].pool.zygote_pid = Some(4000);
+        page.pools[0].pool.zygote_starts = Some(1);
+        page.pools[0].pool.zygote_pss = Some(30 << 20);
+        let text = render(&page);
+        assert!(
+            text.contains("\napp workers:\n  zygote pid 4000, RSS 0K, PSS 30.0M, started 1 time\n"),
+            "{text}"
+        );
         assert!(running.contains(" 25.0M "), "{running}");
         let idle = text.lines().find(|l| l.contains(" Idle ")).unwrap();
         assert!(idle.ends_with("GET /ok.php (2 ms)"), "{idle}");

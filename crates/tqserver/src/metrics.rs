@@ -454,6 +454,38 @@ impl Collector for PoolCollector {
             rss_max,
         )?;
 
+        let pss = apps
+            .iter()
+            .map(|app| {
+                let total: u64 = app.pool.workers.iter().filter_map(|w| w.pss_bytes).sum();
+                (label(&app.name), ConstGauge::new(total as i64))
+            })
+            .collect();
+        family(
+            &mut encoder,
+            "worker_pss",
+            "Proportional memory of all worker processes (shared pages divided among their users)",
+            Some(&Unit::Bytes),
+            pss,
+        )?;
+        let zygotes = apps
+            .iter()
+            .filter_map(|app| {
+                let zygote = app.pool.zygote.as_ref()?;
+                Some((
+                    label(&app.name),
+                    ConstGauge::new(zygote.pss_bytes.unwrap_or(0) as i64),
+                ))
+            })
+            .collect();
+        family(
+            &mut encoder,
+            "zygote_pss",
+            "Proportional memory of the zygote that forks the workers (php.runtime: embed)",
+            Some(&Unit::Bytes),
+            zygotes,
+        )?;
+
         let own_rss = pool::stats::rss_bytes(std::process::id()).unwrap_or(0);
         family(
             &mut encoder,

@@ -97,6 +97,17 @@ pub struct PoolPage {
     /// millisecond).
     #[serde(rename = "backoff remaining")]
     pub backoff_remaining: f64,
+    /// `php.runtime: embed` only: the zygote the workers are forked from
+    /// (pid 0 while a dead one is replaced), how many this pool started
+    /// (more than 1: it was replaced), and its memory in bytes.
+    #[serde(rename = "zygote pid", skip_serializing_if = "Option::is_none")]
+    pub zygote_pid: Option<u32>,
+    #[serde(rename = "zygote starts", skip_serializing_if = "Option::is_none")]
+    pub zygote_starts: Option<u64>,
+    #[serde(rename = "zygote rss", skip_serializing_if = "Option::is_none")]
+    pub zygote_rss: Option<u64>,
+    #[serde(rename = "zygote pss", skip_serializing_if = "Option::is_none")]
+    pub zygote_pss: Option<u64>,
     /// With `full`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub processes: Option<Vec<ProcessPage>>,
@@ -136,6 +147,9 @@ pub struct ProcessPage {
     pub last_request_memory: u64,
     /// Bytes.
     pub rss: u64,
+    /// Bytes: shared pages count divided among the processes that map
+    /// them, so forked workers sharing OPcache show what each really costs.
+    pub pss: u64,
 }
 
 /// An app on the server's `/status`: its pool's page plus where it is
@@ -237,6 +251,10 @@ impl PoolPage {
             // decimal, so the JSON shows at most 6 (3) decimals.
             queue_wait_total: status.queue_wait_total.as_micros() as f64 / 1e6,
             backoff_remaining: status.backoff_remaining.map_or(0, |d| d.as_millis()) as f64 / 1e3,
+            zygote_pid: status.zygote.as_ref().map(|z| z.pid.unwrap_or(0)),
+            zygote_starts: status.zygote.as_ref().map(|z| z.starts),
+            zygote_rss: status.zygote.as_ref().map(|z| z.rss_bytes.unwrap_or(0)),
+            zygote_pss: status.zygote.as_ref().map(|z| z.pss_bytes.unwrap_or(0)),
             processes: processes.then(|| {
                 status
                     .workers
@@ -277,6 +295,7 @@ impl ProcessPage {
             last_request_cpu: (usage.cpu_percent * 100.0).round() / 100.0,
             last_request_memory: usage.peak_memory_bytes,
             rss: worker.rss_bytes.unwrap_or(0),
+            pss: worker.pss_bytes.unwrap_or(0),
         }
     }
 }
@@ -421,6 +440,7 @@ pub(crate) mod tests {
                 peak_memory_bytes: 30 << 20,
             }),
             rss_bytes: Some(25 << 20),
+            pss_bytes: Some(9 << 20),
         };
         PoolStatus {
             name: "app".into(),
@@ -455,6 +475,7 @@ pub(crate) mod tests {
                 worker(4001, WorkerState::Idle, false),
                 worker(4002, WorkerState::Busy, true),
             ],
+            zygote: None,
         }
     }
 
@@ -485,6 +506,28 @@ pub(crate) mod tests {
         assert_eq!(parse_query("full&html"), (Format::Html, true));
     }
 
+    /// A pool of forked workers shows its zygote; an exec'd pool does not.
+    #[test]
+    fn an_embed_pool_shows_its_zygote() {
+        assert!(!json(&page(false)).contains("zygote"));
+        let mut status = sample_pool();
+        status.zygote = Some(pool::ZygoteStatus {
+            pid: Some(4000),
+            starts: 2,
+            rss_bytes: Some(40 << 20),
+            pss_bytes: None,
+        });
+        let body = json(&PoolPage::new(&status, false, now()));
+        assert!(
+            body.ends_with(
+                r#""backoff remaining":1.25,"zygote pid":4000,"zygote starts":2,"zygote rss":41943040,"zygote pss":0}"#
+            ),
+            "{body}"
+        );
+        let text = render::text(&PoolPage::new(&status, false, now()));
+        assert!(text.contains("zygote starts:        2\n"), "{text}");
+    }
+
     /// The JSON that php-fpm's exporters and `tqserver status` read: every
     /// name and type as before the page became a struct, in the same order.
     #[test]
@@ -501,11 +544,11 @@ pub(crate) mod tests {
             r#""processes":[{"pid":4001,"state":"Idle","start time":1795654923,"start since":90,"#,
             r#""requests":7,"request duration":2500,"request method":"GET","request uri":"/ok.php","#,
             r#""content length":0,"user":"-","script":"/srv/ok.php","last request cpu":12.35,"#,
-            r#""last request memory":31457280,"rss":26214400},"#,
+            r#""last request memory":31457280,"rss":26214400,"pss":9437184},"#,
             r#"{"pid":4002,"state":"Running","start time":1795654923,"start since":90,"#,
             r#""requests":7,"request duration":1500,"request method":"POST","request uri":"/a?<b>","#,
             r#""content length":12,"user":"-","script":"/srv/a.php","last request cpu":0.0,"#,
-            r#""last request memory":0,"rss":26214400}]}"#,
+            r#""last request memory":0,"rss":26214400,"pss":9437184}]}"#,
         );
         assert_eq!(body, expected);
         // Without `full`, no processes.

@@ -150,3 +150,36 @@ fn php_value_from_nginx_applies_to_that_request_only() {
         assert_eq!(server.get("/ini.php").text(), "14 2M");
     }
 }
+
+/// The status page shows the zygote (pid, memory, starts) and each worker's
+/// PSS; a zygote killed from outside is replaced and counted.
+#[test]
+fn status_shows_the_zygote_and_counts_its_replacements() {
+    let server = site().with_admin().start();
+    assert_eq!(server.get("/sapi.php").status, 200);
+    let status = |server: &support::Server| -> serde_json::Value {
+        serde_json::from_str(&server.admin("/status/app?json&full").text()).unwrap()
+    };
+    let page = status(&server);
+    let zygote = zygotes(&server)[0];
+    assert_eq!(page["zygote pid"], zygote, "{page}");
+    assert_eq!(page["zygote starts"], 1, "{page}");
+    assert!(page["zygote pss"].as_u64().unwrap() > 1 << 20, "{page}");
+    for process in page["processes"].as_array().unwrap() {
+        let (rss, pss) = (
+            process["rss"].as_u64().unwrap(),
+            process["pss"].as_u64().unwrap(),
+        );
+        assert!(
+            pss > 0 && pss < rss,
+            "a forked worker shares pages: {process}"
+        );
+    }
+
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(zygote as i32), Signal::SIGKILL).unwrap();
+    wait_until("a new zygote", Duration::from_secs(15), || {
+        let page = status(&server);
+        page["zygote starts"] == 2 && page["zygote pid"] != zygote && page["zygote pid"] != 0
+    });
+    assert_eq!(server.get("/sapi.php").status, 200);
+}
