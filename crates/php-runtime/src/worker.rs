@@ -329,7 +329,9 @@ impl<S: Read + Write> Connection for Request<'_, S> {
                     self.stdin_done = true;
                     self.gone = true;
                 }
-                Ok(Some(_)) => {}
+                // Answered with the response's next records: a web server
+                // that opened a second request waits for CANT_MPX_CONN.
+                Ok(Some(other)) => answer_management(other, self.writer),
             }
         }
         let n = into.len().min(self.pending.len());
@@ -780,6 +782,31 @@ mod tests {
         let (result, output) = serve_with(&input, usize::MAX, &mut runner);
         assert!(result.is_ok(), "{result:?}");
         assert_eq!(runner.seen.len(), 1);
+        assert_eq!(
+            ends(&records(&output)),
+            [
+                (2, ProtocolStatus::CantMpxConn),
+                (1, ProtocolStatus::RequestComplete)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_second_request_id_while_the_body_is_read_is_refused() {
+        let body = b"0123456789";
+        let params = post(body);
+        let mut input = BytesMut::new();
+        put_begin_request(&mut input, 1, Role::Responder, true);
+        put_params(&mut input, 1, &pairs(&params));
+        put_stream(&mut input, RecordType::Stdin, 1, &body[..4]);
+        put_begin_request(&mut input, 2, Role::Responder, true);
+        put_stream(&mut input, RecordType::Stdin, 1, &body[4..]);
+        put_stream_end(&mut input, RecordType::Stdin, 1);
+        let mut runner = Echo::default();
+        let (result, output) = serve_with(&input, usize::MAX, &mut runner);
+        assert!(result.is_ok(), "{result:?}");
+        assert_eq!(runner.seen[0].body, body);
+        // The web server waits for an answer to request 2.
         assert_eq!(
             ends(&records(&output)),
             [
