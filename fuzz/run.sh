@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Runs each fuzz target (the FastCGI decoder, the HTTP/1.1 request path)
-# for SECONDS seconds (default 60).
+# Runs each fuzz target (the FastCGI decoder, the HTTP/1.1 request path, the
+# embed runtime's worker) for SECONDS seconds (default 60), starting from the
+# corpus it grew before (fuzz/corpus/<target>, not in git) and the seeds in
+# git (fuzz/seeds/<target>, if any).
 #
 #   fuzz/run.sh 300
 #
@@ -23,9 +25,15 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
 fi
 
 export RUSTC_BOOTSTRAP=1
-for target in decode h1; do
+for target in decode h1 worker; do
     cargo fuzz build "$target"
+    # The first directory is where libFuzzer adds what it finds.
+    mkdir -p "corpus/$target"
+    corpus=("corpus/$target")
+    if [ -d "seeds/$target" ]; then
+        corpus+=("seeds/$target")
+    fi
     # -max_total_time bounds the fuzzing itself; timeout bounds a hung run.
     timeout --kill-after=30 "$((seconds + 120))" \
-        cargo fuzz run "$target" -- -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048
+        cargo fuzz run "$target" "${corpus[@]}" -- -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048
 done

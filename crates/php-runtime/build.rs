@@ -1,11 +1,15 @@
 //! Compiles the C half of the SAPI against PHP's headers (php8.2-dev) and
-//! links Debian's libphp8.2-embed.
+//! links Debian's libphp8.2-embed, unless the `php` feature is off (the fuzz
+//! target builds the library alone, without PHP).
 
 use std::process::Command;
 
 fn main() {
     println!("cargo:rerun-if-changed=csrc/tq_sapi.c");
     println!("cargo:rerun-if-changed=csrc/tq_sapi.h");
+    if std::env::var_os("CARGO_FEATURE_PHP").is_none() {
+        return;
+    }
     let config = ["php-config8.2", "php-config"]
         .into_iter()
         .find_map(|program| {

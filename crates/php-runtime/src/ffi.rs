@@ -9,6 +9,8 @@
 
 use std::ffi::{CStr, c_char, c_int, c_void};
 
+use php_runtime::worker::{Connection, Runner};
+
 /// `struct tq_param`.
 #[repr(C)]
 pub struct Param {
@@ -34,17 +36,6 @@ unsafe extern "C" {
     pub fn tq_php_after_fork();
     pub fn tq_php_version() -> *const c_char;
     pub fn tq_php_request(params: *const Param, count: usize, io: *const Io) -> c_int;
-}
-
-/// What a request's callbacks act on: the worker's side of one request.
-pub trait Connection {
-    /// Response bytes; how many were taken (fewer: the web server is gone).
-    fn write(&mut self, bytes: &[u8]) -> usize;
-    fn flush(&mut self) -> bool;
-    fn read(&mut self, into: &mut [u8]) -> usize;
-    fn log(&mut self, line: &[u8]);
-    /// Ends the response early (fastcgi_finish_request).
-    fn finish(&mut self) -> bool;
 }
 
 /// Runs PHP's module startup. `ini` is "key=value\n" lines.
@@ -73,9 +64,22 @@ pub fn after_fork() {
     unsafe { tq_php_after_fork() }
 }
 
+/// The worker's runner: each request runs in PHP.
+pub struct Php;
+
+impl Runner for Php {
+    fn run<'p, C: Connection>(
+        &mut self,
+        params: impl Iterator<Item = (&'p [u8], &'p [u8])>,
+        conn: &mut C,
+    ) -> bool {
+        run_request(params, conn) >= 0
+    }
+}
+
 /// Runs one request over `conn`; returns the script's exit status, or -1 if
 /// PHP could not start the request.
-pub fn run_request<'p, C: Connection>(
+fn run_request<'p, C: Connection>(
     params: impl Iterator<Item = (&'p [u8], &'p [u8])>,
     conn: &mut C,
 ) -> i32 {

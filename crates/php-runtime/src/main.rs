@@ -5,7 +5,8 @@
 //! zygote per app (`tqserver-php --zygote`, [`zygote`]) that ran PHP's module
 //! startup once, so OPcache's shared memory and preloaded classes are there
 //! before any worker exists. The zygote forks a worker for each request for
-//! one, handing it a listening socket; the worker ([`worker`]) serves FastCGI
+//! one, handing it a listening socket; the worker ([`worker`], in the
+//! library: it needs no libphp, so it can be fuzzed) serves FastCGI
 //! on it exactly as php-cgi does on fd 0: a connection from tqserver, a
 //! BEGIN_REQUEST, PARAMS, STDIN, then PHP runs the script through the C half
 //! of the SAPI (csrc/tq_sapi.c, [`ffi`]) and the response goes back as STDOUT
@@ -17,10 +18,11 @@
 //! Arguments, as php-cgi's: `-c php.ini` and `-d key=value` (repeated).
 
 mod ffi;
-mod worker;
 mod zygote;
 
 use std::ffi::CString;
+
+use php_runtime::worker;
 
 fn main() {
     let mut ini = String::new();
@@ -70,5 +72,5 @@ fn main() {
     if as_zygote {
         zygote::run();
     }
-    worker::serve();
+    worker::serve(&mut ffi::Php);
 }

@@ -2,13 +2,17 @@
 //!
 //! One connection at a time, one request at a time on it (FCGI_KEEP_CONN
 //! keeps it open for the next), blocking I/O on a single thread. The request
-//! body is read as PHP asks for it; the response is sent in records of up to
-//! [`OUT_CHUNK`] bytes, and at once when PHP flushes.
+//! body is read as the [`Runner`] asks for it; the response is sent in
+//! records of up to [`OUT_CHUNK`] bytes, and at once when the runner flushes.
+//!
+//! This module knows FastCGI and no PHP: `tqserver-php` passes a runner that
+//! runs PHP (src/ffi.rs); the tests below and the fuzz target
+//! (fuzz/fuzz_targets/worker.rs) pass stand-ins, over in-memory streams.
 
 use std::fs::File;
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::net::IpAddr;
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::BorrowedFd;
 
 use bytes::BytesMut;
 use fastcgi::ParamsLimits;
@@ -16,13 +20,55 @@ use fastcgi::record::{ProtocolStatus, RecordType, Role, put_stream};
 use fastcgi::server::{RequestReader, ResponseWriter, ServerEvent, ServerValues};
 use nix::sys::socket;
 
-use crate::ffi::{self, Connection};
-
 /// Response bytes gathered before they are sent (php-cgi's buffer is 8 KiB).
-const OUT_CHUNK: usize = 16 * 1024;
+pub const OUT_CHUNK: usize = 16 * 1024;
+
+/// What runs a request once its parameters are decoded: PHP in
+/// `tqserver-php`.
+pub trait Runner {
+    /// Runs one request. `params` are its FastCGI parameters as php-cgi hands
+    /// them to PHP (FCGI_ROLE first); `conn` gives the body and takes the
+    /// response. False if the request could not be started at all.
+    fn run<'p, C: Connection>(
+        &mut self,
+        params: impl Iterator<Item = (&'p [u8], &'p [u8])>,
+        conn: &mut C,
+    ) -> bool;
+}
+
+/// The worker's side of one request, as the runner (PHP's SAPI callbacks)
+/// sees it.
+pub trait Connection {
+    /// Response bytes; how many were taken (fewer: the web server is gone).
+    fn write(&mut self, bytes: &[u8]) -> usize;
+    /// Sends what is buffered; false if the web server is gone.
+    fn flush(&mut self) -> bool;
+    /// Request body bytes; 0 at its end (or if the web server gave up).
+    fn read(&mut self, into: &mut [u8]) -> usize;
+    /// A line for the web server's error log (FCGI_STDERR).
+    fn log(&mut self, line: &[u8]);
+    /// Ends the response early (fastcgi_finish_request); false if it had
+    /// ended already.
+    fn finish(&mut self) -> bool;
+}
+
+/// Why a connection ended before the web server closed it.
+#[derive(Debug)]
+pub enum ConnectionError {
+    /// The web server went away, or sent something that is not FastCGI.
+    Io(io::Error),
+    /// The runner could not start a request: this worker cannot serve.
+    RunnerFailed,
+}
+
+impl From<io::Error> for ConnectionError {
+    fn from(err: io::Error) -> Self {
+        Self::Io(err)
+    }
+}
 
 /// Serves connections from the listening socket at fd 0 until it fails.
-pub fn serve() -> ! {
+pub fn serve<R: Runner>(runner: &mut R) -> ! {
     let allowed = allowed_addresses();
     loop {
         // SAFETY: fd 0 is the listening socket this process was given, open
@@ -40,11 +86,18 @@ pub fn serve() -> ! {
         if !peer_allowed(&stream, allowed.as_deref()) {
             continue;
         }
-        if let Err(err) = serve_connection(stream) {
-            if err.kind() != io::ErrorKind::BrokenPipe
-                && err.kind() != io::ErrorKind::ConnectionReset
-            {
-                eprintln!("tqserver-php: connection ended: {err}");
+        match serve_connection(stream, runner) {
+            Ok(()) => {}
+            Err(ConnectionError::RunnerFailed) => {
+                eprintln!("tqserver-php: PHP could not start a request; exiting");
+                std::process::exit(1);
+            }
+            Err(ConnectionError::Io(err)) => {
+                if err.kind() != io::ErrorKind::BrokenPipe
+                    && err.kind() != io::ErrorKind::ConnectionReset
+                {
+                    eprintln!("tqserver-php: connection ended: {err}");
+                }
             }
         }
     }
@@ -72,7 +125,12 @@ fn peer_allowed(stream: &File, allowed: Option<&[IpAddr]>) -> bool {
     }
 }
 
-fn serve_connection(mut stream: File) -> io::Result<()> {
+/// Serves one connection until the web server closes it, or a request
+/// without FCGI_KEEP_CONN ends.
+pub fn serve_connection<S: Read + Write, R: Runner>(
+    mut stream: S,
+    runner: &mut R,
+) -> Result<(), ConnectionError> {
     let mut reader = RequestReader::new((), ParamsLimits::default());
     let mut writer = ResponseWriter::new(());
     loop {
@@ -113,15 +171,14 @@ fn serve_connection(mut stream: File) -> io::Result<()> {
                     ended: false,
                     had_stderr: false,
                 };
-                let status = ffi::run_request(pairs, &mut request);
+                let started = runner.run(pairs, &mut request);
                 if !request.ended {
                     request.end();
                 }
                 let gone = request.gone;
                 reader.finish_request();
-                if status < 0 {
-                    eprintln!("tqserver-php: PHP could not start a request; exiting");
-                    std::process::exit(1);
+                if !started {
+                    return Err(ConnectionError::RunnerFailed);
                 }
                 if gone || !keep_conn {
                     return Ok(());
@@ -155,36 +212,33 @@ fn answer_management(event: ServerEvent, writer: &mut ResponseWriter<()>) {
 
 /// The next event, reading the socket as needed; `None` at a clean end.
 fn next_event(
-    stream: &mut File,
+    stream: &mut impl Read,
     reader: &mut RequestReader<()>,
 ) -> io::Result<Option<ServerEvent>> {
     loop {
         if let Some(event) = reader.buffered_event().map_err(io::Error::other)? {
             return Ok(Some(event));
         }
-        // Straight into the decoder's spare capacity: zeroing it first (to
-        // hand `Read` a `&mut [u8]`) showed at 1.7 % of a hello request.
+        // 16 KB zeroed for each read, not the buffer's whole spare capacity,
+        // which grows with a large body (zeroing it showed at 1.7 % of a
+        // hello request).
         let buf = reader.buffer_mut();
-        buf.reserve(16 * 1024);
         let start = buf.len();
-        let spare = buf.spare_capacity_mut();
+        buf.resize(start + 16 * 1024, 0);
         let read = loop {
-            // SAFETY: read(2) writes at most `spare.len()` bytes into the
-            // spare capacity, which `spare` borrows exclusively and which
-            // stays allocated for the call; it never reads from it.
-            let read =
-                unsafe { libc::read(stream.as_raw_fd(), spare.as_mut_ptr().cast(), spare.len()) };
-            if read >= 0 {
-                break read as usize;
+            match stream.read(&mut buf[start..]) {
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+                other => break other,
             }
-            let err = io::Error::last_os_error();
-            if err.kind() != io::ErrorKind::Interrupted {
+        };
+        let read = match read {
+            Ok(read) => read,
+            Err(err) => {
+                buf.truncate(start);
                 return Err(err);
             }
         };
-        // SAFETY: the kernel initialised `read` bytes (at most the spare
-        // capacity) right after the `start` bytes already there.
-        unsafe { buf.set_len(start + read) };
+        buf.truncate(start + read);
         if read == 0 {
             return if start == 0 {
                 Ok(None)
@@ -198,7 +252,7 @@ fn next_event(
     }
 }
 
-fn send(stream: &mut File, buf: &mut BytesMut) -> io::Result<()> {
+fn send(stream: &mut impl Write, buf: &mut BytesMut) -> io::Result<()> {
     if !buf.is_empty() {
         stream.write_all(buf)?;
         buf.clear();
@@ -207,8 +261,8 @@ fn send(stream: &mut File, buf: &mut BytesMut) -> io::Result<()> {
 }
 
 /// One request's connection, as PHP's callbacks see it.
-struct Request<'a> {
-    stream: &'a mut File,
+struct Request<'a, S> {
+    stream: &'a mut S,
     reader: &'a mut RequestReader<()>,
     /// The connection's encoder; its buffer holds the records not sent yet.
     writer: &'a mut ResponseWriter<()>,
@@ -223,7 +277,7 @@ struct Request<'a> {
     had_stderr: bool,
 }
 
-impl Request<'_> {
+impl<S: Write> Request<'_, S> {
     fn send_out(&mut self) -> bool {
         if self.gone {
             return false;
@@ -248,7 +302,7 @@ impl Request<'_> {
     }
 }
 
-impl Connection for Request<'_> {
+impl<S: Read + Write> Connection for Request<'_, S> {
     fn write(&mut self, bytes: &[u8]) -> usize {
         if self.gone {
             return 0;
@@ -276,7 +330,9 @@ impl Connection for Request<'_> {
                     self.stdin_done = true;
                     self.gone = true;
                 }
-                Ok(Some(_)) => {}
+                // Answered with the response's next records: a web server
+                // that opened a second request waits for CANT_MPX_CONN.
+                Ok(Some(other)) => answer_management(other, self.writer),
             }
         }
         let n = into.len().min(self.pending.len());
@@ -313,5 +369,515 @@ impl Connection for Request<'_> {
         }
         self.end();
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::BytesMut;
+    use fastcgi::record::{
+        MANAGEMENT_REQUEST_ID, put_abort_request, put_begin_request, put_record, put_stream_end,
+    };
+    use fastcgi::{EndRequest, ParamsWriter, Record, RecordDecoder};
+
+    use super::*;
+
+    /// The web server's end of the connection: what it sends, handed over in
+    /// reads of at most `read_size` bytes, and what the worker sent back.
+    struct WebServer {
+        input: Vec<u8>,
+        at: usize,
+        read_size: usize,
+        /// The web server stops reading after this many response bytes.
+        reads_up_to: usize,
+        output: Vec<u8>,
+    }
+
+    impl Read for WebServer {
+        fn read(&mut self, into: &mut [u8]) -> io::Result<usize> {
+            let n = into
+                .len()
+                .min(self.read_size)
+                .min(self.input.len() - self.at);
+            into[..n].copy_from_slice(&self.input[self.at..self.at + n]);
+            self.at += n;
+            Ok(n)
+        }
+    }
+
+    impl Write for WebServer {
+        fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+            let room = self.reads_up_to - self.output.len();
+            if room == 0 {
+                return Err(io::ErrorKind::BrokenPipe.into());
+            }
+            let n = bytes.len().min(room);
+            self.output.extend_from_slice(&bytes[..n]);
+            Ok(n)
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// One request as the runner saw it.
+    #[derive(Debug, PartialEq)]
+    struct Seen {
+        params: Vec<(Vec<u8>, Vec<u8>)>,
+        body: Vec<u8>,
+        /// What each write of the response took.
+        written: Vec<usize>,
+    }
+
+    /// Stands in for PHP: reads the body as PHP does (CONTENT_LENGTH bytes,
+    /// in small reads), then answers with a head and the body back.
+    #[derive(Default)]
+    struct Echo {
+        seen: Vec<Seen>,
+        fails: bool,
+    }
+
+    impl Runner for Echo {
+        fn run<'p, C: Connection>(
+            &mut self,
+            params: impl Iterator<Item = (&'p [u8], &'p [u8])>,
+            conn: &mut C,
+        ) -> bool {
+            if self.fails {
+                return false;
+            }
+            let params: Vec<_> = params.map(|(n, v)| (n.to_vec(), v.to_vec())).collect();
+            let length: usize = params
+                .iter()
+                .find(|(name, _)| name == b"CONTENT_LENGTH")
+                .and_then(|(_, value)| std::str::from_utf8(value).ok()?.parse().ok())
+                .unwrap_or(0);
+            let mut body = Vec::new();
+            let mut piece = [0; 7];
+            while body.len() < length {
+                let want = piece.len().min(length - body.len());
+                let n = conn.read(&mut piece[..want]);
+                if n == 0 {
+                    break;
+                }
+                body.extend_from_slice(&piece[..n]);
+            }
+            let written = vec![
+                conn.write(b"Content-type: text/plain\r\n\r\n"),
+                conn.write(&body),
+            ];
+            self.seen.push(Seen {
+                params,
+                body,
+                written,
+            });
+            true
+        }
+    }
+
+    const GET: &[(&[u8], &[u8])] = &[
+        (b"SCRIPT_FILENAME", b"/srv/index.php"),
+        (b"REQUEST_METHOD", b"GET"),
+        (b"QUERY_STRING", b"a=1"),
+    ];
+
+    /// A request as nginx sends it: BEGIN_REQUEST, the PARAMS and their empty
+    /// record, the body in STDIN records, the empty STDIN record.
+    fn put_request(
+        buf: &mut BytesMut,
+        id: u16,
+        keep_conn: bool,
+        params: &[(&[u8], &[u8])],
+        body: &[u8],
+    ) {
+        put_begin_request(buf, id, Role::Responder, keep_conn);
+        put_params(buf, id, params);
+        put_body(buf, id, body);
+    }
+
+    fn put_params(buf: &mut BytesMut, id: u16, params: &[(&[u8], &[u8])]) {
+        let mut writer = ParamsWriter::new(buf, id);
+        for (name, value) in params {
+            writer.pair(name, value);
+        }
+        writer.finish();
+    }
+
+    fn put_body(buf: &mut BytesMut, id: u16, body: &[u8]) {
+        for piece in body.chunks(5) {
+            put_stream(buf, RecordType::Stdin, id, piece);
+        }
+        put_stream_end(buf, RecordType::Stdin, id);
+    }
+
+    fn post(body: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
+        vec![
+            (b"SCRIPT_FILENAME".to_vec(), b"/srv/form.php".to_vec()),
+            (b"REQUEST_METHOD".to_vec(), b"POST".to_vec()),
+            (
+                b"CONTENT_LENGTH".to_vec(),
+                body.len().to_string().into_bytes(),
+            ),
+        ]
+    }
+
+    fn pairs(params: &[(Vec<u8>, Vec<u8>)]) -> Vec<(&[u8], &[u8])> {
+        params
+            .iter()
+            .map(|(n, v)| (n.as_slice(), v.as_slice()))
+            .collect()
+    }
+
+    /// Serves one connection that sends `input` in reads of `read_size`.
+    fn serve_with(
+        input: &[u8],
+        read_size: usize,
+        runner: &mut Echo,
+    ) -> (Result<(), ConnectionError>, Vec<u8>) {
+        let mut web_server = WebServer {
+            input: input.to_vec(),
+            at: 0,
+            read_size,
+            reads_up_to: usize::MAX,
+            output: Vec::new(),
+        };
+        let result = serve_connection(&mut web_server, runner);
+        (result, web_server.output)
+    }
+
+    /// The response's records; it must end on a record boundary.
+    fn records(output: &[u8]) -> Vec<Record> {
+        let mut buf = BytesMut::from(output);
+        let mut decoder = RecordDecoder::new();
+        let mut records = Vec::new();
+        while let Some(record) = decoder.decode(&mut buf).expect("a valid record") {
+            records.push(record);
+        }
+        assert!(buf.is_empty(), "the response ends in a partial record");
+        records
+    }
+
+    fn stdout(records: &[Record], id: u16) -> Vec<u8> {
+        records
+            .iter()
+            .filter(|r| r.record_type == RecordType::Stdout && r.request_id == id)
+            .flat_map(|r| r.content.iter().copied())
+            .collect()
+    }
+
+    fn ends(records: &[Record]) -> Vec<(u16, ProtocolStatus)> {
+        records
+            .iter()
+            .filter(|r| r.record_type == RecordType::EndRequest)
+            .map(|r| {
+                let end = EndRequest::parse(&r.content).expect("END_REQUEST body");
+                (r.request_id, end.protocol_status)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_request_in_one_byte_reads_is_the_same_request() {
+        let body = b"name=value&other=%20x".repeat(3);
+        let params = post(&body);
+        let mut input = BytesMut::new();
+        put_request(&mut input, 1, true, &pairs(&params), &body);
+
+        let mut whole = Echo::default();
+        let (result, whole_output) = serve_with(&input, usize::MAX, &mut whole);
+        assert!(result.is_ok(), "{result:?}");
+        let mut bytewise = Echo::default();
+        let (result, bytewise_output) = serve_with(&input, 1, &mut bytewise);
+        assert!(result.is_ok(), "{result:?}");
+
+        assert_eq!(bytewise.seen, whole.seen);
+        assert_eq!(bytewise_output, whole_output);
+        let [seen] = &whole.seen[..] else {
+            panic!("{} requests run", whole.seen.len())
+        };
+        // FCGI_ROLE first, as php-cgi's FastCGI layer adds it.
+        let mut expected = vec![(b"FCGI_ROLE".to_vec(), b"RESPONDER".to_vec())];
+        expected.extend(params);
+        assert_eq!(seen.params, expected);
+        assert_eq!(seen.body, body);
+        let records = records(&whole_output);
+        let mut response = b"Content-type: text/plain\r\n\r\n".to_vec();
+        response.extend_from_slice(&body);
+        assert_eq!(stdout(&records, 1), response);
+        assert_eq!(ends(&records), [(1, ProtocolStatus::RequestComplete)]);
+        assert_eq!(
+            records.last().map(|r| r.record_type),
+            Some(RecordType::EndRequest)
+        );
+    }
+
+    #[test]
+    fn an_abort_before_the_body_gives_an_empty_body_and_closes_the_connection() {
+        let body = b"0123456789";
+        let params = post(body);
+        let mut input = BytesMut::new();
+        put_begin_request(&mut input, 1, Role::Responder, true);
+        put_params(&mut input, 1, &pairs(&params));
+        put_abort_request(&mut input, 1);
+        // Not served: the worker closed the connection.
+        put_request(&mut input, 1, true, GET, b"");
+
+        for read_size in [1, usize::MAX] {
+            let mut runner = Echo::default();
+            let (result, output) = serve_with(&input, read_size, &mut runner);
+            assert!(result.is_ok(), "{result:?}");
+            let [seen] = &runner.seen[..] else {
+                panic!("{} requests run", runner.seen.len())
+            };
+            assert_eq!(seen.body, b"");
+            // The web server gave up: nothing more is sent to it.
+            assert_eq!(seen.written, [0, 0]);
+            assert_eq!(output, b"");
+        }
+    }
+
+    #[test]
+    fn an_abort_before_the_params_end_runs_nothing() {
+        let mut input = BytesMut::new();
+        put_begin_request(&mut input, 1, Role::Responder, true);
+        put_record(
+            &mut input,
+            RecordType::Params,
+            1,
+            b"\x0f\x0eSCRIPT_FILENAME/srv/index.php",
+        );
+        put_abort_request(&mut input, 1);
+        let mut runner = Echo::default();
+        let (result, output) = serve_with(&input, 3, &mut runner);
+        assert!(result.is_ok(), "{result:?}");
+        assert!(runner.seen.is_empty());
+        assert_eq!(output, b"");
+    }
+
+    #[test]
+    fn a_kept_connection_serves_the_next_request_after_an_unread_body() {
+        let body = b"second body";
+        let params = post(body);
+        let mut input = BytesMut::new();
+        // The first request's body is not read (no CONTENT_LENGTH): its STDIN
+        // records are still on the connection when the second one begins,
+        // with the same id, as nginx reuses it.
+        put_request(&mut input, 1, true, GET, b"not read");
+        put_request(&mut input, 1, true, &pairs(&params), body);
+
+        for read_size in [1, 9, usize::MAX] {
+            let mut runner = Echo::default();
+            let (result, output) = serve_with(&input, read_size, &mut runner);
+            assert!(result.is_ok(), "{result:?}");
+            assert_eq!(runner.seen.len(), 2);
+            assert_eq!(runner.seen[0].body, b"");
+            assert_eq!(runner.seen[1].body, body);
+            assert_eq!(runner.seen[1].params[1..], params);
+            let records = records(&output);
+            assert_eq!(
+                ends(&records),
+                [
+                    (1, ProtocolStatus::RequestComplete),
+                    (1, ProtocolStatus::RequestComplete)
+                ]
+            );
+        }
+    }
+
+    #[test]
+    fn without_keep_conn_the_connection_ends_with_the_request() {
+        let mut input = BytesMut::new();
+        put_request(&mut input, 1, false, GET, b"");
+        put_request(&mut input, 1, false, GET, b"");
+        let mut runner = Echo::default();
+        let (result, output) = serve_with(&input, usize::MAX, &mut runner);
+        assert!(result.is_ok(), "{result:?}");
+        assert_eq!(runner.seen.len(), 1);
+        assert_eq!(
+            ends(&records(&output)),
+            [(1, ProtocolStatus::RequestComplete)]
+        );
+    }
+
+    #[test]
+    fn management_records_are_answered_between_and_during_requests() {
+        let mut input = BytesMut::new();
+        let mut asked = BytesMut::new();
+        fastcgi::params::put_pair(&mut asked, b"FCGI_MPXS_CONNS", b"");
+        fastcgi::params::put_pair(&mut asked, b"FCGI_MAX_REQS", b"");
+        put_record(
+            &mut input,
+            RecordType::GetValues,
+            MANAGEMENT_REQUEST_ID,
+            &asked,
+        );
+        put_record(
+            &mut input,
+            RecordType::Other(42),
+            MANAGEMENT_REQUEST_ID,
+            b"",
+        );
+        put_begin_request(&mut input, 1, Role::Responder, true);
+        put_record(
+            &mut input,
+            RecordType::Other(43),
+            MANAGEMENT_REQUEST_ID,
+            b"",
+        );
+        put_params(&mut input, 1, GET);
+        put_body(&mut input, 1, b"");
+
+        let mut runner = Echo::default();
+        let (result, output) = serve_with(&input, 1, &mut runner);
+        assert!(result.is_ok(), "{result:?}");
+        assert_eq!(runner.seen.len(), 1);
+        let records = records(&output);
+        let kinds: Vec<_> = records.iter().map(|r| r.record_type).collect();
+        assert_eq!(
+            kinds,
+            [
+                RecordType::GetValuesResult,
+                RecordType::UnknownType,
+                RecordType::UnknownType,
+                RecordType::Stdout,
+                // The empty record that ends the STDOUT stream.
+                RecordType::Stdout,
+                RecordType::EndRequest
+            ]
+        );
+        let values = fastcgi::Params::parse(records[0].content.clone(), ParamsLimits::default())
+            .expect("GET_VALUES_RESULT pairs");
+        assert_eq!(values.get("FCGI_MPXS_CONNS"), Some(&b"0"[..]));
+        assert_eq!(values.get("FCGI_MAX_REQS"), Some(&b"1"[..]));
+        assert_eq!(records[1].content[0], 42);
+        assert_eq!(records[2].content[0], 43);
+    }
+
+    #[test]
+    fn another_role_is_refused_and_the_connection_goes_on() {
+        let mut input = BytesMut::new();
+        put_begin_request(&mut input, 1, Role::Authorizer, true);
+        put_request(&mut input, 2, true, GET, b"");
+        let mut runner = Echo::default();
+        let (result, output) = serve_with(&input, 4, &mut runner);
+        assert!(result.is_ok(), "{result:?}");
+        assert_eq!(runner.seen.len(), 1);
+        assert_eq!(
+            ends(&records(&output)),
+            [
+                (1, ProtocolStatus::UnknownRole),
+                (2, ProtocolStatus::RequestComplete)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_second_request_id_while_the_params_arrive_is_refused() {
+        let mut input = BytesMut::new();
+        put_begin_request(&mut input, 1, Role::Responder, true);
+        put_begin_request(&mut input, 2, Role::Responder, true);
+        put_params(&mut input, 1, GET);
+        put_body(&mut input, 1, b"");
+        let mut runner = Echo::default();
+        let (result, output) = serve_with(&input, usize::MAX, &mut runner);
+        assert!(result.is_ok(), "{result:?}");
+        assert_eq!(runner.seen.len(), 1);
+        assert_eq!(
+            ends(&records(&output)),
+            [
+                (2, ProtocolStatus::CantMpxConn),
+                (1, ProtocolStatus::RequestComplete)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_second_request_id_while_the_body_is_read_is_refused() {
+        let body = b"0123456789";
+        let params = post(body);
+        let mut input = BytesMut::new();
+        put_begin_request(&mut input, 1, Role::Responder, true);
+        put_params(&mut input, 1, &pairs(&params));
+        put_stream(&mut input, RecordType::Stdin, 1, &body[..4]);
+        put_begin_request(&mut input, 2, Role::Responder, true);
+        put_stream(&mut input, RecordType::Stdin, 1, &body[4..]);
+        put_stream_end(&mut input, RecordType::Stdin, 1);
+        let mut runner = Echo::default();
+        let (result, output) = serve_with(&input, usize::MAX, &mut runner);
+        assert!(result.is_ok(), "{result:?}");
+        assert_eq!(runner.seen[0].body, body);
+        // The web server waits for an answer to request 2.
+        assert_eq!(
+            ends(&records(&output)),
+            [
+                (2, ProtocolStatus::CantMpxConn),
+                (1, ProtocolStatus::RequestComplete)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_large_response_goes_out_in_records_and_stops_when_the_web_server_does() {
+        let body = vec![b'x'; 3 * fastcgi::record::MAX_CONTENT_LEN];
+        let params = post(&body);
+        let mut input = BytesMut::new();
+        put_request(&mut input, 1, true, &pairs(&params), &body);
+        put_request(&mut input, 1, true, GET, b"");
+
+        let mut runner = Echo::default();
+        let (result, output) = serve_with(&input, 1000, &mut runner);
+        assert!(result.is_ok(), "{result:?}");
+        let records = records(&output);
+        assert_eq!(stdout(&records, 1).len(), 2 * 28 + body.len());
+        assert_eq!(runner.seen.len(), 2);
+
+        // A web server that stops reading part way through the response.
+        let mut web_server = WebServer {
+            input: input.to_vec(),
+            at: 0,
+            read_size: usize::MAX,
+            reads_up_to: 2 * OUT_CHUNK,
+            output: Vec::new(),
+        };
+        let mut runner = Echo::default();
+        let result = serve_connection(&mut web_server, &mut runner);
+        assert!(result.is_ok(), "{result:?}");
+        let [seen] = &runner.seen[..] else {
+            panic!("{} requests run", runner.seen.len())
+        };
+        assert_eq!(seen.written[0], 28);
+        assert_eq!(
+            seen.written[1], 0,
+            "a write taken after the web server stopped reading"
+        );
+    }
+
+    #[test]
+    fn a_connection_cut_in_a_record_is_an_error() {
+        let mut input = BytesMut::new();
+        put_request(&mut input, 1, true, GET, b"");
+        input.truncate(input.len() - 3);
+        let mut runner = Echo::default();
+        let (result, _) = serve_with(&input, 2, &mut runner);
+        assert!(
+            matches!(&result, Err(ConnectionError::Io(err)) if err.kind() == io::ErrorKind::UnexpectedEof),
+            "{result:?}"
+        );
+    }
+
+    #[test]
+    fn a_runner_that_cannot_start_ends_the_connection() {
+        let mut input = BytesMut::new();
+        put_request(&mut input, 1, true, GET, b"");
+        let mut runner = Echo {
+            fails: true,
+            ..Echo::default()
+        };
+        let (result, _) = serve_with(&input, usize::MAX, &mut runner);
+        assert!(
+            matches!(result, Err(ConnectionError::RunnerFailed)),
+            "{result:?}"
+        );
     }
 }

@@ -26,7 +26,9 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use nix::sys::socket::{ControlMessage, ControlMessageOwned, MsgFlags, recvmsg, sendmsg};
 
-use crate::{ffi, worker};
+use php_runtime::worker;
+
+use crate::ffi;
 
 const CONTROL_FD: RawFd = 3;
 
@@ -233,5 +235,5 @@ fn become_worker(
     drop(listener);
     drop(stderr);
     ffi::after_fork();
-    worker::serve()
+    worker::serve(&mut ffi::Php)
 }
