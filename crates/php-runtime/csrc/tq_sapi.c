@@ -35,6 +35,8 @@
 #include "ext/standard/dl.h"
 #include "ext/standard/head.h"
 #include "ext/random/php_random.h"
+#include "ext/spl/spl_exceptions.h"
+#include "zend_exceptions.h"
 
 #include "tq_sapi.h"
 
@@ -156,6 +158,25 @@ static tq_cgi_globals cgi;
 /* The request in progress: NULL between requests. */
 static const struct tq_io *io;
 static bool finished;
+
+/* Worker mode (tq_php_worker): the worker script runs as one long request
+ * with no client, and each frankenphp_handle_request() call runs one client
+ * request inside it. */
+static struct {
+	/* tq_php_worker is running. */
+	bool active;
+	/* The script booted: it asked for its first request. */
+	bool booted;
+	/* A request context (output layer, SAPI state) is active; between two
+	 * requests there is none, as in FrankenPHP. */
+	bool context;
+	/* A client request's callback runs. */
+	bool in_request;
+	/* The worker script's own parameters, for the contexts it runs in
+	 * outside client requests (Rust keeps them for the whole run). */
+	const struct tq_param *boot;
+	size_t boot_count;
+} worker;
 
 PHP_INI_BEGIN()
 	STD_PHP_INI_BOOLEAN("cgi.rfc2616_headers", "0", PHP_INI_ALL, OnUpdateBool, rfc2616_headers, tq_cgi_globals, cgi)
@@ -540,6 +561,12 @@ static void apply_fastcgi_ini(const char *param, int mode)
 
 static int tq_activate(void)
 {
+	/* A worker's settings are those it booted with and what it set since:
+	 * per-request ones would pile up, as PHP restores them only when the
+	 * worker script ends. */
+	if (worker.booted) {
+		return SUCCESS;
+	}
 	/* Before the per-directory settings, as php-fpm applies them: .user.ini
 	 * overrides PHP_VALUE and cannot override PHP_ADMIN_VALUE. */
 	apply_fastcgi_ini("PHP_VALUE", ZEND_INI_USER);
@@ -590,6 +617,9 @@ static int tq_activate(void)
 ZEND_BEGIN_ARG_WITH_RETURN_TYPE_INFO_EX(arginfo_tq_bool, 0, 0, _IS_BOOL, 0)
 ZEND_END_ARG_INFO()
 ZEND_BEGIN_ARG_WITH_RETURN_TYPE_INFO_EX(arginfo_tq_array, 0, 0, IS_ARRAY, 0)
+ZEND_END_ARG_INFO()
+ZEND_BEGIN_ARG_WITH_RETURN_TYPE_INFO_EX(arginfo_tq_handle_request, 0, 1, _IS_BOOL, 0)
+	ZEND_ARG_TYPE_INFO(0, callback, IS_CALLABLE, 0)
 ZEND_END_ARG_INFO()
 ZEND_BEGIN_ARG_WITH_RETURN_TYPE_INFO_EX(arginfo_tq_dl, 0, 1, _IS_BOOL, 0)
 	ZEND_ARG_TYPE_INFO(0, extension_filename, IS_STRING, 0)
@@ -683,12 +713,238 @@ static PHP_FUNCTION(apache_response_headers)
 	                               (llist_apply_with_arg_func_t)add_response_header, return_value);
 }
 
+/* ------------------------------------------------------------------------ */
+/* Worker mode: FrankenPHP's frankenphp_handle_request(), between whose
+ * requests PHP's request state is reset by hand, after the model of
+ * php_request_startup() and php_request_shutdown() (and of FrankenPHP's
+ * frankenphp.c, which does the same on threads). */
+
+/* Modules whose request state is per client request: the session (closed
+ * and written at the end of each, so it never carries over) and filter
+ * (filter_input() reads the current request). */
+static const char *per_request_modules[] = {"session", "filter", NULL};
+
+static void init_request_info(void);
+
+static void per_request_modules_call(bool startup)
+{
+	for (const char **name = per_request_modules; *name; name++) {
+		zend_module_entry *module = zend_hash_str_find_ptr(&module_registry, *name, strlen(*name));
+		if (!module) {
+			continue;
+		}
+		if (startup && module->request_startup_func) {
+			module->request_startup_func(module->type, module->module_number);
+		} else if (!startup && module->request_shutdown_func) {
+			module->request_shutdown_func(module->type, module->module_number);
+		}
+	}
+}
+
+/* php://input and other temporary streams of the last request: PHP frees
+ * them when the script ends, which for a worker is never. */
+static void release_temporary_streams(void)
+{
+	int stream_type = php_file_le_stream();
+	zend_resource *resource;
+	ZEND_HASH_FOREACH_PTR(&EG(regular_list), resource) {
+		if (resource->type != stream_type) {
+			continue;
+		}
+		php_stream *stream = resource->ptr;
+		if (stream && stream->ops == &php_stream_temp_ops && !stream->__exposed && GC_REFCOUNT(resource) == 1) {
+			zend_list_delete(resource);
+		}
+	} ZEND_HASH_FOREACH_END();
+}
+
+/* $_SESSION holds a reference to the session's data, which the session
+ * module's request shutdown releases but the global keeps: removed, so the
+ * next request (another user's) cannot read it (FrankenPHP's advisories
+ * GHSA-r3xh-3r3w-47gp and GHSA-v3ph-cgqh-r8p5). */
+static void forget_session_global(void)
+{
+	zend_hash_str_del(&EG(symbol_table), "_SESSION", sizeof("_SESSION") - 1);
+}
+
+/* $_GET, $_POST, $_COOKIE, $_FILES, $_SERVER and $_REQUEST built anew from
+ * the current request; $_ENV stays. Scripts compiled before this request
+ * never trigger the just-in-time globals again, so $_SERVER and $_REQUEST
+ * are built here too. */
+static void reset_superglobals(void)
+{
+	zval *files = &PG(http_globals)[TRACK_VARS_FILES];
+	zval_ptr_dtor_nogc(files);
+	ZVAL_UNDEF(files);
+	zend_string *env_name = ZSTR_KNOWN(ZEND_STR_AUTOGLOBAL_ENV);
+	zend_string *request_name = ZSTR_KNOWN(ZEND_STR_AUTOGLOBAL_REQUEST);
+	zend_auto_global *global;
+	zend_auto_global *request = NULL;
+	ZEND_HASH_MAP_FOREACH_PTR(CG(auto_globals), global) {
+		if (global->name == env_name || !global->auto_global_callback
+			|| zend_string_equals_literal(global->name, "GLOBALS")) {
+			continue;
+		}
+		if (global->name == request_name) {
+			request = global; /* built from the others, so last */
+			continue;
+		}
+		global->armed = global->auto_global_callback(global->name);
+	} ZEND_HASH_FOREACH_END();
+	if (request) {
+		request->armed = request->auto_global_callback(request->name);
+	}
+}
+
+static void env_from(const struct tq_param *params, size_t count)
+{
+	env_clear();
+	for (size_t i = 0; i < count; i++) {
+		env_put(params[i].name, params[i].name_len, params[i].value, params[i].value_len);
+	}
+}
+
+/* A request context inside the worker script, from the parameters in env. */
+static int worker_context_start(void)
+{
+	int result = SUCCESS;
+	finished = false;
+	SG(server_context) = (void *)io;
+	init_request_info();
+	zend_try {
+		release_temporary_streams();
+		php_output_activate();
+		PG(header_is_being_sent) = 0;
+		PG(connection_status) = PHP_CONNECTION_NORMAL;
+		sapi_activate();
+		if (PG(expose_php)) {
+			sapi_add_header(SAPI_PHP_VERSION_HEADER, sizeof(SAPI_PHP_VERSION_HEADER) - 1, 1);
+		}
+		if (PG(output_handler) && PG(output_handler)[0]) {
+			zval handler;
+			ZVAL_STRING(&handler, PG(output_handler));
+			php_output_start_user(&handler, 0, PHP_OUTPUT_HANDLER_STDFLAGS);
+			zval_ptr_dtor(&handler);
+		} else if (PG(output_buffering)) {
+			php_output_start_user(NULL, PG(output_buffering) > 1 ? PG(output_buffering) : 0,
+				PHP_OUTPUT_HANDLER_STDFLAGS);
+		} else if (PG(implicit_flush)) {
+			php_output_set_implicit_flush(1);
+		}
+		forget_session_global();
+		reset_superglobals();
+		per_request_modules_call(true);
+	} zend_catch {
+		result = FAILURE;
+	} zend_end_try();
+	worker.context = true;
+	return result;
+}
+
+/* Ends the active context: output flushed, headers sent, session written
+ * and closed, uploaded files removed, the memory limit reset. */
+static void worker_context_end(void)
+{
+	zend_try {
+		php_output_end_all();
+	} zend_end_try();
+	zend_try {
+		per_request_modules_call(false);
+	} zend_end_try();
+	zend_try {
+		php_output_deactivate();
+	} zend_end_try();
+	forget_session_global();
+	if (SG(request_info).path_translated) {
+		efree(SG(request_info).path_translated);
+		SG(request_info).path_translated = NULL;
+	}
+	zend_try {
+		sapi_deactivate();
+	} zend_end_try();
+	zend_set_memory_limit(PG(memory_limit));
+	worker.context = false;
+}
+
+static PHP_FUNCTION(frankenphp_handle_request)
+{
+	zend_fcall_info fci;
+	zend_fcall_info_cache fcc;
+	ZEND_PARSE_PARAMETERS_START(1, 1)
+		Z_PARAM_FUNC(fci, fcc)
+	ZEND_PARSE_PARAMETERS_END();
+	if (!worker.active || !io || !io->next) {
+		zend_throw_exception(spl_ce_RuntimeException,
+			"frankenphp_handle_request() called while not in worker mode (set php.worker)", 0);
+		RETURN_THROWS();
+	}
+	if (worker.in_request) {
+		zend_throw_exception(spl_ce_RuntimeException,
+			"frankenphp_handle_request() called while handling a request", 0);
+		RETURN_THROWS();
+	}
+	/* The boot's context (or the one the script ran in after a false). */
+	if (worker.context) {
+		worker_context_end();
+	}
+	worker.booted = true;
+	zend_unset_timeout();
+
+	const struct tq_param *params = NULL;
+	size_t count = 0;
+	bool got = io->next(io->ctx, &params, &count) == 1;
+	if (got) {
+		env_from(params, count);
+	} else {
+		env_from(worker.boot, worker.boot_count);
+	}
+	if (worker_context_start() == FAILURE || !got) {
+		/* The script goes on in a context of its own until it ends. */
+		finished = true;
+		RETURN_FALSE;
+	}
+	worker.in_request = true;
+	zend_set_timeout(INI_INT("max_execution_time"), 0);
+
+	zval retval;
+	ZVAL_UNDEF(&retval);
+	fci.retval = &retval;
+	fci.params = NULL;
+	fci.param_count = 0;
+	zend_call_function(&fci, &fcc);
+	zval_ptr_dtor(&retval);
+	if (EG(exception)) {
+		if (zend_is_unwind_exit(EG(exception)) || zend_is_graceful_exit(EG(exception))) {
+			/* exit(): the response is complete; the worker ends with it. */
+			zend_bailout();
+		}
+		/* An uncaught exception: a fatal error for this request (500, the
+		 * log line), and then the worker is replaced, since the app's state
+		 * may be half-changed. */
+		zend_exception_error(EG(exception), E_ERROR);
+		zend_bailout();
+	}
+	zend_unset_timeout();
+	worker_context_end();
+	worker.in_request = false;
+	if (!finished) {
+		io->finish(io->ctx);
+		finished = true;
+	}
+	RETURN_TRUE;
+}
+
 static const zend_function_entry module_functions[] = {
 	PHP_FE(fastcgi_finish_request, arginfo_tq_bool)
 	PHP_FE(apache_child_terminate, arginfo_tq_bool)
 	PHP_FE(apache_request_headers, arginfo_tq_array)
 	PHP_FALIAS(getallheaders, apache_request_headers, arginfo_tq_array)
 	PHP_FE(apache_response_headers, arginfo_tq_array)
+	PHP_FE(frankenphp_handle_request, arginfo_tq_handle_request)
+	PHP_FALIAS(tqserver_handle_request, frankenphp_handle_request, arginfo_tq_handle_request)
+	PHP_FALIAS(frankenphp_finish_request, fastcgi_finish_request, arginfo_tq_bool)
+	PHP_FALIAS(frankenphp_request_headers, apache_request_headers, arginfo_tq_array)
+	PHP_FALIAS(frankenphp_response_headers, apache_response_headers, arginfo_tq_array)
 	PHP_FE_END
 };
 
@@ -973,7 +1229,13 @@ static void init_request_info(void)
 		return;
 	}
 	char *script = NULL;
-	settle_paths(&script);
+	if (worker.booted) {
+		/* A worker's client request: its parameters as the web server sent
+		 * them (the script that runs is the worker's, whatever they name). */
+		script = env_get("SCRIPT_FILENAME");
+	} else {
+		settle_paths(&script);
+	}
 	if (path_is_valid(script)) {
 		SG(request_info).path_translated = estrdup(script);
 	}
@@ -1066,6 +1328,70 @@ int tq_php_request(const struct tq_param *params, size_t count, const struct tq_
 	}
 	php_request_shutdown(NULL);
 	status = EG(exit_status);
+	io = NULL;
+	SG(server_context) = NULL;
+	env_clear();
+	return status;
+}
+
+int tq_php_worker(const struct tq_param *params, size_t count, const struct tq_io *request_io)
+{
+	env_from(params, count);
+	io = request_io;
+	finished = false;
+	SG(server_context) = (void *)request_io;
+	worker.active = true;
+	worker.booted = false;
+	worker.in_request = false;
+	worker.boot = params;
+	worker.boot_count = count;
+
+	init_request_info();
+	if (php_request_startup() == FAILURE) {
+		worker.active = false;
+		io = NULL;
+		SG(server_context) = NULL;
+		return -1;
+	}
+	worker.context = true;
+	zend_file_handle file;
+	bool opened = false;
+	zend_try {
+		if (php_fopen_primary_script(&file) == FAILURE) {
+			char *script = env_get("SCRIPT_FILENAME");
+			char *line;
+			spprintf(&line, 0, "worker script %s: %s", script ? script : "(none)", strerror(errno));
+			tq_log_message(line, 0);
+			efree(line);
+			EG(exit_status) = 1;
+		} else {
+			opened = true;
+			if (cgi.check_shebang_line) {
+				CG(skip_shebang) = 1;
+			}
+			php_execute_script(&file);
+		}
+	} zend_end_try();
+	if (!worker.context) {
+		/* The script ended between two requests: a context to end it in. */
+		env_from(worker.boot, worker.boot_count);
+		worker_context_start();
+		finished = true;
+	}
+	if (opened) {
+		zend_destroy_file_handle(&file);
+	}
+	if (SG(request_info).path_translated) {
+		efree(SG(request_info).path_translated);
+		SG(request_info).path_translated = NULL;
+	}
+	/* A request cut short by a fatal error or exit() is still open: its
+	 * output and headers go out here, as php-cgi sends them. */
+	php_request_shutdown(NULL);
+	int status = EG(exit_status);
+	worker.active = false;
+	worker.context = false;
+	worker.in_request = false;
 	io = NULL;
 	SG(server_context) = NULL;
 	env_clear();

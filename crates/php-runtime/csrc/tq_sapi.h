@@ -34,6 +34,11 @@ struct tq_io {
 	/* fastcgi_finish_request(): ends the response for the client. 0 if it
 	 * was ended now, -1 if it had been already. */
 	int (*finish)(void *ctx);
+	/* Worker mode only (NULL otherwise): ends the request that ran, if its
+	 * response is not ended yet, and waits for the next one. 1 with its
+	 * parameters in *params and *count (valid until the next call), or 0
+	 * when the worker must stop (the pool retires it, tqserver stops). */
+	int (*next)(void *ctx, const struct tq_param **params, size_t *count);
 };
 
 /* Runs PHP's module startup once: `ini_entries` is "key=value\n" lines
@@ -48,6 +53,15 @@ void tq_php_after_fork(void);
 /* Runs one request as php-cgi would, writing the response through `io`.
  * Returns the script's exit status. */
 int tq_php_request(const struct tq_param *params, size_t count, const struct tq_io *io);
+
+/* Worker mode: runs the worker script that `params` name (SCRIPT_FILENAME)
+ * once, as a request with no client; each call the script makes to
+ * frankenphp_handle_request() asks io->next for a request and runs the
+ * script's callback for it with fresh superglobals, output, headers and
+ * session. Returns when the script ends: the exit status, or -1 if PHP
+ * could not start. A request that a fatal error or exit() ended is still
+ * open then, its response written; the caller ends it. */
+int tq_php_worker(const struct tq_param *params, size_t count, const struct tq_io *io);
 
 /* PHP's version, "8.2.32". */
 const char *tq_php_version(void);

@@ -15,7 +15,10 @@
 //!
 //! Without `--zygote` the binary is a single worker on fd 0, as php-cgi is.
 //!
-//! Arguments, as php-cgi's: `-c php.ini` and `-d key=value` (repeated).
+//! Arguments, as php-cgi's: `-c php.ini` and `-d key=value` (repeated);
+//! `--worker SCRIPT [--document-root DIR]` for worker mode (php.worker):
+//! each worker runs SCRIPT once, and the script handles requests in a loop
+//! with `frankenphp_handle_request()`.
 
 mod ffi;
 mod zygote;
@@ -28,10 +31,14 @@ fn main() {
     let mut ini = String::new();
     let mut ini_path: Option<CString> = None;
     let mut as_zygote = false;
+    let mut worker_script: Option<String> = None;
+    let mut document_root: Option<String> = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--zygote" => as_zygote = true,
+            "--worker" => worker_script = args.next(),
+            "--document-root" => document_root = args.next(),
             "-c" => ini_path = args.next().and_then(|p| CString::new(p).ok()),
             "-d" => {
                 if let Some(setting) = args.next() {
@@ -54,7 +61,7 @@ fn main() {
             }
             other => {
                 eprintln!(
-                    "tqserver-php: unknown argument `{other}` (expected -c FILE, -d KEY=VALUE, --zygote)"
+                    "tqserver-php: unknown argument `{other}` (expected -c FILE, -d KEY=VALUE, --zygote, --worker SCRIPT, --document-root DIR)"
                 );
                 std::process::exit(64);
             }
@@ -69,8 +76,53 @@ fn main() {
         eprintln!("tqserver-php: PHP's module startup failed");
         std::process::exit(1);
     }
+    let boot = worker_script.map(|script| boot_params(&script, document_root.as_deref()));
+    let serve = move || match &boot {
+        None => worker::serve(&mut ffi::Php),
+        Some(boot) => serve_worker(boot),
+    };
     if as_zygote {
-        zygote::run();
+        zygote::run(&serve);
     }
-    worker::serve(&mut ffi::Php);
+    serve();
+}
+
+/// The worker script's own $_SERVER: where it is, as a request for it
+/// would say.
+fn boot_params(script: &str, document_root: Option<&str>) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let path = std::path::Path::new(script);
+    let root = document_root
+        .map(str::to_owned)
+        .or_else(|| path.parent().map(|p| p.display().to_string()))
+        .unwrap_or_default();
+    let name = path
+        .strip_prefix(&root)
+        .map(|rel| format!("/{}", rel.display()))
+        .unwrap_or_else(|_| script.to_owned());
+    [
+        ("SCRIPT_FILENAME", script.to_owned()),
+        ("SCRIPT_NAME", name.clone()),
+        ("PHP_SELF", name),
+        ("DOCUMENT_ROOT", root),
+        ("GATEWAY_INTERFACE", "CGI/1.1".to_owned()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.as_bytes().to_vec(), v.into_bytes()))
+    .collect()
+}
+
+/// Runs the worker script; exits when it ends (the pool starts another).
+fn serve_worker(boot: &[(Vec<u8>, Vec<u8>)]) -> ! {
+    let end = worker::serve_worker(&mut ffi::PhpWorker, boot);
+    if !end.started {
+        eprintln!("tqserver-php: PHP could not start the worker script");
+        std::process::exit(1);
+    }
+    if !end.booted {
+        eprintln!(
+            "tqserver-php: the worker script ended before it asked for a request (it must call frankenphp_handle_request() in a loop)"
+        );
+        std::process::exit(1);
+    }
+    std::process::exit(0);
 }

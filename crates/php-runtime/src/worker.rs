@@ -12,7 +12,7 @@
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::net::IpAddr;
-use std::os::fd::BorrowedFd;
+use std::os::fd::{AsFd, BorrowedFd};
 
 use bytes::BytesMut;
 use fastcgi::ParamsLimits;
@@ -160,22 +160,12 @@ pub fn serve_connection<S: Read + Write, R: Runner>(
                 // parameters; PHP lists it after them.
                 let pairs =
                     std::iter::once((&b"FCGI_ROLE"[..], &b"RESPONDER"[..])).chain(params.iter());
-                let mut request = Request {
-                    stream: &mut stream,
-                    reader: &mut reader,
-                    writer: &mut writer,
-                    request_id,
-                    pending: bytes::Bytes::new(),
-                    stdin_done: false,
-                    gone: false,
-                    ended: false,
-                    had_stderr: false,
-                };
+                let mut request = Request::new(&mut stream, &mut reader, &mut writer, request_id);
                 let started = runner.run(pairs, &mut request);
-                if !request.ended {
+                if !request.state.ended {
                     request.end();
                 }
-                let gone = request.gone;
+                let gone = request.state.gone;
                 reader.finish_request();
                 if !started {
                     return Err(ConnectionError::RunnerFailed);
@@ -266,6 +256,11 @@ struct Request<'a, S> {
     reader: &'a mut RequestReader<()>,
     /// The connection's encoder; its buffer holds the records not sent yet.
     writer: &'a mut ResponseWriter<()>,
+    state: RequestState,
+}
+
+/// Where a request stands (kept between PHP's calls in worker mode).
+struct RequestState {
     request_id: u16,
     /// Body bytes received and not yet given to PHP.
     pending: bytes::Bytes,
@@ -277,26 +272,55 @@ struct Request<'a, S> {
     had_stderr: bool,
 }
 
+impl RequestState {
+    fn new(request_id: u16) -> Self {
+        Self {
+            request_id,
+            pending: bytes::Bytes::new(),
+            stdin_done: false,
+            gone: false,
+            ended: false,
+            had_stderr: false,
+        }
+    }
+}
+
+impl<'a, S> Request<'a, S> {
+    fn new(
+        stream: &'a mut S,
+        reader: &'a mut RequestReader<()>,
+        writer: &'a mut ResponseWriter<()>,
+        request_id: u16,
+    ) -> Self {
+        Self {
+            stream,
+            reader,
+            writer,
+            state: RequestState::new(request_id),
+        }
+    }
+}
+
 impl<S: Write> Request<'_, S> {
     fn send_out(&mut self) -> bool {
-        if self.gone {
+        if self.state.gone {
             return false;
         }
         if send(self.stream, self.writer.buffer_mut()).is_err() {
-            self.gone = true;
+            self.state.gone = true;
             self.writer.buffer_mut().clear();
         }
-        !self.gone
+        !self.state.gone
     }
 
     /// Closes the streams and sends END_REQUEST.
     fn end(&mut self) {
-        self.ended = true;
+        self.state.ended = true;
         self.writer.end_request(
-            self.request_id,
+            self.state.request_id,
             0,
             ProtocolStatus::RequestComplete,
-            self.had_stderr,
+            self.state.had_stderr,
         );
         self.send_out();
     }
@@ -304,12 +328,12 @@ impl<S: Write> Request<'_, S> {
 
 impl<S: Read + Write> Connection for Request<'_, S> {
     fn write(&mut self, bytes: &[u8]) -> usize {
-        if self.gone {
+        if self.state.gone {
             return 0;
         }
         for chunk in bytes.chunks(fastcgi::record::MAX_CONTENT_LEN) {
             let out = self.writer.buffer_mut();
-            put_stream(out, RecordType::Stdout, self.request_id, chunk);
+            put_stream(out, RecordType::Stdout, self.state.request_id, chunk);
             if out.len() >= OUT_CHUNK && !self.send_out() {
                 return 0;
             }
@@ -322,27 +346,27 @@ impl<S: Read + Write> Connection for Request<'_, S> {
     }
 
     fn read(&mut self, into: &mut [u8]) -> usize {
-        while self.pending.is_empty() && !self.stdin_done {
+        while self.state.pending.is_empty() && !self.state.stdin_done {
             match next_event(self.stream, self.reader) {
-                Ok(Some(ServerEvent::Stdin { data, .. })) => self.pending = data,
-                Ok(Some(ServerEvent::StdinEnd { .. })) => self.stdin_done = true,
+                Ok(Some(ServerEvent::Stdin { data, .. })) => self.state.pending = data,
+                Ok(Some(ServerEvent::StdinEnd { .. })) => self.state.stdin_done = true,
                 Ok(Some(ServerEvent::Abort { .. })) | Ok(None) | Err(_) => {
-                    self.stdin_done = true;
-                    self.gone = true;
+                    self.state.stdin_done = true;
+                    self.state.gone = true;
                 }
                 // Answered with the response's next records: a web server
                 // that opened a second request waits for CANT_MPX_CONN.
                 Ok(Some(other)) => answer_management(other, self.writer),
             }
         }
-        let n = into.len().min(self.pending.len());
-        into[..n].copy_from_slice(&self.pending[..n]);
-        let _ = self.pending.split_to(n);
+        let n = into.len().min(self.state.pending.len());
+        into[..n].copy_from_slice(&self.state.pending[..n]);
+        let _ = self.state.pending.split_to(n);
         n
     }
 
     fn log(&mut self, line: &[u8]) {
-        if self.gone || self.ended {
+        if self.state.gone || self.state.ended {
             // Nobody to tell but our own stderr, which tqserver relays.
             let mut stderr = io::stderr().lock();
             let _ = stderr.write_all(line);
@@ -356,20 +380,391 @@ impl<S: Read + Write> Connection for Request<'_, S> {
             put_stream(
                 self.writer.buffer_mut(),
                 RecordType::Stderr,
-                self.request_id,
+                self.state.request_id,
                 chunk,
             );
         }
-        self.had_stderr = true;
+        self.state.had_stderr = true;
     }
 
     fn finish(&mut self) -> bool {
-        if self.ended {
+        if self.state.ended {
             return false;
         }
         self.end();
         true
     }
+}
+
+// ---------------------------------------------------------------------------
+// Worker mode (php.worker): the worker script runs once and asks for each
+// request in turn.
+
+/// Set by SIGTERM in worker mode: stop once the request that runs is done.
+static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// The write end of a pipe that SIGTERM writes to (-1: none), so a wait for
+/// the next request wakes even when the signal came just before it began.
+static STOP_PIPE: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
+/// Its read end.
+static STOP_WAKE: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
+
+/// Waits until `fd` has bytes to read (true) or the worker must stop.
+fn wait_readable_or_stop(fd: BorrowedFd<'_>) -> bool {
+    use std::os::fd::AsRawFd;
+    let wake = STOP_WAKE.load(std::sync::atomic::Ordering::Relaxed);
+    loop {
+        if stopping() {
+            return false;
+        }
+        let mut fds = [
+            libc::pollfd {
+                fd: fd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: wake,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // SAFETY: `fds` is a valid array of two pollfd; a negative fd (no
+        // pipe) is ignored by poll.
+        let ready = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+        if ready < 0 {
+            if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return true; // let the read report it
+        }
+        if fds[1].revents != 0 {
+            return false;
+        }
+        if fds[0].revents != 0 {
+            return true;
+        }
+    }
+}
+
+fn stopping() -> bool {
+    STOP.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+extern "C" fn on_sigterm(_: libc::c_int) {
+    STOP.store(true, std::sync::atomic::Ordering::Relaxed);
+    let pipe = STOP_PIPE.load(std::sync::atomic::Ordering::Relaxed);
+    if pipe >= 0 {
+        // SAFETY: write(2) is async-signal-safe; the pipe is non-blocking
+        // and lives as long as the process; a full pipe is fine.
+        unsafe { libc::write(pipe, b"x".as_ptr().cast(), 1) };
+    }
+}
+
+/// Runs a worker script: PHP in `tqserver-php --worker`.
+pub trait WorkerRunner {
+    /// Runs the script named by `boot` (its parameters, SCRIPT_FILENAME
+    /// first of all) once; each request it asks for comes from
+    /// `conn.next()`. False if PHP could not start it at all.
+    fn run_worker<'p, C: WorkerConnection>(
+        &mut self,
+        boot: impl Iterator<Item = (&'p [u8], &'p [u8])>,
+        conn: &mut C,
+    ) -> bool;
+}
+
+/// A worker script's connection: the current request's body and response
+/// (output outside a request is dropped), and the next request.
+pub trait WorkerConnection: Connection {
+    /// Ends the request that ran, if its response is still open, and waits
+    /// for the next: its parameters, or `None` when the worker must stop
+    /// (the connection closed, or SIGTERM).
+    fn next(&mut self) -> Option<fastcgi::Params>;
+}
+
+/// The parameters a worker script sees, as php-cgi would hand them over
+/// (FCGI_ROLE first), plus FrankenPHP's and our own worker markers.
+pub fn worker_params(params: &fastcgi::Params) -> impl Iterator<Item = (&[u8], &[u8])> {
+    std::iter::once((&b"FCGI_ROLE"[..], &b"RESPONDER"[..]))
+        .chain(params.iter())
+        .chain(WORKER_MARKERS.iter().copied())
+}
+
+/// `$_SERVER['FRANKENPHP_WORKER']` and `$_SERVER['TQSERVER_WORKER']`.
+pub const WORKER_MARKERS: [(&[u8], &[u8]); 2] =
+    [(b"FRANKENPHP_WORKER", b"1"), (b"TQSERVER_WORKER", b"1")];
+
+/// How a worker script ended.
+#[derive(Debug, PartialEq, Eq)]
+pub struct WorkerEnd {
+    /// Client requests it was given (the probe not counted).
+    pub requests: u64,
+    /// It answered the pool's probe: it booted.
+    pub booted: bool,
+    /// PHP started the script.
+    pub started: bool,
+}
+
+/// Worker mode's side of the connection: accepted when the script first
+/// asks for a request (so the pool's probe is answered once it booted).
+pub struct Session<S, A> {
+    accept: A,
+    stream: Option<S>,
+    reader: RequestReader<()>,
+    writer: ResponseWriter<()>,
+    current: Option<RequestState>,
+    keep_conn: bool,
+    requests: u64,
+    booted: bool,
+}
+
+impl<S: Read + Write + AsFd, A: FnMut() -> io::Result<S>> Session<S, A> {
+    pub fn new(accept: A) -> Self {
+        Self {
+            accept,
+            stream: None,
+            reader: RequestReader::new((), ParamsLimits::default()),
+            writer: ResponseWriter::new(()),
+            current: None,
+            keep_conn: true,
+            requests: 0,
+            booted: false,
+        }
+    }
+
+    /// The current request, as the callbacks act on it; `None` outside one.
+    fn with_request<T>(&mut self, act: impl FnOnce(&mut Request<'_, S>) -> T) -> Option<T> {
+        let state = self.current.take()?;
+        let stream = self.stream.as_mut()?;
+        let mut request = Request {
+            stream,
+            reader: &mut self.reader,
+            writer: &mut self.writer,
+            state,
+        };
+        let out = act(&mut request);
+        self.current = Some(request.state);
+        Some(out)
+    }
+
+    /// Ends the current request (a fatal error or exit() left it open).
+    pub fn end(&mut self) -> WorkerEnd {
+        self.end_current();
+        WorkerEnd {
+            requests: self.requests,
+            booted: self.booted,
+            started: true,
+        }
+    }
+
+    /// Ends the request that ran; false if the connection cannot go on.
+    fn end_current(&mut self) -> bool {
+        let Some(mut state) = self.current.take() else {
+            return true;
+        };
+        if let Some(stream) = self.stream.as_mut() {
+            let mut request = Request {
+                stream,
+                reader: &mut self.reader,
+                writer: &mut self.writer,
+                state,
+            };
+            if !request.state.ended {
+                request.end();
+            }
+            state = request.state;
+        }
+        self.reader.finish_request();
+        !state.gone && self.keep_conn
+    }
+
+    fn wait_for_request(&mut self) -> io::Result<Option<fastcgi::Params>> {
+        if self.stream.is_none() {
+            self.stream = Some((self.accept)()?);
+        }
+        let Some(stream) = self.stream.as_mut() else {
+            return Ok(None);
+        };
+        loop {
+            // Nothing of the next request decoded yet (what is buffered may
+            // be the end of the last one's unread body): wait for it, or for
+            // SIGTERM.
+            let buffered = self.reader.buffered_event().map_err(io::Error::other)?;
+            let event = match buffered {
+                Some(event) => event,
+                None => {
+                    if !wait_readable_or_stop(stream.as_fd()) {
+                        return Ok(None);
+                    }
+                    match next_event(stream, &mut self.reader)? {
+                        Some(event) => event,
+                        None => return Ok(None),
+                    }
+                }
+            };
+            match event {
+                ServerEvent::Begin {
+                    request_id,
+                    role,
+                    keep_conn,
+                } => {
+                    if role != Role::Responder {
+                        self.writer
+                            .end_request(request_id, 0, ProtocolStatus::UnknownRole, false);
+                        send(stream, self.writer.buffer_mut())?;
+                        self.reader.finish_request();
+                        continue;
+                    }
+                    let params = loop {
+                        match next_event(stream, &mut self.reader)? {
+                            Some(ServerEvent::Params { params, .. }) => break params,
+                            Some(ServerEvent::Abort { .. }) | None => return Ok(None),
+                            Some(other) => answer_management(other, &mut self.writer),
+                        }
+                    };
+                    self.keep_conn = keep_conn;
+                    if params.get("SCRIPT_FILENAME").is_none() {
+                        // The pool's probe: php-cgi's answer, without PHP.
+                        put_stream(
+                            self.writer.buffer_mut(),
+                            RecordType::Stdout,
+                            request_id,
+                            b"Status: 404 Not Found\r\nContent-type: text/html; charset=UTF-8\r\n\r\nNo input file specified.\n",
+                        );
+                        self.writer.end_request(
+                            request_id,
+                            0,
+                            ProtocolStatus::RequestComplete,
+                            false,
+                        );
+                        self.reader.finish_request();
+                        send(stream, self.writer.buffer_mut())?;
+                        self.booted = true;
+                        if !keep_conn {
+                            return Ok(None);
+                        }
+                        continue;
+                    }
+                    self.current = Some(RequestState::new(request_id));
+                    self.requests += 1;
+                    self.booted = true;
+                    return Ok(Some(params));
+                }
+                other => {
+                    answer_management(other, &mut self.writer);
+                    send(stream, self.writer.buffer_mut())?;
+                }
+            }
+        }
+    }
+}
+
+impl<S: Read + Write + AsFd, A: FnMut() -> io::Result<S>> Connection for Session<S, A> {
+    fn write(&mut self, bytes: &[u8]) -> usize {
+        // Outside a request (the boot, between requests) output is dropped.
+        self.with_request(|r| r.write(bytes)).unwrap_or(bytes.len())
+    }
+
+    fn flush(&mut self) -> bool {
+        self.with_request(|r| r.flush()).unwrap_or(true)
+    }
+
+    fn read(&mut self, into: &mut [u8]) -> usize {
+        self.with_request(|r| r.read(into)).unwrap_or(0)
+    }
+
+    fn log(&mut self, line: &[u8]) {
+        if self.with_request(|r| r.log(line)).is_none() {
+            let mut stderr = io::stderr().lock();
+            let _ = stderr.write_all(line);
+            let _ = stderr.write_all(b"\n");
+        }
+    }
+
+    fn finish(&mut self) -> bool {
+        self.with_request(|r| r.finish()).unwrap_or(false)
+    }
+}
+
+impl<S: Read + Write + AsFd, A: FnMut() -> io::Result<S>> WorkerConnection for Session<S, A> {
+    fn next(&mut self) -> Option<fastcgi::Params> {
+        if !self.end_current() {
+            return None;
+        }
+        match self.wait_for_request() {
+            Ok(params) => params,
+            Err(err) => {
+                if err.kind() != io::ErrorKind::Interrupted
+                    && err.kind() != io::ErrorKind::ConnectionReset
+                {
+                    eprintln!("tqserver-php: worker connection ended: {err}");
+                }
+                None
+            }
+        }
+    }
+}
+
+/// Worker mode on the listening socket at fd 0: runs the worker script
+/// (`boot` are its parameters) once, serving the first connection accepted.
+/// SIGTERM makes the script's next request wait return false.
+pub fn serve_worker<R: WorkerRunner>(runner: &mut R, boot: &[(Vec<u8>, Vec<u8>)]) -> WorkerEnd {
+    use std::os::fd::IntoRawFd;
+    match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK) {
+        Ok((wake, pipe)) => {
+            // Kept open for the process's life: the handler writes to it.
+            STOP_WAKE.store(wake.into_raw_fd(), std::sync::atomic::Ordering::Relaxed);
+            STOP_PIPE.store(pipe.into_raw_fd(), std::sync::atomic::Ordering::Relaxed);
+        }
+        Err(err) => eprintln!("tqserver-php: no pipe for SIGTERM: {err}"),
+    }
+    let handler = nix::sys::signal::SigAction::new(
+        nix::sys::signal::SigHandler::Handler(on_sigterm),
+        // The wait for the next request polls the pipe the handler writes.
+        nix::sys::signal::SaFlags::SA_RESTART,
+        nix::sys::signal::SigSet::empty(),
+    );
+    // SAFETY: the handler only stores to an atomic and writes to a pipe,
+    // both async-signal-safe; the process has one thread.
+    let installed =
+        unsafe { nix::sys::signal::sigaction(nix::sys::signal::Signal::SIGTERM, &handler) };
+    if let Err(err) = installed {
+        eprintln!("tqserver-php: cannot handle SIGTERM: {err}");
+    }
+    let allowed = allowed_addresses();
+    let accept = move || loop {
+        // SAFETY: fd 0 is the listening socket this process was given, open
+        // for the process's whole life.
+        let listener = unsafe { BorrowedFd::borrow_raw(0) };
+        match socket::accept(listener) {
+            Ok(fd) => {
+                let stream = File::from(fd);
+                if peer_allowed(&stream, allowed.as_deref()) {
+                    return Ok(stream);
+                }
+            }
+            Err(nix::errno::Errno::ECONNABORTED) => continue,
+            Err(nix::errno::Errno::EINTR) if !stopping() => continue,
+            Err(err) => return Err(io::Error::from(err)),
+        }
+    };
+    run_worker_session(runner, boot, Session::new(accept))
+}
+
+/// Runs the worker script over `session` and ends what it left open.
+pub fn run_worker_session<R: WorkerRunner, S: Read + Write + AsFd, A: FnMut() -> io::Result<S>>(
+    runner: &mut R,
+    boot: &[(Vec<u8>, Vec<u8>)],
+    mut session: Session<S, A>,
+) -> WorkerEnd {
+    let started = runner.run_worker(
+        boot.iter()
+            .map(|(k, v)| (k.as_slice(), v.as_slice()))
+            .chain(WORKER_MARKERS.iter().copied()),
+        &mut session,
+    );
+    let end = session.end();
+    WorkerEnd { started, ..end }
 }
 
 #[cfg(test)]

@@ -26,8 +26,6 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use nix::sys::socket::{ControlMessage, ControlMessageOwned, MsgFlags, recvmsg, sendmsg};
 
-use php_runtime::worker;
-
 use crate::ffi;
 
 const CONTROL_FD: RawFd = 3;
@@ -37,7 +35,9 @@ struct Child {
     pidfd: OwnedFd,
 }
 
-pub fn run() -> ! {
+/// `serve` is what a forked worker does: serve FastCGI on fd 0 (it does not
+/// return).
+pub fn run(serve: &dyn Fn()) -> ! {
     let zygote_pid = std::process::id();
     // SAFETY: fd 3 is the control socket tqserver passed; nothing else in
     // this process owns it.
@@ -88,7 +88,7 @@ pub fn run() -> ! {
         if polled[0].revents != 0 {
             match receive(&control) {
                 Received::Fork { token, fds } => {
-                    fork_worker(&control, &mut children, token, fds, zygote_pid)
+                    fork_worker(&control, &mut children, token, fds, zygote_pid, serve)
                 }
                 Received::Other => {}
                 Received::Closed => std::process::exit(0),
@@ -154,13 +154,14 @@ fn fork_worker(
     token: u64,
     fds: Vec<OwnedFd>,
     zygote_pid: u32,
+    serve: &dyn Fn(),
 ) {
     // SAFETY: the zygote has one thread, so the child gets a consistent copy
     // of everything (no lock can be held by a thread that does not exist in
     // the child).
     let pid = unsafe { libc::fork() };
     if pid == 0 {
-        become_worker(control, children, fds, zygote_pid);
+        become_worker(control, children, fds, zygote_pid, serve);
     }
     if pid < 0 {
         let errno = nix::errno::Errno::last() as i32;
@@ -200,6 +201,7 @@ fn become_worker(
     children: &mut Vec<Child>,
     fds: Vec<OwnedFd>,
     zygote_pid: u32,
+    serve: &dyn Fn(),
 ) -> ! {
     // SAFETY: prctl and getppid only affect this process. The parent-death
     // signal is checked against a race with the zygote's death right after.
@@ -235,5 +237,7 @@ fn become_worker(
     drop(listener);
     drop(stderr);
     ffi::after_fork();
-    worker::serve(&mut ffi::Php)
+    serve();
+    // Serving never returns; should it, the worker ends here.
+    std::process::exit(1)
 }
