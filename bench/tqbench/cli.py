@@ -11,7 +11,7 @@ import signal
 import subprocess
 import sys
 
-from .paths import FCGI_BENCH, REPO, TQSERVER
+from .paths import FCGI_BENCH, REPO, TQSERVER, TQSERVER_PHP
 from .report import render
 from .runner import run
 from .services import SERVICES, on_signal
@@ -55,11 +55,12 @@ def prepare(args):
         if deps.returncode != 0:
             sys.exit("bench/run: missing Debian packages (see above)")
     if not args.skip_build:
-        log("cargo build --release -p tqserver -p fcgi-bench")
-        build = subprocess.run(["cargo", "build", "--release", "-p", "tqserver", "-p", "fcgi-bench"], cwd=REPO)
+        log("cargo build --release -p tqserver -p tq-php-runtime -p fcgi-bench")
+        build = subprocess.run(["cargo", "build", "--release", "-p", "tqserver", "-p", "tq-php-runtime",
+                                "-p", "fcgi-bench"], cwd=REPO)
         if build.returncode != 0:
             sys.exit("bench/run: the build failed (use --skip-build to run the binaries already built)")
-    for path in (TQSERVER, FCGI_BENCH):
+    for path in (TQSERVER, TQSERVER_PHP, FCGI_BENCH):
         if not os.access(path, os.X_OK):
             sys.exit(f"bench/run: {path} is missing; run without --skip-build")
     # 10,000 connections need file descriptors; children inherit this.
