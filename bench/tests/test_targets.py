@@ -32,7 +32,8 @@ class TheFile(unittest.TestCase):
             "{scenario}: tqserver >= 2x best nginx+php-fpm, p99 no worse",
             "{scenario}: tqserver >= 0.6x ceiling",
             "{scenario}: listener path >= 1.0x best nginx+php-fpm",
-            "static 10 KB: tqserver >= 0.8x nginx"])
+            "static 10 KB: tqserver >= 0.8x nginx",
+            "{scenario}: embed runtime >= 1.0x php-cgi runtime (tqserver embed vs tqserver)"])
         self.assertEqual(t.scenario_order(), ["hello_c20", "hello_c100", "static10k_c20"])
         self.assertEqual(t.memory, (MemoryTarget("{connections} idle keep-alive connections cost tqserver < 50 MB",
                                                  "tqserver", 50.0),))

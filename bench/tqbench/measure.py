@@ -46,9 +46,10 @@ def stat_cpu_ticks(data):
     return int(fields[11]) + int(fields[12])
 
 
-def children_of(ppid):
-    """Pids whose parent is ppid (scans /proc: no children file on this kernel)."""
-    pids = []
+def parents():
+    """{pid: parent pid} of every process (scans /proc: no children file on
+    this kernel)."""
+    out = {}
     for name in os.listdir("/proc"):
         if not name.isdigit():
             continue
@@ -57,9 +58,32 @@ def children_of(ppid):
                 data = f.read()
         except OSError:
             continue
-        if stat_ppid(data) == ppid:
-            pids.append(int(name))
-    return pids
+        out[int(name)] = stat_ppid(data)
+    return out
+
+
+def children_of(ppid, tree=None):
+    """Pids whose parent is ppid (in `tree`, a parents() taken before, or now)."""
+    tree = parents() if tree is None else tree
+    return [pid for pid, parent in tree.items() if parent == ppid]
+
+
+def php_processes(tqserver_pid):
+    """A tqserver's PHP processes: its children (php-cgi, or an embed pool's
+    zygote) and theirs (the zygote's forked workers)."""
+    tree = parents()
+    children = children_of(tqserver_pid, tree)
+    return children + [pid for child in children for pid in children_of(child, tree)]
+
+
+def php_workers(tqserver_pid, runtime):
+    """A tqserver's PHP workers: its php-cgi children, or with runtime
+    "embed" its zygotes' children."""
+    tree = parents()
+    children = children_of(tqserver_pid, tree)
+    if runtime != "embed":
+        return children
+    return [pid for zygote in children for pid in children_of(zygote, tree)]
 
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")

@@ -18,6 +18,7 @@ def ratio(a, b):
 
 
 RATIO_NAMES = ["tqserver / nginx+php-fpm", "tqserver / nginx+php-fpm keepalive",
+               "embed / tqserver", "embed / nginx+php-fpm",
                "listener / nginx+php-fpm", "listener / nginx+php-fpm keepalive",
                "tqserver / ceiling", "tqserver / nginx"]
 
@@ -26,9 +27,13 @@ def compute_ratios(scenarios):
     out = {}
     for s in scenarios:
         tq = rps_of(s, "tqserver")
+        embed = rps_of(s, "tqserver-embed")
         out[s["id"]] = {k: v for k, v in {
             "tqserver / nginx+php-fpm": ratio(tq, rps_of(s, "nginx-fpm")),
             "tqserver / nginx+php-fpm keepalive": ratio(tq, rps_of(s, "nginx-fpm-ka")),
+            # tqserver embed (php.runtime: embed) over tqserver (php-cgi).
+            "embed / tqserver": ratio(embed, tq),
+            "embed / nginx+php-fpm": ratio(embed, rps_of(s, "nginx-fpm")),
             "listener / nginx+php-fpm": ratio(rps_of(s, "nginx-tq"), rps_of(s, "nginx-fpm")),
             "listener / nginx+php-fpm keepalive": ratio(rps_of(s, "nginx-tq"), rps_of(s, "nginx-fpm-ka")),
             "tqserver / ceiling": ratio(tq, rps_of(s, "ceiling")),
@@ -140,7 +145,7 @@ def targets_table(rows):
 
 
 PALETTE = {
-    "tqserver": "#1f77b4", "nginx-fpm": "#d62728", "nginx-fpm-ka": "#ff7f0e", "nginx-tq": "#2ca02c",
+    "tqserver": "#1f77b4", "tqserver-embed": "#9467bd", "nginx-fpm": "#d62728", "nginx-fpm-ka": "#ff7f0e", "nginx-tq": "#2ca02c",
     "nginx-tq-noka": "#98df8a", "nginx": "#d62728", "ceiling": "#7f7f7f", "fcgi-fpm": "#c49c94",
     "fcgi-tq": "#17becf",
 }

@@ -7,7 +7,7 @@ import os
 import signal
 import subprocess
 
-from .measure import children_of
+from .measure import children_of, php_workers
 from .paths import TQSERVER
 from .util import http_get, wait_for
 
@@ -75,8 +75,10 @@ def run_load(argv, timeout):
 
 
 
-def start_tqserver(name, config_path, port, tmp, expected_workers):
-    """Starts tqserver; returns its Popen once it serves, or None and a reason."""
+def start_tqserver(name, config_path, port, tmp, expected_workers, runtime="cgi"):
+    """Starts tqserver; returns its Popen once it serves (and once
+    expected_workers of its PHP workers run, or 10 s passed), or None and a
+    reason."""
     check = subprocess.run([TQSERVER, "check", "--config", config_path],
                            capture_output=True, text=True)
     if check.returncode != 0:
@@ -90,7 +92,7 @@ def start_tqserver(name, config_path, port, tmp, expected_workers):
         with open(os.path.join(tmp, f"{name}.log")) as f:
             tail = f.read()[-2000:]
         return None, f"tqserver did not start serving: {tail}"
-    wait_for(lambda: len(children_of(proc.pid)) >= expected_workers, 10)
+    wait_for(lambda: len(php_workers(proc.pid, runtime)) >= expected_workers, 10)
     return proc, None
 
 
