@@ -6,7 +6,7 @@ import sys
 import unittest
 
 from tqbench import cli
-from tqbench.runner import round_order
+from tqbench.util import round_order
 
 from . import support
 

@@ -96,7 +96,35 @@ class Tables(unittest.TestCase):
         self.assertEqual(report.compute_ratios([s]), {"hello_c20": {
             "tqserver / nginx+php-fpm": 1.5, "tqserver / ceiling": 0.33}})
 
+    def test_runtime_table(self):
+        part = {"workers": 4, "burst": {"concurrency": 10, "sleep_ms": 100, "from": 3, "to": 10},
+                "rounds": {"cgi": [{}, {}, {}], "embed": [{}, {}]},
+                "median": {"cgi": {"once_rps": 40.4, "kept_p50_ms": 0.2, "spawn_p50_ms": 46.0, "spawn_p99_ms": 90.0,
+                                   "burst_ms": 310.0, "errors": 0},
+                           "embed": {"once_rps": 812.0, "kept_p50_ms": 0.15, "spawn_p50_ms": 1.5,
+                                     "spawn_p99_ms": None, "burst_ms": 31.0, "errors": 2}},
+                "pss": {"cgi": {"mean_pss_kb": 11264, "zygote_pss_kb": None},
+                        "embed": {"mean_pss_kb": 2048, "zygote_pss_kb": 6400}}}
+        lines = report.runtime_table(part).splitlines()
+        self.assertEqual(lines[0], "Two tqserver instances serve the same apps, one per runtime; medians of 3 round(s):")
+        self.assertEqual(lines[4], "| `max_requests: 1` throughput, req/s (ab -c 4 for the run's duration, 4 workers, "
+                                   "each replaced after one request) | 40 | 812 | 20.10x |")
+        self.assertEqual(lines[6][-22:], "| 46.0 | 1.5 | 0.03x |")
+        self.assertEqual(lines[7], "| spawn to first response, p99 ms | 90.0 | - |  |")
+        self.assertEqual(lines[8], "| burst 3 -> 10 workers: slowest of 10 concurrent 100 ms requests, minus 100 ms "
+                                   "| 310.0 | 31.0 | 0.10x |")
+        self.assertEqual(lines[9:], [
+            "| PSS per worker, MiB (the kept pool's 4, after the rounds) | 11.0 | 2.0 | 0.18x |",
+            "| the zygote's PSS, MiB | | 6.2 | |",
+            "| errors (all ab runs) | 0 | 2 | |"])
+        # A runtime whose server never started.
+        part["median"]["cgi"], part["pss"]["cgi"] = None, None
+        lines = report.runtime_table(part).splitlines()
+        self.assertTrue(lines[4].endswith(" | - | 812 |  |"), lines[4])
+        self.assertEqual(lines[-1], "| errors (all ab runs) | - | 2 | |")
+
     def test_parts_not_measured(self):
+        self.assertEqual(report.runtime_table(None), "Not measured in this run.")
         self.assertEqual(report.memory_table(None), "Not measured in this run.")
         self.assertEqual(report.burst_table(None, []), "Not measured in this run.")
         self.assertEqual(report.cpu_table(support.results("quick")), "Not measured in this run.")

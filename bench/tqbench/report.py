@@ -135,6 +135,43 @@ def burst_table(burst, spawn_ms):
     return "\n".join(lines) if lines else "Not measured in this run."
 
 
+RUNTIME_ROWS = (
+    # (measure, row text, digits)
+    ("once_rps", "`max_requests: 1` throughput, req/s (ab -c {workers} for the run's duration, "
+                 "{workers} workers, each replaced after one request)", 0),
+    ("kept_p50_ms", "a request on a kept worker, median ms (ab -c 1)", 2),
+    ("spawn_p50_ms", "spawn to first response, median ms (ab -c 1 on one worker replaced after each "
+                     "request, minus the kept worker's median)", 1),
+    ("spawn_p99_ms", "spawn to first response, p99 ms", 1),
+    ("burst_ms", "burst {from} -> {to} workers: slowest of {concurrency} concurrent {sleep_ms} ms requests, "
+                 "minus {sleep_ms} ms", 1),
+)
+
+
+def runtime_table(part):
+    """php.runtime cgi against embed: the runtime part's medians."""
+    if not part:
+        return "Not measured in this run."
+    med = part["median"]
+    cgi, embed = med.get("cgi") or {}, med.get("embed") or {}
+    rounds = max(len(r) for r in part["rounds"].values())
+    lines = [f"Two tqserver instances serve the same apps, one per runtime; medians of {rounds} round(s):", "",
+             "| measure | php-cgi (`cgi`) | `embed` | embed / cgi |", "|---|---:|---:|---:|"]
+    names = {"workers": part["workers"], **part["burst"]}
+    for key, text, digits in RUNTIME_ROWS:
+        c, e = cgi.get(key), embed.get(key)
+        lines.append(f"| {text.format(**names)} | {fmt(c, digits)} | {fmt(e, digits)} | "
+                     f"{f'{e / c:.2f}x' if c and e is not None else ''} |")
+    pss = part.get("pss") or {}
+    c, e = (pss.get("cgi") or {}).get("mean_pss_kb"), (pss.get("embed") or {}).get("mean_pss_kb")
+    lines.append(f"| PSS per worker, MiB (the kept pool's {part['workers']}, after the rounds) | "
+                 f"{fmt(c and c / 1024)} | {fmt(e and e / 1024)} | {f'{e / c:.2f}x' if c and e else ''} |")
+    zygote = (pss.get("embed") or {}).get("zygote_pss_kb")
+    lines.append(f"| the zygote's PSS, MiB | | {fmt(zygote and zygote / 1024)} | |")
+    lines.append(f"| errors (all ab runs) | {cgi.get('errors', '-')} | {embed.get('errors', '-')} | |")
+    return "\n".join(lines)
+
+
 def targets_table(rows):
     if not rows:
         return "No target could be evaluated in this run."
@@ -236,6 +273,11 @@ FastCGI load comes from `fcgi-bench` (crates/fcgi-bench). For the ceiling, fcgi-
 php-cgi processes itself and keeps one request in flight on each, so its concurrency is the
 number of processes.
 
+tqserver embed serves the same app with the same pool on `php.runtime: embed` (docs/RUNTIME.md):
+tqserver-php, on Debian's libphp8.2-embed and its `embed` php.ini (identical to the `cgi` one, opcache
+on), starts PHP once in a zygote and forks the workers from it. It is a second tqserver, on a port of
+its own; its zygote and workers count as PHP in the CPU table.
+
 php-fpm with upstream keep-alive: a php-fpm child serves one FastCGI connection for as long as
 nginx keeps it open, idle or not, and a new connection waits in the socket backlog meanwhile.
 nginx caches up to `keepalive` idle connections per worker process; the harness sets that to
@@ -270,6 +312,21 @@ fcgi-bench's) own work; for the ceiling it also holds the php-cgi processes fcgi
 
 {burst_table(results.get('burst'), results.get('spawn_ms'))}
 
+## php.runtime: cgi against embed
+
+{runtime_table(results.get('runtime'))}
+
+Each round runs, on each runtime in turn: `max_requests: 1` throughput (ab with one connection per
+worker for the run's duration; each request needs a new worker, so the rate is how fast the pool
+starts them); 200 requests one at a time on a kept worker, then on a pool of one worker replaced
+after every request (each of those waits for the new worker: exec and PHP's start-up for php-cgi, a
+fork from the zygote for embed, then the pool's probe request), whose latency minus the kept
+worker's median is the spawn time; and, once a dynamic pool of 3 has shrunk back to 3, 10
+concurrent requests of a 100 ms script (ab -n 10 -c 10), of which the slowest minus 100 ms is the
+time to grow to 10. ab's percentiles come from its `-e` file (microseconds; its printed table has
+whole milliseconds). PSS (`/proc/PID/smaps_rollup`) counts shared pages divided among the
+processes that map them, so forked workers that share the zygote's OPcache count their share.
+
 ## Notes from this run
 
 {notes}
@@ -302,6 +359,8 @@ def render(results, write_docs):
     print(memory_table(results.get("memory")))
     print()
     print(burst_table(results.get("burst"), results.get("spawn_ms")))
+    print()
+    print(runtime_table(results.get("runtime")))
     if write_docs:
         os.makedirs(os.path.dirname(DOCS_MD), exist_ok=True)
         with open(DOCS_SVG, "w") as f:

@@ -21,9 +21,10 @@ from .measure import (LOAD_OUTPUT_ERRORS, children_cpu_seconds, children_of, cpu
                       parse_fcgi_bench, parse_wrk, php_processes, php_workers, rss_kb, summarize, wrk_command)
 from .paths import FCGI_BENCH, HOLD_CONNS, REPO, RESULTS_DIR, TARGET_DIR
 from .report import compute_ratios, render
+from .runtimes import runtime_part
 from .scenarios import CONFIGS, LISTENER_CONFIGS, SCENARIOS, TQ_CONFIGS
 from .services import SERVICES, run_load, start_fpm, start_tqserver
-from .util import (command_output, concurrent_gets, free_port, http_get, log, median, port_open,
+from .util import (command_output, concurrent_gets, free_port, http_get, log, median, port_open, round_order,
                    unix_socket_open, wait_for)
 
 
@@ -51,6 +52,10 @@ class Bench:
         self.spawn_ms = []
         self.tqs = {}  # TQ_INSTANCES name -> its Popen (None when it is down)
         self.tq_configs = {}  # TQ_INSTANCES name -> its server.yaml
+
+    def load_argv(self, argv):
+        """A load generator's argv as it runs."""
+        return argv
 
     def note(self, text):
         log("note: " + text)
@@ -200,12 +205,6 @@ def note_log_volume(bench, path, label="tqserver"):
     top = sorted(kinds.items(), key=lambda kv: -kv[1])[:3]
     bench.note(f"{label} (logging.level warn) wrote {len(lines)} log lines during the load runs; most: "
                + "; ".join(f"{n} x `{text[:100]}`" for text, n in top))
-
-
-def round_order(configs, round_no):
-    """The configurations of a round: all of them, alternating, the order
-    rotated each round so no configuration always goes first."""
-    return configs[round_no % len(configs):] + configs[:round_no % len(configs)]
 
 
 def run_scenarios(bench, selected):
@@ -497,6 +496,10 @@ def run(args):
             if memory:
                 memory["tqserver"]["main_instance_idle_rss_kb"] = tq_idle_kb
                 memory["tqserver"]["main_instance_after_load_rss_kb"] = tq_after_kb
+        runtime = None
+        if not selected or "runtime" in selected:
+            SERVICES.stop("tqserver")
+            runtime = runtime_part(bench, args.rounds)
         burst = None
         if not selected or "burst" in selected:
             SERVICES.stop("tqserver")
@@ -509,7 +512,10 @@ def run(args):
         for rel in ("tq/config/server.yaml", "tq/workers/bench/config/worker.yaml",
                     "tq-embed/workers/bench/config/worker.yaml",
                     "nginx/nginx.conf", "fpm/php-fpm.conf", "fpm-ka/php-fpm.conf",
-                    "tq-burst/workers/bench/config/worker.yaml", "fpm-burst/php-fpm.conf"):
+                    "tq-burst/workers/bench/config/worker.yaml", "fpm-burst/php-fpm.conf",
+                    "rt-cgi/config/server.yaml", "rt-cgi/workers/once/config/worker.yaml",
+                    "rt-embed/workers/once/config/worker.yaml", "rt-embed/workers/spawn/config/worker.yaml",
+                    "rt-embed/workers/burst/config/worker.yaml"):
             path = os.path.join(tmp, rel)
             if os.path.exists(path):
                 with open(path) as f:
@@ -535,6 +541,7 @@ def run(args):
         "ratios": compute_ratios(scenarios),
         "memory": memory,
         "burst": burst,
+        "runtime": runtime,
         "spawn_ms": bench.spawn_ms,
     }
     os.makedirs(RESULTS_DIR, exist_ok=True)

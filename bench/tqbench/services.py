@@ -75,8 +75,8 @@ def run_load(argv, timeout):
 
 
 
-def start_tqserver(name, config_path, port, tmp, expected_workers, runtime="cgi"):
-    """Starts tqserver; returns its Popen once it serves (and once
+def start_tqserver(name, config_path, port, tmp, expected_workers, runtime="cgi", probe="/hello.php"):
+    """Starts tqserver; returns its Popen once `probe` answers 200 (and once
     expected_workers of its PHP workers run, or 10 s passed), or None and a
     reason."""
     check = subprocess.run([TQSERVER, "check", "--config", config_path],
@@ -86,7 +86,7 @@ def start_tqserver(name, config_path, port, tmp, expected_workers, runtime="cgi"
     proc = SERVICES.start(name, [TQSERVER, "run", "--config", config_path],
                           os.path.join(tmp, f"{name}.log"))
     ok = wait_for(lambda: proc.poll() is not None or http_get(
-        f"http://127.0.0.1:{port}/hello.php", timeout=2)[0] == 200, 30, 0.1)
+        f"http://127.0.0.1:{port}{probe}", timeout=2)[0] == 200, 30, 0.1)
     if not ok or proc.poll() is not None:
         SERVICES.stop(name)
         with open(os.path.join(tmp, f"{name}.log")) as f:
