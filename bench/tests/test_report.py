@@ -75,6 +75,40 @@ class Svg(unittest.TestCase):
         self.assertNotIn("quick smoke run", report.render_svg(support.results("full")))
 
 
+class Pinned(unittest.TestCase):
+    """A --pin run says so in the tables, the doc and the SVG; the CPU
+    table's bound is the servers' one CPU."""
+
+    def results(self):
+        results = support.results("full")
+        results["meta"]["settings"]["pinned"] = {"servers_cpu": 0, "load_cpu": 1}
+        results["ratios"] = report.compute_ratios(results["scenarios"])
+        return results
+
+    def test_tables(self):
+        table = report.markdown_tables(self.results())
+        self.assertTrue(table.startswith(
+            "Pinned (`--pin`): the servers (tqserver and its PHP processes, nginx, php-fpm) on CPU 0, "
+            "the load generators (wrk, ab, fcgi-bench) on CPU 1.\n\n| scenario |"), table[:300])
+        self.assertNotIn("Pinned", report.markdown_tables(support.results("full")))
+
+    def test_cpu_bound_of_one_cpu_without_the_load_generator(self):
+        lines = report.cpu_table(self.results()).splitlines()
+        self.assertTrue(lines[0].endswith("| total | req/s bound (servers on 1 CPU) |"))
+        # tqserver 31.0 + PHP 28.7 us per request: 1e6 / 59.7.
+        self.assertEqual(lines[2], "| hello.php, c=20 | tqserver | 31.0 | 28.7 |  | 11.4 | 71.1 | 16,750 |")
+
+    def test_doc_and_svg(self):
+        results = self.results()
+        doc = report.render_doc(results)
+        self.assertIn("4 PHP processes in every configuration; the servers (tqserver and its PHP processes, nginx, "
+                      "php-fpm) pinned to CPU 0\nand the load generators (wrk, ab, fcgi-bench, and the harness) to "
+                      "CPU 1", doc)
+        self.assertIn("The servers' parts share CPU 0", doc)
+        self.assertNotIn("share the\nmachine's CPUs", doc)
+        self.assertIn("pinned: servers on CPU 0, load on CPU 1", report.render_svg(results))
+
+
 class Tables(unittest.TestCase):
     def test_targets_table(self):
         self.assertEqual(report.targets_table([]), "No target could be evaluated in this run.")

@@ -14,7 +14,7 @@ import sys
 from .paths import FCGI_BENCH, REPO, TQSERVER, TQSERVER_PHP
 from .report import render
 from .runner import run
-from .services import SERVICES, on_signal
+from .services import PIN_LOAD_CPU, PIN_SERVER_CPU, SERVICES, on_signal
 from .util import log
 
 
@@ -36,6 +36,9 @@ def parse_args(doc, argv=None):
     p.add_argument("--docs", dest="docs", action="store_true", default=None,
                    help="write docs/BENCHMARKS.md and docs/benchmarks.svg (default unless --quick)")
     p.add_argument("--no-docs", dest="docs", action="store_false")
+    p.add_argument("--pin", action="store_true",
+                   help="pin the servers (tqserver and its PHP processes, nginx, php-fpm) to CPU 0 and the load "
+                        "generators (wrk, ab, fcgi-bench, and this harness) to CPU 1 (taskset)")
     p.add_argument("--keep-tmp", action="store_true", help="keep the temp dir (configs, logs)")
     p.add_argument("--render", metavar="FILE", help="only render a saved results JSON")
     args = p.parse_args(argv)
@@ -72,6 +75,19 @@ def prepare(args):
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
+def pin(services, allowed=None):
+    """--pin: servers on PIN_SERVER_CPU, load generators and this harness (its
+    threads and /proc sampling are load too) on PIN_LOAD_CPU. Exits if this
+    process may not use both."""
+    allowed = os.sched_getaffinity(0) if allowed is None else allowed
+    if not {PIN_SERVER_CPU, PIN_LOAD_CPU} <= allowed:
+        sys.exit(f"bench/run: --pin needs CPUs {PIN_SERVER_CPU} and {PIN_LOAD_CPU}; "
+                 f"this process may use {sorted(allowed)}")
+    services.pin(PIN_SERVER_CPU, PIN_LOAD_CPU)
+    os.sched_setaffinity(0, {PIN_LOAD_CPU})
+    log(f"pinned: servers on CPU {PIN_SERVER_CPU}, load generators and the harness on CPU {PIN_LOAD_CPU}")
+
+
 def main(doc):
     """bench/run: parse the options, then render saved results or run the suite."""
     args = parse_args(doc)
@@ -82,5 +98,7 @@ def main(doc):
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, on_signal)
     atexit.register(SERVICES.stop_all)
-    prepare(args)
+    prepare(args)  # the build uses every CPU
+    if args.pin:
+        pin(SERVICES)
     run(args)

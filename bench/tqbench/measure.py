@@ -132,8 +132,10 @@ def to_ms(text):
     return float(number) * UNITS_MS[unit]
 
 
-def wrk_command(url, concurrency, duration, keepalive):
-    threads = min(os.cpu_count() or 1, concurrency)
+def wrk_command(url, concurrency, duration, keepalive, cpus=None):
+    """wrk with a thread per CPU it has (cpus, else the machine's), at most
+    one per connection."""
+    threads = min(cpus or os.cpu_count() or 1, concurrency)
     argv = ["wrk", "-t", str(threads), "-c", str(concurrency), "-d", f"{max(1, round(duration))}s",
             "--latency", "--timeout", "10s"]
     if not keepalive:

@@ -23,9 +23,9 @@ from .paths import FCGI_BENCH, HOLD_CONNS, REPO, RESULTS_DIR, TARGET_DIR
 from .report import compute_ratios, render
 from .runtimes import runtime_part
 from .scenarios import CONFIGS, LISTENER_CONFIGS, SCENARIOS, TQ_CONFIGS
-from .services import SERVICES, run_load, start_fpm, start_tqserver
+from .services import SERVICES, pinned, run_load, start_fpm, start_tqserver
 from .util import (command_output, concurrent_gets, free_port, http_get, log, median, port_open, round_order,
-                   unix_socket_open, wait_for)
+                   unix_socket_open, wait_for, write)
 
 
 # The tqserver instances the scenarios run through: service name (which is
@@ -53,24 +53,26 @@ class Bench:
         self.tqs = {}  # TQ_INSTANCES name -> its Popen (None when it is down)
         self.tq_configs = {}  # TQ_INSTANCES name -> its server.yaml
 
-    def load_argv(self, argv):
-        """A load generator's argv as it runs."""
-        return argv
-
     def note(self, text):
         log("note: " + text)
         self.notes.append(text)
 
     def command_for(self, config, scenario, duration):
-        """The load generator's argv for one configuration and scenario."""
+        """The load generator's argv for one configuration and scenario, as
+        it runs (on its CPU with --pin)."""
+        return SERVICES.load_argv(self.load_command(config, scenario, duration))
+
+    def load_command(self, config, scenario, duration):
         s = scenario
         if config in self.urls:
-            return wrk_command(self.urls[config] + s["path"], s["c"], duration, s["keepalive"])
+            # Pinned, wrk has one CPU: one thread.
+            return wrk_command(self.urls[config] + s["path"], s["c"], duration, s["keepalive"],
+                               cpus=1 if self.args.pin else None)
         script = os.path.join(self.public, s["path"].lstrip("/"))
         common = ["--script", script, "--document-root", self.public,
                   "--duration", f"{duration}s", "--warmup", "0.3s"]
         if config == "ceiling":
-            return [FCGI_BENCH, "--spawn", str(self.args.workers), "--php-cgi", self.php_cgi] + common
+            return [FCGI_BENCH, "--spawn", str(self.args.workers), "--php-cgi", self.ceiling_php_cgi] + common
         if config == "fcgi-fpm":
             # One kept-alive connection per php-fpm child: a child serves one
             # connection for as long as it stays open.
@@ -110,7 +112,7 @@ class Bench:
         spent = {g: sum(max(0.0, cpu_seconds(pid) - t) for pid, t in pids.items())
                  for g, pids in before.items()}
         try:
-            if argv[0] == "wrk":
+            if config in self.urls:  # wrk
                 result = parse_wrk(out)
             else:
                 result = parse_fcgi_bench(out)
@@ -241,8 +243,7 @@ def hold_connections(port, count, pid_list):
     """Opens `count` idle keep-alive connections to port; returns what it saw
     and the summed RSS of pid_list() while they were open."""
     proc = subprocess.Popen(
-        [sys.executable, HOLD_CONNS, "127.0.0.1", str(port),
-         "/idle.txt", str(count)],
+        SERVICES.load_argv([sys.executable, HOLD_CONNS, "127.0.0.1", str(port), "/idle.txt", str(count)]),
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     SERVICES.transient.add(proc)
     try:
@@ -391,6 +392,13 @@ def burst_part(bench, rounds):
     return out
 
 
+def ceiling_wrapper(php_cgi, cpu):
+    """A script that runs php-cgi on `cpu`: exec all the way, so php-cgi
+    keeps the pid fcgi-bench started (its kill and parent-death signal
+    reach it) and the socket at fd 0."""
+    return "#!/bin/sh\nexec " + shlex.join(pinned([php_cgi], cpu)) + ' "$@"\n'
+
+
 # ---- the whole run ------------------------------------------------------------
 
 def run(args):
@@ -406,6 +414,12 @@ def run(args):
     bench = Bench(args, tmp)
     try:
         bench.php_cgi, bench.php_fpm = php_cgi, php_fpm
+        bench.ceiling_php_cgi = php_cgi
+        if args.pin:
+            # fcgi-bench (a load generator) starts the ceiling's php-cgi,
+            # which would inherit its CPU: a wrapper puts them on the servers'.
+            bench.ceiling_php_cgi = os.path.join(tmp, "php-cgi-pinned")
+            write(bench.ceiling_php_cgi, ceiling_wrapper(php_cgi, SERVICES.server_cpu), 0o755)
         bench.public = make_site(tmp)
         ports = {name: free_port() for name in ("tqserver", "tqserver-embed", "nginx-fpm", "nginx-fpm-ka",
                                                 "nginx-burst", "nginx-tq", "nginx-tq-noka")}
@@ -525,14 +539,17 @@ def run(args):
         else:
             shutil.rmtree(tmp, ignore_errors=True)
 
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S") + ("-quick" if args.quick else "")
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S") + ("-quick" if args.quick else "") \
+        + ("-pin" if args.pin else "")
     results = {
         "meta": {
             "date": datetime.datetime.now().isoformat(timespec="seconds"),
             "machine": machine_info(),
             "versions": versions(php_cgi, php_fpm),
             "settings": {"rounds": args.rounds, "duration": args.duration, "warmup": args.warmup,
-                         "workers": args.workers, "quick": args.quick, "connections": args.connections},
+                         "workers": args.workers, "quick": args.quick, "connections": args.connections,
+                         "pinned": {"servers_cpu": SERVICES.server_cpu, "load_cpu": SERVICES.load_cpu}
+                         if args.pin else None},
             "notes": bench.notes,
             "commands": {k: c.replace(tmp, "$TMP") for k, c in bench.commands.items()},
             "config_files": config_files,

@@ -129,7 +129,7 @@ def run_ab(bench, label, url, concurrency, requests=None, seconds=None):
     parse_ab's fields plus "ms", or None (logged) if it failed. The command
     is recorded under `label` unless that is None (a warm-up)."""
     csv_path = os.path.join(bench.tmp, "ab.csv")
-    argv = bench.load_argv(ab_command(url, concurrency, csv_path, requests=requests, seconds=seconds))
+    argv = SERVICES.load_argv(ab_command(url, concurrency, csv_path, requests=requests, seconds=seconds))
     if label:
         bench.commands.setdefault(label, shlex.join(argv))
     code, out, err = run_load(argv, 120)

@@ -1,7 +1,8 @@
 """The processes the harness starts (servers and load generators), and
 stopping them whatever happens: each server runs in its own session, is
 stopped with SIGTERM, and after a grace period its whole process group is
-killed."""
+killed. With --pin, servers run on one CPU and load generators on another
+(taskset)."""
 
 import os
 import signal
@@ -12,14 +13,37 @@ from .paths import TQSERVER
 from .util import http_get, wait_for
 
 
+# --pin: the servers' CPU and the load generators'.
+PIN_SERVER_CPU, PIN_LOAD_CPU = 0, 1
+
+
+def pinned(argv, cpu):
+    """argv run on CPU `cpu` only (taskset; its children inherit that), or
+    as it is when cpu is None."""
+    return argv if cpu is None else ["taskset", "-c", str(cpu)] + argv
+
+
 class Services:
     """Every long-running process the harness starts; all are stopped on exit."""
 
     def __init__(self):
         self.procs = {}  # name -> Popen
         self.transient = set()  # load generators running right now
+        self.server_cpu = None  # with --pin, the CPU every server runs on
+        self.load_cpu = None  # and the load generators'
+
+    def pin(self, server_cpu=PIN_SERVER_CPU, load_cpu=PIN_LOAD_CPU):
+        """From now on, servers start on server_cpu and load generators (see
+        load_argv) on load_cpu."""
+        self.server_cpu, self.load_cpu = server_cpu, load_cpu
+
+    def load_argv(self, argv):
+        """A load generator's argv as it is run (and recorded)."""
+        return pinned(argv, self.load_cpu)
 
     def start(self, name, argv, log_path):
+        """Starts a server (on the servers' CPU with --pin)."""
+        argv = pinned(argv, self.server_cpu)
         log = open(log_path, "ab")
         # Own session: a Ctrl-C at the terminal reaches the harness, which
         # then stops servers in order instead of leaving them half-dead.
