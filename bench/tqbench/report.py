@@ -257,7 +257,8 @@ def render_doc(results):
         cpu_text = (f"The servers' parts share CPU {pin['servers_cpu']}, so their total (without the load "
                     "generator's) bounds\nthe rate: the last column is one CPU-second divided by it.")
     else:
-        sharing = "load generator and servers share the\nmachine's CPUs."
+        sharing = ("load generator and servers share the\nmachine's CPUs (`bench/run --pin` would put the "
+                   "servers on CPU 0 and the load generators on CPU 1).")
         cpu_text = ("Every part shares the same {n} CPUs, so the total bounds the rate: the last\n"
                     "column is {n} CPU-seconds divided by the total.").format(n=m["nproc"])
     configs = "\n".join(f"- **{label}** (`{cid}`): {desc}." for cid, (label, desc) in CONFIGS.items())
