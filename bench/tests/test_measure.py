@@ -145,7 +145,7 @@ class AbOutput(unittest.TestCase):
 
 class Rounds(unittest.TestCase):
     def test_saved_results_are_their_rounds_summarised(self):
-        for scenario in support.results("full")["scenarios"]:
+        for scenario in support.results("full")["scenarios"] + support.results("pinned")["scenarios"]:
             for config, entry in scenario["configs"].items():
                 with self.subTest(scenario=scenario["id"], config=config):
                     self.assertEqual(measure.summarize(entry["rounds"], entry["concurrency"]), entry)

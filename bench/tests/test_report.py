@@ -14,7 +14,7 @@ from tqbench import report
 
 from . import support
 
-RUNS = ("full", "quick", "empty")
+RUNS = ("full", "quick", "empty", "pinned")
 
 
 def rendered(name):

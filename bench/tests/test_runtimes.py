@@ -9,6 +9,8 @@ import unittest
 from tqbench import configs, runtimes
 from tqbench.paths import TQSERVER, TQSERVER_PHP
 
+from . import support
+
 
 def ab(rps=None, errors=0, **ms):
     """An ab run's parsed result: ms given as p50=..., p99=..., p100=..."""
@@ -49,6 +51,11 @@ class Medians(unittest.TestCase):
                     "burst_ms": 275.0, "errors": 3},
             "embed": {"once_rps": 800.0, "kept_p50_ms": 0.2, "spawn_p50_ms": 2.0, "spawn_p99_ms": 6.0,
                       "burst_ms": 35.0, "errors": 0}})
+
+    def test_a_saved_run_is_its_rounds_summarised(self):
+        part = support.results("pinned")["runtime"]
+        self.assertEqual(runtimes.medians(part["rounds"]), part["median"])
+        self.assertEqual(part["median"]["embed"]["spawn_p50_ms"], 2.243)
 
     def test_a_runtime_without_rounds(self):
         self.assertEqual(runtimes.medians({"cgi": [], "embed": [self.round(1.0, 1.0, 1.0)]})["cgi"], None)

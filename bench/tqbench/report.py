@@ -103,8 +103,9 @@ def cpu_table(results):
             total = sum(v for v in cpu.values() if v)
             cells = [fmt(cpu.get(g), 1) if cpu.get(g) else "" for g in CPU_GROUPS]
             if pin:
+                # The ceiling's php-cgi count with fcgi-bench, its parent.
                 servers = sum(v for g, v in cpu.items() if v and g != "load generator")
-                bound = f"{1e6 / servers:,.0f}" if servers else ""
+                bound = f"{1e6 / servers:,.0f}" if servers and config != "ceiling" else ""
             else:
                 bound = f"{cpus * 1e6 / total:,.0f}" if total else ""
             lines.append(f"| {s['label']} | {CONFIGS[config][0]} | " + " | ".join(cells)
