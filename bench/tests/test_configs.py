@@ -36,6 +36,7 @@ def write_all(tmp):
         configs.nginx_config(tmp, public, PORTS, socks, f"{tmp}/tq-listener.sock", 4)
         configs.tqserver_config(tmp, "tq", public, 41001, "/usr/bin/php-cgi8.2", configs.static_pool(4),
                                 f"{tmp}/tq-listener.sock")
+        configs.tqserver_config(tmp, "tq-embed", public, 41008, None, configs.static_pool(4), None, runtime="embed")
         configs.tqserver_config(tmp, "tq-burst", public, 41007, "/usr/bin/php-cgi8.2", configs.dynamic_pool(), None)
     return public
 

@@ -101,9 +101,51 @@ class FcgiBenchOutput(unittest.TestCase):
                 parse_fcgi_bench(out)
 
 
+class AbOutput(unittest.TestCase):
+    def test_a_run(self):
+        self.assertEqual(measure.parse_ab(support.data("ab_hello.txt")),
+                         {"rps": 99.98, "requests": 20, "errors": 0})
+
+    def test_non_2xx_responses_are_errors(self):
+        result = measure.parse_ab(support.data("ab_non2xx.txt"))
+        self.assertEqual((result["rps"], result["requests"], result["errors"]), (539.64, 10, 10))
+
+    def test_a_refused_run_raises_a_load_output_error(self):
+        self.assertIn("Connection refused", support.data("ab_refused.stderr.txt"))
+        banner = "".join(support.data("ab_hello.txt").splitlines(True)[:4])  # what stdout then holds
+        for out in ("", banner):
+            with self.assertRaises(LOAD_OUTPUT_ERRORS):
+                measure.parse_ab(out)
+
+    def test_percentiles_leave_out_the_rows_ab_reads_past_its_times(self):
+        # 20 requests: rows 98 and 99 are past the end of ab's array (0.257 ms
+        # of garbage); row 100 is the slowest request.
+        csv = support.data("ab_hello.csv")
+        self.assertIn("98,0.257\n99,0.257\n100,144.066\n", csv)
+        rows = measure.parse_ab_percentiles(csv, 20)
+        self.assertEqual((rows[0], rows[50], rows[97], rows[100]), (0.654, 3.712, 144.066, 144.066))
+        self.assertNotIn(98, rows)
+        self.assertNotIn(99, rows)
+        # With more than 50 requests every row is within them.
+        self.assertEqual(len(measure.parse_ab_percentiles(csv, 200)), 101)
+
+    def test_percentiles_without_their_rows_raise(self):
+        for text in ("", "Percentage served,Time in ms\n", "Percentage served,Time in ms\n50,1.0\n",
+                     "Percentage served,Time in ms\n50,x\n100,2.0\n"):
+            with self.assertRaises(LOAD_OUTPUT_ERRORS, msg=text):
+                measure.parse_ab_percentiles(text, 100)
+
+    def test_command(self):
+        self.assertEqual(measure.ab_command("http://h/a.php", 4, "/t/ab.csv", seconds=5.0),
+                         ["ab", "-q", "-c", "4", "-e", "/t/ab.csv", "-t", "5", "http://h/a.php"])
+        self.assertEqual(measure.ab_command("http://h/a.php", 1, "/t/ab.csv", requests=200),
+                         ["ab", "-q", "-c", "1", "-e", "/t/ab.csv", "-n", "200", "http://h/a.php"])
+        self.assertEqual(measure.ab_command("u", 1, "c", seconds=0.3)[-2], "1")
+
+
 class Rounds(unittest.TestCase):
     def test_saved_results_are_their_rounds_summarised(self):
-        for scenario in support.results("full")["scenarios"]:
+        for scenario in support.results("full")["scenarios"] + support.results("pinned")["scenarios"]:
             for config, entry in scenario["configs"].items():
                 with self.subTest(scenario=scenario["id"], config=config):
                     self.assertEqual(measure.summarize(entry["rounds"], entry["concurrency"]), entry)
@@ -149,6 +191,22 @@ class Proc(unittest.TestCase):
         self.assertGreaterEqual(measure.open_fds(pid), 3)
         self.assertGreaterEqual(measure.cpu_seconds(pid), 0.0)
 
+    def test_php_processes_and_workers_of_both_runtimes(self):
+        # tqserver 10 with two php-cgi (11, 12); tqserver 20 with a zygote 21
+        # that forked 22 and 23; 30 is someone else's.
+        tree = {10: 1, 11: 10, 12: 10, 20: 1, 21: 20, 22: 21, 23: 21, 30: 1, 31: 30}
+        self.assertEqual(measure.php_workers(10, "cgi", tree), [11, 12])
+        self.assertEqual(measure.php_processes(10, tree), [11, 12])
+        self.assertEqual(measure.php_workers(20, "embed", tree), [22, 23])
+        self.assertEqual(measure.php_processes(20, tree), [21, 22, 23])
+        self.assertEqual(measure.php_workers(20, "cgi", tree), [21])
+        self.assertEqual(measure.children_of(99, tree), [])
+
+    def test_pss(self):
+        pss = measure.pss_kb(os.getpid())
+        self.assertGreater(pss, 1000)
+        self.assertLessEqual(pss, measure.rss_kb(os.getpid()))
+
     def test_children_and_a_process_that_is_gone(self):
         child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
         try:
@@ -158,6 +216,7 @@ class Proc(unittest.TestCase):
             child.wait()
         self.assertNotIn(child.pid, measure.children_of(os.getpid()))
         self.assertEqual(measure.cpu_seconds(child.pid), 0.0)
+        self.assertEqual(measure.pss_kb(child.pid), 0)
 
 
 if __name__ == "__main__":

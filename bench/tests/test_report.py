@@ -14,7 +14,7 @@ from tqbench import report
 
 from . import support
 
-RUNS = ("full", "quick", "empty")
+RUNS = ("full", "quick", "empty", "pinned")
 
 
 def rendered(name):
@@ -75,6 +75,40 @@ class Svg(unittest.TestCase):
         self.assertNotIn("quick smoke run", report.render_svg(support.results("full")))
 
 
+class Pinned(unittest.TestCase):
+    """A --pin run says so in the tables, the doc and the SVG; the CPU
+    table's bound is the servers' one CPU."""
+
+    def results(self):
+        results = support.results("full")
+        results["meta"]["settings"]["pinned"] = {"servers_cpu": 0, "load_cpu": 1}
+        results["ratios"] = report.compute_ratios(results["scenarios"])
+        return results
+
+    def test_tables(self):
+        table = report.markdown_tables(self.results())
+        self.assertTrue(table.startswith(
+            "Pinned (`--pin`): the servers (tqserver and its PHP processes, nginx, php-fpm) on CPU 0, "
+            "the load generators (wrk, ab, fcgi-bench) on CPU 1.\n\n| scenario |"), table[:300])
+        self.assertNotIn("Pinned", report.markdown_tables(support.results("full")))
+
+    def test_cpu_bound_of_one_cpu_without_the_load_generator(self):
+        lines = report.cpu_table(self.results()).splitlines()
+        self.assertTrue(lines[0].endswith("| total | req/s bound (servers on 1 CPU) |"))
+        # tqserver 31.0 + PHP 28.7 us per request: 1e6 / 59.7.
+        self.assertEqual(lines[2], "| hello.php, c=20 | tqserver | 31.0 | 28.7 |  | 11.4 | 71.1 | 16,750 |")
+
+    def test_doc_and_svg(self):
+        results = self.results()
+        doc = report.render_doc(results)
+        self.assertIn("4 PHP processes in every configuration; the servers (tqserver and its PHP processes, nginx, "
+                      "php-fpm) pinned to CPU 0\nand the load generators (wrk, ab, fcgi-bench, and the harness) to "
+                      "CPU 1", doc)
+        self.assertIn("The servers' parts share CPU 0", doc)
+        self.assertNotIn("share the\nmachine's CPUs", doc)
+        self.assertIn("pinned: servers on CPU 0, load on CPU 1", report.render_svg(results))
+
+
 class Tables(unittest.TestCase):
     def test_targets_table(self):
         self.assertEqual(report.targets_table([]), "No target could be evaluated in this run.")
@@ -96,7 +130,35 @@ class Tables(unittest.TestCase):
         self.assertEqual(report.compute_ratios([s]), {"hello_c20": {
             "tqserver / nginx+php-fpm": 1.5, "tqserver / ceiling": 0.33}})
 
+    def test_runtime_table(self):
+        part = {"workers": 4, "burst": {"concurrency": 10, "sleep_ms": 100, "from": 3, "to": 10},
+                "rounds": {"cgi": [{}, {}, {}], "embed": [{}, {}]},
+                "median": {"cgi": {"once_rps": 40.4, "kept_p50_ms": 0.2, "spawn_p50_ms": 46.0, "spawn_p99_ms": 90.0,
+                                   "burst_ms": 310.0, "errors": 0},
+                           "embed": {"once_rps": 812.0, "kept_p50_ms": 0.15, "spawn_p50_ms": 1.5,
+                                     "spawn_p99_ms": None, "burst_ms": 31.0, "errors": 2}},
+                "pss": {"cgi": {"mean_pss_kb": 11264, "zygote_pss_kb": None},
+                        "embed": {"mean_pss_kb": 2048, "zygote_pss_kb": 6400}}}
+        lines = report.runtime_table(part).splitlines()
+        self.assertEqual(lines[0], "Two tqserver instances serve the same apps, one per runtime; medians of 3 round(s):")
+        self.assertEqual(lines[4], "| `max_requests: 1` throughput, req/s (ab -c 4 for the run's duration, 4 workers, "
+                                   "each replaced after one request) | 40 | 812 | 20.10x |")
+        self.assertEqual(lines[6][-22:], "| 46.0 | 1.5 | 0.03x |")
+        self.assertEqual(lines[7], "| spawn to first response, p99 ms | 90.0 | - |  |")
+        self.assertEqual(lines[8], "| burst 3 -> 10 workers: slowest of 10 concurrent 100 ms requests, minus 100 ms "
+                                   "| 310.0 | 31.0 | 0.10x |")
+        self.assertEqual(lines[9:], [
+            "| PSS per worker, MiB (the kept pool's 4, after the rounds) | 11.0 | 2.0 | 0.18x |",
+            "| the zygote's PSS, MiB | | 6.2 | |",
+            "| errors (all ab runs) | 0 | 2 | |"])
+        # A runtime whose server never started.
+        part["median"]["cgi"], part["pss"]["cgi"] = None, None
+        lines = report.runtime_table(part).splitlines()
+        self.assertTrue(lines[4].endswith(" | - | 812 |  |"), lines[4])
+        self.assertEqual(lines[-1], "| errors (all ab runs) | - | 2 | |")
+
     def test_parts_not_measured(self):
+        self.assertEqual(report.runtime_table(None), "Not measured in this run.")
         self.assertEqual(report.memory_table(None), "Not measured in this run.")
         self.assertEqual(report.burst_table(None, []), "Not measured in this run.")
         self.assertEqual(report.cpu_table(support.results("quick")), "Not measured in this run.")

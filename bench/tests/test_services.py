@@ -62,6 +62,24 @@ class Services(unittest.TestCase):
         self.assertEqual(server.returncode, -15)
         self.assertEqual(self.services.procs, {})
 
+    def test_pinned_argv(self):
+        self.assertEqual(services.pinned(["wrk", "-c", "20"], 1), ["taskset", "-c", "1", "wrk", "-c", "20"])
+        self.assertEqual(services.pinned(["wrk"], None), ["wrk"])
+        self.assertEqual(self.services.load_argv(["ab", "-n", "1"]), ["ab", "-n", "1"])
+        self.services.pin(0, 1)
+        self.assertEqual(self.services.load_argv(["ab", "-n", "1"]), ["taskset", "-c", "1", "ab", "-n", "1"])
+
+    @unittest.skipUnless(shutil.which("taskset") and {0, 1} <= os.sched_getaffinity(0), "needs taskset and 2 CPUs")
+    def test_pinned_servers_run_on_their_cpu_and_so_do_their_children(self):
+        self.services.pin(0, 1)
+        proc = self.services.start("server", ["sh", "-c", "sleep 30 & wait"], os.path.join(self.tmp, "server.log"))
+        self.assertTrue(wait_for(lambda: children_of(proc.pid), 5))
+        # taskset execs the server: the pid is the server's own.
+        with open(f"/proc/{proc.pid}/comm") as f:
+            self.assertEqual(f.read().strip(), "sh")
+        self.assertEqual(os.sched_getaffinity(proc.pid), {0})
+        self.assertEqual(os.sched_getaffinity(children_of(proc.pid)[0]), {0})
+
     def test_run_load(self):
         code, out, err = services.run_load([sys.executable, "-c", "print('out'); import sys; sys.exit(3)"], 30)
         self.assertEqual((code, out, err), (3, "out\n", ""))

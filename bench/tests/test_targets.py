@@ -4,7 +4,7 @@ import re
 import unittest
 
 from tqbench import targets
-from tqbench.targets import MemoryTarget, RatioTarget, Targets, TargetsError, evaluate, parse_targets
+from tqbench.targets import MemoryTarget, RatioTarget, RuntimeTarget, Targets, TargetsError, evaluate, parse_targets
 
 from . import support
 
@@ -16,8 +16,13 @@ def scenario(sid, **configs):
         for c, v in configs.items()}}
 
 
-def run(*scenarios, memory=None):
-    return {"scenarios": list(scenarios), "memory": memory}
+def run(*scenarios, memory=None, runtime=None):
+    return {"scenarios": list(scenarios), "memory": memory, "runtime": runtime}
+
+
+def runtime_part(cgi, embed):
+    """The runtime part's medians: {measure: value} per runtime, or None."""
+    return {"median": {"cgi": cgi, "embed": embed}}
 
 
 def memory(connections, idle_kb, held_kb, opened):
@@ -32,10 +37,16 @@ class TheFile(unittest.TestCase):
             "{scenario}: tqserver >= 2x best nginx+php-fpm, p99 no worse",
             "{scenario}: tqserver >= 0.6x ceiling",
             "{scenario}: listener path >= 1.0x best nginx+php-fpm",
-            "static 10 KB: tqserver >= 0.8x nginx"])
+            "static 10 KB: tqserver >= 0.8x nginx",
+            "{scenario}: embed runtime >= 1.0x php-cgi runtime (tqserver embed vs tqserver)"])
         self.assertEqual(t.scenario_order(), ["hello_c20", "hello_c100", "static10k_c20"])
         self.assertEqual(t.memory, (MemoryTarget("{connections} idle keep-alive connections cost tqserver < 50 MB",
                                                  "tqserver", 50.0),))
+        self.assertEqual(t.runtime, (
+            RuntimeTarget("max_requests: 1 throughput: embed >= 5x php-cgi", "once_rps", "embed", versus="cgi",
+                          at_least=5.0),
+            RuntimeTarget("spawn to first response: embed median <= 5 ms", "spawn_p50_ms", "embed", at_most=5.0),
+            RuntimeTarget("burst 3 -> 10 workers: embed < 50 ms", "burst_ms", "embed", below=50.0)))
 
     def test_each_name_states_its_threshold(self):
         t = targets.load_targets()
@@ -43,6 +54,9 @@ class TheFile(unittest.TestCase):
             self.assertEqual(float(re.search(r">= ([\d.]+)x", r.name).group(1)), r.at_least, r.name)
         for m in t.memory:
             self.assertEqual(float(re.search(r"< ([\d.]+) MB", m.name).group(1)), m.below_mb, m.name)
+        for r in t.runtime:
+            sign, number = re.search(r"(>=|<=|<) ([\d.]+)", r.name).groups()
+            self.assertEqual(float(number), {">=": r.at_least, "<=": r.at_most, "<": r.below}[sign], r.name)
 
     def test_rows_of_a_full_run(self):
         self.assertEqual(evaluate(support.results("full")), [
@@ -108,6 +122,48 @@ class Ratios(unittest.TestCase):
         self.assertEqual(rows, [("page50k_c20: fpm-ka over fpm", "1.05x", False)])
 
 
+class Runtime(unittest.TestCase):
+    CGI = {"once_rps": 40.0, "spawn_p50_ms": 46.0, "burst_ms": 300.0}
+
+    def rows(self, embed, cgi=CGI):
+        return evaluate(run(runtime=runtime_part(cgi, embed)))
+
+    def test_met(self):
+        self.assertEqual(self.rows({"once_rps": 812.5, "spawn_p50_ms": 1.52, "burst_ms": 31.0}), [
+            ("max_requests: 1 throughput: embed >= 5x php-cgi", "20.31x (812.5 vs 40.0 req/s)", True),
+            ("spawn to first response: embed median <= 5 ms", "1.5 ms", True),
+            ("burst 3 -> 10 workers: embed < 50 ms", "31.0 ms", True)])
+
+    def test_at_the_thresholds(self):
+        # >= and <= hold at the threshold, < does not.
+        rows = self.rows({"once_rps": 200.0, "spawn_p50_ms": 5.0, "burst_ms": 50.0})
+        self.assertEqual([met for _, _, met in rows], [True, True, False])
+        rows = self.rows({"once_rps": 199.9, "spawn_p50_ms": 5.01, "burst_ms": 49.9})
+        self.assertEqual([met for _, _, met in rows], [False, False, True])
+
+    def test_what_was_not_measured_gives_no_row(self):
+        self.assertEqual(evaluate(run()), [])
+        self.assertEqual(self.rows(None), [])
+        # No cgi figure: no ratio, the absolute targets still have rows.
+        rows = self.rows({"once_rps": 800.0, "spawn_p50_ms": 2.0, "burst_ms": None}, cgi=None)
+        self.assertEqual(rows, [("spawn to first response: embed median <= 5 ms", "2.0 ms", True)])
+        rows = self.rows({"once_rps": 800.0}, cgi={"once_rps": 0.0})
+        self.assertEqual(rows, [])
+
+    def test_after_the_other_targets(self):
+        rows = evaluate(run(scenario("hello_c20", tqserver=(1.0, 1.0), ceiling=(1.0, 1.0)),
+                            memory=memory(100, 1024, 2048, 100),
+                            runtime=runtime_part(self.CGI, {"burst_ms": 20.0})))
+        self.assertEqual([name for name, _, _ in rows], [
+            "hello_c20: tqserver >= 0.6x ceiling", "100 idle keep-alive connections cost tqserver < 50 MB",
+            "burst 3 -> 10 workers: embed < 50 ms"])
+
+    def test_embed_against_php_cgi_in_a_scenario(self):
+        rows = evaluate(run(scenario("hello_c100", tqserver=(20000.0, 2.0), tqserver_embed=(21000.0, 2.0))))
+        self.assertEqual(rows, [("hello_c100: embed runtime >= 1.0x php-cgi runtime (tqserver embed vs tqserver)",
+                                 "1.05x", True)])
+
+
 class Memory(unittest.TestCase):
     def row(self, mem):
         return evaluate(run(memory=mem))
@@ -140,6 +196,22 @@ below_mb = 50
 """
 
 
+RUNTIME = """
+[[runtime]]
+name = "x"
+measure = "once_rps"
+runtime = "embed"
+versus = "cgi"
+at_least = 5
+
+[[runtime]]
+name = "y"
+measure = "burst_ms"
+runtime = "embed"
+below = 50
+"""
+
+
 class Parsing(unittest.TestCase):
     def test_a_valid_file(self):
         t = parse_targets(VALID)
@@ -147,6 +219,9 @@ class Parsing(unittest.TestCase):
         self.assertIsInstance(t.ratios[0].at_least, float)
         self.assertEqual(t.memory, (MemoryTarget("{connections} conns", "tqserver", 50.0),))
         self.assertEqual(parse_targets(""), Targets((), ()))
+        t = parse_targets(VALID + RUNTIME)
+        self.assertEqual(t.runtime, (RuntimeTarget("x", "once_rps", "embed", versus="cgi", at_least=5.0),
+                                     RuntimeTarget("y", "burst_ms", "embed", below=50.0)))
 
     def test_errors_say_where_and_what(self):
         cases = [
@@ -167,6 +242,21 @@ class Parsing(unittest.TestCase):
             (VALID.replace("below_mb = 50", "below_mb = 50\np99_no_worse = true"),
              "f.toml: [[memory]] 1: unknown key `p99_no_worse`"),
             (VALID + "\n[limits]\nx = 1\n", "f.toml: unknown table 'limits'"),
+            (VALID + RUNTIME.replace('"once_rps"', '"hello_rps"'),
+             "f.toml: [[runtime]] 1: key `measure`: 'hello_rps' is not a figure of the runtime part"),
+            (VALID + RUNTIME.replace('runtime = "embed"\nversus', 'runtime = "fpm"\nversus'),
+             "f.toml: [[runtime]] 1: key `runtime`: 'fpm' is not a php.runtime (cgi, embed)"),
+            (VALID + RUNTIME.replace('versus = "cgi"', 'versus = "fpm"'), "[[runtime]] 1: key `versus`: 'fpm' is not"),
+            (VALID + RUNTIME.replace("below = 50", "below = 50\nat_most = 40"),
+             "f.toml: [[runtime]] 2: exactly one of `at_least` (with `versus`), `at_most` or `below` is expected, "
+             "got `at_most`, `below`"),
+            (VALID + RUNTIME.replace("below = 50", ""), "[[runtime]] 2: exactly one of `at_least` (with `versus`), "
+             "`at_most` or `below` is expected, got none"),
+            (VALID + RUNTIME.replace("below = 50", 'below = 50\nversus = "cgi"'),
+             "[[runtime]] 2: `versus` goes with `at_least` (a ratio), and only with it"),
+            (VALID + RUNTIME.replace('versus = "cgi"\n', ""), "[[runtime]] 1: `versus` goes with `at_least`"),
+            (VALID + RUNTIME.replace('name = "y"', 'name = "{scenario}"'),
+             "[[runtime]] 2: key `name`: '{scenario}' may use no {...} placeholder"),
             ("ratio = 3\n", "f.toml: `ratio` must be an array of tables ([[ratio]])"),
             ("[[ratio]\n", "f.toml: "),
         ]

@@ -7,9 +7,11 @@ One run, in the order it happens (`runner.run`):
 2. `services` starts them, waits until each serves, and stops every process
    it started on exit, Ctrl-C or error;
 3. `runner` drives the scenarios of `scenarios` through each configuration,
-   rounds alternating, and the memory and burst parts;
-4. `measure` builds the load generators' command lines, parses what wrk and
-   fcgi-bench print, and reads CPU time, RSS and child processes from /proc;
+   rounds alternating, and the memory and burst parts; `runtimes` runs the
+   runtime part (php.runtime cgi against embed);
+4. `measure` builds the load generators' command lines, parses what wrk,
+   fcgi-bench and ab print, and reads CPU time, RSS, PSS and child processes
+   from /proc;
 5. `targets` checks the issue's targets (bench/targets.toml) against the
    medians, and `report` renders the tables, docs/BENCHMARKS.md and
    docs/benchmarks.svg.

@@ -11,10 +11,10 @@ import signal
 import subprocess
 import sys
 
-from .paths import FCGI_BENCH, REPO, TQSERVER
+from .paths import FCGI_BENCH, REPO, TQSERVER, TQSERVER_PHP
 from .report import render
 from .runner import run
-from .services import SERVICES, on_signal
+from .services import PIN_LOAD_CPU, PIN_SERVER_CPU, SERVICES, on_signal
 from .util import log
 
 
@@ -28,7 +28,7 @@ def parse_args(doc, argv=None):
     p.add_argument("--duration", type=float, help="seconds per measurement (default 5)")
     p.add_argument("--warmup", type=float, help="unmeasured seconds per configuration first (default 1; wrk takes whole seconds)")
     p.add_argument("--workers", type=int, default=4, help="PHP processes per configuration (default 4)")
-    p.add_argument("--only", help="comma-separated scenario ids, plus memory and burst")
+    p.add_argument("--only", help="comma-separated scenario ids, plus memory, runtime and burst")
     p.add_argument("--connections", type=int, default=10000, help="idle connections for the memory part")
     p.add_argument("--burst-rounds", type=int, help="rounds of the burst part (default 3)")
     p.add_argument("--skip-deps", action="store_true", help="do not run scripts/deps.sh test")
@@ -36,6 +36,9 @@ def parse_args(doc, argv=None):
     p.add_argument("--docs", dest="docs", action="store_true", default=None,
                    help="write docs/BENCHMARKS.md and docs/benchmarks.svg (default unless --quick)")
     p.add_argument("--no-docs", dest="docs", action="store_false")
+    p.add_argument("--pin", action="store_true",
+                   help="pin the servers (tqserver and its PHP processes, nginx, php-fpm) to CPU 0 and the load "
+                        "generators (wrk, ab, fcgi-bench, and this harness) to CPU 1 (taskset)")
     p.add_argument("--keep-tmp", action="store_true", help="keep the temp dir (configs, logs)")
     p.add_argument("--render", metavar="FILE", help="only render a saved results JSON")
     args = p.parse_args(argv)
@@ -55,11 +58,12 @@ def prepare(args):
         if deps.returncode != 0:
             sys.exit("bench/run: missing Debian packages (see above)")
     if not args.skip_build:
-        log("cargo build --release -p tqserver -p fcgi-bench")
-        build = subprocess.run(["cargo", "build", "--release", "-p", "tqserver", "-p", "fcgi-bench"], cwd=REPO)
+        log("cargo build --release -p tqserver -p tq-php-runtime -p fcgi-bench")
+        build = subprocess.run(["cargo", "build", "--release", "-p", "tqserver", "-p", "tq-php-runtime",
+                                "-p", "fcgi-bench"], cwd=REPO)
         if build.returncode != 0:
             sys.exit("bench/run: the build failed (use --skip-build to run the binaries already built)")
-    for path in (TQSERVER, FCGI_BENCH):
+    for path in (TQSERVER, TQSERVER_PHP, FCGI_BENCH):
         if not os.access(path, os.X_OK):
             sys.exit(f"bench/run: {path} is missing; run without --skip-build")
     # 10,000 connections need file descriptors; children inherit this.
@@ -69,6 +73,19 @@ def prepare(args):
         resource.setrlimit(resource.RLIMIT_NOFILE, (want, want))
     except (ValueError, OSError):
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def pin(services, allowed=None):
+    """--pin: servers on PIN_SERVER_CPU, load generators and this harness (its
+    threads and /proc sampling are load too) on PIN_LOAD_CPU. Exits if this
+    process may not use both."""
+    allowed = os.sched_getaffinity(0) if allowed is None else allowed
+    if not {PIN_SERVER_CPU, PIN_LOAD_CPU} <= allowed:
+        sys.exit(f"bench/run: --pin needs CPUs {PIN_SERVER_CPU} and {PIN_LOAD_CPU}; "
+                 f"this process may use {sorted(allowed)}")
+    services.pin(PIN_SERVER_CPU, PIN_LOAD_CPU)
+    os.sched_setaffinity(0, {PIN_LOAD_CPU})
+    log(f"pinned: servers on CPU {PIN_SERVER_CPU}, load generators and the harness on CPU {PIN_LOAD_CPU}")
 
 
 def main(doc):
@@ -81,5 +98,7 @@ def main(doc):
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, on_signal)
     atexit.register(SERVICES.stop_all)
-    prepare(args)
+    prepare(args)  # the build uses every CPU
+    if args.pin:
+        pin(SERVICES)
     run(args)

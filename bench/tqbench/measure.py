@@ -25,6 +25,19 @@ def rss_kb(pid):
     return 0
 
 
+def pss_kb(pid):
+    """Proportional set size: shared pages divided among the processes that
+    map them (forked workers sharing OPcache count their share); 0 if gone."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
 def open_fds(pid):
     return len(os.listdir(f"/proc/{pid}/fd"))
 
@@ -46,9 +59,10 @@ def stat_cpu_ticks(data):
     return int(fields[11]) + int(fields[12])
 
 
-def children_of(ppid):
-    """Pids whose parent is ppid (scans /proc: no children file on this kernel)."""
-    pids = []
+def parents():
+    """{pid: parent pid} of every process (scans /proc: no children file on
+    this kernel)."""
+    out = {}
     for name in os.listdir("/proc"):
         if not name.isdigit():
             continue
@@ -57,9 +71,32 @@ def children_of(ppid):
                 data = f.read()
         except OSError:
             continue
-        if stat_ppid(data) == ppid:
-            pids.append(int(name))
-    return pids
+        out[int(name)] = stat_ppid(data)
+    return out
+
+
+def children_of(ppid, tree=None):
+    """Pids whose parent is ppid (in `tree`, a parents() taken before, or now)."""
+    tree = parents() if tree is None else tree
+    return [pid for pid, parent in tree.items() if parent == ppid]
+
+
+def php_processes(tqserver_pid, tree=None):
+    """A tqserver's PHP processes: its children (php-cgi, or an embed pool's
+    zygote) and theirs (the zygote's forked workers)."""
+    tree = parents() if tree is None else tree
+    children = children_of(tqserver_pid, tree)
+    return children + [pid for child in children for pid in children_of(child, tree)]
+
+
+def php_workers(tqserver_pid, runtime, tree=None):
+    """A tqserver's PHP workers: its php-cgi children, or with runtime
+    "embed" its zygotes' children."""
+    tree = parents() if tree is None else tree
+    children = children_of(tqserver_pid, tree)
+    if runtime != "embed":
+        return children
+    return [pid for zygote in children for pid in children_of(zygote, tree)]
 
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -95,8 +132,10 @@ def to_ms(text):
     return float(number) * UNITS_MS[unit]
 
 
-def wrk_command(url, concurrency, duration, keepalive):
-    threads = min(os.cpu_count() or 1, concurrency)
+def wrk_command(url, concurrency, duration, keepalive, cpus=None):
+    """wrk with a thread per CPU it has (cpus, else the machine's), at most
+    one per connection."""
+    threads = min(cpus or os.cpu_count() or 1, concurrency)
     argv = ["wrk", "-t", str(threads), "-c", str(concurrency), "-d", f"{max(1, round(duration))}s",
             "--latency", "--timeout", "10s"]
     if not keepalive:
@@ -133,6 +172,48 @@ def parse_fcgi_bench(out):
         "errors": data["errors"] + data["timeouts"] + data["non_2xx"],
         "spawn_ms": data.get("spawn_ms", []),
     }
+
+
+def ab_command(url, concurrency, csv_path, requests=None, seconds=None):
+    """ab (ApacheBench, one thread) for `requests` requests or `seconds`
+    seconds, writing its percentiles to csv_path (-e). Used where a run is
+    counted in requests, not seconds: spawning, the burst."""
+    argv = ["ab", "-q", "-c", str(concurrency), "-e", csv_path]
+    if seconds is not None:
+        argv += ["-t", str(max(1, round(seconds)))]  # implies -n 50000
+    if requests is not None:
+        argv += ["-n", str(requests)]
+    return argv + [url]
+
+
+def parse_ab(out):
+    """ab's report: rate, requests, errors (failed requests plus non-2xx
+    responses)."""
+    non_2xx = re.search(r"^Non-2xx responses:\s+(\d+)", out, re.M)
+    return {
+        "rps": float(re.search(r"^Requests per second:\s+([\d.]+)", out, re.M).group(1)),
+        "requests": int(re.search(r"^Complete requests:\s+(\d+)", out, re.M).group(1)),
+        "errors": int(re.search(r"^Failed requests:\s+(\d+)", out, re.M).group(1))
+        + (int(non_2xx.group(1)) if non_2xx else 0),
+    }
+
+
+def parse_ab_percentiles(csv, requests):
+    """ab -e's file: {percent: ms} for 0..100, in microsecond resolution
+    (its printed table has whole milliseconds). ab reads the row for percent
+    p at index int(0.5 + requests * p / 100) of its sorted times, past the
+    end of them for the top rows when there are fewer than 50 requests (the
+    row holds garbage); those rows are left out. Row 100 is always the
+    slowest request."""
+    rows = {}
+    for line in csv.strip().splitlines()[1:]:
+        percent, ms = line.split(",")
+        percent = int(percent)
+        if percent == 100 or int(0.5 + requests * percent / 100) < requests:
+            rows[percent] = float(ms)
+    if 100 not in rows or 50 not in rows:
+        raise ValueError("ab -e: no 50% or 100% row")
+    return rows
 
 
 # ---- rounds -----------------------------------------------------------------

@@ -8,5 +8,10 @@ DOCS_MD = os.path.join(REPO, "docs", "BENCHMARKS.md")
 DOCS_SVG = os.path.join(REPO, "docs", "benchmarks.svg")
 TARGETS_TOML = os.path.join(REPO, "bench", "targets.toml")
 HOLD_CONNS = os.path.join(REPO, "bench", "hold_conns.py")
-TQSERVER = os.path.join(REPO, "target", "release", "tqserver")
-FCGI_BENCH = os.path.join(REPO, "target", "release", "fcgi-bench")
+# Where `cargo build --release` puts them: $CARGO_TARGET_DIR if set (relative
+# to the repository, where bench/run runs cargo), else target/.
+TARGET_DIR = os.path.join(REPO, os.environ.get("CARGO_TARGET_DIR") or "target")
+TQSERVER = os.path.join(TARGET_DIR, "release", "tqserver")
+# php.runtime: embed's runtime; tqserver finds it beside itself.
+TQSERVER_PHP = os.path.join(TARGET_DIR, "release", "tqserver-php")
+FCGI_BENCH = os.path.join(TARGET_DIR, "release", "fcgi-bench")

@@ -18,6 +18,7 @@ def ratio(a, b):
 
 
 RATIO_NAMES = ["tqserver / nginx+php-fpm", "tqserver / nginx+php-fpm keepalive",
+               "embed / tqserver", "embed / nginx+php-fpm",
                "listener / nginx+php-fpm", "listener / nginx+php-fpm keepalive",
                "tqserver / ceiling", "tqserver / nginx"]
 
@@ -26,9 +27,13 @@ def compute_ratios(scenarios):
     out = {}
     for s in scenarios:
         tq = rps_of(s, "tqserver")
+        embed = rps_of(s, "tqserver-embed")
         out[s["id"]] = {k: v for k, v in {
             "tqserver / nginx+php-fpm": ratio(tq, rps_of(s, "nginx-fpm")),
             "tqserver / nginx+php-fpm keepalive": ratio(tq, rps_of(s, "nginx-fpm-ka")),
+            # tqserver embed (php.runtime: embed) over tqserver (php-cgi).
+            "embed / tqserver": ratio(embed, tq),
+            "embed / nginx+php-fpm": ratio(embed, rps_of(s, "nginx-fpm")),
             "listener / nginx+php-fpm": ratio(rps_of(s, "nginx-tq"), rps_of(s, "nginx-fpm")),
             "listener / nginx+php-fpm keepalive": ratio(rps_of(s, "nginx-tq"), rps_of(s, "nginx-fpm-ka")),
             "tqserver / ceiling": ratio(tq, rps_of(s, "ceiling")),
@@ -45,9 +50,21 @@ def fmt(value, digits=1):
     return f"{value:,.{digits}f}"
 
 
+def pinning(results):
+    """With --pin, {"servers_cpu": n, "load_cpu": n}; else None."""
+    return results.get("meta", {}).get("settings", {}).get("pinned")
+
+
+def pinning_line(pin):
+    return (f"Pinned (`--pin`): the servers (tqserver and its PHP processes, nginx, php-fpm) on CPU "
+            f"{pin['servers_cpu']}, the load generators (wrk, ab, fcgi-bench) on CPU {pin['load_cpu']}.")
+
+
 def markdown_tables(results):
-    lines = ["| scenario | configuration | connections | req/s | p50 ms | p99 ms | errors |",
-             "|---|---|---:|---:|---:|---:|---:|"]
+    pin = pinning(results)
+    lines = [pinning_line(pin), ""] if pin else []
+    lines += ["| scenario | configuration | connections | req/s | p50 ms | p99 ms | errors |",
+              "|---|---|---:|---:|---:|---:|---:|"]
     for s in results["scenarios"]:
         for config, entry in s["configs"].items():
             m = entry["median"]
@@ -71,7 +88,10 @@ def markdown_tables(results):
 def cpu_table(results):
     """Where each configuration's CPU goes, per request (hello.php scenarios)."""
     cpus = results.get("meta", {}).get("machine", {}).get("nproc") or os.cpu_count() or 1
-    lines = ["| scenario | configuration | " + " | ".join(CPU_GROUPS) + f" | total | req/s bound ({cpus} CPUs) |",
+    # Pinned, the servers have one CPU: their parts bound the rate.
+    pin = pinning(results)
+    bound_of = "servers on 1 CPU" if pin else f"{cpus} CPUs"
+    lines = ["| scenario | configuration | " + " | ".join(CPU_GROUPS) + f" | total | req/s bound ({bound_of}) |",
              "|---|---|" + "---:|" * (len(CPU_GROUPS) + 2)]
     for s in results["scenarios"]:
         if not s["id"].startswith("hello"):
@@ -82,7 +102,12 @@ def cpu_table(results):
                 continue
             total = sum(v for v in cpu.values() if v)
             cells = [fmt(cpu.get(g), 1) if cpu.get(g) else "" for g in CPU_GROUPS]
-            bound = f"{cpus * 1e6 / total:,.0f}" if total else ""
+            if pin:
+                # The ceiling's php-cgi count with fcgi-bench, its parent.
+                servers = sum(v for g, v in cpu.items() if v and g != "load generator")
+                bound = f"{1e6 / servers:,.0f}" if servers and config != "ceiling" else ""
+            else:
+                bound = f"{cpus * 1e6 / total:,.0f}" if total else ""
             lines.append(f"| {s['label']} | {CONFIGS[config][0]} | " + " | ".join(cells)
                          + f" | {fmt(total, 1)} | {bound} |")
     if len(lines) == 2:
@@ -130,6 +155,43 @@ def burst_table(burst, spawn_ms):
     return "\n".join(lines) if lines else "Not measured in this run."
 
 
+RUNTIME_ROWS = (
+    # (measure, row text, digits)
+    ("once_rps", "`max_requests: 1` throughput, req/s (ab -c {workers} for the run's duration, "
+                 "{workers} workers, each replaced after one request)", 0),
+    ("kept_p50_ms", "a request on a kept worker, median ms (ab -c 1)", 2),
+    ("spawn_p50_ms", "spawn to first response, median ms (ab -c 1 on one worker replaced after each "
+                     "request, minus the kept worker's median)", 1),
+    ("spawn_p99_ms", "spawn to first response, p99 ms", 1),
+    ("burst_ms", "burst {from} -> {to} workers: slowest of {concurrency} concurrent {sleep_ms} ms requests, "
+                 "minus {sleep_ms} ms", 1),
+)
+
+
+def runtime_table(part):
+    """php.runtime cgi against embed: the runtime part's medians."""
+    if not part:
+        return "Not measured in this run."
+    med = part["median"]
+    cgi, embed = med.get("cgi") or {}, med.get("embed") or {}
+    rounds = max(len(r) for r in part["rounds"].values())
+    lines = [f"Two tqserver instances serve the same apps, one per runtime; medians of {rounds} round(s):", "",
+             "| measure | php-cgi (`cgi`) | `embed` | embed / cgi |", "|---|---:|---:|---:|"]
+    names = {"workers": part["workers"], **part["burst"]}
+    for key, text, digits in RUNTIME_ROWS:
+        c, e = cgi.get(key), embed.get(key)
+        lines.append(f"| {text.format(**names)} | {fmt(c, digits)} | {fmt(e, digits)} | "
+                     f"{f'{e / c:.2f}x' if c and e is not None else ''} |")
+    pss = part.get("pss") or {}
+    c, e = (pss.get("cgi") or {}).get("mean_pss_kb"), (pss.get("embed") or {}).get("mean_pss_kb")
+    lines.append(f"| PSS per worker, MiB (the kept pool's {part['workers']}, after the rounds) | "
+                 f"{fmt(c and c / 1024)} | {fmt(e and e / 1024)} | {f'{e / c:.2f}x' if c and e else ''} |")
+    zygote = (pss.get("embed") or {}).get("zygote_pss_kb")
+    lines.append(f"| the zygote's PSS, MiB | | {fmt(zygote and zygote / 1024)} | |")
+    lines.append(f"| errors (all ab runs) | {cgi.get('errors', '-')} | {embed.get('errors', '-')} | |")
+    return "\n".join(lines)
+
+
 def targets_table(rows):
     if not rows:
         return "No target could be evaluated in this run."
@@ -140,7 +202,7 @@ def targets_table(rows):
 
 
 PALETTE = {
-    "tqserver": "#1f77b4", "nginx-fpm": "#d62728", "nginx-fpm-ka": "#ff7f0e", "nginx-tq": "#2ca02c",
+    "tqserver": "#1f77b4", "tqserver-embed": "#9467bd", "nginx-fpm": "#d62728", "nginx-fpm-ka": "#ff7f0e", "nginx-tq": "#2ca02c",
     "nginx-tq-noka": "#98df8a", "nginx": "#d62728", "ceiling": "#7f7f7f", "fcgi-fpm": "#c49c94",
     "fcgi-tq": "#17becf",
 }
@@ -154,7 +216,9 @@ def render_svg(results):
     parts, y = [], 58
     title = f"tqserver benchmarks: median requests/s ({meta['machine']['nproc']} CPUs, " \
             f"{meta['settings']['workers']} PHP processes each)"
+    pin = pinning(results)
     subtitle = f"{meta['date']}, {meta['settings']['rounds']} round(s) x {meta['settings']['duration']} s" + \
+        (f" - pinned: servers on CPU {pin['servers_cpu']}, load on CPU {pin['load_cpu']}" if pin else "") + \
         (" - quick smoke run on a busy machine: noisy" if meta["settings"].get("quick") else "")
     parts.append(f'<text x="10" y="24" font-size="16" font-weight="bold">{html.escape(title)}</text>')
     parts.append(f'<text x="10" y="44" font-size="12" fill="#666">{html.escape(subtitle)}</text>')
@@ -185,6 +249,19 @@ def render_doc(results):
     meta = results["meta"]
     m, v, st = meta["machine"], meta["versions"], meta["settings"]
     quick = st.get("quick")
+    pin = pinning(results)
+    if pin:
+        sharing = (f"the servers (tqserver and its PHP processes, nginx, php-fpm) pinned to CPU {pin['servers_cpu']}\n"
+                   f"and the load generators (wrk, ab, fcgi-bench, and the harness) to CPU {pin['load_cpu']} "
+                   f"(`--pin`; the ceiling's\nphp-cgi, which fcgi-bench starts, through a taskset wrapper to CPU "
+                   f"{pin['servers_cpu']}; wrk runs one thread).")
+        cpu_text = (f"The servers' parts share CPU {pin['servers_cpu']}, so their total (without the load "
+                    "generator's) bounds\nthe rate: the last column is one CPU-second divided by it.")
+    else:
+        sharing = ("load generator and servers share the\nmachine's CPUs (`bench/run --pin` would put the "
+                   "servers on CPU 0 and the load generators on CPU 1).")
+        cpu_text = ("Every part shares the same {n} CPUs, so the total bounds the rate: the last\n"
+                    "column is {n} CPU-seconds divided by the total.").format(n=m["nproc"])
     configs = "\n".join(f"- **{label}** (`{cid}`): {desc}." for cid, (label, desc) in CONFIGS.items())
     notes = "\n".join(f"- {n}" for n in meta["notes"]) or "- none"
     commands = "\n".join(f"# {k}\n{c}" for k, c in meta["commands"].items())
@@ -215,8 +292,7 @@ Generated by `bench/run` on {meta['date']}; regenerate with `bench/run` (or
 
 Run settings: {st['rounds']} round(s) of {st['duration']} s per configuration, run alternately
 (order rotated each round) after a {st['warmup']} s unmeasured warm-up; medians reported;
-{st['workers']} PHP processes in every configuration; load generator and servers share the
-machine's CPUs.
+{st['workers']} PHP processes in every configuration; {sharing}
 
 ## What is compared
 
@@ -230,6 +306,11 @@ request, which ab would do too but ab's single thread is slower than the servers
 FastCGI load comes from `fcgi-bench` (crates/fcgi-bench). For the ceiling, fcgi-bench starts the
 php-cgi processes itself and keeps one request in flight on each, so its concurrency is the
 number of processes.
+
+tqserver embed serves the same app with the same pool on `php.runtime: embed` (docs/RUNTIME.md):
+tqserver-php, on Debian's libphp8.2-embed and its `embed` php.ini (identical to the `cgi` one, opcache
+on), starts PHP once in a zygote and forks the workers from it. It is a second tqserver, on a port of
+its own; its zygote and workers count as PHP in the CPU table.
 
 php-fpm with upstream keep-alive: a php-fpm child serves one FastCGI connection for as long as
 nginx keeps it open, idle or not, and a new connection waits in the socket backlog meanwhile.
@@ -247,8 +328,7 @@ cached one. With {st['workers']} PHP processes, the 100 ms script can run at mos
 ## Where the CPU goes
 
 CPU time (user + system, from /proc) each part spent per request, median of the rounds, in
-microseconds. Every part shares the same {m['nproc']} CPUs, so the total bounds the rate: the last
-column is {m['nproc']} CPU-seconds divided by the total. The load generator's column includes wrk's (or
+microseconds. {cpu_text} The load generator's column includes wrk's (or
 fcgi-bench's) own work; for the ceiling it also holds the php-cgi processes fcgi-bench starts.
 
 {cpu_table(results)}
@@ -264,6 +344,21 @@ fcgi-bench's) own work; for the ceiling it also holds the php-cgi processes fcgi
 ## Scaling from 3 to 10 workers
 
 {burst_table(results.get('burst'), results.get('spawn_ms'))}
+
+## php.runtime: cgi against embed
+
+{runtime_table(results.get('runtime'))}
+
+Each round runs, on each runtime in turn: `max_requests: 1` throughput (ab with one connection per
+worker for the run's duration; each request needs a new worker, so the rate is how fast the pool
+starts them); 200 requests one at a time on a kept worker, then on a pool of one worker replaced
+after every request (each of those waits for the new worker: exec and PHP's start-up for php-cgi, a
+fork from the zygote for embed, then the pool's probe request), whose latency minus the kept
+worker's median is the spawn time; and, once a dynamic pool of 3 has shrunk back to 3, 10
+concurrent requests of a 100 ms script (ab -n 10 -c 10), of which the slowest minus 100 ms is the
+time to grow to 10. ab's percentiles come from its `-e` file (microseconds; its printed table has
+whole milliseconds). PSS (`/proc/PID/smaps_rollup`) counts shared pages divided among the
+processes that map them, so forked workers that share the zygote's OPcache count their share.
 
 ## Notes from this run
 
@@ -297,6 +392,8 @@ def render(results, write_docs):
     print(memory_table(results.get("memory")))
     print()
     print(burst_table(results.get("burst"), results.get("spawn_ms")))
+    print()
+    print(runtime_table(results.get("runtime")))
     if write_docs:
         os.makedirs(os.path.dirname(DOCS_MD), exist_ok=True)
         with open(DOCS_SVG, "w") as f:

@@ -18,13 +18,26 @@ import time
 from .configs import dynamic_pool, fpm_config, make_site, nginx_config, static_pool, tqserver_config
 from .machine import find_php_fpm, machine_info, versions
 from .measure import (LOAD_OUTPUT_ERRORS, children_cpu_seconds, children_of, cpu_seconds, open_fds,
-                      parse_fcgi_bench, parse_wrk, rss_kb, summarize, wrk_command)
-from .paths import FCGI_BENCH, HOLD_CONNS, REPO, RESULTS_DIR
+                      parse_fcgi_bench, parse_wrk, php_processes, php_workers, rss_kb, summarize, wrk_command)
+from .paths import FCGI_BENCH, HOLD_CONNS, REPO, RESULTS_DIR, TARGET_DIR
 from .report import compute_ratios, render
+from .runtimes import runtime_part
 from .scenarios import CONFIGS, LISTENER_CONFIGS, SCENARIOS, TQ_CONFIGS
-from .services import SERVICES, run_load, start_fpm, start_tqserver
-from .util import (command_output, concurrent_gets, free_port, http_get, log, median, port_open,
-                   unix_socket_open, wait_for)
+from .services import SERVICES, pinned, run_load, start_fpm, start_tqserver
+from .util import (command_output, concurrent_gets, free_port, http_get, log, median, port_open, round_order,
+                   unix_socket_open, wait_for, write)
+
+
+# The tqserver instances the scenarios run through: service name (which is
+# also the configuration id of its HTTP front) -> php.runtime.
+TQ_INSTANCES = {"tqserver": "cgi", "tqserver-embed": "embed"}
+
+
+def instance_for(config):
+    """The tqserver instance behind a configuration: the embed one for its
+    own configuration, the main one for the others (its HTTP front and its
+    FastCGI listener)."""
+    return config if config in TQ_INSTANCES else "tqserver"
 
 
 class Bench:
@@ -37,22 +50,29 @@ class Bench:
         self.commands = {}
         self.available = set(CONFIGS)
         self.spawn_ms = []
-        self.tq = None  # the main tqserver's Popen
+        self.tqs = {}  # TQ_INSTANCES name -> its Popen (None when it is down)
+        self.tq_configs = {}  # TQ_INSTANCES name -> its server.yaml
 
     def note(self, text):
         log("note: " + text)
         self.notes.append(text)
 
     def command_for(self, config, scenario, duration):
-        """The load generator's argv for one configuration and scenario."""
+        """The load generator's argv for one configuration and scenario, as
+        it runs (on its CPU with --pin)."""
+        return SERVICES.load_argv(self.load_command(config, scenario, duration))
+
+    def load_command(self, config, scenario, duration):
         s = scenario
         if config in self.urls:
-            return wrk_command(self.urls[config] + s["path"], s["c"], duration, s["keepalive"])
+            # Pinned, wrk has one CPU: one thread.
+            return wrk_command(self.urls[config] + s["path"], s["c"], duration, s["keepalive"],
+                               cpus=1 if self.args.pin else None)
         script = os.path.join(self.public, s["path"].lstrip("/"))
         common = ["--script", script, "--document-root", self.public,
                   "--duration", f"{duration}s", "--warmup", "0.3s"]
         if config == "ceiling":
-            return [FCGI_BENCH, "--spawn", str(self.args.workers), "--php-cgi", self.php_cgi] + common
+            return [FCGI_BENCH, "--spawn", str(self.args.workers), "--php-cgi", self.ceiling_php_cgi] + common
         if config == "fcgi-fpm":
             # One kept-alive connection per php-fpm child: a child serves one
             # connection for as long as it stays open.
@@ -65,11 +85,13 @@ class Bench:
         """Pids of each server part whose CPU time is accounted per request.
         Only the configuration under load does work; the others idle."""
         groups = {"tqserver": [], "PHP": [], "nginx": []}
-        if self.tq and self.tq.poll() is None:
-            groups["tqserver"].append(self.tq.pid)
-            groups["PHP"] += children_of(self.tq.pid)
+        for proc in self.tqs.values():
+            if proc and proc.poll() is None:
+                groups["tqserver"].append(proc.pid)
+                # php-cgi, or the zygote and the workers it forked.
+                groups["PHP"] += php_processes(proc.pid)
         for name, proc in SERVICES.procs.items():
-            if proc.poll() is not None or name == "tqserver":
+            if proc.poll() is not None or name in self.tqs:
                 continue
             group = "nginx" if name.startswith("nginx") else "PHP" if name.startswith("php-fpm") else None
             if group:
@@ -79,7 +101,7 @@ class Bench:
     def measure(self, config, scenario, duration, warmup=False):
         argv = self.command_for(config, scenario, duration)
         if not warmup:
-            shown = [a.replace(REPO + "/", "") for a in argv]
+            shown = [a.replace(TARGET_DIR + "/", "target/").replace(REPO + "/", "") for a in argv]
             self.commands.setdefault(f"{scenario['id']} {config}", shlex.join(shown))
         groups = self.cpu_groups()
         before = {g: {pid: cpu_seconds(pid) for pid in pids} for g, pids in groups.items()}
@@ -90,7 +112,7 @@ class Bench:
         spent = {g: sum(max(0.0, cpu_seconds(pid) - t) for pid, t in pids.items())
                  for g, pids in before.items()}
         try:
-            if argv[0] == "wrk":
+            if config in self.urls:  # wrk
                 result = parse_wrk(out)
             else:
                 result = parse_fcgi_bench(out)
@@ -105,17 +127,22 @@ class Bench:
             # php-cgi are the load generator's children: counted there).
             spent["load generator"] = load_cpu
             result["cpu_us"] = {g: t * 1e6 / result["requests"] for g, t in spent.items()}
-        if config in TQ_CONFIGS and not self.tqserver_healthy(f"{config} {scenario['id']}"):
+        if config in TQ_CONFIGS and not self.tqserver_healthy(instance_for(config), f"{config} {scenario['id']}"):
             if result:
                 result["stalled"] = True
         return result
 
-    def tqserver_healthy(self, after):
-        """After load through tqserver: does it still answer? If not, note it
-        and start a fresh one so the rest of the run still measures."""
-        if not self.tq:
+    def tqserver_healthy(self, name, after):
+        """After load through a tqserver instance: does it still answer? If
+        not, note it and start a fresh one so the rest of the run still
+        measures."""
+        proc = self.tqs.get(name)
+        if not proc:
             return True
-        base = f"http://127.0.0.1:{self.ports['tqserver']}"
+        runtime = TQ_INSTANCES[name]
+        label = CONFIGS[name][0]
+        processes = "php-cgi processes" if runtime == "cgi" else "forked workers"
+        base = f"http://127.0.0.1:{self.ports[name]}"
         status, body = http_get(base + "/hello.php", timeout=5)
         if status == 200:
             # All workers still serving? N concurrent 100 ms requests take
@@ -125,21 +152,22 @@ class Bench:
             elapsed = min(concurrent_gets(base + "/sleep100.php", workers) for _ in range(2))
             if elapsed <= limit:
                 return True
-            self.note(f"tqserver lost workers after `{after}`: {workers} concurrent 100 ms requests took "
+            self.note(f"{label} lost workers after `{after}`: {workers} concurrent 100 ms requests took "
                       f"{elapsed * 1000:.0f} ms (about {max(1, round(workers * 0.1 / elapsed))} of {workers} "
-                      f"workers serving; {len(children_of(self.tq.pid))} php-cgi processes alive); restarted it")
+                      f"workers serving; {len(php_workers(proc.pid, runtime))} {processes} alive); restarted it")
         else:
-            alive = self.tq.poll() is None
-            workers = len(children_of(self.tq.pid)) if alive else 0
-            self.note(f"tqserver stopped answering after `{after}` "
-                      f"({'process alive, ' + str(workers) + ' php-cgi children' if alive else 'process exited'}; "
+            alive = proc.poll() is None
+            workers = len(php_workers(proc.pid, runtime)) if alive else 0
+            children = "php-cgi children" if runtime == "cgi" else processes
+            self.note(f"{label} stopped answering after `{after}` "
+                      f"({'process alive, ' + str(workers) + ' ' + children if alive else 'process exited'}; "
                       f"GET /hello.php gave {status} {body[:120]!r}); restarted it")
-        SERVICES.stop("tqserver")
-        self.tq, why = start_tqserver("tqserver", self.tq_config, self.ports["tqserver"], self.tmp,
-                                      self.args.workers)
-        if not self.tq:
-            self.note(f"tqserver did not restart: {why}")
-            self.available -= TQ_CONFIGS
+        SERVICES.stop(name)
+        self.tqs[name], why = start_tqserver(name, self.tq_configs[name], self.ports[name], self.tmp,
+                                             self.args.workers, runtime)
+        if not self.tqs[name]:
+            self.note(f"{label} did not restart: {why}")
+            self.available -= {"tqserver"} | LISTENER_CONFIGS if name == "tqserver" else {name}
         return False
 
 
@@ -160,9 +188,9 @@ def sanity_checks(bench):
             bench.note(f"{CONFIGS[config][0]}: /static10k.html gave {status}, {len(body)} bytes")
 
 
-def note_log_volume(bench, path):
+def note_log_volume(bench, path, label="tqserver"):
     """Per-request logging would skew the comparison (nginx and php-fpm log
-    nothing per request here): say how much tqserver wrote, and what."""
+    nothing per request here): say how much a tqserver wrote, and what."""
     try:
         with open(path, errors="replace") as f:
             lines = f.readlines()
@@ -177,14 +205,8 @@ def note_log_volume(bench, path):
         text = " ".join(w for w in words if "=" not in w)
         kinds[text] = kinds.get(text, 0) + 1
     top = sorted(kinds.items(), key=lambda kv: -kv[1])[:3]
-    bench.note(f"tqserver (logging.level warn) wrote {len(lines)} log lines during the load runs; most: "
+    bench.note(f"{label} (logging.level warn) wrote {len(lines)} log lines during the load runs; most: "
                + "; ".join(f"{n} x `{text[:100]}`" for text, n in top))
-
-
-def round_order(configs, round_no):
-    """The configurations of a round: all of them, alternating, the order
-    rotated each round so no configuration always goes first."""
-    return configs[round_no % len(configs):] + configs[:round_no % len(configs)]
 
 
 def run_scenarios(bench, selected):
@@ -221,8 +243,7 @@ def hold_connections(port, count, pid_list):
     """Opens `count` idle keep-alive connections to port; returns what it saw
     and the summed RSS of pid_list() while they were open."""
     proc = subprocess.Popen(
-        [sys.executable, HOLD_CONNS, "127.0.0.1", str(port),
-         "/idle.txt", str(count)],
+        SERVICES.load_argv([sys.executable, HOLD_CONNS, "127.0.0.1", str(port), "/idle.txt", str(count)]),
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     SERVICES.transient.add(proc)
     try:
@@ -247,7 +268,7 @@ def memory_part(bench, main_port, nginx_proc, count):
     """tqserver's own RSS (not its php-cgi) idle and with `count` idle
     keep-alive connections, on a fresh tqserver; nginx beside it."""
     log(f"memory: fresh tqserver, then {count} idle keep-alive connections")
-    proc, why = start_tqserver("tqserver-memory", bench.tq_config, main_port, bench.tmp,
+    proc, why = start_tqserver("tqserver-memory", bench.tq_configs["tqserver"], main_port, bench.tmp,
                                bench.args.workers)
     if not proc:
         bench.note(f"memory part skipped: {why}")
@@ -371,6 +392,13 @@ def burst_part(bench, rounds):
     return out
 
 
+def ceiling_wrapper(php_cgi, cpu):
+    """A script that runs php-cgi on `cpu`: exec all the way, so php-cgi
+    keeps the pid fcgi-bench started (its kill and parent-death signal
+    reach it) and the socket at fd 0."""
+    return "#!/bin/sh\nexec " + shlex.join(pinned([php_cgi], cpu)) + ' "$@"\n'
+
+
 # ---- the whole run ------------------------------------------------------------
 
 def run(args):
@@ -386,8 +414,14 @@ def run(args):
     bench = Bench(args, tmp)
     try:
         bench.php_cgi, bench.php_fpm = php_cgi, php_fpm
+        bench.ceiling_php_cgi = php_cgi
+        if args.pin:
+            # fcgi-bench (a load generator) starts the ceiling's php-cgi,
+            # which would inherit its CPU: a wrapper puts them on the servers'.
+            bench.ceiling_php_cgi = os.path.join(tmp, "php-cgi-pinned")
+            write(bench.ceiling_php_cgi, ceiling_wrapper(php_cgi, SERVICES.server_cpu), 0o755)
         bench.public = make_site(tmp)
-        ports = {name: free_port() for name in ("tqserver", "nginx-fpm", "nginx-fpm-ka",
+        ports = {name: free_port() for name in ("tqserver", "tqserver-embed", "nginx-fpm", "nginx-fpm-ka",
                                                 "nginx-burst", "nginx-tq", "nginx-tq-noka")}
         bench.ports = ports
         bench.listener_sock = os.path.join(tmp, "tq-listener.sock")
@@ -398,7 +432,7 @@ def run(args):
         socks = {"fpm": bench.fpm_sock, "fpm-ka": fpm_ka_sock, "fpm-burst": bench.fpm_burst_sock}
         nginx_conf = nginx_config(tmp, bench.public, ports, socks, bench.listener_sock, args.workers)
         bench.urls = {c: f"http://127.0.0.1:{ports[k]}" for c, k in (
-            ("tqserver", "tqserver"), ("nginx-fpm", "nginx-fpm"), ("nginx-fpm-ka", "nginx-fpm-ka"),
+            ("tqserver", "tqserver"), ("tqserver-embed", "tqserver-embed"), ("nginx-fpm", "nginx-fpm"), ("nginx-fpm-ka", "nginx-fpm-ka"),
             ("nginx-tq", "nginx-tq"), ("nginx-tq-noka", "nginx-tq-noka"), ("nginx", "nginx-fpm"))}
 
         log(f"temp dir {tmp}; starting php-fpm, tqserver, nginx")
@@ -410,14 +444,15 @@ def run(args):
             bench.available -= {"nginx-fpm-ka"}
 
         # tqserver with the FastCGI listener; without it if the config is refused.
-        bench.tq_config = tqserver_config(tmp, "tq", bench.public, ports["tqserver"], php_cgi,
-                                          static_pool(args.workers), bench.listener_sock)
-        tq, why = start_tqserver("tqserver", bench.tq_config, ports["tqserver"], tmp, args.workers)
+        bench.tq_configs["tqserver"] = tqserver_config(tmp, "tq", bench.public, ports["tqserver"], php_cgi,
+                                                       static_pool(args.workers), bench.listener_sock)
+        tq, why = start_tqserver("tqserver", bench.tq_configs["tqserver"], ports["tqserver"], tmp, args.workers)
         if not tq and "fastcgi" in (why or ""):
             bench.note(f"(c) skipped: tqserver refused `fastcgi.listen` ({why[:300]})")
-            bench.tq_config = tqserver_config(tmp, "tq", bench.public, ports["tqserver"], php_cgi,
-                                              static_pool(args.workers), None)
-            tq, why = start_tqserver("tqserver", bench.tq_config, ports["tqserver"], tmp, args.workers)
+            bench.tq_configs["tqserver"] = tqserver_config(tmp, "tq", bench.public, ports["tqserver"], php_cgi,
+                                                           static_pool(args.workers), None)
+            tq, why = start_tqserver("tqserver", bench.tq_configs["tqserver"], ports["tqserver"], tmp,
+                                     args.workers)
         if not tq:
             bench.note(f"tqserver did not start: {why}")
             bench.available -= {"tqserver"} | LISTENER_CONFIGS
@@ -427,7 +462,18 @@ def run(args):
                            "(listener not built yet?)")
                 bench.available -= LISTENER_CONFIGS
         tq_idle_kb = rss_kb(tq.pid) if tq else None
-        bench.tq = tq
+        bench.tqs["tqserver"] = tq
+
+        # The same app and pool on the embed runtime, on a port of its own.
+        bench.tq_configs["tqserver-embed"] = tqserver_config(
+            tmp, "tq-embed", bench.public, ports["tqserver-embed"], None, static_pool(args.workers), None,
+            runtime="embed")
+        embed, why = start_tqserver("tqserver-embed", bench.tq_configs["tqserver-embed"],
+                                    ports["tqserver-embed"], tmp, args.workers, "embed")
+        if not embed:
+            bench.note(f"tqserver embed did not start: {why}")
+            bench.available.discard("tqserver-embed")
+        bench.tqs["tqserver-embed"] = embed
 
         nginx = SERVICES.start("nginx", ["nginx", "-e", os.path.join(tmp, "nginx", "error.log"),
                                          "-p", os.path.join(tmp, "nginx"), "-c", nginx_conf],
@@ -447,10 +493,15 @@ def run(args):
 
         scenarios = run_scenarios(bench, selected)
         note_log_volume(bench, os.path.join(tmp, "tqserver.log"))
-        tq = bench.tq
+        note_log_volume(bench, os.path.join(tmp, "tqserver-embed.log"), "tqserver embed")
+        tq = bench.tqs["tqserver"]
         tq_after_kb = rss_kb(tq.pid) if tq and tq.poll() is None else None
         if tq and tq.poll() is not None:
             bench.note(f"tqserver exited during the run with status {tq.returncode}; see its log")
+        embed = bench.tqs["tqserver-embed"]
+        if embed and embed.poll() is not None:
+            bench.note(f"tqserver embed exited during the run with status {embed.returncode}; see its log")
+        SERVICES.stop("tqserver-embed")  # the parts below do not use it
 
         memory = None
         if not selected or "memory" in selected:
@@ -459,6 +510,10 @@ def run(args):
             if memory:
                 memory["tqserver"]["main_instance_idle_rss_kb"] = tq_idle_kb
                 memory["tqserver"]["main_instance_after_load_rss_kb"] = tq_after_kb
+        runtime = None
+        if not selected or "runtime" in selected:
+            SERVICES.stop("tqserver")
+            runtime = runtime_part(bench, args.rounds)
         burst = None
         if not selected or "burst" in selected:
             SERVICES.stop("tqserver")
@@ -469,8 +524,12 @@ def run(args):
         SERVICES.stop_all()
         config_files = {}
         for rel in ("tq/config/server.yaml", "tq/workers/bench/config/worker.yaml",
+                    "tq-embed/workers/bench/config/worker.yaml",
                     "nginx/nginx.conf", "fpm/php-fpm.conf", "fpm-ka/php-fpm.conf",
-                    "tq-burst/workers/bench/config/worker.yaml", "fpm-burst/php-fpm.conf"):
+                    "tq-burst/workers/bench/config/worker.yaml", "fpm-burst/php-fpm.conf",
+                    "rt-cgi/config/server.yaml", "rt-cgi/workers/once/config/worker.yaml",
+                    "rt-embed/workers/once/config/worker.yaml", "rt-embed/workers/spawn/config/worker.yaml",
+                    "rt-embed/workers/burst/config/worker.yaml"):
             path = os.path.join(tmp, rel)
             if os.path.exists(path):
                 with open(path) as f:
@@ -480,14 +539,17 @@ def run(args):
         else:
             shutil.rmtree(tmp, ignore_errors=True)
 
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S") + ("-quick" if args.quick else "")
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S") + ("-quick" if args.quick else "") \
+        + ("-pin" if args.pin else "")
     results = {
         "meta": {
             "date": datetime.datetime.now().isoformat(timespec="seconds"),
             "machine": machine_info(),
             "versions": versions(php_cgi, php_fpm),
             "settings": {"rounds": args.rounds, "duration": args.duration, "warmup": args.warmup,
-                         "workers": args.workers, "quick": args.quick, "connections": args.connections},
+                         "workers": args.workers, "quick": args.quick, "connections": args.connections,
+                         "pinned": {"servers_cpu": SERVICES.server_cpu, "load_cpu": SERVICES.load_cpu}
+                         if args.pin else None},
             "notes": bench.notes,
             "commands": {k: c.replace(tmp, "$TMP") for k, c in bench.commands.items()},
             "config_files": config_files,
@@ -496,6 +558,7 @@ def run(args):
         "ratios": compute_ratios(scenarios),
         "memory": memory,
         "burst": burst,
+        "runtime": runtime,
         "spawn_ms": bench.spawn_ms,
     }
     os.makedirs(RESULTS_DIR, exist_ok=True)

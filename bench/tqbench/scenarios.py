@@ -5,6 +5,8 @@ against are data: bench/targets.toml.)"""
 CONFIGS = {
     # id: (label, description)
     "tqserver": ("tqserver", "wrk -> tqserver HTTP front -> php-cgi pool"),
+    "tqserver-embed": ("tqserver embed", "wrk -> tqserver HTTP front -> embed pool (`php.runtime: embed`), "
+                       "workers forked from a zygote"),
     "nginx-fpm": ("nginx+php-fpm", "wrk -> nginx -> php-fpm, a new FastCGI connection per request"),
     "nginx-fpm-ka": ("nginx+php-fpm keepalive", "wrk -> nginx -> a second php-fpm of the same size, upstream keepalive + fastcgi_keep_conn"),
     "nginx-tq": ("nginx+tq listener keepalive", "wrk -> nginx -> tqserver FastCGI listener on a unix socket (upstream keepalive) -> php-cgi pool"),
@@ -15,8 +17,8 @@ CONFIGS = {
     "fcgi-tq": ("fcgi-bench->tq listener", "fcgi-bench -> tqserver FastCGI listener, kept-alive connections"),
 }
 LISTENER_CONFIGS = {"nginx-tq", "nginx-tq-noka", "fcgi-tq"}
-TQ_CONFIGS = {"tqserver"} | LISTENER_CONFIGS
-PHP_HTTP = ["tqserver", "nginx-fpm", "nginx-fpm-ka", "nginx-tq"]
+TQ_CONFIGS = {"tqserver", "tqserver-embed"} | LISTENER_CONFIGS
+PHP_HTTP = ["tqserver", "tqserver-embed", "nginx-fpm", "nginx-fpm-ka", "nginx-tq"]
 
 SCENARIOS = [
     dict(id="hello_c20", label="hello.php, c=20", path="/hello.php", c=20, keepalive=True,

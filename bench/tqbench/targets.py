@@ -72,10 +72,46 @@ class MemoryTarget:
                 cost_mb < self.below_mb and m["opened"] == memory["connections"])
 
 
+# The runtime part's figures a target may name, with their units.
+RUNTIME_MEASURES = {"once_rps": "req/s", "kept_p50_ms": "ms", "spawn_p50_ms": "ms", "spawn_p99_ms": "ms",
+                    "burst_ms": "ms"}
+RUNTIMES = ("cgi", "embed")
+
+
+@dataclass(frozen=True)
+class RuntimeTarget:
+    """A median of the runtime part for `runtime`: at least `at_least` times
+    `versus`'s, or at most `at_most`, or below `below` (in its unit)."""
+    name: str
+    measure: str
+    runtime: str
+    versus: str = None
+    at_least: float = None
+    at_most: float = None
+    below: float = None
+
+    def evaluate(self, part):
+        """The row for the runtime part's results, or None."""
+        medians = (part or {}).get("median") or {}
+        value = (medians.get(self.runtime) or {}).get(self.measure)
+        if value is None:
+            return None
+        unit = RUNTIME_MEASURES[self.measure]
+        if self.at_least is not None:
+            base = (medians.get(self.versus) or {}).get(self.measure)
+            if not base:
+                return None
+            return (self.name, f"{value / base:.2f}x ({value:,.1f} vs {base:,.1f} {unit})",
+                    value >= self.at_least * base)
+        met = value <= self.at_most if self.at_most is not None else value < self.below
+        return (self.name, f"{value:,.1f} {unit}", met)
+
+
 @dataclass(frozen=True)
 class Targets:
     ratios: tuple
     memory: tuple
+    runtime: tuple = ()
 
     def scenario_order(self):
         """Scenario ids in the order the targets first name them."""
@@ -88,7 +124,8 @@ class Targets:
 def evaluate(results, targets=None):
     """Every target's row for a run's results (bench/targets.toml's targets
     unless others are given): the ratio targets scenario by scenario, then
-    the memory targets. Targets whose figures the run lacks give no row."""
+    the memory targets, then the runtime part's. Targets whose figures the
+    run lacks give no row."""
     if targets is None:
         targets = load_targets()
     by_id = {s["id"]: s for s in results["scenarios"]}
@@ -100,6 +137,7 @@ def evaluate(results, targets=None):
             if sid in target.scenarios:
                 rows.append(target.evaluate(by_id[sid]))
     rows += [target.evaluate(results.get("memory")) for target in targets.memory]
+    rows += [target.evaluate(results.get("runtime")) for target in targets.runtime]
     return [row for row in rows if row is not None]
 
 
@@ -120,12 +158,15 @@ def parse_targets(text, source="targets.toml"):
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise TargetsError(f"{source}: {err}") from None
-    unknown = set(data) - {"ratio", "memory"}
+    unknown = set(data) - {"ratio", "memory", "runtime"}
     if unknown:
-        raise TargetsError(f"{source}: unknown table {sorted(unknown)[0]!r}; expected [[ratio]] or [[memory]]")
+        raise TargetsError(f"{source}: unknown table {sorted(unknown)[0]!r}; "
+                           "expected [[ratio]], [[memory]] or [[runtime]]")
     ratios = tuple(_ratio(t, f"{source}: [[ratio]] {i}") for i, t in enumerate(_tables(data, "ratio", source), 1))
     memory = tuple(_memory(t, f"{source}: [[memory]] {i}") for i, t in enumerate(_tables(data, "memory", source), 1))
-    return Targets(ratios, memory)
+    runtime = tuple(_runtime(t, f"{source}: [[runtime]] {i}")
+                    for i, t in enumerate(_tables(data, "runtime", source), 1))
+    return Targets(ratios, memory, runtime)
 
 
 def _tables(data, key, source):
@@ -163,6 +204,23 @@ def _memory(table, where):
     return MemoryTarget(**fields)
 
 
+def _runtime(table, where):
+    fields = _fields(table, where, required={"name": str, "measure": str, "runtime": str},
+                     optional={"versus": str, "at_least": float, "at_most": float, "below": float})
+    _one_of(fields["measure"], RUNTIME_MEASURES, where, "measure", "a figure of the runtime part")
+    _one_of(fields["runtime"], RUNTIMES, where, "runtime", "a php.runtime")
+    limits = [k for k in ("at_least", "at_most", "below") if k in fields]
+    if len(limits) != 1:
+        raise TargetsError(f"{where}: exactly one of `at_least` (with `versus`), `at_most` or `below` is expected, "
+                           f"got {', '.join(f'`{k}`' for k in limits) or 'none'}")
+    if ("versus" in fields) != (limits[0] == "at_least"):
+        raise TargetsError(f"{where}: `versus` goes with `at_least` (a ratio), and only with it")
+    if "versus" in fields:
+        _one_of(fields["versus"], RUNTIMES, where, "versus", "a php.runtime")
+    _check_name(fields["name"], where, set())
+    return RuntimeTarget(**fields)
+
+
 def _fields(table, where, required, optional):
     kinds = {**required, **optional}
     for key in table:
@@ -197,5 +255,6 @@ def _check_name(name, where, placeholders):
     try:
         name.format(**{p: "x" for p in placeholders})
     except (KeyError, IndexError, ValueError) as err:
-        raise TargetsError(f"{where}: key `name`: {name!r} may use only "
-                           f"{', '.join('{' + p + '}' for p in sorted(placeholders))} ({err!r})") from None
+        allowed = ("only " + ", ".join("{" + p + "}" for p in sorted(placeholders))) if placeholders \
+            else "no {...} placeholder"
+        raise TargetsError(f"{where}: key `name`: {name!r} may use {allowed} ({err!r})") from None

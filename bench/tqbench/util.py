@@ -83,6 +83,12 @@ def median(values):
     return statistics.median(values) if values else None
 
 
+def round_order(configs, round_no):
+    """The configurations of a round: all of them, alternating, the order
+    rotated each round so no configuration always goes first."""
+    return configs[round_no % len(configs):] + configs[:round_no % len(configs)]
+
+
 def write(path, text, mode=0o644):
     with open(path, "w") as f:
         f.write(text)
