@@ -64,6 +64,11 @@ pub struct ClientConnection<S> {
     read_buf: BytesMut,
     write_buf: BytesMut,
     decoder: RecordDecoder,
+    /// The last END_REQUEST had a non-zero application status: the worker
+    /// ends after it (tqserver-php in worker mode, whose script died), so
+    /// the connection must not take another request. php-cgi and php-fpm
+    /// always send 0.
+    peer_ending: bool,
 }
 
 impl<S> ClientConnection<S> {
@@ -73,6 +78,7 @@ impl<S> ClientConnection<S> {
             read_buf: BytesMut::with_capacity(READ_CHUNK),
             write_buf: BytesMut::with_capacity(4096),
             decoder: RecordDecoder::new(),
+            peer_ending: false,
         }
     }
 
@@ -115,7 +121,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ClientConnection<S> {
     /// healthy idle connection has nothing to read, while a closed one reads
     /// EOF and a confused one has bytes nobody asked for.
     pub fn is_reusable(&mut self) -> bool {
-        if !self.read_buf.is_empty() {
+        if self.peer_ending || !self.read_buf.is_empty() {
             return false;
         }
         let mut cx = Context::from_waker(std::task::Waker::noop());
@@ -157,6 +163,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ClientConnection<S> {
                 // Empty records close a stream; END_REQUEST is what counts.
                 RecordType::Stdout | RecordType::Stderr => continue,
                 RecordType::EndRequest => EndRequest::parse(&record.content)
+                    .inspect(|end| self.peer_ending = end.app_status != 0)
                     .map(ResponseEvent::End)
                     .ok_or(ClientError::MalformedEndRequest),
                 other => Err(ClientError::UnexpectedRecord {
@@ -308,5 +315,28 @@ mod tests {
             conn.next_event().await,
             Err(ClientError::UnexpectedRecord { request_id: 9, .. })
         ));
+    }
+
+    /// An END_REQUEST with a non-zero application status (a worker that
+    /// ends after this response) makes the connection unusable at once,
+    /// before the worker's close could race the next request.
+    #[tokio::test]
+    async fn a_non_zero_app_status_ends_reuse() {
+        for (app_status, reusable) in [(0, true), (1, false)] {
+            let (client_end, mut app_end) = tokio::io::duplex(1024);
+            let mut conn = ClientConnection::new(client_end);
+            let mut answer = BytesMut::new();
+            put_end_request(
+                &mut answer,
+                1,
+                EndRequest {
+                    app_status,
+                    protocol_status: ProtocolStatus::RequestComplete,
+                },
+            );
+            app_end.write_all(&answer).await.unwrap();
+            assert!(matches!(conn.next_event().await, Ok(ResponseEvent::End(_))));
+            assert_eq!(conn.is_reusable(), reusable, "app status {app_status}");
+        }
     }
 }

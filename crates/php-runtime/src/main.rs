@@ -120,7 +120,7 @@ fn serve_worker(boot: &[(Vec<u8>, Vec<u8>)]) -> ! {
     }
     if !end.booted {
         eprintln!(
-            "tqserver-php: the worker script ended before it asked for a request (it must call frankenphp_handle_request() in a loop)"
+            "tqserver-php: the worker script ended before it asked for its first request (it failed while booting, or it has no frankenphp_handle_request() loop)"
         );
         std::process::exit(1);
     }

@@ -315,10 +315,17 @@ impl<S: Write> Request<'_, S> {
 
     /// Closes the streams and sends END_REQUEST.
     fn end(&mut self) {
+        self.end_with(0);
+    }
+
+    /// END_REQUEST with this application status: not 0 tells tqserver's
+    /// pool that the worker ends after this response (so it never sends
+    /// another request down this connection).
+    fn end_with(&mut self, app_status: u32) {
         self.state.ended = true;
         self.writer.end_request(
             self.state.request_id,
-            0,
+            app_status,
             ProtocolStatus::RequestComplete,
             self.state.had_stderr,
         );
@@ -505,6 +512,9 @@ pub struct WorkerEnd {
     pub started: bool,
 }
 
+/// The END_REQUEST application status of a worker's last response.
+const ENDING: u32 = 1;
+
 /// Worker mode's side of the connection: accepted when the script first
 /// asks for a request (so the pool's probe is answered once it booted).
 pub struct Session<S, A> {
@@ -547,9 +557,10 @@ impl<S: Read + Write + AsFd, A: FnMut() -> io::Result<S>> Session<S, A> {
         Some(out)
     }
 
-    /// Ends the current request (a fatal error or exit() left it open).
+    /// Ends the current request (a fatal error or exit() left it open): the
+    /// worker ends with it.
     pub fn end(&mut self) -> WorkerEnd {
-        self.end_current();
+        self.end_current(ENDING);
         WorkerEnd {
             requests: self.requests,
             booted: self.booted,
@@ -558,7 +569,8 @@ impl<S: Read + Write + AsFd, A: FnMut() -> io::Result<S>> Session<S, A> {
     }
 
     /// Ends the request that ran; false if the connection cannot go on.
-    fn end_current(&mut self) -> bool {
+    /// `app_status` for its END_REQUEST if it is still open.
+    fn end_current(&mut self, app_status: u32) -> bool {
         let Some(mut state) = self.current.take() else {
             return true;
         };
@@ -570,7 +582,7 @@ impl<S: Read + Write + AsFd, A: FnMut() -> io::Result<S>> Session<S, A> {
                 state,
             };
             if !request.state.ended {
-                request.end();
+                request.end_with(app_status);
             }
             state = request.state;
         }
@@ -688,7 +700,7 @@ impl<S: Read + Write + AsFd, A: FnMut() -> io::Result<S>> Connection for Session
 
 impl<S: Read + Write + AsFd, A: FnMut() -> io::Result<S>> WorkerConnection for Session<S, A> {
     fn next(&mut self) -> Option<fastcgi::Params> {
-        if !self.end_current() {
+        if !self.end_current(0) {
             return None;
         }
         match self.wait_for_request() {

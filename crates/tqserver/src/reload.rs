@@ -105,7 +105,11 @@ pub fn plan(running_server: &Config, running: &[Arc<AppConfig>], new: &Config) -
     for app in &new.apps {
         let old = running.iter().find(|old| old.name == app.name);
         match old {
-            Some(old) if **old == **app => plan.keep.push(app.name.clone()),
+            // A worker-mode app's code lives in its booted workers: a reload
+            // boots new ones even when its configuration is the same.
+            Some(old) if **old == **app && app.php.worker.is_none() => {
+                plan.keep.push(app.name.clone())
+            }
             Some(old) => {
                 plan.replace.push(app.clone());
                 plan.listeners.extend(listener_change(

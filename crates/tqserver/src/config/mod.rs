@@ -273,6 +273,9 @@ impl PhpRuntime {
 pub struct PhpConfig {
     /// Which program runs PHP (`php.runtime`).
     pub runtime: PhpRuntime,
+    /// Worker mode (`php.worker`): the script each worker runs once, which
+    /// handles requests in a loop (absolute, inside the document root).
+    pub worker: Option<PathBuf>,
     /// php-cgi, or tqserver-php for the embed runtime.
     pub binary: PathBuf,
     /// As `php-cgi -v` reports it, e.g. "8.2.29".

@@ -154,6 +154,7 @@ impl<'de> Deserialize<'de> for RawFrontController {
 #[serde(deny_unknown_fields)]
 pub struct RawPhp {
     pub runtime: Option<String>,
+    pub worker: Option<String>,
     pub binary: Option<String>,
     pub config_file: Option<String>,
     pub settings: Option<BTreeMap<String, RawScalar>>,

@@ -27,3 +27,4 @@ mod pool;
 mod rules;
 mod scaleout;
 mod security;
+mod worker_mode;

@@ -105,7 +105,14 @@ pub(super) fn load_app(
     let front_controller = match raw.front_controller {
         Some(RawFrontController::Off) => None,
         Some(RawFrontController::Script(script)) => Some(script),
-        None => Some(defaults::FRONT_CONTROLLER.to_owned()),
+        // In worker mode, URLs that are no file reach the worker through
+        // its own script unless a front controller is named.
+        None => Some(
+            php_raw
+                .worker
+                .clone()
+                .unwrap_or_else(|| defaults::FRONT_CONTROLLER.to_owned()),
+        ),
     }
     .map(|s| s.trim_start_matches('/').to_owned());
     if let Some(script) = &front_controller
@@ -123,8 +130,17 @@ pub(super) fn load_app(
         .index
         .unwrap_or_else(|| defaults::INDEX.map(String::from).to_vec());
 
-    // The runtime, its binary and PHP's version.
+    // The runtime, its binary and PHP's version. Worker mode runs on the
+    // embed runtime only, which it implies.
     let runtime = match php_raw.runtime.as_deref() {
+        None if php_raw.worker.is_some() => PhpRuntime::Embed,
+        Some("cgi") if php_raw.worker.is_some() => {
+            errors.push(at(
+                "php.worker",
+                "worker mode needs php.runtime: embed (php-cgi cannot keep an app booted); remove php.runtime or set it to embed".to_owned(),
+            ));
+            PhpRuntime::Cgi
+        }
         None | Some("cgi") => PhpRuntime::Cgi,
         Some("embed") => PhpRuntime::Embed,
         Some(other) => {
@@ -192,6 +208,16 @@ pub(super) fn load_app(
     };
 
     let mut args: Vec<std::ffi::OsString> = Vec::new();
+    let worker_script = php_raw
+        .worker
+        .as_deref()
+        .and_then(|script| worker_script(script, &document_root, &at, &mut errors));
+    if let Some(script) = &worker_script {
+        args.push("--worker".into());
+        args.push(script.into());
+        args.push("--document-root".into());
+        args.push(document_root.clone().into());
+    }
     if let Some(ini) = &php_raw.config_file {
         let ini = folder.join(ini);
         if !ini.is_file() {
@@ -434,6 +460,7 @@ pub(super) fn load_app(
         },
         php: PhpConfig {
             runtime,
+            worker: worker_script,
             binary,
             version,
             user: credentials.map(|_| user_name),
@@ -464,6 +491,57 @@ pub(super) fn load_app(
         ready_max_queue,
         slow_log,
     }))
+}
+
+/// `php.worker`: a file inside the document root (relative to it), as an
+/// absolute path.
+fn worker_script(
+    script: &str,
+    document_root: &Path,
+    at: &dyn Fn(&str, String) -> ConfigError,
+    errors: &mut Vec<ConfigError>,
+) -> Option<PathBuf> {
+    let relative = script.trim_start_matches('/');
+    if relative.is_empty() || relative.split('/').any(|seg| seg == "..") {
+        errors.push(at(
+            "php.worker",
+            format!("`{script}` must name a script inside the document root, e.g. worker.php or public/index.php relative to it"),
+        ));
+        return None;
+    }
+    let path = document_root.join(relative);
+    match std::fs::canonicalize(&path) {
+        Ok(real) if real.is_file() && real.starts_with(document_root) => Some(real),
+        Ok(real) if !real.starts_with(document_root) => {
+            errors.push(at(
+                "php.worker",
+                format!(
+                    "{} leads outside the document root {}",
+                    path.display(),
+                    document_root.display()
+                ),
+            ));
+            None
+        }
+        Ok(_) => {
+            errors.push(at(
+                "php.worker",
+                format!("{} is not a file", path.display()),
+            ));
+            None
+        }
+        Err(err) => {
+            errors.push(at(
+                "php.worker",
+                format!(
+                    "{}: {err}; the worker script is relative to the document root ({})",
+                    path.display(),
+                    document_root.display()
+                ),
+            ));
+            None
+        }
+    }
 }
 
 /// `security.symlinks`, or its older spelling `allow_symlinks_outside_root`.
