@@ -34,6 +34,7 @@ fn worker() -> AppConfig {
         },
         php: PhpConfig {
             runtime: tqserver::config::PhpRuntime::Cgi,
+            worker: None,
             binary: "/usr/bin/php-cgi".into(),
             version: "8.2".into(),
             user: None,
