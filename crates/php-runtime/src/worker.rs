@@ -526,6 +526,12 @@ pub struct Session<S, A> {
     keep_conn: bool,
     requests: u64,
     booted: bool,
+    /// Times the script asked for a request: a run of it that asked for
+    /// none did not boot.
+    asked: u64,
+    /// A wait for the next request answered "stop" (SIGTERM, or the web
+    /// server closed the connection).
+    stopped: bool,
 }
 
 impl<S: Read + Write + AsFd, A: FnMut() -> io::Result<S>> Session<S, A> {
@@ -539,7 +545,21 @@ impl<S: Read + Write + AsFd, A: FnMut() -> io::Result<S>> Session<S, A> {
             keep_conn: true,
             requests: 0,
             booted: false,
+            asked: 0,
+            stopped: false,
         }
+    }
+
+    /// Whether the script, which just ended, must run again on this
+    /// connection: it ended on its own (it was not told to stop) after a
+    /// response that ended normally, so the pool may already have sent the
+    /// next request. A request it left open ends here with ENDING instead
+    /// (exit(), a fatal error): that tells the pool to send no more.
+    fn must_run_again(&mut self) -> bool {
+        if self.stopped || stopping() || self.current.as_ref().is_some_and(|r| !r.ended) {
+            return false;
+        }
+        self.stream.is_some() && self.end_current(0)
     }
 
     /// The current request, as the callbacks act on it; `None` outside one.
@@ -700,6 +720,15 @@ impl<S: Read + Write + AsFd, A: FnMut() -> io::Result<S>> Connection for Session
 
 impl<S: Read + Write + AsFd, A: FnMut() -> io::Result<S>> WorkerConnection for Session<S, A> {
     fn next(&mut self) -> Option<fastcgi::Params> {
+        self.asked += 1;
+        let params = self.next_params();
+        self.stopped = params.is_none();
+        params
+    }
+}
+
+impl<S: Read + Write + AsFd, A: FnMut() -> io::Result<S>> Session<S, A> {
+    fn next_params(&mut self) -> Option<fastcgi::Params> {
         if !self.end_current(0) {
             return None;
         }
@@ -764,19 +793,44 @@ pub fn serve_worker<R: WorkerRunner>(runner: &mut R, boot: &[(Vec<u8>, Vec<u8>)]
 }
 
 /// Runs the worker script over `session` and ends what it left open.
+///
+/// A script that ends on its own after a response (Octane's MAX_REQUESTS,
+/// or an exception after fastcgi_finish_request()) runs again in this
+/// process, as FrankenPHP restarts a worker script that ends: that response
+/// told the pool the worker goes on, so the next request may already be on
+/// the connection, and exiting would reset it unread. PHP's request
+/// shutdown between the runs discards everything the script built.
 pub fn run_worker_session<R: WorkerRunner, S: Read + Write + AsFd, A: FnMut() -> io::Result<S>>(
     runner: &mut R,
     boot: &[(Vec<u8>, Vec<u8>)],
     mut session: Session<S, A>,
 ) -> WorkerEnd {
-    let started = runner.run_worker(
-        boot.iter()
-            .map(|(k, v)| (k.as_slice(), v.as_slice()))
-            .chain(WORKER_MARKERS.iter().copied()),
-        &mut session,
-    );
-    let end = session.end();
-    WorkerEnd { started, ..end }
+    let mut runs = 0u64;
+    loop {
+        let (asked, requests) = (session.asked, session.requests);
+        let started = runner.run_worker(
+            boot.iter()
+                .map(|(k, v)| (k.as_slice(), v.as_slice()))
+                .chain(WORKER_MARKERS.iter().copied()),
+            &mut session,
+        );
+        runs += 1;
+        // A run that asked for no request failed to boot (a first run that
+        // did not ask has `booted` false already).
+        let booted_again = runs == 1 || session.asked > asked;
+        if !started || !booted_again || !session.must_run_again() {
+            let end = session.end();
+            return WorkerEnd {
+                started,
+                booted: end.booted && booted_again,
+                ..end
+            };
+        }
+        eprintln!(
+            "tqserver-php: the worker script ended after {} requests; booting it again",
+            session.requests - requests
+        );
+    }
 }
 
 #[cfg(test)]

@@ -258,3 +258,105 @@ fn outside_worker_mode_handle_request_throws() {
         "{out}"
     );
 }
+
+/// Counts its requests and ends after two of them, the way Octane's worker
+/// ends after MAX_REQUESTS; it takes a while to end, so the next request is
+/// already waiting on its connection when it does. `?fail` throws after the
+/// response was finished (fastcgi_finish_request, as Symfony's send()
+/// calls it): too late for a 500.
+const ENDS_AFTER_TWO: &str = r#"<?php
+$boot = bin2hex(random_bytes(4));
+$served = 0;
+$handler = function () use (&$served, $boot) {
+    $served++;
+    echo "boot=$boot\nserved=$served\n";
+    if (isset($_GET['fail'])) {
+        fastcgi_finish_request();
+        throw new RuntimeException('after the response');
+    }
+};
+while (frankenphp_handle_request($handler)) {
+    if ($served >= 2) {
+        break;
+    }
+}
+usleep(300000);
+"#;
+
+/// (boot id, requests served by that boot) of each answer.
+fn boots_and_counts(f: &mut Fixture, queries: &[&str]) -> Vec<(String, String)> {
+    queries
+        .iter()
+        .map(|query| {
+            let out = text(&f.get(query, &[]));
+            (
+                line(&out, "boot").to_owned(),
+                line(&out, "served").to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// The pool sends a worker its next request as soon as the last response
+/// ended, so a script that ends on its own after a response (Octane's
+/// MAX_REQUESTS) may have one waiting: the worker boots the script again
+/// in the same process and serves it, as FrankenPHP restarts a worker
+/// script that ends. Exiting would reset the connection under a request
+/// it never read.
+#[test]
+fn a_script_that_ends_after_a_response_boots_again_and_serves_what_waits() {
+    let mut f = fixture(ENDS_AFTER_TWO);
+    let answers = boots_and_counts(&mut f, &["", "", "", "", ""]);
+    let counts: Vec<&str> = answers.iter().map(|(_, n)| n.as_str()).collect();
+    assert_eq!(counts, ["1", "2", "1", "2", "1"], "{answers:?}");
+    let boots: Vec<&str> = answers.iter().map(|(b, _)| b.as_str()).collect();
+    assert!(
+        boots[0] == boots[1]
+            && boots[1] != boots[2]
+            && boots[2] == boots[3]
+            && boots[3] != boots[4],
+        "a fresh boot after every two: {boots:?}"
+    );
+    assert!(
+        f.worker.child.try_wait().unwrap().is_none(),
+        "the same process serves on"
+    );
+}
+
+/// An exception after the response was finished cannot be a 500: that
+/// response told the pool the worker goes on. The script's state is
+/// discarded all the same: it boots again for the next request.
+#[test]
+fn an_exception_after_the_response_was_finished_boots_the_script_again() {
+    let mut f = fixture(ENDS_AFTER_TWO);
+    let answers = boots_and_counts(&mut f, &["fail=1", "", "", "fail=1", ""]);
+    let counts: Vec<&str> = answers.iter().map(|(_, n)| n.as_str()).collect();
+    assert_eq!(counts, ["1", "1", "2", "1", "1"], "{answers:?}");
+    let boots: Vec<&str> = answers.iter().map(|(b, _)| b.as_str()).collect();
+    assert!(
+        boots[0] != boots[1]
+            && boots[1] == boots[2]
+            && boots[2] != boots[3]
+            && boots[3] != boots[4],
+        "{boots:?}"
+    );
+}
+
+/// Booting again is booting: a script that fails to boot the second time
+/// ends the worker as a failed start (exit status 1), so the pool backs off
+/// as it does for any worker that cannot boot.
+#[test]
+fn a_script_that_cannot_boot_again_ends_the_worker_as_a_failed_start() {
+    let mut f = fixture(
+        r#"<?php
+if (is_file(__DIR__ . '/booted')) {
+    throw new RuntimeException('no database');
+}
+touch(__DIR__ . '/booted');
+frankenphp_handle_request(function () { echo "served=1\n"; });
+"#,
+    );
+    assert_eq!(line(&text(&f.get("", &[])), "served"), "1");
+    let status = f.worker.child.wait().unwrap();
+    assert_eq!(status.code(), Some(1));
+}
