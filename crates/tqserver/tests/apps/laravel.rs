@@ -15,6 +15,8 @@ use crate::setup::{LogOnPanic, copy_tree, ensure_packages, give_to_workers, make
 use crate::support::nginx::Nginx;
 use crate::support::{Server, Site, free_port};
 
+mod worker_mode;
+
 fn fixture() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/apps/fixtures/laravel")
 }
