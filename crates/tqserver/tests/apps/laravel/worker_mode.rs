@@ -6,7 +6,9 @@
 //! classic tests run against it over the HTTP front and through nginx →
 //! the FastCGI listener; the tests here add what only worker mode can get
 //! wrong: one user's login, session or container state reaching the next
-//! request, and `MAX_REQUESTS`.
+//! request, and `MAX_REQUESTS`. `bench` measures it (ignored).
+
+mod bench;
 
 use std::time::Duration;
 
