@@ -170,8 +170,8 @@ pub fn render(status: &ServerPage) -> String {
         }
         let _ = writeln!(
             out,
-            "  {:>8} {:<9} {:>8} {:>8} {:>8} {:>7}  REQUEST",
-            "PID", "STATE", "REQS", "RSS", "PSS", "UP"
+            "  {:>8} {:<9} {:>8} {:>8} {:>8} {:>7} {:>8}  REQUEST",
+            "PID", "STATE", "REQS", "RSS", "PSS", "UP", "START"
         );
         for process in processes {
             let request = match process.request_method.as_str() {
@@ -184,13 +184,14 @@ pub fn render(status: &ServerPage) -> String {
             };
             let _ = writeln!(
                 out,
-                "  {:>8} {:<9} {:>8} {:>8} {:>8} {:>7}  {request}",
+                "  {:>8} {:<9} {:>8} {:>8} {:>8} {:>7} {:>8}  {request}",
                 process.pid,
                 process.state,
                 process.requests,
                 human_bytes(process.rss),
                 human_bytes(process.pss),
                 human_secs(process.start_since),
+                format!("{:.1}ms", process.start_duration as f64 / 1000.0),
             );
         }
     }
@@ -296,7 +297,7 @@ mod tests {
         // The app's route and PHP version follow the pool's fields.
         assert!(
             body.ends_with(
-                r#""rss":26214400,"pss":9437184}],"route":"/blog","php version":"8.4"}]}"#
+                r#""rss":26214400,"pss":9437184,"start duration":2500}],"route":"/blog","php version":"8.4"}]}"#
             ),
             "{body}"
         );
