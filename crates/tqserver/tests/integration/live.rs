@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::support::{BIN, Conn, Server, Site, Started, all_php_cgi, wait_gone, wait_until};
+use crate::support::{BIN, Conn, Server, Site, Started, all_php_processes, wait_gone, wait_until};
 use nix::sys::signal::Signal;
 
 const SETTINGS_PHP: &str =
@@ -684,7 +684,7 @@ fn no_worker_is_left_behind_by_these_tests() {
     // Not synchronisation: there is no event to wait for, the delay lets the
     // tests started with this one get going (and finish) before the look.
     std::thread::sleep(Duration::from_secs(1));
-    for pid in all_php_cgi() {
+    for pid in all_php_processes() {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
         let ppid: u32 = stat
             .rsplit_once(')')
