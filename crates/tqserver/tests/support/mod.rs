@@ -580,10 +580,14 @@ impl Drop for Server {
             );
         }
         // The parent-death signal must take every worker with it.
-        assert!(
-            wait_gone(&pids, Duration::from_secs(2)),
-            "PHP processes outlived tqserver: {pids:?}"
-        );
+        if !wait_gone(&pids, Duration::from_secs(2)) {
+            let left: Vec<String> = pids
+                .iter()
+                .filter(|pid| is_alive(**pid))
+                .map(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default())
+                .collect();
+            panic!("PHP processes outlived tqserver: {left:#?}");
+        }
     }
 }
 
