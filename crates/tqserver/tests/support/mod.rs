@@ -228,6 +228,7 @@ impl Runtime {
 /// Runs each `fn name(runtime: Runtime)` listed as two tests, `cgi::name`
 /// and `embed::name` (`cargo nextest run -E 'test(/::embed::/)'` runs the
 /// embed half).
+#[allow(unused_macros)]
 macro_rules! on_both_runtimes {
     ($($name:ident),* $(,)?) => {
         mod cgi {
