@@ -167,8 +167,18 @@ fn reload_under_load_fails_no_request() {
         server.log()
     );
     assert!(ok > 1000, "only {ok} requests in 20 s");
-    // Both files of a generation are written at once: one reload each.
-    assert_eq!(server.metric("tqserver_config_reloads_total"), Some(10.0));
+    // A reload per generation, or two when the second file's change came
+    // after the watcher's quiet time; none refused.
+    let reloads = server
+        .metric("tqserver_config_reloads_total")
+        .unwrap_or(0.0);
+    assert!((10.0..=20.0).contains(&reloads), "{reloads} reloads");
+    assert_eq!(
+        server
+            .metric("tqserver_config_reload_failures_total")
+            .unwrap_or(0.0),
+        0.0
+    );
     // Old pools drained and stopped: only the current pools' workers
     // remain, and the old zygote is gone with its pool.
     wait_until("old pools stopped", Duration::from_secs(15), || {
@@ -745,17 +755,31 @@ on_both_runtimes!(
 #[test]
 fn no_worker_is_left_behind_by_these_tests() {
     // Runs alongside the others; checks that nothing from a finished test
-    // leaks by looking for PHP processes (php-cgi, tqserver-php) whose parent is gone (pid 1).
-    // Not synchronisation: there is no event to wait for, the delay lets the
-    // tests started with this one get going (and finish) before the look.
+    // leaks by looking for PHP processes (php-cgi, tqserver-php) whose
+    // parent is gone (pid 1). Not synchronisation: there is no event to wait
+    // for, the delay lets the tests started with this one get going (and
+    // finish) before the look.
     std::thread::sleep(Duration::from_secs(1));
-    for pid in all_php_processes() {
+    let parent = |pid: u32| -> u32 {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        let ppid: u32 = stat
-            .rsplit_once(')')
+        stat.rsplit_once(')')
             .and_then(|(_, rest)| rest.split_whitespace().nth(1))
             .and_then(|p| p.parse().ok())
-            .unwrap_or(0);
-        assert_ne!(ppid, 1, "orphaned PHP process {pid}");
+            .unwrap_or(0)
+    };
+    let orphans: Vec<u32> = all_php_processes()
+        .into_iter()
+        .filter(|&pid| parent(pid) == 1)
+        .collect();
+    // A worker whose parent was just killed is an orphan until its own
+    // parent-death SIGKILL lands (a forked worker, after its zygote's):
+    // only one that stays is left behind.
+    if !wait_gone(&orphans, Duration::from_secs(3)) {
+        let left: Vec<String> = orphans
+            .iter()
+            .filter(|&&pid| support::is_alive(pid) && parent(pid) == 1)
+            .map(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default())
+            .collect();
+        assert!(left.is_empty(), "orphaned PHP processes: {left:#?}");
     }
 }

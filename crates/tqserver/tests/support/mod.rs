@@ -580,8 +580,10 @@ impl Drop for Server {
                 self.log()
             );
         }
-        // The parent-death signal must take every worker with it.
-        if !wait_gone(&pids, Duration::from_secs(2)) {
+        // The parent-death signal must take every worker with it (a forked
+        // worker after its zygote; a deadline with room for a loaded
+        // machine, not a wait).
+        if !wait_gone(&pids, Duration::from_secs(5)) {
             let left: Vec<String> = pids
                 .iter()
                 .filter(|pid| is_alive(**pid))
