@@ -221,10 +221,12 @@ pub fn reload(config: &Path) -> anyhow::Result<String> {
             pid_file.display()
         );
     }
+    // A reload that is running now (the file watcher's, say) read the
+    // files before this was asked: wait for one that begins after it.
     let before = admin
         .as_ref()
         .and_then(|addr| server_page(addr).ok())
-        .map(|s| s.last_reload.seq);
+        .map(|s| s.last_reload.seq.max(s.last_reload.begun));
     if let Err(errno) = nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid),
         nix::sys::signal::Signal::SIGHUP,
@@ -241,7 +243,7 @@ pub fn reload(config: &Path) -> anyhow::Result<String> {
             continue;
         };
         let reload = status.last_reload;
-        if reload.seq != before {
+        if reload.seq > before {
             if reload.ok {
                 return Ok(format!("configuration reloaded (pid {pid})"));
             }
@@ -274,6 +276,7 @@ mod tests {
                 ok: false,
                 at: 1_795_654_000,
                 errors: vec!["workers/app/config/worker.yaml:3: php.pool: unknown key".into()],
+                begun: 2,
             },
             pools: vec![AppPage {
                 pool: PoolPage::new(&crate::status::tests::sample_pool(), true, now),

@@ -195,6 +195,10 @@ pub struct ReloadPage {
     /// Unix seconds; 0 before any reload.
     pub at: u64,
     pub errors: Vec<String>,
+    /// Counts reloads begun: `seq + 1` while one runs (so a client that
+    /// asks for a reload can tell the one that read the files before it
+    /// asked from its own).
+    pub begun: u64,
 }
 
 impl Default for ReloadPage {
@@ -204,6 +208,7 @@ impl Default for ReloadPage {
             ok: true,
             at: 0,
             errors: Vec::new(),
+            begun: 0,
         }
     }
 }
