@@ -699,9 +699,10 @@ impl PoolInner {
             process: child,
             pid,
             conn,
+            started_in,
         } = spawned;
         let (control_tx, control_rx) = mpsc::unbounded_channel();
-        let shared = Arc::new(WorkerShared::new(id, pid, control_tx));
+        let shared = Arc::new(WorkerShared::new(id, pid, started_in, control_tx));
         let mut state = self.lock();
         state.spawning -= 1;
         state.workers.insert(id, shared.clone());

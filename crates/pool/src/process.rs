@@ -44,6 +44,9 @@ pub struct Spawned {
     pub process: WorkerProcess,
     pub pid: u32,
     pub conn: ClientConnection<WorkerStream>,
+    /// From the spawn's start to the probe's answer: the process start, PHP's
+    /// (or a fork's) and, in worker mode, the app's boot.
+    pub started_in: Duration,
 }
 
 /// How a pool makes workers: exec its command for each, or ask its zygote to
@@ -112,6 +115,22 @@ impl WorkerProcess {
 /// connection that will carry its real requests. A process that exits or
 /// stalls first is reported with its exit status and the end of its stderr.
 pub async fn spawn(
+    launcher: &Launcher,
+    command: &WorkerCommand,
+    pool: &str,
+    slot: u64,
+    spawn_timeout: Duration,
+) -> Result<Spawned, SpawnError> {
+    let began = std::time::Instant::now();
+    spawn_timed(launcher, command, pool, slot, spawn_timeout)
+        .await
+        .map(|spawned| Spawned {
+            started_in: began.elapsed(),
+            ..spawned
+        })
+}
+
+async fn spawn_timed(
     launcher: &Launcher,
     command: &WorkerCommand,
     pool: &str,
@@ -234,7 +253,7 @@ async fn probe_new(
     let probe = tokio::time::timeout(spawn_timeout, probe(&mut conn));
     tokio::select! {
         result = probe => match result {
-            Ok(Ok(())) => Ok(Spawned { process: child, pid, conn }),
+            Ok(Ok(())) => Ok(Spawned { process: child, pid, conn, started_in: Duration::ZERO }),
             Ok(Err(err)) => {
                 // The probe failed: usually the process died. Give the exit
                 // status a moment to arrive for a useful message.

@@ -127,6 +127,8 @@ pub struct WorkerShared {
     pub id: u64,
     pub pid: u32,
     pub started_at: SystemTime,
+    /// How long it took to start (in worker mode: to boot the app).
+    pub started_in: Duration,
     state: AtomicU8,
     requests: AtomicU64,
     /// Requests that ran to END_REQUEST: a worker that completed one is
@@ -141,11 +143,17 @@ pub struct WorkerShared {
 }
 
 impl WorkerShared {
-    pub(crate) fn new(id: u64, pid: u32, control: mpsc::UnboundedSender<Control>) -> Self {
+    pub(crate) fn new(
+        id: u64,
+        pid: u32,
+        started_in: Duration,
+        control: mpsc::UnboundedSender<Control>,
+    ) -> Self {
         Self {
             id,
             pid,
             started_at: SystemTime::now(),
+            started_in,
             state: AtomicU8::new(WorkerState::Idle as u8),
             requests: AtomicU64::new(0),
             completed: AtomicU64::new(0),
@@ -252,6 +260,7 @@ impl WorkerShared {
             pid: self.pid,
             state: self.state(),
             started_at: self.started_at,
+            started_in: self.started_in,
             requests: self.requests(),
             current,
             last,
@@ -269,6 +278,8 @@ pub struct WorkerStatus {
     pub pid: u32,
     pub state: WorkerState,
     pub started_at: SystemTime,
+    /// From spawn to the probe's answer (worker mode: the app's boot).
+    pub started_in: Duration,
     pub requests: u64,
     /// The request running now and for how long.
     pub current: Option<(RequestInfo, Duration)>,

@@ -170,8 +170,8 @@ pub fn render(status: &ServerPage) -> String {
         }
         let _ = writeln!(
             out,
-            "  {:>8} {:<9} {:>8} {:>8} {:>8} {:>7}  REQUEST",
-            "PID", "STATE", "REQS", "RSS", "PSS", "UP"
+            "  {:>8} {:<9} {:>8} {:>8} {:>8} {:>7} {:>8}  REQUEST",
+            "PID", "STATE", "REQS", "RSS", "PSS", "UP", "START"
         );
         for process in processes {
             let request = match process.request_method.as_str() {
@@ -184,13 +184,14 @@ pub fn render(status: &ServerPage) -> String {
             };
             let _ = writeln!(
                 out,
-                "  {:>8} {:<9} {:>8} {:>8} {:>8} {:>7}  {request}",
+                "  {:>8} {:<9} {:>8} {:>8} {:>8} {:>7} {:>8}  {request}",
                 process.pid,
                 process.state,
                 process.requests,
                 human_bytes(process.rss),
                 human_bytes(process.pss),
                 human_secs(process.start_since),
+                format!("{:.1}ms", process.start_duration as f64 / 1000.0),
             );
         }
     }
@@ -220,10 +221,12 @@ pub fn reload(config: &Path) -> anyhow::Result<String> {
             pid_file.display()
         );
     }
+    // A reload that is running now (the file watcher's, say) read the
+    // files before this was asked: wait for one that begins after it.
     let before = admin
         .as_ref()
         .and_then(|addr| server_page(addr).ok())
-        .map(|s| s.last_reload.seq);
+        .map(|s| s.last_reload.seq.max(s.last_reload.begun));
     if let Err(errno) = nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid),
         nix::sys::signal::Signal::SIGHUP,
@@ -240,7 +243,7 @@ pub fn reload(config: &Path) -> anyhow::Result<String> {
             continue;
         };
         let reload = status.last_reload;
-        if reload.seq != before {
+        if reload.seq > before {
             if reload.ok {
                 return Ok(format!("configuration reloaded (pid {pid})"));
             }
@@ -273,6 +276,7 @@ mod tests {
                 ok: false,
                 at: 1_795_654_000,
                 errors: vec!["workers/app/config/worker.yaml:3: php.pool: unknown key".into()],
+                begun: 2,
             },
             pools: vec![AppPage {
                 pool: PoolPage::new(&crate::status::tests::sample_pool(), true, now),
@@ -296,7 +300,7 @@ mod tests {
         // The app's route and PHP version follow the pool's fields.
         assert!(
             body.ends_with(
-                r#""rss":26214400,"pss":9437184}],"route":"/blog","php version":"8.4"}]}"#
+                r#""rss":26214400,"pss":9437184,"start duration":2500}],"route":"/blog","php version":"8.4"}]}"#
             ),
             "{body}"
         );

@@ -454,6 +454,25 @@ impl Collector for PoolCollector {
             rss_max,
         )?;
 
+        let start = apps
+            .iter()
+            .map(|app| {
+                let slowest = app
+                    .pool
+                    .workers
+                    .iter()
+                    .map(|w| w.started_in.as_secs_f64())
+                    .fold(0.0, f64::max);
+                (label(&app.name), ConstGauge::new(slowest))
+            })
+            .collect();
+        family(
+            &mut encoder,
+            "worker_start_max",
+            "Slowest start among the running workers, from spawn to ready (in worker mode: the app's boot)",
+            Some(&Unit::Seconds),
+            start,
+        )?;
         let pss = apps
             .iter()
             .map(|app| {

@@ -30,6 +30,7 @@ impl ServerView for ServerState {
             config: self.config_path().to_owned(),
             last_reload: ReloadPage {
                 seq: reload.seq,
+                begun: reload.begun,
                 ok: reload.ok,
                 at: reload.at_unix,
                 errors: reload.errors,

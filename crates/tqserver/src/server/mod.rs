@@ -49,8 +49,10 @@ pub use reload::reload;
 /// The outcome of the last reload, for the status output.
 #[derive(Clone, Debug, Default)]
 pub struct ReloadReport {
-    /// How many reloads were attempted.
+    /// How many reloads were attempted (and are done).
     pub seq: u64,
+    /// How many reloads have begun: `seq + 1` while one runs.
+    pub begun: u64,
     pub ok: bool,
     /// Seconds since the epoch; 0 before any reload.
     pub at_unix: u64,
@@ -120,10 +122,18 @@ impl ServerState {
         })
     }
 
+    /// A reload begins: it reads the configuration files after this.
+    fn reload_begun(&self) {
+        if let Ok(mut report) = self.last_reload.lock() {
+            report.begun = report.seq + 1;
+        }
+    }
+
     fn report(&self, ok: bool, errors: Vec<String>) {
         if let Ok(mut report) = self.last_reload.lock() {
             *report = ReloadReport {
                 seq: report.seq + 1,
+                begun: report.seq + 1,
                 ok,
                 at_unix: SystemTime::now()
                     .duration_since(UNIX_EPOCH)

@@ -28,6 +28,7 @@ pub async fn reload(state: &Arc<ServerState>, why: &str) {
         return;
     }
     let started = Instant::now();
+    state.reload_begun();
     systemd::reloading();
     info!("reloading configuration ({why})");
     let result = apply_reload(state).await;

@@ -150,6 +150,10 @@ pub struct ProcessPage {
     /// Bytes: shared pages count divided among the processes that map
     /// them, so forked workers sharing OPcache show what each really costs.
     pub pss: u64,
+    /// Microseconds from spawn to ready: the process start (and the fork or
+    /// exec), PHP's start, and in worker mode the app's boot.
+    #[serde(rename = "start duration")]
+    pub start_duration: u64,
 }
 
 /// An app on the server's `/status`: its pool's page plus where it is
@@ -191,6 +195,10 @@ pub struct ReloadPage {
     /// Unix seconds; 0 before any reload.
     pub at: u64,
     pub errors: Vec<String>,
+    /// Counts reloads begun: `seq + 1` while one runs (so a client that
+    /// asks for a reload can tell the one that read the files before it
+    /// asked from its own).
+    pub begun: u64,
 }
 
 impl Default for ReloadPage {
@@ -200,6 +208,7 @@ impl Default for ReloadPage {
             ok: true,
             at: 0,
             errors: Vec::new(),
+            begun: 0,
         }
     }
 }
@@ -296,6 +305,7 @@ impl ProcessPage {
             last_request_memory: usage.peak_memory_bytes,
             rss: worker.rss_bytes.unwrap_or(0),
             pss: worker.pss_bytes.unwrap_or(0),
+            start_duration: u64::try_from(worker.started_in.as_micros()).unwrap_or(u64::MAX),
         }
     }
 }
@@ -424,6 +434,7 @@ pub(crate) mod tests {
             pid,
             state,
             started_at,
+            started_in: Duration::from_micros(2500),
             requests: 7,
             current: current.then(|| {
                 (
@@ -544,11 +555,11 @@ pub(crate) mod tests {
             r#""processes":[{"pid":4001,"state":"Idle","start time":1795654923,"start since":90,"#,
             r#""requests":7,"request duration":2500,"request method":"GET","request uri":"/ok.php","#,
             r#""content length":0,"user":"-","script":"/srv/ok.php","last request cpu":12.35,"#,
-            r#""last request memory":31457280,"rss":26214400,"pss":9437184},"#,
+            r#""last request memory":31457280,"rss":26214400,"pss":9437184,"start duration":2500},"#,
             r#"{"pid":4002,"state":"Running","start time":1795654923,"start since":90,"#,
             r#""requests":7,"request duration":1500,"request method":"POST","request uri":"/a?<b>","#,
             r#""content length":12,"user":"-","script":"/srv/a.php","last request cpu":0.0,"#,
-            r#""last request memory":0,"rss":26214400,"pss":9437184}]}"#,
+            r#""last request memory":0,"rss":26214400,"pss":9437184,"start duration":2500}]}"#,
         );
         assert_eq!(body, expected);
         // Without `full`, no processes.

@@ -8,7 +8,7 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use crate::support::{Conn, Site, wait_until, worker_yaml};
+use crate::support::{Conn, Runtime, Site, on_both_runtimes, wait_until, worker_yaml};
 use nix::sys::signal::Signal;
 
 const VARS: &str = r#"<?php
@@ -19,7 +19,11 @@ echo 'ALL=', json_encode($_SERVER), "\n";
 "#;
 
 fn app_site(pool: usize, yaml_extra: &str) -> Site {
-    Site::new()
+    app_site_on(Runtime::Cgi, pool, yaml_extra)
+}
+
+fn app_site_on(runtime: Runtime, pool: usize, yaml_extra: &str) -> Site {
+    Site::on(runtime)
         .worker("app", &format!("{}{yaml_extra}", worker_yaml("/app", pool)))
         .file("app", "vars.php", VARS)
         .file("app", "file.txt", "static text")
@@ -43,9 +47,8 @@ fn raw(conn: &mut Conn, request: &str) -> support::Response {
     conn.read_response(request.starts_with("HEAD "))
 }
 
-#[test]
-fn header_names_php_would_rewrite_never_reach_it() {
-    let server = app_site(1, "").start();
+fn header_names_php_would_rewrite_never_reach_it(runtime: Runtime) {
+    let server = app_site_on(runtime, 1, "").start();
     let response = server.request(
         "GET /app/vars.php HTTP/1.1\r\nHost: localhost\r\n\
          X.Forwarded.For: 6.6.6.6\r\nX_Real_IP: 6.6.6.6\r\nX-Real.IP: 6.6.6.6\r\n\
@@ -81,9 +84,8 @@ fn the_add_a_slash_redirect_stays_on_this_site() {
     assert_eq!(response.header("location"), Some("/evil.example/?a=1"));
 }
 
-#[test]
-fn every_spelling_of_a_prefix_reaches_the_same_app() {
-    let server = Site::new()
+fn every_spelling_of_a_prefix_reaches_the_same_app(runtime: Runtime) {
+    let server = Site::on(runtime)
         .worker("root", &worker_yaml("/", 1))
         .file("root", "blog/private.txt", "ROOT SECRET")
         .worker("blog", &worker_yaml("/blog", 1))
@@ -110,9 +112,8 @@ fn every_spelling_of_a_prefix_reaches_the_same_app() {
     }
 }
 
-#[test]
-fn hosts_follow_rfc_9112() {
-    let server = app_site(1, "").start();
+fn hosts_follow_rfc_9112(runtime: Runtime) {
+    let server = app_site_on(runtime, 1, "").start();
     for host in [
         "Host: evil.com/x\r\n",
         "Host: \r\n",
@@ -143,9 +144,8 @@ fn hosts_follow_rfc_9112() {
     assert_eq!(response.status, 400);
 }
 
-#[test]
-fn odd_request_lines_get_the_right_status() {
-    let server = app_site(1, "").start();
+fn odd_request_lines_get_the_right_status(runtime: Runtime) {
+    let server = app_site_on(runtime, 1, "").start();
     let response = server
         .request("GET /app/vars.php HTTP/1.2\r\nHost: localhost\r\nConnection: close\r\n\r\n");
     assert_eq!(response.status, 200);
@@ -243,9 +243,8 @@ fn a_static_request_with_an_unsent_body_is_answered_at_once() {
     assert_eq!(response.status, 200);
 }
 
-#[test]
-fn head_on_php_does_not_invent_a_length() {
-    let server = app_site(1, "")
+fn head_on_php_does_not_invent_a_length(runtime: Runtime) {
+    let server = app_site_on(runtime, 1, "")
         .file(
             "app",
             "sized.php",
@@ -416,9 +415,8 @@ fn a_closing_response_is_delivered_whole_to_a_client_that_keeps_sending() {
     assert_eq!(received.len() - head_end, big.len());
 }
 
-#[test]
-fn a_complete_response_frees_the_connection_while_the_script_goes_on() {
-    let site = app_site(2, "")
+fn a_complete_response_frees_the_connection_while_the_script_goes_on(runtime: Runtime) {
+    let site = app_site_on(runtime, 2, "")
         .file(
             "app",
             "after.php",
@@ -528,3 +526,14 @@ fn request_timeout_holds_while_output_keeps_flowing() {
         );
     }
 }
+
+// What PHP sees of a request and what it may send back, the same on both
+// runtimes. (The tests above that tqserver answers alone run on php-cgi.)
+on_both_runtimes!(
+    header_names_php_would_rewrite_never_reach_it,
+    every_spelling_of_a_prefix_reaches_the_same_app,
+    hosts_follow_rfc_9112,
+    odd_request_lines_get_the_right_status,
+    head_on_php_does_not_invent_a_length,
+    a_complete_response_frees_the_connection_while_the_script_goes_on,
+);

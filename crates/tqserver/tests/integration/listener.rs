@@ -13,7 +13,9 @@ use crate::support::fcgi::{
     AsyncFcgiConn, FcgiConn, begin_and_params, cgi_params, is_complete, stdin,
 };
 use crate::support::nginx::Nginx;
-use crate::support::{Server, Site, free_port, md5, multipart, wait_until};
+use crate::support::{
+    Runtime, Server, Site, free_port, md5, multipart, on_both_runtimes, wait_until,
+};
 use arc_swap::ArcSwap;
 use fastcgi::record::{ProtocolStatus, RecordType, put_abort_request, put_record};
 use nix::sys::signal::Signal;
@@ -41,9 +43,19 @@ struct Fixture {
 }
 
 impl Fixture {
+    /// The app on `runtime`, its listener with the default settings.
+    fn on(runtime: Runtime) -> Self {
+        Self::start_on(runtime, "", "")
+    }
+
+    /// The app on php-cgi, with extra `fastcgi:` and `server:` settings.
     fn start(fastcgi_extra: &str, server_settings: &str) -> Self {
+        Self::start_on(Runtime::Cgi, fastcgi_extra, server_settings)
+    }
+
+    fn start_on(runtime: Runtime, fastcgi_extra: &str, server_settings: &str) -> Self {
         let fastcgi_port = free_port();
-        let site = Site::new()
+        let site = Site::on(runtime)
             .server_settings(server_settings)
             .with_admin()
             .worker(
@@ -214,9 +226,8 @@ fn connections_for_20_requests(fixture: &Fixture, nginx: &Nginx) -> usize {
         .count()
 }
 
-#[test]
-fn behind_nginx_with_keep_alive() {
-    let fixture = Fixture::start("", "");
+fn behind_nginx_with_keep_alive(runtime: Runtime) {
+    let fixture = Fixture::on(runtime);
     let nginx = fixture.nginx(true);
     exercise_nginx(&nginx);
     // The upstream connections were reused: 20 requests in a row travel
@@ -248,9 +259,8 @@ fn behind_nginx_without_keep_alive() {
     });
 }
 
-#[test]
-fn two_hundred_concurrent_requests_through_nginx() {
-    let fixture = Fixture::start("", "");
+fn two_hundred_concurrent_requests_through_nginx(runtime: Runtime) {
+    let fixture = Fixture::on(runtime);
     let nginx = fixture.nginx(true);
     let port = nginx.port;
     let threads: Vec<_> = (0..200)
@@ -289,9 +299,8 @@ fn script_pid(marker: &std::path::Path) -> u32 {
     pid.unwrap()
 }
 
-#[test]
-fn a_worker_killed_mid_request_is_a_clean_502_at_nginx() {
-    let fixture = Fixture::start("", "");
+fn a_worker_killed_mid_request_is_a_clean_502_at_nginx(runtime: Runtime) {
+    let fixture = Fixture::on(runtime);
     let nginx = fixture.nginx(true);
     let tag = format!("kill{}", std::process::id());
     let marker = std::path::PathBuf::from(format!("/tmp/tq-sleep-{tag}"));
@@ -332,8 +341,7 @@ fn script_filename_outside_the_document_root_is_refused() {
 /// Debian's MediaWiki: the document root is /var/lib/mediawiki, whose
 /// index.php is a symlink to /usr/share/mediawiki/index.php. nginx sends
 /// SCRIPT_FILENAME=<root>/index.php, inside the root as written.
-#[test]
-fn script_filename_through_a_symlink_follows_the_symlink_policy() {
+fn script_filename_through_a_symlink_follows_the_symlink_policy(runtime: Runtime) {
     for (security, expected) in [
         ("", 200),
         ("security:\n  allow_symlinks_outside_root: true\n", 200),
@@ -341,7 +349,7 @@ fn script_filename_through_a_symlink_follows_the_symlink_policy() {
         ("security:\n  symlinks: beneath\n", 403),
     ] {
         let fastcgi_port = free_port();
-        let site = Site::new().worker(
+        let site = Site::on(runtime).worker(
             "wiki",
             &format!(
                 "path: /\n{security}php:\n  pool:\n    manager: static\n    max_workers: 1\nfastcgi:\n  listen: 127.0.0.1:{fastcgi_port}\n"
@@ -424,9 +432,8 @@ fn status_and_ping_are_answered_by_tqserver() {
     );
 }
 
-#[test]
-fn cgi_fcgi_as_an_outside_client() {
-    let fixture = Fixture::start("", "");
+fn cgi_fcgi_as_an_outside_client(runtime: Runtime) {
+    let fixture = Fixture::on(runtime);
     let docroot = fixture.docroot();
     let output = std::process::Command::new("cgi-fcgi")
         .args([
@@ -512,9 +519,8 @@ fn a_second_request_id_is_refused_with_cant_mpx_conn() {
     assert!(again.text().contains("query=who=three"));
 }
 
-#[test]
-fn abort_request_ends_the_request_and_frees_the_worker() {
-    let fixture = Fixture::start("", "");
+fn abort_request_ends_the_request_and_frees_the_worker(runtime: Runtime) {
+    let fixture = Fixture::on(runtime);
     let docroot = fixture.docroot();
     let filename = format!("{docroot}/sleep.php");
     let tag = format!("abort{}", std::process::id());
@@ -681,9 +687,8 @@ fn unix_socket_listener_gets_owner_and_mode() {
     assert!(response.text().contains("query=via=unix"));
 }
 
-#[test]
-fn stderr_is_relayed_to_the_web_server_and_logged() {
-    let fixture = Fixture::start("", "");
+fn stderr_is_relayed_to_the_web_server_and_logged(runtime: Runtime) {
+    let fixture = Fixture::on(runtime);
     let docroot = fixture.docroot();
     let response = FcgiConn::tcp(fixture.fastcgi_port).get(&docroot, "/stderr.php", "", false);
     assert!(String::from_utf8_lossy(&response.stderr).contains("listener stderr line"));
@@ -694,9 +699,8 @@ fn stderr_is_relayed_to_the_web_server_and_logged() {
     );
 }
 
-#[test]
-fn httpoxy_proxy_param_is_dropped() {
-    let fixture = Fixture::start("", "");
+fn httpoxy_proxy_param_is_dropped(runtime: Runtime) {
+    let fixture = Fixture::on(runtime);
     let docroot = fixture.docroot();
     let filename = format!("{docroot}/echo.php");
     let mut params = cgi_params(&docroot, &filename, "/echo.php", "");
@@ -729,10 +733,9 @@ impl PartialRequests for FcgiConn {
     }
 }
 
-#[test]
-fn graceful_stop_closes_idle_kept_alive_connections_at_once() {
+fn graceful_stop_closes_idle_kept_alive_connections_at_once(runtime: Runtime) {
     // The test site stops with grace_period 10s.
-    let mut fixture = Fixture::start("", "");
+    let mut fixture = Fixture::on(runtime);
     let docroot = fixture.docroot();
     let filename = format!("{docroot}/echo.php");
     let mut conn = FcgiConn::tcp(fixture.fastcgi_port);
@@ -756,10 +759,9 @@ fn graceful_stop_closes_idle_kept_alive_connections_at_once() {
     );
 }
 
-#[test]
-fn a_worker_that_stops_reading_the_body_gets_a_504_at_the_request_timeout() {
+fn a_worker_that_stops_reading_the_body_gets_a_504_at_the_request_timeout(runtime: Runtime) {
     let fastcgi_port = free_port();
-    let server = Site::new()
+    let server = Site::on(runtime)
         .worker(
             "app",
             &format!(
@@ -794,10 +796,9 @@ fn a_worker_that_stops_reading_the_body_gets_a_504_at_the_request_timeout() {
     assert!(echo.text().contains("query=next=1"), "{}", server.log());
 }
 
-#[test]
-fn slow_requests_through_the_listener_name_their_pid_and_script() {
+fn slow_requests_through_the_listener_name_their_pid_and_script(runtime: Runtime) {
     let fastcgi_port = free_port();
-    let server = Site::new()
+    let server = Site::on(runtime)
         .server_yaml("logging:\n  slow_log:\n    threshold: 300ms\n")
         .worker(
             "app",
@@ -832,6 +833,23 @@ fn slow_requests_through_the_listener_name_their_pid_and_script() {
         assert!(line.contains(&part), "{part} missing in {line}");
     }
 }
+
+// What a web server sees of PHP through the listener, the same on both
+// runtimes. (The tests above that PHP takes no part in, protocol errors,
+// refusals and the listener's own socket, run on php-cgi only.)
+on_both_runtimes!(
+    behind_nginx_with_keep_alive,
+    two_hundred_concurrent_requests_through_nginx,
+    a_worker_killed_mid_request_is_a_clean_502_at_nginx,
+    script_filename_through_a_symlink_follows_the_symlink_policy,
+    cgi_fcgi_as_an_outside_client,
+    abort_request_ends_the_request_and_frees_the_worker,
+    stderr_is_relayed_to_the_web_server_and_logged,
+    httpoxy_proxy_param_is_dropped,
+    graceful_stop_closes_idle_kept_alive_connections_at_once,
+    a_worker_that_stops_reading_the_body_gets_a_504_at_the_request_timeout,
+    slow_requests_through_the_listener_name_their_pid_and_script,
+);
 
 // In-process: the listener driven over `tokio::io::duplex` pipes, with no
 // socket bound for it and no tqserver process; the app's pool is real

@@ -2,7 +2,10 @@
 //! the harness in `tests/support` is compiled once and one binary is linked
 //! instead of one per file. Each test starts its own server on free ports
 //! against real php-cgi (and nginx, php-fpm, haproxy, redis where a test says
-//! so); nextest runs each test in a process of its own.
+//! so); nextest runs each test in a process of its own. Tests about what PHP
+//! sees or runs run on both PHP runtimes, as `MODULE::cgi::NAME` and
+//! `MODULE::embed::NAME` (`on_both_runtimes!` in the support kit; the embed
+//! runtime's tqserver-php is built by `cargo build -p tq-php-runtime`).
 //!
 //! ```text
 //! cargo nextest run -p tqserver --test integration            # all of them

@@ -5,10 +5,14 @@
 
 use crate::support;
 
-use crate::support::{Site, worker_yaml};
+use crate::support::{Runtime, Site, on_both_runtimes, worker_yaml};
 
 fn site() -> Site {
-    let site = Site::new()
+    site_on(Runtime::Cgi)
+}
+
+fn site_on(runtime: Runtime) -> Site {
+    let site = Site::on(runtime)
         .worker("blog", &worker_yaml("/blog", 1))
         .file(
             "blog",
@@ -57,9 +61,8 @@ fn get_raw(server: &support::Server, target: &str) -> support::Response {
     ))
 }
 
-#[test]
-fn only_configured_extensions_execute_and_source_is_never_served() {
-    let server = site().start();
+fn only_configured_extensions_execute_and_source_is_never_served(runtime: Runtime) {
+    let server = site_on(runtime).start();
     assert_eq!(get_raw(&server, "/blog/ok.php").text(), "ok:-");
     // Upper case still runs as PHP, never shows source.
     assert_eq!(
@@ -125,9 +128,9 @@ fn nul_bytes_backslashes_and_newlines_are_refused() {
 }
 
 fn with_security(site: &Site, security: &str) {
-    site.write(
-        "workers/blog/config/worker.yaml",
-        format!("{}security:\n{security}", worker_yaml("/blog", 1)),
+    site.write_worker_yaml(
+        "blog",
+        &format!("{}security:\n{security}", worker_yaml("/blog", 1)),
     );
 }
 
@@ -245,9 +248,8 @@ fn dotfiles_are_hidden_except_well_known() {
     );
 }
 
-#[test]
-fn path_info_never_runs_an_upload() {
-    let server = site().start();
+fn path_info_never_runs_an_upload(runtime: Runtime) {
+    let server = site_on(runtime).start();
     for target in [
         "/blog/uploads/image.jpg/x.php",
         "/blog/uploads/image.jpg/.php",
@@ -265,11 +267,10 @@ fn path_info_never_runs_an_upload() {
     assert!(image.text().starts_with("<?php"));
 }
 
-#[test]
-fn newline_never_shifts_path_info() {
+fn newline_never_shifts_path_info(runtime: Runtime) {
     // CVE-2019-11043: a %0a in the path made php-fpm compute PATH_INFO from
     // the wrong offset.
-    let server = site().start();
+    let server = site_on(runtime).start();
     let response = get_raw(&server, "/blog/ok.php/PHP%0Ais_the_best.php");
     assert_eq!(response.status, 400);
     let response = get_raw(&server, "/blog/ok.php/normal/info");
@@ -329,8 +330,7 @@ fn malformed_requests_get_400_and_the_server_keeps_serving() {
     assert_eq!(get_raw(&server, "/blog/ok.php").status, 200);
 }
 
-#[test]
-fn header_count_limit_is_enforced_and_can_be_raised() {
+fn header_count_limit_is_enforced_and_can_be_raised(runtime: Runtime) {
     let with_headers = |count: usize| {
         let mut raw = String::from("GET /blog/ok.php HTTP/1.1\r\nHost: x\r\n");
         for i in 1..count {
@@ -339,7 +339,7 @@ fn header_count_limit_is_enforced_and_can_be_raised() {
         raw.push_str("\r\n");
         raw
     };
-    let server = Site::new()
+    let server = Site::on(runtime)
         .server_settings("  max_headers: 300\n")
         .worker("blog", &worker_yaml("/blog", 1))
         .file("blog", "ok.php", "<?php echo 'ok';")
@@ -351,3 +351,64 @@ fn header_count_limit_is_enforced_and_can_be_raised() {
     conn.send(with_headers(301).as_bytes());
     assert_eq!(conn.read_response(false).status, 431);
 }
+
+/// What a PHP process is: the pool's user and group (when tqserver runs as
+/// root) with no supplementary group of root's, and an environment of
+/// `php.env` and `PATH` only, whatever tqserver's own holds.
+fn php_runs_as_the_pool_user_with_only_its_environment(runtime: Runtime) {
+    let server = Site::on(runtime)
+        .worker(
+            "blog",
+            &format!("{}  env:\n    GIVEN: to-php\n", worker_yaml("/blog", 1)),
+        )
+        .file(
+            "blog",
+            "who.php",
+            r#"<?php
+$name = fn ($uid) => posix_getpwuid($uid)['name'];
+$group = fn ($gid) => posix_getgrgid($gid)['name'];
+echo 'uid=', $name(posix_getuid()), ' ', $name(posix_geteuid()), "\n";
+echo 'gid=', $group(posix_getgid()), ' ', $group(posix_getegid()), "\n";
+echo 'groups=', implode(',', array_map($group, posix_getgroups())), "\n";
+echo 'secret=', getenv('TQ_TEST_SECRET') === false ? '(unset)' : 'LEAKED', "\n";
+echo 'given=', getenv('GIVEN'), "\n";
+echo 'environ=', implode(',', array_keys(getenv())), "\n";
+"#,
+        )
+        .start_with_env(&[("TQ_TEST_SECRET", "hunter2")]);
+    let response = get_raw(&server, "/blog/who.php");
+    assert_eq!(response.status, 200, "{}", response.text());
+    let vars = response.vars();
+    if support::is_root() {
+        assert_eq!(vars["uid"], "www-data www-data");
+        assert_eq!(vars["gid"], "www-data www-data");
+        assert!(
+            vars["groups"]
+                .split(',')
+                .all(|g| g.is_empty() || g == "www-data"),
+            "{}",
+            vars["groups"]
+        );
+    }
+    assert_eq!(vars["secret"], "(unset)");
+    assert_eq!(vars["given"], "to-php");
+    // php-cgi also has the pool's PHP_FCGI_* settings.
+    for name in vars["environ"].split(',') {
+        assert!(
+            ["GIVEN", "PATH"].contains(&name) || name.starts_with("PHP_FCGI_"),
+            "PHP's environment has {name}: {}",
+            vars["environ"]
+        );
+    }
+}
+
+// What PHP runs and sees, the same on both runtimes. (The tests above that
+// tqserver answers alone, static files, dotfiles, symlinks and malformed
+// requests, run on php-cgi only.)
+on_both_runtimes!(
+    only_configured_extensions_execute_and_source_is_never_served,
+    path_info_never_runs_an_upload,
+    newline_never_shifts_path_info,
+    header_count_limit_is_enforced_and_can_be_raised,
+    php_runs_as_the_pool_user_with_only_its_environment,
+);

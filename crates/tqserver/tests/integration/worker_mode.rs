@@ -232,6 +232,10 @@ fn a_worker_that_stops_booting_backs_off_and_recovers() {
     wait_until("a worker boots again", Duration::from_secs(40), || {
         server.get("/x").status == 200
     });
+    let page: serde_json::Value =
+        serde_json::from_str(&server.admin("/status/app?json&full").text()).unwrap();
+    let boot = page["processes"][0]["start duration"].as_u64().unwrap();
+    assert!(boot > 0 && boot < 30_000_000, "boot time in µs: {page}");
 }
 
 #[test]

@@ -3,6 +3,10 @@
 //! against real php-cgi, and talks raw HTTP/1.1 to it, so a test controls
 //! every byte of a request (`..`, `%00`, odd headers).
 //!
+//! A test about what PHP sees or may run takes a [`Runtime`] and is run on
+//! both (`php.runtime: cgi` and `embed`) by [`on_both_runtimes!`]: its site
+//! is `Site::on(runtime)`, which sets `php.runtime` in every worker.yaml.
+//!
 //! Also the kit every test shares: [`wait_until`] and [`holds_within`] to
 //! wait for a condition with a deadline (never a fixed sleep as
 //! synchronisation), with [`Started`] (a request has reached PHP),
@@ -186,10 +190,71 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// The PHP runtime a site's apps run on (`php.runtime`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Runtime {
+    /// php-cgi, exec'd per worker (the default).
+    Cgi,
+    /// tqserver-php workers forked from a zygote.
+    Embed,
+}
+
+impl Runtime {
+    /// `yaml`, a worker.yaml, with `php.runtime` set to this runtime: a line
+    /// first in its `php:` section (at that section's indentation), or a
+    /// `php:` section of its own. A yaml that names a runtime already, and
+    /// any yaml for `Cgi` (the default), is left as it is.
+    pub fn worker_yaml(self, yaml: &str) -> String {
+        if self == Runtime::Cgi || yaml.contains("\n  runtime:") {
+            return yaml.to_owned();
+        }
+        let mut lines: Vec<&str> = yaml.lines().collect();
+        match lines.iter().position(|line| line.trim_end() == "php:") {
+            Some(php) => {
+                let indent = lines
+                    .get(php + 1)
+                    .map(|next| &next[..next.len() - next.trim_start().len()])
+                    .filter(|indent| !indent.is_empty())
+                    .unwrap_or("  ");
+                let runtime = format!("{indent}runtime: embed");
+                lines.insert(php + 1, &runtime);
+                lines.join("\n") + "\n"
+            }
+            None => format!("{}\nphp:\n  runtime: embed\n", yaml.trim_end()),
+        }
+    }
+}
+
+/// Runs each `fn name(runtime: Runtime)` listed as two tests, `cgi::name`
+/// and `embed::name` (`cargo nextest run -E 'test(/::embed::/)'` runs the
+/// embed half).
+#[allow(unused_macros)]
+macro_rules! on_both_runtimes {
+    ($($name:ident),* $(,)?) => {
+        mod cgi {
+            $(#[test]
+            fn $name() {
+                super::$name($crate::support::Runtime::Cgi)
+            })*
+        }
+        mod embed {
+            $(#[test]
+            fn $name() {
+                super::$name($crate::support::Runtime::Embed)
+            })*
+        }
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use on_both_runtimes;
+
 /// A site on disk.
 pub struct Site {
     pub dir: tempfile::TempDir,
     pub port: u16,
+    /// The runtime every worker.yaml written by [`Site::worker`] and
+    /// [`Site::write_worker_yaml`] names.
+    pub runtime: Runtime,
     server_settings: String,
     server_extra: String,
     /// Admin endpoint port, when a test turns it on.
@@ -199,13 +264,20 @@ pub struct Site {
 }
 
 impl Site {
+    /// A site whose apps run on php-cgi.
     pub fn new() -> Self {
+        Self::on(Runtime::Cgi)
+    }
+
+    /// A site whose apps run on `runtime`.
+    pub fn on(runtime: Runtime) -> Self {
         let dir = tempfile::Builder::new().prefix("tqtest").tempdir().unwrap();
         // Workers run as www-data when the tests run as root.
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         let site = Self {
             dir,
             port: free_port(),
+            runtime,
             server_settings: String::new(),
             server_extra: String::new(),
             admin_port: None,
@@ -264,9 +336,9 @@ impl Site {
         self.write("config/server.yaml", &text);
     }
 
-    /// Adds a worker folder with its worker.yaml.
+    /// Adds a worker folder with its worker.yaml (on the site's runtime).
     pub fn worker(self, name: &str, yaml: &str) -> Self {
-        self.write(&format!("workers/{name}/config/worker.yaml"), yaml);
+        self.write_worker_yaml(name, yaml);
         std::fs::create_dir_all(self.root().join(format!("workers/{name}/public"))).unwrap();
         self.chmod_tree();
         self
@@ -277,6 +349,14 @@ impl Site {
         self.write(&format!("workers/{worker}/public/{path}"), content);
         self.chmod_tree();
         self
+    }
+
+    /// (Re)writes a worker's worker.yaml, on the site's runtime.
+    pub fn write_worker_yaml(&self, name: &str, yaml: &str) {
+        self.write(
+            &format!("workers/{name}/config/worker.yaml"),
+            self.runtime.worker_yaml(yaml),
+        );
     }
 
     pub fn write(&self, relative: &str, content: impl AsRef<[u8]>) {
@@ -432,9 +512,21 @@ impl Server {
         );
     }
 
-    /// php-cgi processes whose parent is this tqserver.
+    /// PHP worker processes of this tqserver: php-cgi processes whose
+    /// parent it is, and tqserver-php workers forked by its zygotes.
     pub fn worker_pids(&self) -> Vec<u32> {
-        children_named(self.pid(), "php-cgi")
+        let mut pids = children_named(self.pid(), "php-cgi");
+        for zygote in self.zygote_pids() {
+            pids.extend(children_named(zygote, "tqserver-php"));
+        }
+        pids.sort();
+        pids
+    }
+
+    /// The embed runtime's zygotes (tqserver-php processes whose parent is
+    /// this tqserver).
+    pub fn zygote_pids(&self) -> Vec<u32> {
+        children_named(self.pid(), "tqserver-php")
     }
 
     /// Sends a signal to tqserver.
@@ -471,17 +563,33 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        let pids = self.worker_pids();
+        let mut pids = self.worker_pids();
+        pids.extend(self.zygote_pids());
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
         }
-        // The parent-death signal must take every worker with it.
-        if !std::thread::panicking() {
+        if std::thread::panicking() {
+            return;
+        }
+        // A test run on embed that never started a zygote ran on php-cgi.
+        if self.site.runtime == Runtime::Embed {
             assert!(
-                wait_gone(&pids, Duration::from_secs(2)),
-                "php-cgi workers outlived tqserver: {pids:?}"
+                self.log().contains("zygote started PHP"),
+                "no zygote started on php.runtime: embed:\n{}",
+                self.log()
             );
+        }
+        // The parent-death signal must take every worker with it (a forked
+        // worker after its zygote; a deadline with room for a loaded
+        // machine, not a wait).
+        if !wait_gone(&pids, Duration::from_secs(5)) {
+            let left: Vec<String> = pids
+                .iter()
+                .filter(|pid| is_alive(**pid))
+                .map(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default())
+                .collect();
+            panic!("PHP processes outlived tqserver: {left:#?}");
         }
     }
 }
@@ -558,14 +666,15 @@ pub fn children_named(parent: u32, name: &str) -> Vec<u32> {
     pids
 }
 
-/// Live php-cgi processes anywhere on the machine.
-pub fn all_php_cgi() -> Vec<u32> {
+/// Live PHP processes (php-cgi, tqserver-php) anywhere on the machine.
+pub fn all_php_processes() -> Vec<u32> {
     let mut pids = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
             continue;
         };
-        if std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "php-cgi")
+        if std::fs::read_to_string(format!("/proc/{pid}/comm"))
+            .is_ok_and(|c| matches!(c.trim(), "php-cgi" | "tqserver-php"))
             && is_alive(pid)
         {
             pids.push(pid);
