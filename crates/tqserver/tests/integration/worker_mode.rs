@@ -136,6 +136,52 @@ fn max_requests_recycles_the_worker() {
     assert_ne!(pids[5], pids[6]);
 }
 
+/// A script that stops on its own after a few requests (Octane's
+/// MAX_REQUESTS): the pool has already sent the next request down the
+/// connection when the script ends, so the worker boots the script again
+/// in its process and serves it; under concurrent load no request fails.
+#[test]
+fn a_script_that_stops_on_its_own_loses_no_request() {
+    let script = WORKER.replace(
+        "while (frankenphp_handle_request($handler)) {\n}",
+        "while (frankenphp_handle_request($handler) && $served < 3) {\n}\nusleep(20000);",
+    );
+    assert_ne!(script, WORKER);
+    let server = Site::new()
+        .worker(
+            "app",
+            "path: /\nphp:\n  worker: worker.php\n  pool:\n    manager: static\n    max_workers: 2\n",
+        )
+        .file("app", "worker.php", script)
+        .start();
+    let port = server.port();
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let mut conn = Conn::open(port);
+                (0..10)
+                    .map(|_| {
+                        conn.send(b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n");
+                        let response = conn.read_response(false);
+                        (response.status, answer(&response.text()).1)
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    for client in clients {
+        for (status, served) in client.join().unwrap() {
+            assert_eq!(status, 200, "{}", server.log());
+            assert!((1..=3).contains(&served), "served {served}");
+        }
+    }
+    assert!(
+        server.log().contains("booting it again"),
+        "{}",
+        server.log()
+    );
+}
+
 #[test]
 fn a_reload_boots_new_workers_and_lets_the_old_finish() {
     let server = site("").with_admin().start();
