@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 use crate::browser::Browser;
 use crate::html::{json_quote, json_scalar};
 use crate::mariadb;
-use crate::setup::{give_to_workers, run, run_ok};
+use crate::setup::{Runtime, give_to_workers, run, run_ok};
 use crate::support::{children_named, spawn_server};
 use crate::wordpress::{Front, WordpressSite, install, login};
 
@@ -299,7 +299,7 @@ fn bench_opcache() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(3);
     let db = mariadb::shared().create_database("wp_bench");
-    let wordpress = WordpressSite::new("/", &db, WORKERS, None);
+    let wordpress = WordpressSite::new("/", &db, WORKERS, None, Runtime::Cgi);
     let root = wordpress.site.root().to_path_buf();
     let config = wordpress.site.config_path();
     let port = wordpress.site.port;
