@@ -30,7 +30,7 @@ const ADMIN_USER: &str = "admin";
 const ADMIN_PASSWORD: &str = "tq-Adm1n-Passw0rd-xyzzy";
 const POST_TITLE: &str = "Hello from tqserver";
 const POST_SLUG: &str = "hello-from-tqserver";
-const POST_BODY: &str = "Published through the REST API, served by tqserver's PHP workers.";
+const POST_BODY: &str = "Published through the REST API, served by PHP workers under tqserver.";
 
 /// Where a browser reaches a WordPress site: `http://localhost:{port}{prefix}/`.
 pub struct Front {
