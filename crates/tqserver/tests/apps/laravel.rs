@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use crate::browser::{Browser, Part};
 use crate::html::{input_value, json_scalar, json_string, links, short};
-use crate::setup::{LogOnPanic, copy_tree, ensure_packages, give_to_workers, make_readable};
+use crate::setup::{LogOnPanic, Runtime, copy_tree, give_to_workers, make_readable};
 use crate::support::nginx::Nginx;
 use crate::support::{Server, Site, free_port};
 
@@ -29,10 +29,10 @@ struct App {
 }
 
 impl App {
-    /// Starts tqserver with the Laravel app at `prefix`, and nginx in front
-    /// when `through_nginx`.
-    fn start(prefix: &str, through_nginx: bool) -> Self {
-        ensure_packages();
+    /// Starts tqserver with the Laravel app at `prefix` on `runtime`, and
+    /// nginx in front when `through_nginx`.
+    fn start(prefix: &str, through_nginx: bool, runtime: Runtime) -> Self {
+        runtime.ensure();
         let fastcgi_port = free_port();
         let listen = if through_nginx {
             format!("fastcgi:\n  listen: 127.0.0.1:{fastcgi_port}\n")
@@ -40,7 +40,8 @@ impl App {
             String::new()
         };
         let yaml = format!(
-            "path: {prefix}\nphp:\n  settings:\n    upload_max_filesize: 16M\n    post_max_size: 16M\n  pool:\n    manager: static\n    max_workers: 2\n{listen}"
+            "path: {prefix}\nphp:\n{runtime}  settings:\n    upload_max_filesize: 16M\n    post_max_size: 16M\n  pool:\n    manager: static\n    max_workers: 2\n{listen}",
+            runtime = runtime.yaml(),
         );
         let site = Site::new().worker("laravel", &yaml);
         let base = site.root().join("workers/laravel");
@@ -94,8 +95,13 @@ impl App {
 
 /// Runs `test` against a fresh app; prints the logs if it fails and checks
 /// tqserver's log for errors Laravel reported (its log goes to stderr).
-fn with_app(prefix: &str, through_nginx: bool, test: impl FnOnce(&App, &mut Browser)) {
-    let app = App::start(prefix, through_nginx);
+fn with_app(
+    prefix: &str,
+    through_nginx: bool,
+    runtime: Runtime,
+    test: impl FnOnce(&App, &mut Browser),
+) {
+    let app = App::start(prefix, through_nginx, runtime);
     let log = || app.log();
     let _log = LogOnPanic {
         name: "tqserver",
@@ -103,6 +109,7 @@ fn with_app(prefix: &str, through_nginx: bool, test: impl FnOnce(&App, &mut Brow
     };
     let mut browser = Browser::new(app.port());
     test(&app, &mut browser);
+    runtime.assert_serves(&app.server);
     let log = app.server.log();
     let errors: Vec<&str> = log
         .lines()
@@ -335,88 +342,116 @@ fn check_not_found_and_static_files(_app: &App, browser: &mut Browser) {
 
 #[test]
 fn laravel_route_parameters() {
-    with_app("/", false, check_route_parameters);
+    with_app("/", false, Runtime::Cgi, check_route_parameters);
 }
 
 #[test]
 fn laravel_form_with_csrf_token_and_session() {
-    with_app("/", false, check_form_with_csrf_token_and_session);
+    with_app(
+        "/",
+        false,
+        Runtime::Cgi,
+        check_form_with_csrf_token_and_session,
+    );
 }
 
 #[test]
 fn laravel_json_api() {
-    with_app("/", false, check_json_api);
+    with_app("/", false, Runtime::Cgi, check_json_api);
 }
 
 #[test]
 fn laravel_redirects() {
-    with_app("/", false, check_redirects);
+    with_app("/", false, Runtime::Cgi, check_redirects);
 }
 
 #[test]
 fn laravel_file_upload() {
-    with_app("/", false, check_file_upload);
+    with_app("/", false, Runtime::Cgi, check_file_upload);
 }
 
 #[test]
 fn laravel_not_found_and_static_files() {
-    with_app("/", false, check_not_found_and_static_files);
+    with_app("/", false, Runtime::Cgi, check_not_found_and_static_files);
+}
+
+/// Every check above on one app, each with a fresh browser.
+fn check_all(app: &App, _: &mut Browser) {
+    check_route_parameters(app, &mut Browser::new(app.port()));
+    check_form_with_csrf_token_and_session(app, &mut Browser::new(app.port()));
+    check_json_api(app, &mut Browser::new(app.port()));
+    check_redirects(app, &mut Browser::new(app.port()));
+    check_file_upload(app, &mut Browser::new(app.port()));
+    check_not_found_and_static_files(app, &mut Browser::new(app.port()));
 }
 
 /// The same app with nginx in front, tqserver as its php-fpm.
 #[test]
 fn laravel_through_nginx() {
-    with_app("/", true, |app, _| {
-        check_route_parameters(app, &mut Browser::new(app.port()));
-        check_form_with_csrf_token_and_session(app, &mut Browser::new(app.port()));
-        check_json_api(app, &mut Browser::new(app.port()));
-        check_redirects(app, &mut Browser::new(app.port()));
-        check_file_upload(app, &mut Browser::new(app.port()));
-        check_not_found_and_static_files(app, &mut Browser::new(app.port()));
-    });
+    with_app("/", true, Runtime::Cgi, check_all);
 }
 
 #[test]
 fn laravel_under_a_sub_path_builds_its_urls_there() {
-    with_app("/shop", false, |app, browser| {
-        let origin = browser.origin();
-        let here = browser.get("/shop/whereami?x=1");
-        assert_eq!(here.status, 200, "{}", short(&here.text()));
-        let json = here.text();
-        assert_eq!(json_string(&json, "home"), Some(format!("{origin}/shop")));
-        assert_eq!(
-            json_string(&json, "route"),
-            Some(format!("{origin}/shop/users/1/posts"))
-        );
-        assert_eq!(json_string(&json, "path").as_deref(), Some("whereami"));
-        assert_eq!(json_string(&json, "base").as_deref(), Some("/shop"));
-        assert_eq!(
-            json_string(&json, "full"),
-            Some(format!("{origin}/shop/whereami?x=1"))
-        );
+    with_app("/shop", false, Runtime::Cgi, check_sub_path);
+}
 
-        // Named routes redirect under the mount point. (Route::redirect is
-        // not checked here: Laravel 8 strips its base path from that
-        // relative Location, behind any server.)
-        let moved = browser.get("/shop/latest");
-        assert_eq!(
-            moved.header("location"),
-            Some(format!("{origin}/shop/users/7/posts/moved").as_str())
-        );
+/// On the embed runtime, every check in one app per front (one start each
+/// keeps the suite's time down).
+#[test]
+fn laravel_over_http_on_embed() {
+    with_app("/", false, Runtime::Embed, check_all);
+}
 
-        let form = browser.get("/shop/form");
-        for link in links(&form.text()) {
-            assert!(link.starts_with(&format!("{origin}/shop/")), "{link}");
-        }
-        let token = input_value(&form.text(), "_token").expect("a CSRF token");
-        let saved = browser.post_form("/shop/form", &[("_token", &token), ("name", "Ada")]);
-        assert_eq!(
-            saved.header("location"),
-            Some(format!("{origin}/shop/form").as_str())
-        );
-        let (page, _) = browser.follow(saved, 3);
-        assert!(page.text().contains("Saved Ada"), "{}", short(&page.text()));
-        assert_eq!(browser.get("/shop/css/app.css").status, 200);
-        assert_eq!(app.server.get("/users/1/posts").status, 404);
-    });
+#[test]
+fn laravel_through_nginx_on_embed() {
+    with_app("/", true, Runtime::Embed, check_all);
+}
+
+#[test]
+fn laravel_under_a_sub_path_on_embed() {
+    with_app("/shop", false, Runtime::Embed, check_sub_path);
+}
+
+/// The app mounted at /shop builds its URLs there.
+fn check_sub_path(app: &App, browser: &mut Browser) {
+    let origin = browser.origin();
+    let here = browser.get("/shop/whereami?x=1");
+    assert_eq!(here.status, 200, "{}", short(&here.text()));
+    let json = here.text();
+    assert_eq!(json_string(&json, "home"), Some(format!("{origin}/shop")));
+    assert_eq!(
+        json_string(&json, "route"),
+        Some(format!("{origin}/shop/users/1/posts"))
+    );
+    assert_eq!(json_string(&json, "path").as_deref(), Some("whereami"));
+    assert_eq!(json_string(&json, "base").as_deref(), Some("/shop"));
+    assert_eq!(
+        json_string(&json, "full"),
+        Some(format!("{origin}/shop/whereami?x=1"))
+    );
+
+    // Named routes redirect under the mount point. (Route::redirect is
+    // not checked here: Laravel 8 strips its base path from that
+    // relative Location, behind any server.)
+    let moved = browser.get("/shop/latest");
+    assert_eq!(
+        moved.header("location"),
+        Some(format!("{origin}/shop/users/7/posts/moved").as_str())
+    );
+
+    let form = browser.get("/shop/form");
+    for link in links(&form.text()) {
+        assert!(link.starts_with(&format!("{origin}/shop/")), "{link}");
+    }
+    let token = input_value(&form.text(), "_token").expect("a CSRF token");
+    let saved = browser.post_form("/shop/form", &[("_token", &token), ("name", "Ada")]);
+    assert_eq!(
+        saved.header("location"),
+        Some(format!("{origin}/shop/form").as_str())
+    );
+    let (page, _) = browser.follow(saved, 3);
+    assert!(page.text().contains("Saved Ada"), "{}", short(&page.text()));
+    assert_eq!(browser.get("/shop/css/app.css").status, 200);
+    assert_eq!(app.server.get("/users/1/posts").status, 404);
 }

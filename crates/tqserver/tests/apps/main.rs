@@ -10,6 +10,11 @@
 //! cargo nextest run -p tqserver --features app-tests --test apps
 //! ```
 //!
+//! WordPress and Laravel run on both PHP runtimes (`php.runtime: cgi`, and
+//! `embed` in the `_on_embed` tests), which need `tqserver-php` beside the
+//! tqserver binary: `cargo build -p tq-php-runtime` (the workspace build in
+//! `scripts/test` does it).
+//!
 //! The tests install what they need (`scripts/deps.sh apps`, as root) and
 //! start their own MariaDB; anything missing fails a test, nothing skips.
 //! `bench_opcache` (ignored) measures what php-cgi's per-process OPcache

@@ -10,9 +10,78 @@ use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use crate::support::children_named;
+
 /// The repository's root.
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The PHP runtime an app runs on: `php.runtime` in its worker.yaml.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Runtime {
+    /// Exec'd php-cgi workers (the default).
+    Cgi,
+    /// Workers forked from a tqserver-php zygote.
+    Embed,
+}
+
+impl Runtime {
+    /// The `runtime:` line of worker.yaml's `php:` section.
+    pub fn yaml(self) -> &'static str {
+        match self {
+            Self::Cgi => "  runtime: cgi\n",
+            Self::Embed => "  runtime: embed\n",
+        }
+    }
+
+    /// Checks that this runtime is there (with the extensions the apps use);
+    /// panics with what to do otherwise.
+    pub fn ensure(self) {
+        ensure_packages();
+        if self == Self::Cgi {
+            return;
+        }
+        // Beside tqserver, where tqserver looks first.
+        let runtime = Path::new(crate::support::BIN).with_file_name("tqserver-php");
+        assert!(
+            runtime.exists(),
+            "{} is missing: build it with `cargo build -p tq-php-runtime` (scripts/test's workspace build does)",
+            runtime.display()
+        );
+        // Debian enables an extension for every SAPI it knows, embed included.
+        for ini in [
+            "10-opcache.ini",
+            "15-xml.ini",
+            "20-gd.ini",
+            "20-mbstring.ini",
+            "20-mysqli.ini",
+        ] {
+            let path = Path::new("/etc/php/8.2/embed/conf.d").join(ini);
+            assert!(path.exists(), "{} is missing after deps.sh", path.display());
+        }
+    }
+}
+
+impl Runtime {
+    /// Asserts that the app's workers under `server` are this runtime's:
+    /// php-cgi children of tqserver, or tqserver-php workers forked from a
+    /// tqserver-php zygote.
+    pub fn assert_serves(self, server: &crate::support::Server) {
+        let php_cgi = children_named(server.pid(), "php-cgi");
+        let forked: Vec<u32> = children_named(server.pid(), "tqserver-php")
+            .into_iter()
+            .flat_map(|zygote| children_named(zygote, "tqserver-php"))
+            .collect();
+        let (ours, others) = match self {
+            Self::Cgi => (&php_cgi, &forked),
+            Self::Embed => (&forked, &php_cgi),
+        };
+        assert!(
+            !ours.is_empty() && others.is_empty(),
+            "{self:?} should serve: php-cgi workers {php_cgi:?}, forked workers {forked:?}"
+        );
+    }
 }
 
 /// Installs the Debian packages (when missing) and checks that everything

@@ -12,7 +12,8 @@
 //! The scenario ([`browse_like_a_user`]) talks only to a [`Front`]: a port
 //! and a path prefix. It runs over tqserver's HTTP front and through nginx →
 //! tqserver's FastCGI listener (see `nginx.rs`), with WordPress at the root
-//! and under `/blog`.
+//! and under `/blog`, on php-cgi workers and on workers forked from a
+//! tqserver-php zygote (`php.runtime: embed`).
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -20,14 +21,16 @@ use std::time::Instant;
 use crate::browser::{Browser, Part};
 use crate::html::{input_value, json_quote, json_scalar, json_string, links, short};
 use crate::mariadb::{self, Database};
-use crate::setup::{LogOnPanic, copy_tree, ensure_packages, give_to_workers, make_readable};
+use crate::setup::{
+    LogOnPanic, Runtime, copy_tree, ensure_packages, give_to_workers, make_readable,
+};
 use crate::support::{Response, Site, free_port};
 
 const ADMIN_USER: &str = "admin";
 const ADMIN_PASSWORD: &str = "tq-Adm1n-Passw0rd-xyzzy";
 const POST_TITLE: &str = "Hello from tqserver";
 const POST_SLUG: &str = "hello-from-tqserver";
-const POST_BODY: &str = "Published through the REST API, served by php-cgi workers.";
+const POST_BODY: &str = "Published through the REST API, served by PHP workers under tqserver.";
 
 /// Where a browser reaches a WordPress site: `http://localhost:{port}{prefix}/`.
 pub struct Front {
@@ -115,7 +118,7 @@ require_once ABSPATH . 'wp-settings.php';
 }
 
 /// A tqserver site with WordPress at `prefix` ("/" or "/blog") on a
-/// static pool of `workers`. `fastcgi_port` adds tqserver's FastCGI
+/// static pool of `workers` of `runtime`. `fastcgi_port` adds tqserver's FastCGI
 /// listener for nginx, and then the document root is `www{prefix}` so that
 /// nginx can serve `www` with the app under `prefix`.
 pub struct WordpressSite {
@@ -124,7 +127,14 @@ pub struct WordpressSite {
 }
 
 impl WordpressSite {
-    pub fn new(prefix: &str, db: &Database, workers: usize, fastcgi_port: Option<u16>) -> Self {
+    pub fn new(
+        prefix: &str,
+        db: &Database,
+        workers: usize,
+        fastcgi_port: Option<u16>,
+        runtime: Runtime,
+    ) -> Self {
+        runtime.ensure();
         let (document_root, fastcgi) = match fastcgi_port {
             Some(port) => (
                 format!("www{}", prefix.trim_end_matches('/')),
@@ -133,7 +143,8 @@ impl WordpressSite {
             None => ("public".to_owned(), String::new()),
         };
         let yaml = format!(
-            "path: {prefix}\ndocument_root: {document_root}\nphp:\n  settings:\n    upload_max_filesize: 16M\n    post_max_size: 16M\n    memory_limit: 256M\n  pool:\n    manager: static\n    max_workers: {workers}\n{fastcgi}"
+            "path: {prefix}\ndocument_root: {document_root}\nphp:\n{runtime}  settings:\n    upload_max_filesize: 16M\n    post_max_size: 16M\n    memory_limit: 256M\n  pool:\n    manager: static\n    max_workers: {workers}\n{fastcgi}",
+            runtime = runtime.yaml(),
         );
         let site = Site::new().worker("wordpress", &yaml);
         let docroot = site.root().join("workers/wordpress").join(&document_root);
@@ -647,13 +658,13 @@ pub fn assert_links_under(front: &Front, page: &Response, what: &str) {
     }
 }
 
-fn run_over_http(prefix: &str, database: &str) {
+fn run_over_http(prefix: &str, database: &str, runtime: Runtime) {
     let db = mariadb::shared().create_database(database);
-    let mut site = WordpressSite::new(prefix, &db, 2, None).site;
+    let mut site = WordpressSite::new(prefix, &db, 2, None, runtime).site;
     if prefix != "/" {
         // Another app owns the rest of the site.
         site = site
-            .worker("home", "path: /\n")
+            .worker("home", &format!("path: /\nphp:\n{}", runtime.yaml()))
             .file("home", "index.html", "<h1>home app</h1>");
     }
     let server = site.start();
@@ -663,6 +674,7 @@ fn run_over_http(prefix: &str, database: &str) {
         log: &log,
     };
     browse_like_a_user(&Front::new(server.port(), prefix), &db);
+    runtime.assert_serves(&server);
     if prefix != "/" {
         let home = server.get("/");
         assert!(home.text().contains("home app"), "{}", home.text());
@@ -671,10 +683,10 @@ fn run_over_http(prefix: &str, database: &str) {
 }
 
 /// The same journey through nginx → tqserver's FastCGI listener.
-fn run_through_nginx(prefix: &str, database: &str) {
+fn run_through_nginx(prefix: &str, database: &str, runtime: Runtime) {
     let db = mariadb::shared().create_database(database);
     let fastcgi_port = free_port();
-    let wordpress = WordpressSite::new(prefix, &db, 2, Some(fastcgi_port));
+    let wordpress = WordpressSite::new(prefix, &db, 2, Some(fastcgi_port), runtime);
     let www = wordpress.site.root().join("workers/wordpress/www");
     let server = wordpress.site.start();
     let nginx = crate::nginx::php_site(&www, prefix, &format!("127.0.0.1:{fastcgi_port}"), true);
@@ -690,6 +702,7 @@ fn run_through_nginx(prefix: &str, database: &str) {
         log: &log,
     };
     browse_like_a_user(&Front::new(nginx.port, prefix), &db);
+    runtime.assert_serves(&server);
     assert_no_php_errors(&server.log());
 }
 
@@ -714,20 +727,40 @@ fn assert_no_php_errors(log: &str) {
 
 #[test]
 fn wordpress_at_the_root_over_http() {
-    run_over_http("/", "wp_root");
+    run_over_http("/", "wp_root", Runtime::Cgi);
 }
 
 #[test]
 fn wordpress_under_blog_over_http() {
-    run_over_http("/blog", "wp_blog");
+    run_over_http("/blog", "wp_blog", Runtime::Cgi);
 }
 
 #[test]
 fn wordpress_at_the_root_through_nginx() {
-    run_through_nginx("/", "wp_nginx_root");
+    run_through_nginx("/", "wp_nginx_root", Runtime::Cgi);
 }
 
 #[test]
 fn wordpress_under_blog_through_nginx() {
-    run_through_nginx("/blog", "wp_nginx_blog");
+    run_through_nginx("/blog", "wp_nginx_blog", Runtime::Cgi);
+}
+
+#[test]
+fn wordpress_at_the_root_over_http_on_embed() {
+    run_over_http("/", "wp_root_embed", Runtime::Embed);
+}
+
+#[test]
+fn wordpress_under_blog_over_http_on_embed() {
+    run_over_http("/blog", "wp_blog_embed", Runtime::Embed);
+}
+
+#[test]
+fn wordpress_at_the_root_through_nginx_on_embed() {
+    run_through_nginx("/", "wp_nginx_root_embed", Runtime::Embed);
+}
+
+#[test]
+fn wordpress_under_blog_through_nginx_on_embed() {
+    run_through_nginx("/blog", "wp_nginx_blog_embed", Runtime::Embed);
 }
