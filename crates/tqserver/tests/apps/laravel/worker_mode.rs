@@ -22,7 +22,7 @@ const WORKER_SCRIPT: &str = "frankenphp-worker.php";
 /// Starts tqserver with the app in worker mode at `prefix` (`workers`
 /// static workers, `env` for them), nginx in front when `through_nginx`.
 fn start(prefix: &str, through_nginx: bool, workers: usize, env: &[(&str, &str)]) -> App {
-    crate::setup::ensure_packages();
+    Runtime::Embed.ensure();
     let fastcgi_port = free_port();
     let listen = if through_nginx {
         format!("fastcgi:\n  listen: 127.0.0.1:{fastcgi_port}\n")
@@ -132,15 +132,10 @@ fn assert_worker_mode_at(app: &App, prefix: &str) {
     );
 }
 
-/// Every browse-like-a-user check of the classic tests, each with a fresh
-/// browser.
-fn check_all(app: &App) {
-    check_route_parameters(app, &mut Browser::new(app.port()));
-    check_form_with_csrf_token_and_session(app, &mut Browser::new(app.port()));
-    check_json_api(app, &mut Browser::new(app.port()));
-    check_redirects(app, &mut Browser::new(app.port()));
-    check_file_upload(app, &mut Browser::new(app.port()));
-    check_not_found_and_static_files(app, &mut Browser::new(app.port()));
+/// Every browse-like-a-user check of the classic tests, the Blade page, and
+/// proof that worker mode served them.
+fn check_all_in_worker_mode(app: &App) {
+    check_all(app, &mut Browser::new(app.port()));
     let posts = Browser::new(app.port()).get("/posts");
     assert_eq!(posts.status, 200, "{}", short(&posts.text()));
     assert!(
@@ -155,47 +150,31 @@ fn check_all(app: &App) {
 
 #[test]
 fn laravel_worker_mode_over_http() {
-    with_worker_app("/", false, 2, &[], check_all);
+    with_worker_app("/", false, 2, &[], check_all_in_worker_mode);
 }
 
 #[test]
 fn laravel_worker_mode_through_nginx() {
-    with_worker_app("/", true, 2, &[], check_all);
+    with_worker_app("/", true, 2, &[], check_all_in_worker_mode);
 }
 
 /// Under a sub-path, the URLs Laravel builds are there on every request,
-/// not those of the stand-in request the worker booted with.
+/// not those of the stand-in request the worker booted with, nor those of
+/// the request before.
 #[test]
 fn laravel_worker_mode_under_a_sub_path_builds_its_urls_there() {
     with_worker_app("/shop", false, 1, &[], |app| {
-        let mut browser = Browser::new(app.port());
-        let origin = browser.origin();
-        for _ in 0..2 {
-            let here = json(&mut browser, "/shop/whereami?x=1");
-            assert_eq!(here["home"], format!("{origin}/shop"), "{here}");
-            assert_eq!(
-                here["route"],
-                format!("{origin}/shop/users/1/posts"),
-                "{here}"
-            );
-            assert_eq!(here["base"], "/shop", "{here}");
-            assert_eq!(here["full"], format!("{origin}/shop/whereami?x=1"));
-            let moved = browser.get("/shop/latest");
-            assert_eq!(
-                moved.header("location"),
-                Some(format!("{origin}/shop/users/7/posts/moved").as_str())
-            );
-            let form = browser.get("/shop/form");
-            for link in links(&form.text()) {
-                assert!(link.starts_with(&format!("{origin}/shop/")), "{link}");
-            }
-        }
-        // Another host name on the same worker: its own URLs.
+        check_sub_path(app, &mut Browser::new(app.port()));
+        // Another host name on the same worker: its own URLs, and then
+        // the first one's again.
         let other = app.server.request(
             "GET /shop/whereami HTTP/1.1\r\nHost: example.test\r\nConnection: close\r\n\r\n",
         );
         let here: Value = serde_json::from_str(&other.text()).expect("JSON");
         assert_eq!(here["home"], "http://example.test/shop", "{here}");
+        let mut browser = Browser::new(app.port());
+        let here = json(&mut browser, "/shop/whereami");
+        assert_eq!(here["home"], format!("{}/shop", browser.origin()), "{here}");
         assert_worker_mode_at(app, "/shop");
     });
 }

@@ -32,7 +32,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::setup::{ensure_packages, give_to_workers, make_readable, run, run_ok};
+use crate::setup::{Runtime, give_to_workers, make_readable, run, run_ok};
 use crate::support::nginx::{Nginx, PhpFpm};
 use crate::support::{BIN, Site, children_named, stop_child};
 
@@ -463,7 +463,7 @@ fn env_number(name: &str, default: u64) -> u64 {
 #[test]
 #[ignore = "benchmark for docs/WORKER-MODE.md: --run-ignored only -E 'test(bench_worker_mode)'"]
 fn bench_worker_mode() {
-    ensure_packages();
+    Runtime::Embed.ensure();
     let seconds = env_number("BENCH_SECONDS", 5);
     let rounds = env_number("BENCH_ROUNDS", 3) as usize;
     let load_before = load_average();
