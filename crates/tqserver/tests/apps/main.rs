@@ -18,7 +18,9 @@
 //! The tests install what they need (`scripts/deps.sh apps`, as root) and
 //! start their own MariaDB; anything missing fails a test, nothing skips.
 //! `bench_opcache` (ignored) measures what php-cgi's per-process OPcache
-//! costs on WordPress; see docs/OPCACHE.md.
+//! costs on WordPress; see docs/OPCACHE.md. `bench_worker_mode` (ignored)
+//! measures worker mode on Laravel against classic mode and nginx +
+//! php-fpm; see docs/WORKER-MODE.md.
 
 #[path = "../support/mod.rs"]
 mod support;
