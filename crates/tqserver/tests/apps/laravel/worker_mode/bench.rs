@@ -17,7 +17,8 @@
 //!
 //! - tqserver worker mode (`php.worker`, the embed runtime): the app boots
 //!   once per worker (the Laravel worker script restarts itself after
-//!   MAX_REQUESTS = 1000 requests, as Octane's does);
+//!   MAX_REQUESTS = 1000 requests, as Octane's does); for Laravel also the
+//!   same script without its gc_collect_cycles() after each request;
 //! - tqserver classic on `php.runtime: embed`;
 //! - tqserver classic on `php.runtime: cgi`;
 //! - nginx + php-fpm (pm = static, Debian's php.ini: OPcache on), nginx
