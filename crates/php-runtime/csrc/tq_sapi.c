@@ -1251,6 +1251,21 @@ static void init_request_info(void)
 /* ------------------------------------------------------------------------ */
 /* The entry points. */
 
+/* After a script ran (or failed to open): its file closed, PHP's request
+ * shut down (output flushed, headers sent); the script's exit status. */
+static int end_script(zend_file_handle *file, bool opened)
+{
+	if (opened) {
+		zend_destroy_file_handle(file);
+	}
+	if (SG(request_info).path_translated) {
+		efree(SG(request_info).path_translated);
+		SG(request_info).path_translated = NULL;
+	}
+	php_request_shutdown(NULL);
+	return EG(exit_status);
+}
+
 int tq_php_startup(const char *ini_entries, const char *ini_path)
 {
 	memset(&cgi, 0, sizeof(cgi));
@@ -1292,7 +1307,6 @@ int tq_php_request(const struct tq_param *params, size_t count, const struct tq_
 	finished = false;
 	/* Non-NULL, or PHP never reads the body and cookies. */
 	SG(server_context) = (void *)request_io;
-	int status = 0;
 
 	init_request_info();
 	if (php_request_startup() == FAILURE) {
@@ -1319,15 +1333,7 @@ int tq_php_request(const struct tq_param *params, size_t count, const struct tq_
 			php_execute_script(&file);
 		}
 	} zend_end_try();
-	if (opened) {
-		zend_destroy_file_handle(&file);
-	}
-	if (SG(request_info).path_translated) {
-		efree(SG(request_info).path_translated);
-		SG(request_info).path_translated = NULL;
-	}
-	php_request_shutdown(NULL);
-	status = EG(exit_status);
+	int status = end_script(&file, opened);
 	io = NULL;
 	SG(server_context) = NULL;
 	env_clear();
@@ -1378,17 +1384,9 @@ int tq_php_worker(const struct tq_param *params, size_t count, const struct tq_i
 		worker_context_start();
 		finished = true;
 	}
-	if (opened) {
-		zend_destroy_file_handle(&file);
-	}
-	if (SG(request_info).path_translated) {
-		efree(SG(request_info).path_translated);
-		SG(request_info).path_translated = NULL;
-	}
 	/* A request cut short by a fatal error or exit() is still open: its
 	 * output and headers go out here, as php-cgi sends them. */
-	php_request_shutdown(NULL);
-	int status = EG(exit_status);
+	int status = end_script(&file, opened);
 	worker.active = false;
 	worker.context = false;
 	worker.in_request = false;

@@ -94,14 +94,8 @@ fn runtime_errors_name_the_key_and_what_to_do() {
         ),
     ] {
         let site = Site::new().worker("app", yaml);
-        let output = std::process::Command::new(env!("CARGO_BIN_EXE_tqserver"))
-            .arg("check")
-            .arg("--config")
-            .arg(site.config_path())
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert!(!output.status.success(), "{yaml}");
+        let (passed, stderr) = site.check();
+        assert!(!passed, "{yaml}");
         assert!(stderr.contains(expected), "{stderr}");
         assert!(stderr.contains(line), "names file and line: {stderr}");
     }

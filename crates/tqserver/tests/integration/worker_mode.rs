@@ -338,14 +338,8 @@ fn worker_config_errors_say_what_to_do() {
         let site = Site::new()
             .worker("app", yaml)
             .file("app", "worker.php", WORKER);
-        let output = std::process::Command::new(env!("CARGO_BIN_EXE_tqserver"))
-            .arg("check")
-            .arg("--config")
-            .arg(site.config_path())
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert!(!output.status.success(), "{yaml}");
+        let (passed, stderr) = site.check();
+        assert!(!passed, "{yaml}");
         assert!(stderr.contains(expected), "{stderr}");
         assert!(
             stderr.contains("worker.yaml:4") || stderr.contains("worker.yaml:3"),

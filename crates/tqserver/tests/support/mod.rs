@@ -295,6 +295,20 @@ impl Site {
         self.root().join("config/server.yaml")
     }
 
+    /// `tqserver check` on this site: whether it passed, and its stderr.
+    pub fn check(&self) -> (bool, String) {
+        let output = Command::new(env!("CARGO_BIN_EXE_tqserver"))
+            .arg("check")
+            .arg("--config")
+            .arg(self.config_path())
+            .output()
+            .expect("run tqserver check");
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    }
+
     /// Extra YAML appended to server.yaml (top-level sections).
     pub fn server_yaml(mut self, extra: &str) -> Self {
         self.server_extra = extra.to_owned();
