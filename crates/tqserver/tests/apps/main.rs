@@ -30,6 +30,7 @@ mod dokuwiki;
 mod html;
 mod laravel;
 mod mariadb;
+mod measure;
 mod nginx;
 mod opcache;
 mod png;

@@ -49,13 +49,13 @@ use std::time::{Duration, Instant};
 use crate::browser::Browser;
 use crate::html::{json_quote, json_scalar};
 use crate::mariadb;
-use crate::setup::{Runtime, give_to_workers, make_readable, run, run_ok};
+use crate::measure::{CONCURRENCY, cpu_ticks, median, memory_kib, wrk};
+use crate::setup::{Runtime, give_to_workers, make_readable, run};
 use crate::support::nginx::Nginx;
 use crate::support::{Site, children_named, spawn_server};
 use crate::wordpress::{Front, WordpressSite, install, login};
 
 const WORKERS: usize = 4;
-const CONCURRENCY: usize = 20;
 
 struct Variant {
     name: &'static str,
@@ -232,19 +232,6 @@ impl Drop for ForkingServer {
     }
 }
 
-/// `Rss` and `Pss` (KiB) of a process.
-fn memory_kib(pid: u32) -> (u64, u64) {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
-    let field = |name: &str| {
-        text.lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    (field("Rss:"), field("Pss:"))
-}
-
 /// Average RSS and PSS of the workers, and the PSS of their master.
 fn memory((workers, master): (Vec<u32>, Option<u32>)) -> (u64, u64, u64) {
     assert_eq!(workers.len(), WORKERS, "worker processes: {workers:?}");
@@ -260,73 +247,13 @@ fn memory((workers, master): (Vec<u32>, Option<u32>)) -> (u64, u64, u64) {
     )
 }
 
-/// wrk against the front page; returns (requests/s, p50 ms, p99 ms,
-/// requests).
-fn wrk(port: u16, seconds: u64) -> (f64, f64, f64, u64) {
-    let output = run_ok(
-        Command::new("wrk")
-            .arg("-t2")
-            .arg(format!("-c{CONCURRENCY}"))
-            .arg(format!("-d{seconds}s"))
-            .args(["--timeout", "10s", "--latency"])
-            .arg(format!("http://localhost:{port}/")),
-        Duration::from_secs(seconds + 60),
-    );
-    assert!(
-        !output.contains("Non-2xx") && !output.contains("Socket errors"),
-        "wrk saw errors:\n{output}"
-    );
-    if std::env::var_os("BENCH_VERBOSE").is_some() {
-        eprintln!("{output}");
-    }
-    let value = |prefix: &str| -> f64 {
-        let line = output
-            .lines()
-            .map(str::trim)
-            .find(|l| l.starts_with(prefix))
-            .unwrap_or_else(|| panic!("no {prefix} in wrk's output:\n{output}"));
-        let text = line[prefix.len()..].trim();
-        let (number, unit) = text
-            .find(|c: char| c.is_ascii_alphabetic())
-            .map(|at| text.split_at(at))
-            .unwrap_or((text, ""));
-        let number: f64 = number.trim().parse().expect("a number in wrk's output");
-        match unit.trim() {
-            "us" => number / 1000.0,
-            "s" => number * 1000.0,
-            _ => number,
-        }
-    };
-    // "  1234 requests in 5.00s, 12.34MB read"
-    let requests = output
-        .lines()
-        .find(|l| l.contains(" requests in "))
-        .and_then(|l| l.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no request count in wrk's output:\n{output}"));
-    (value("Requests/sec:"), value("50%"), value("99%"), requests)
-}
-
 /// CPU time (user + system) the processes have used so far, in ms.
 fn cpu_ms(pids: &[u32]) -> f64 {
     let ticks_per_second = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
         .ok()
         .flatten()
         .unwrap_or(100) as f64;
-    let ticks: u64 = pids
-        .iter()
-        .map(|pid| {
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            // utime and stime: fields 14 and 15, the 12th and 13th after
-            // the parenthesised command name.
-            let fields: Vec<&str> = stat
-                .rsplit_once(')')
-                .map(|(_, rest)| rest.split_whitespace().collect())
-                .unwrap_or_default();
-            let field = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok());
-            field(11).unwrap_or(0) + field(12).unwrap_or(0)
-        })
-        .sum();
+    let ticks: u64 = pids.iter().map(|pid| cpu_ticks(*pid)).sum();
     ticks as f64 * 1000.0 / ticks_per_second
 }
 
@@ -357,11 +284,6 @@ fn opcache_status(port: u16) -> (f64, u64) {
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
     (used / 1024.0 / 1024.0, scripts)
-}
-
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
 }
 
 #[test]
@@ -744,16 +666,12 @@ fn check_page(port: u16, expected: &str) {
 /// measured one, with the CPU time per request of the `php` processes and
 /// of the `front` ones (the web server).
 fn warm_then_measure(sample: &mut Sample, port: u16, seconds: u64, php: &[u32], front: &[u32]) {
-    wrk(port, 2);
+    wrk(port, "/", 2);
     let (php_before, front_before) = (cpu_ms(php), cpu_ms(front));
-    let requests;
-    (
-        sample.requests_per_second,
-        sample.p50_ms,
-        sample.p99_ms,
-        requests,
-    ) = wrk(port, seconds);
-    let requests = requests.max(1) as f64;
+    let load = wrk(port, "/", seconds);
+    (sample.requests_per_second, sample.p50_ms, sample.p99_ms) =
+        (load.requests_per_second, load.p50_ms, load.p99_ms);
+    let requests = load.requests.max(1) as f64;
     sample.php_cpu_ms = (cpu_ms(php) - php_before) / requests;
     sample.front_cpu_ms = (cpu_ms(front) - front_before) / requests;
 }

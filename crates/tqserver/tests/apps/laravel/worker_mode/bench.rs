@@ -33,14 +33,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::setup::{Runtime, give_to_workers, make_readable, run, run_ok};
+use crate::measure::{CONCURRENCY, cpu_ticks, median, memory_kib, wrk};
+use crate::setup::{Runtime, give_to_workers, make_readable, run};
 use crate::support::nginx::{Nginx, PhpFpm};
 use crate::support::{BIN, Site, children_named, stop_child};
 
 use super::{WORKER_SCRIPT, prepare_copy};
 
 const WORKERS: usize = 4;
-const CONCURRENCY: usize = 20;
 
 /// The heavy boot: what a large application computes before it can answer
 /// (configuration merged from many modules, thousands of service
@@ -347,80 +347,10 @@ struct Load {
     pss_kib: f64,
 }
 
-fn wrk(port: u16, path: &str, seconds: u64) -> Load {
-    let output = run_ok(
-        Command::new("wrk")
-            .arg("-t2")
-            .arg(format!("-c{CONCURRENCY}"))
-            .arg(format!("-d{seconds}s"))
-            .args(["--timeout", "10s", "--latency"])
-            .arg(format!("http://localhost:{port}{path}")),
-        Duration::from_secs(seconds + 60),
-    );
-    assert!(
-        !output.contains("Non-2xx") && !output.contains("Socket errors"),
-        "wrk saw errors on {path}:\n{output}"
-    );
-    if std::env::var_os("BENCH_VERBOSE").is_some() {
-        eprintln!("{output}");
-    }
-    let value = |prefix: &str| -> f64 {
-        let line = output
-            .lines()
-            .map(str::trim)
-            .find(|l| l.starts_with(prefix))
-            .unwrap_or_else(|| panic!("no {prefix} in wrk's output:\n{output}"));
-        let text = line[prefix.len()..].trim();
-        let (number, unit) = text
-            .find(|c: char| c.is_ascii_alphabetic())
-            .map(|at| text.split_at(at))
-            .unwrap_or((text, ""));
-        let number: f64 = number.trim().parse().expect("a number in wrk's output");
-        match unit.trim() {
-            "us" => number / 1000.0,
-            "s" => number * 1000.0,
-            _ => number,
-        }
-    };
-    Load {
-        requests_per_second: value("Requests/sec:"),
-        p50_ms: value("50%"),
-        p99_ms: value("99%"),
-        pss_kib: 0.0,
-    }
-}
-
 /// Average PSS (KiB) of `pids`, from smaps_rollup.
 fn average_pss_kib(pids: &[u32]) -> f64 {
     assert!(!pids.is_empty(), "no PHP processes to measure");
-    let pss = |pid: &u32| -> u64 {
-        std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
-            .unwrap_or_default()
-            .lines()
-            .find_map(|l| l.strip_prefix("Pss:"))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
-    pids.iter().map(pss).sum::<u64>() as f64 / pids.len() as f64
-}
-
-/// CPU ticks (user + system) a process has used.
-fn cpu_ticks(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|stat| {
-            let fields: Vec<u64> = stat
-                .rsplit_once(')')?
-                .1
-                .split_whitespace()
-                .skip(11)
-                .take(2)
-                .filter_map(|f| f.parse().ok())
-                .collect();
-            Some(fields.iter().sum())
-        })
-        .unwrap_or(0)
+    pids.iter().map(|pid| memory_kib(*pid).1).sum::<u64>() as f64 / pids.len() as f64
 }
 
 /// Waits (up to 30 s) until `pids` use no CPU for 200 ms.
@@ -436,11 +366,6 @@ fn wait_idle(pids: &[u32]) {
         }
         before = now;
     }
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
 }
 
 fn load_average() -> String {
@@ -544,8 +469,13 @@ fn bench_worker_mode() {
             let pids = endpoint.php_pids();
             wrk(endpoint.port, target.path, 2);
             wait_idle(&pids);
-            let mut load = wrk(endpoint.port, target.path, seconds);
-            load.pss_kib = average_pss_kib(&pids);
+            let measured = wrk(endpoint.port, target.path, seconds);
+            let load = Load {
+                requests_per_second: measured.requests_per_second,
+                p50_ms: measured.p50_ms,
+                p99_ms: measured.p99_ms,
+                pss_kib: average_pss_kib(&pids),
+            };
             // php-fpm goes on with the requests nginx left in its socket's
             // backlog when wrk stopped: not on the next one's time.
             wait_idle(&pids);
@@ -572,7 +502,8 @@ fn bench_worker_mode() {
             .zip(&samples)
             .filter(|((rt, _), _)| *rt == t)
             .map(|((_, e), loads)| {
-                let pick = |f: fn(&Load) -> f64| median(loads.iter().map(f).collect());
+                let pick =
+                    |f: fn(&Load) -> f64| median(&mut loads.iter().map(f).collect::<Vec<_>>());
                 (
                     endpoints[*e].config,
                     Load {
