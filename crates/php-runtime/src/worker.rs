@@ -133,9 +133,59 @@ pub fn serve_connection<S: Read + Write, R: Runner>(
 ) -> Result<(), ConnectionError> {
     let mut reader = RequestReader::new((), ParamsLimits::default());
     let mut writer = ResponseWriter::new(());
-    loop {
-        let Some(event) = next_event(&mut stream, &mut reader)? else {
+    while let Some(NewRequest {
+        request_id,
+        keep_conn,
+        params,
+    }) = next_request(&mut stream, &mut reader, &mut writer, |_| true)?
+    {
+        // php-cgi's FastCGI layer adds FCGI_ROLE before the parameters; PHP
+        // lists it after them.
+        let pairs = std::iter::once((&b"FCGI_ROLE"[..], &b"RESPONDER"[..])).chain(params.iter());
+        let mut request = Request::new(&mut stream, &mut reader, &mut writer, request_id);
+        let started = runner.run(pairs, &mut request);
+        if !request.state.ended {
+            request.end();
+        }
+        let gone = request.state.gone;
+        reader.finish_request();
+        if !started {
+            return Err(ConnectionError::RunnerFailed);
+        }
+        if gone || !keep_conn {
             return Ok(());
+        }
+    }
+    Ok(())
+}
+
+/// A responder request whose parameters have all arrived.
+struct NewRequest {
+    request_id: u16,
+    keep_conn: bool,
+    params: fastcgi::Params,
+}
+
+/// Reads up to the next responder request's parameters, answering
+/// management records and refusing other roles on the way. `None` when the
+/// web server closes the connection or aborts before the parameters end, or
+/// when `wait` (called before each read with nothing of a request decoded)
+/// says to stop.
+fn next_request<S: Read + Write>(
+    stream: &mut S,
+    reader: &mut RequestReader<()>,
+    writer: &mut ResponseWriter<()>,
+    mut wait: impl FnMut(&S) -> bool,
+) -> io::Result<Option<NewRequest>> {
+    loop {
+        // What is buffered may be the end of the last request's unread body.
+        let event = match reader.buffered_event().map_err(io::Error::other)? {
+            Some(event) => event,
+            None if !wait(stream) => return Ok(None),
+            None => match next_event(stream, reader)? {
+                Some(event) => event,
+                None => return Ok(None),
+            },
         };
         match event {
             ServerEvent::Begin {
@@ -145,38 +195,27 @@ pub fn serve_connection<S: Read + Write, R: Runner>(
             } => {
                 if role != Role::Responder {
                     writer.end_request(request_id, 0, ProtocolStatus::UnknownRole, false);
-                    send(&mut stream, writer.buffer_mut())?;
+                    send(stream, writer.buffer_mut())?;
                     reader.finish_request();
                     continue;
                 }
-                let params = loop {
-                    match next_event(&mut stream, &mut reader)? {
-                        Some(ServerEvent::Params { params, .. }) => break params,
-                        Some(ServerEvent::Abort { .. }) | None => return Ok(()),
-                        Some(other) => answer_management(other, &mut writer),
+                loop {
+                    match next_event(stream, reader)? {
+                        Some(ServerEvent::Params { params, .. }) => {
+                            return Ok(Some(NewRequest {
+                                request_id,
+                                keep_conn,
+                                params,
+                            }));
+                        }
+                        Some(ServerEvent::Abort { .. }) | None => return Ok(None),
+                        Some(other) => answer_management(other, writer),
                     }
-                };
-                // php-cgi's FastCGI layer adds FCGI_ROLE before the
-                // parameters; PHP lists it after them.
-                let pairs =
-                    std::iter::once((&b"FCGI_ROLE"[..], &b"RESPONDER"[..])).chain(params.iter());
-                let mut request = Request::new(&mut stream, &mut reader, &mut writer, request_id);
-                let started = runner.run(pairs, &mut request);
-                if !request.state.ended {
-                    request.end();
-                }
-                let gone = request.state.gone;
-                reader.finish_request();
-                if !started {
-                    return Err(ConnectionError::RunnerFailed);
-                }
-                if gone || !keep_conn {
-                    return Ok(());
                 }
             }
             other => {
-                answer_management(other, &mut writer);
-                send(&mut stream, writer.buffer_mut())?;
+                answer_management(other, writer);
+                send(stream, writer.buffer_mut())?;
             }
         }
     }
@@ -617,77 +656,37 @@ impl<S: Read + Write + AsFd, A: FnMut() -> io::Result<S>> Session<S, A> {
         let Some(stream) = self.stream.as_mut() else {
             return Ok(None);
         };
-        loop {
-            // Nothing of the next request decoded yet (what is buffered may
-            // be the end of the last one's unread body): wait for it, or for
-            // SIGTERM.
-            let buffered = self.reader.buffered_event().map_err(io::Error::other)?;
-            let event = match buffered {
-                Some(event) => event,
-                None => {
-                    if !wait_readable_or_stop(stream.as_fd()) {
-                        return Ok(None);
-                    }
-                    match next_event(stream, &mut self.reader)? {
-                        Some(event) => event,
-                        None => return Ok(None),
-                    }
-                }
-            };
-            match event {
-                ServerEvent::Begin {
-                    request_id,
-                    role,
-                    keep_conn,
-                } => {
-                    if role != Role::Responder {
-                        self.writer
-                            .end_request(request_id, 0, ProtocolStatus::UnknownRole, false);
-                        send(stream, self.writer.buffer_mut())?;
-                        self.reader.finish_request();
-                        continue;
-                    }
-                    let params = loop {
-                        match next_event(stream, &mut self.reader)? {
-                            Some(ServerEvent::Params { params, .. }) => break params,
-                            Some(ServerEvent::Abort { .. }) | None => return Ok(None),
-                            Some(other) => answer_management(other, &mut self.writer),
-                        }
-                    };
-                    self.keep_conn = keep_conn;
-                    if params.get("SCRIPT_FILENAME").is_none() {
-                        // The pool's probe: php-cgi's answer, without PHP.
-                        put_stream(
-                            self.writer.buffer_mut(),
-                            RecordType::Stdout,
-                            request_id,
-                            b"Status: 404 Not Found\r\nContent-type: text/html; charset=UTF-8\r\n\r\nNo input file specified.\n",
-                        );
-                        self.writer.end_request(
-                            request_id,
-                            0,
-                            ProtocolStatus::RequestComplete,
-                            false,
-                        );
-                        self.reader.finish_request();
-                        send(stream, self.writer.buffer_mut())?;
-                        self.booted = true;
-                        if !keep_conn {
-                            return Ok(None);
-                        }
-                        continue;
-                    }
-                    self.current = Some(RequestState::new(request_id));
-                    self.requests += 1;
-                    self.booted = true;
-                    return Ok(Some(params));
-                }
-                other => {
-                    answer_management(other, &mut self.writer);
-                    send(stream, self.writer.buffer_mut())?;
-                }
+        // The pool's probe (no SCRIPT_FILENAME) gets php-cgi's answer,
+        // without PHP; the wait before each read ends on SIGTERM.
+        while let Some(NewRequest {
+            request_id,
+            keep_conn,
+            params,
+        }) = next_request(stream, &mut self.reader, &mut self.writer, |s| {
+            wait_readable_or_stop(s.as_fd())
+        })? {
+            self.keep_conn = keep_conn;
+            self.booted = true;
+            if params.get("SCRIPT_FILENAME").is_some() {
+                self.current = Some(RequestState::new(request_id));
+                self.requests += 1;
+                return Ok(Some(params));
+            }
+            put_stream(
+                self.writer.buffer_mut(),
+                RecordType::Stdout,
+                request_id,
+                b"Status: 404 Not Found\r\nContent-type: text/html; charset=UTF-8\r\n\r\nNo input file specified.\n",
+            );
+            self.writer
+                .end_request(request_id, 0, ProtocolStatus::RequestComplete, false);
+            self.reader.finish_request();
+            send(stream, self.writer.buffer_mut())?;
+            if !keep_conn {
+                break;
             }
         }
+        Ok(None)
     }
 }
 
