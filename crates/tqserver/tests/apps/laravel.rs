@@ -110,7 +110,11 @@ fn with_app(
     let mut browser = Browser::new(app.port());
     test(&app, &mut browser);
     runtime.assert_serves(&app.server);
-    let log = app.server.log();
+    assert_no_app_errors(&app.server.log());
+}
+
+/// Laravel logs nothing at ERROR or CRITICAL, and PHP no fatal error.
+pub(super) fn assert_no_app_errors(log: &str) {
     let errors: Vec<&str> = log
         .lines()
         .filter(|l| l.contains(".ERROR") || l.contains(".CRITICAL") || l.contains("PHP Fatal"))

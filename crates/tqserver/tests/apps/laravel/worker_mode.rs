@@ -92,16 +92,7 @@ fn with_worker_app(
         log: &log,
     };
     test(&app);
-    let log = app.server.log();
-    let errors: Vec<&str> = log
-        .lines()
-        .filter(|l| l.contains(".ERROR") || l.contains(".CRITICAL") || l.contains("PHP Fatal"))
-        .collect();
-    assert!(
-        errors.is_empty(),
-        "errors in the log:\n{}",
-        errors.join("\n")
-    );
+    super::assert_no_app_errors(&app.server.log());
 }
 
 /// GETs a JSON route.
