@@ -33,6 +33,14 @@ use tokio_util::task::TaskTracker;
 use crate::accept::AcceptLoop;
 pub use service::Frontend;
 
+/// A request extension set on requests that came over TLS (HTTP/1.1 or
+/// HTTP/2): PHP then sees `HTTPS=on` and `REQUEST_SCHEME=https`.
+#[derive(Clone, Debug, Default)]
+pub struct Tls {
+    /// The server name the client asked for (SNI), if any.
+    pub server_name: Option<Arc<str>>,
+}
+
 /// Accepts connections until `shutdown`, at most `server.max_connections` at
 /// once ([`crate::accept`]); each connection runs on `connections` so the
 /// caller can wait for them to finish.
