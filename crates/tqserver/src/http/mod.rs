@@ -41,6 +41,14 @@ pub struct Tls {
     pub server_name: Option<Arc<str>>,
 }
 
+/// A request extension through which the service sends informational
+/// responses (103 Early Hints, from PHP) ahead of the final response. The
+/// connection that made the request puts it there and writes out what
+/// arrives while the request runs (HTTP/1.1 and HTTP/2; never HTTP/1.0).
+/// Senders use `try_send`: hints beyond the channel's room are dropped.
+#[derive(Clone, Debug)]
+pub struct Interim(pub tokio::sync::mpsc::Sender<http::HeaderMap>);
+
 /// Accepts connections until `shutdown`, at most `server.max_connections` at
 /// once ([`crate::accept`]); each connection runs on `connections` so the
 /// caller can wait for them to finish.
