@@ -43,6 +43,7 @@ pub mod admin;
 pub mod app;
 pub mod config;
 pub mod control;
+pub mod dev;
 pub mod docroot;
 pub mod http;
 pub mod listener;

@@ -22,6 +22,10 @@ struct Cli {
     /// Path of server.yaml.
     #[arg(long, short, global = true, default_value = "config/server.yaml")]
     config: PathBuf,
+    /// Development mode, whatever server.yaml's `server.mode` says: code
+    /// changes are served at once and open pages reload themselves.
+    #[arg(long, global = true)]
+    dev: bool,
 }
 
 #[derive(Subcommand)]
@@ -41,6 +45,9 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if cli.dev {
+        config::force_development();
+    }
     match cli.command.unwrap_or(Command::Run) {
         Command::Check => check(&cli.config),
         Command::Run => run(&cli.config),

@@ -129,6 +129,24 @@ pub struct ServerSettings {
     pub pid_file: Option<PathBuf>,
     /// Threads serving requests; 0 is one per CPU.
     pub threads: usize,
+    /// Development mode (`server.mode: development` or `tqserver --dev`):
+    /// PHP code changes are served at once and HTML pages reload themselves
+    /// in the browser (see [`crate::dev`]).
+    pub development: bool,
+}
+
+/// Set by `tqserver --dev`: development mode whatever server.yaml says,
+/// for this process's whole life (reloads included).
+static FORCE_DEVELOPMENT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// `tqserver --dev`: every configuration loaded from now on is in
+/// development mode.
+pub fn force_development() {
+    FORCE_DEVELOPMENT.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+pub(crate) fn development_forced() -> bool {
+    FORCE_DEVELOPMENT.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

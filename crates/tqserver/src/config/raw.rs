@@ -38,6 +38,8 @@ pub struct RawServer {
     pub drain_delay: Option<RawDuration>,
     pub pid_file: Option<String>,
     pub threads: Option<usize>,
+    /// `production` (the default) or `development`.
+    pub mode: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

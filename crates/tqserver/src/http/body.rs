@@ -19,6 +19,9 @@ pub enum Body {
     Bytes(Option<Bytes>),
     File(FileStream),
     Php(Box<PhpStream>),
+    /// Chunks from a task of our own (development mode's event stream and
+    /// pages with its script added).
+    Channel(tokio::sync::mpsc::Receiver<io::Result<Bytes>>),
 }
 
 impl Body {
@@ -52,6 +55,9 @@ impl http_body::Body for Body {
             Body::Php(php) => php
                 .poll_chunk(cx)
                 .map(|chunk| chunk.map(|r| r.map(Frame::data))),
+            Body::Channel(rx) => rx
+                .poll_recv(cx)
+                .map(|chunk| chunk.map(|r| r.map(Frame::data))),
         }
     }
 
@@ -61,6 +67,7 @@ impl http_body::Body for Body {
             Body::Bytes(bytes) => bytes.is_none(),
             Body::File(file) => file.remaining == 0,
             Body::Php(php) => php.is_done(),
+            Body::Channel(rx) => rx.is_closed() && rx.is_empty(),
         }
     }
 
@@ -71,7 +78,7 @@ impl http_body::Body for Body {
                 SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
             }
             Body::File(file) => SizeHint::with_exact(file.remaining),
-            Body::Php(_) => SizeHint::default(),
+            Body::Php(_) | Body::Channel(_) => SizeHint::default(),
         }
     }
 }

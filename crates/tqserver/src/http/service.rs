@@ -28,6 +28,8 @@ pub struct Frontend {
     /// `Connection: close`, so kept-alive clients (and balancers' pooled
     /// connections) move to another node before the listeners close.
     pub draining: tokio_util::sync::CancellationToken,
+    /// Development mode's page reloads (None in production).
+    pub live_reload: Option<Arc<crate::dev::LiveReload>>,
 }
 
 pub async fn handle(
@@ -36,6 +38,12 @@ pub async fn handle(
     peer: SocketAddr,
     local: SocketAddr,
 ) -> Response<Body> {
+    if let Some(live) = &front.live_reload
+        && request.uri().path() == crate::dev::LIVE_RELOAD_PATH
+    {
+        return live.events(request.uri().query());
+    }
+    let is_head = request.method() == http::Method::HEAD;
     // The app is chosen, and the file resolved, on one normal form of the
     // path (see normalize.rs).
     let normal = normalize::normalize(request.uri().path());
@@ -71,7 +79,13 @@ pub async fn handle(
         }
         (None, Ok(_)) => errors::status(StatusCode::NOT_FOUND),
     };
-    finish(response, observation)
+    let mut response = finish(response, observation);
+    // After `finish`: a PHP stream keeps its observation while the script
+    // is added behind it.
+    if let Some(live) = &front.live_reload {
+        live.inject(&mut response, is_head);
+    }
+    response
 }
 
 /// Finishes the observation now, or hands it to a streaming body.

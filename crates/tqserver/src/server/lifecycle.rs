@@ -94,6 +94,11 @@ pub(super) async fn serve(
         config.logging.slow_log_file.clone(),
     )
     .context("cannot open log files")?;
+    let shutdown = CancellationToken::new();
+    let live_reload = config
+        .server
+        .development
+        .then(|| crate::dev::LiveReload::new(shutdown.clone()));
     let state = Arc::new(ServerState {
         config_path: config.file.clone(),
         config: ArcSwap::from_pointee(config.clone()),
@@ -108,9 +113,10 @@ pub(super) async fn serve(
         socket_dir,
         listeners: Mutex::new(BTreeMap::new()),
         reloading: tokio::sync::Mutex::new(()),
-        shutdown: CancellationToken::new(),
+        shutdown,
         connections: TaskTracker::new(),
         background: TaskTracker::new(),
+        live_reload,
     });
     state
         .background
@@ -159,6 +165,11 @@ pub(super) async fn serve_until_stopped(
         }
     };
     router.store(Arc::new(Router::new(apps.clone())));
+    // Watching starts before the port answers: no edit made after that is
+    // missed.
+    if let Some(live) = &state.live_reload {
+        watch_sources(state, config, live);
+    }
     // FastCGI listeners first: once the HTTP port answers, everything does.
     for app in &apps {
         if let Err(err) = start_listener(state, &app.config).await {
@@ -181,6 +192,7 @@ pub(super) async fn serve_until_stopped(
         settings: config.server.clone(),
         telemetry: telemetry.clone(),
         draining: draining.clone(),
+        live_reload: state.live_reload.clone(),
     });
     let accept = tokio::spawn(http::serve(
         http_listener,
@@ -282,6 +294,48 @@ pub(super) async fn serve_until_stopped(
     let _ = tokio::time::timeout(Duration::from_secs(5), state.background.wait()).await;
     telemetry.flush();
     Ok(())
+}
+
+/// Development mode: each burst of changes to an app's files reloads open
+/// pages, after new workers for code the app would not see otherwise.
+fn watch_sources(state: &Arc<ServerState>, config: &Config, live: &Arc<crate::dev::LiveReload>) {
+    let (watcher, mut changes) =
+        match crate::dev::watch_sources(&config.workers_dir, state.router.clone()) {
+            Ok(watching) => watching,
+            Err(err) => {
+                crate::dev::watch_failed(&err);
+                return;
+            }
+        };
+    info!(
+        "development mode: watching {} for changes",
+        config.workers_dir.display()
+    );
+    let state = state.clone();
+    let live = live.clone();
+    state.clone().background.spawn(async move {
+        let _watcher = watcher;
+        loop {
+            let (name, code) = tokio::select! {
+                change = changes.recv() => match change {
+                    Some(change) => change,
+                    None => return,
+                },
+                _ = state.shutdown.cancelled() => return,
+            };
+            let app = state.router.load().app_named(&name).cloned();
+            let Some(app) = app else { continue };
+            if code && crate::dev::restart_on_change(&app.config) {
+                drop(app);
+                match super::restart_app(&state, &name).await {
+                    Ok(()) => live.changed(&format!("app {name}: code changed, new workers")),
+                    Err(err) => error!(worker = %name, "development: new workers failed to start, the old ones still serve: {err:#}"),
+                }
+            } else {
+                live.changed(&format!("app {name}: files changed"));
+            }
+        }
+    });
 }
 
 /// Starts every app concurrently; if one fails, the others are stopped.

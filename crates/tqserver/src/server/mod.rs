@@ -44,7 +44,7 @@ mod runtime_dirs;
 pub use crate::readiness::Phase;
 pub use lifecycle::{run, start_apps, stop_apps};
 use listeners::RunningListener;
-pub use reload::reload;
+pub use reload::{reload, restart_app};
 
 /// The outcome of the last reload, for the status output.
 #[derive(Clone, Debug, Default)]
@@ -76,6 +76,8 @@ pub struct ServerState {
     /// Connections of every front end; apps being retired drain here too.
     connections: TaskTracker,
     background: TaskTracker,
+    /// Development mode's page reloads (None in production).
+    live_reload: Option<Arc<crate::dev::LiveReload>>,
 }
 
 impl ServerState {

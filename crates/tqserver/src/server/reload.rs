@@ -35,6 +35,9 @@ pub async fn reload(state: &Arc<ServerState>, why: &str) {
     match result {
         Ok(summary) => {
             state.telemetry.metrics.reloads.inc();
+            if let Some(live) = &state.live_reload {
+                live.changed("configuration reloaded");
+            }
             state.report(true, Vec::new());
             info!(
                 took_ms = started.elapsed().as_millis() as u64,
@@ -184,4 +187,35 @@ pub(super) async fn apply_reload(state: &Arc<ServerState>) -> Result<ReloadSumma
         }
     }
     Ok(summary)
+}
+
+/// Development mode: a fresh pool for one app, with the same configuration
+/// (its code changed where running workers would not see it). As in a
+/// reload, the new pool is warm before traffic moves to it and the old one
+/// finishes its requests; if it cannot start, the old one keeps serving.
+pub async fn restart_app(state: &Arc<ServerState>, name: &str) -> anyhow::Result<()> {
+    let _one_at_a_time = state.reloading.lock().await;
+    if state.phase() != Phase::Running {
+        return Ok(());
+    }
+    let Some(old) = state.router.load().app_named(name).cloned() else {
+        return Ok(());
+    };
+    let started = start_apps(std::slice::from_ref(&old.config), &state.telemetry).await?;
+    let apps: Vec<Arc<App>> = state
+        .router
+        .load()
+        .apps()
+        .iter()
+        .filter(|app| app.config.name != name)
+        .cloned()
+        .chain(started)
+        .collect();
+    state.router.store(Arc::new(Router::new(apps)));
+    let grace = state.config.load().server.grace_period;
+    let pool = old.pool.clone();
+    state
+        .background
+        .spawn(async move { pool.drain(grace).await });
+    Ok(())
 }

@@ -20,6 +20,7 @@ mod support;
 
 mod cli;
 mod compare;
+mod dev;
 mod embed;
 mod hardening;
 mod http;

@@ -395,6 +395,11 @@ impl Site {
     pub fn start_with_env(self, env: &[(&str, &str)]) -> Server {
         Server::start(self, env)
     }
+
+    /// Starts `tqserver ARGS... --config ...`.
+    pub fn start_with_args(self, args: &[&str]) -> Server {
+        Server::start_with(self, args, &[])
+    }
 }
 
 /// A running tqserver; killed (and its workers checked gone) on drop.
@@ -406,8 +411,12 @@ pub struct Server {
 
 impl Server {
     fn start(site: Site, env: &[(&str, &str)]) -> Self {
+        Self::start_with(site, &[], env)
+    }
+
+    fn start_with(site: Site, args: &[&str], env: &[(&str, &str)]) -> Self {
         let log = site.root().join("tqserver.log");
-        let child = spawn_server(&site.config_path(), &log, env);
+        let child = spawn_server_with(&site.config_path(), &log, args, env);
         let mut server = Self {
             site,
             child: Some(child),
@@ -620,8 +629,13 @@ pub fn stop_child(child: &mut Child, grace: Duration) {
 }
 
 pub fn spawn_server(config: &Path, log: &Path, env: &[(&str, &str)]) -> Child {
+    spawn_server_with(config, log, &[], env)
+}
+
+pub fn spawn_server_with(config: &Path, log: &Path, args: &[&str], env: &[(&str, &str)]) -> Child {
     let log_file = std::fs::File::create(log).unwrap();
     Command::new(BIN)
+        .args(args)
         .arg("--config")
         .arg(config)
         .env("RUST_LOG", "info")

@@ -88,8 +88,22 @@ pub fn load(server_file: &Path) -> Result<Config, ConfigErrors> {
             format!("{max_connections} is out of range; expected 1 to 1000000"),
         ));
     }
+    let development = match server_raw.mode.as_deref() {
+        None | Some("production") => false,
+        Some("development") => true,
+        Some(other) => {
+            errors.push(at(
+                "server.mode",
+                format!(
+                    "`{other}` is not one of production, development (or start with `tqserver --dev`)"
+                ),
+            ));
+            false
+        }
+    } || crate::config::development_forced();
     let server = ServerSettings {
         listen,
+        development,
         read_timeout: dur(server_raw.read_timeout, defaults::READ_TIMEOUT),
         write_timeout: dur(server_raw.write_timeout, defaults::WRITE_TIMEOUT),
         idle_timeout: dur(server_raw.idle_timeout, defaults::IDLE_TIMEOUT),
@@ -152,7 +166,12 @@ pub fn load(server_file: &Path) -> Result<Config, ConfigErrors> {
             folders.sort();
             for folder in folders {
                 match load_app(&folder, &socket_dir, &mut php_versions) {
-                    Ok(Some(app)) => apps.push(Arc::new(app)),
+                    Ok(Some(mut app)) => {
+                        if development {
+                            crate::dev::php_settings(&mut app);
+                        }
+                        apps.push(Arc::new(app))
+                    }
                     Ok(None) => {}
                     Err(mut app_errors) => errors.append(&mut app_errors),
                 }
