@@ -18,20 +18,21 @@ use ::h1::chunked::{ChunkError, ChunkedDecoder, Decoded};
 pub use ::h1::head::Framing;
 use bytes::{Bytes, BytesMut};
 use http_body::{Frame, SizeHint};
-use tokio::net::tcp::OwnedReadHalf;
 use tokio::sync::oneshot;
+
+use super::stream::ReadHalf;
 use tokio::time::Sleep;
 
 /// Read granularity while a request is coming in.
 const READ_CHUNK: usize = 8 * 1024;
 
 pub struct ConnReader {
-    half: OwnedReadHalf,
+    half: ReadHalf,
     pub(super) buf: BytesMut,
 }
 
 impl ConnReader {
-    pub fn new(half: OwnedReadHalf) -> Self {
+    pub fn new(half: ReadHalf) -> Self {
         Self {
             half,
             buf: BytesMut::new(),
@@ -43,7 +44,7 @@ impl ConnReader {
         if self.buf.capacity() - self.buf.len() < 1024 {
             self.buf.reserve(READ_CHUNK);
         }
-        tokio_util::io::poll_read_buf(Pin::new(&mut self.half), cx, &mut self.buf)
+        self.half.poll_read_buf(cx, &mut self.buf)
     }
 
     pub async fn fill(&mut self) -> io::Result<usize> {
@@ -107,6 +108,9 @@ struct Inner {
     /// Bytes of `100 Continue` still to send before the first wait for body
     /// bytes (the client asked with `Expect: 100-continue`).
     continue_left: usize,
+    /// `100 Continue` is to be sent and may not be out yet: over TLS, bytes
+    /// written may still wait in rustls.
+    continue_unflushed: bool,
 }
 
 /// The interim response sent, on the first read, to a client that expects
@@ -152,6 +156,7 @@ impl RequestBody {
                     } else {
                         0
                     },
+                    continue_unflushed: limits.expect_continue,
                 }),
             },
             back,
@@ -232,36 +237,46 @@ impl Inner {
     /// interleave with it; a write never blocks the task (it waits for the
     /// socket's readiness like any other poll).
     fn poll_continue(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let stream: &tokio::net::TcpStream = self.reader.half.as_ref();
-        while self.continue_left > 0 {
-            let unsent = &CONTINUE[CONTINUE.len() - self.continue_left..];
-            match stream.try_write(unsent) {
-                Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-                Ok(written) => self.continue_left -= written,
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
-                    if stream.poll_write_ready(cx)?.is_pending() {
-                        // A client that takes nothing is bounded like one
-                        // that sends nothing.
-                        let timeout = self.read_timeout;
-                        let stall = self
-                            .stall
-                            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
-                        ready!(stall.as_mut().poll(cx));
-                        return Poll::Ready(Err(io::Error::new(
-                            io::ErrorKind::TimedOut,
-                            "client did not take 100 Continue",
-                        )));
+        let stream = &self.reader.half;
+        loop {
+            let written = if self.continue_left > 0 {
+                let unsent = &CONTINUE[CONTINUE.len() - self.continue_left..];
+                match stream.try_write(unsent) {
+                    Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                    Ok(written) => {
+                        self.continue_left -= written;
+                        continue;
                     }
+                    Err(err) if err.kind() == io::ErrorKind::WouldBlock => false,
+                    Err(err) => return Poll::Ready(Err(err)),
                 }
-                Err(err) => return Poll::Ready(Err(err)),
+            } else {
+                // Over TLS, out of rustls too.
+                stream.try_flush()?
+            };
+            if written {
+                self.continue_unflushed = false;
+                return Poll::Ready(Ok(()));
+            }
+            if stream.poll_write_ready(cx)?.is_pending() {
+                // A client that takes nothing is bounded like one
+                // that sends nothing.
+                let timeout = self.read_timeout;
+                let stall = self
+                    .stall
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                ready!(stall.as_mut().poll(cx));
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "client did not take 100 Continue",
+                )));
             }
         }
-        Poll::Ready(Ok(()))
     }
 
     /// Reads more, with the read timeout running only while nothing comes.
     fn poll_more(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        if self.continue_left > 0 {
+        if self.continue_unflushed {
             ready!(self.poll_continue(cx))?;
         }
         match self.reader.poll_fill(cx) {
@@ -370,7 +385,7 @@ mod tests {
             .await
             .unwrap();
         let (server, _) = listener.accept().await.unwrap();
-        let (read, _write) = server.into_split();
+        let (read, _write) = super::super::stream::Stream::Tcp(server).into_split();
         std::mem::forget(_write);
         (Box::new(ConnReader::new(read)), client)
     }

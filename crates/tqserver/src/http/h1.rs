@@ -39,9 +39,6 @@ use http::header;
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body::Body as _;
 use http_body_util::BodyExt;
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
-use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
@@ -54,6 +51,7 @@ use ::h1::head::{
 
 use super::body_reader::{BodyLimits, ConnReader, Remaining, RequestBody};
 use super::service::{self, Frontend};
+use super::stream::{Stream, WriteHalf};
 
 /// Unread request body discarded to keep a connection alive; beyond this
 /// the connection is closed instead.
@@ -138,9 +136,10 @@ struct Connection {
     served: u64,
 }
 
-/// Serves one client connection until it closes, state by state.
+/// Serves one client connection, over plain TCP or TLS, until it closes,
+/// state by state.
 pub async fn serve_connection(
-    stream: TcpStream,
+    stream: Stream,
     peer: SocketAddr,
     local: SocketAddr,
     front: Arc<Frontend>,
@@ -185,7 +184,7 @@ pub async fn serve_connection(
                 if more_input {
                     State::LingeringClose { reader }
                 } else {
-                    let _ = conn.writer.half.shutdown().await;
+                    let _ = conn.writer.shutdown().await;
                     State::Closed
                 }
             }
@@ -425,7 +424,7 @@ const LINGER_IDLE: Duration = Duration::from_secs(5);
 /// The FIN, then input read and dropped until the client closes, goes quiet
 /// for [`LINGER_IDLE`], or [`LINGER_TIME`] has passed.
 async fn linger(reader: &mut ConnReader, writer: &mut Writer) {
-    if writer.half.shutdown().await.is_err() {
+    if writer.shutdown().await.is_err() {
         return;
     }
     let deadline = tokio::time::Instant::now() + LINGER_TIME;
@@ -484,12 +483,16 @@ async fn discard(reader: &mut ConnReader, mut left: u64, timeout: Duration) -> i
 
 /// The writing side of a connection.
 struct Writer {
-    half: OwnedWriteHalf,
+    half: WriteHalf,
     buf: BytesMut,
     timeout: Duration,
 }
 
 impl Writer {
+    async fn shutdown(&mut self) -> io::Result<()> {
+        self.half.shutdown(self.timeout).await
+    }
+
     async fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
         write_two(&self.half, self.timeout, bytes, &[]).await
     }
@@ -663,25 +666,25 @@ impl Writer {
 /// that takes everything at once, costs one `writev` and no timer; otherwise
 /// each wait for the client to take more is bounded by `timeout`.
 async fn write_two(
-    half: &OwnedWriteHalf,
+    half: &WriteHalf,
     timeout: Duration,
     mut first: &[u8],
     mut second: &[u8],
 ) -> io::Result<()> {
-    try_write_two(half, &mut first, &mut second)?;
-    if first.is_empty() && second.is_empty() {
+    if try_write_two(half, &mut first, &mut second)? {
         return Ok(());
     }
     // Boxed: waiting is the rare case, and its timer would otherwise make
     // every connection's future larger, idle or not.
     Box::pin(async move {
-        while !first.is_empty() || !second.is_empty() {
+        loop {
             tokio::time::timeout(timeout, half.writable())
                 .await
                 .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))??;
-            try_write_two(half, &mut first, &mut second)?;
+            if try_write_two(half, &mut first, &mut second)? {
+                return Ok(());
+            }
         }
-        Ok(())
     })
     .await
 }
@@ -691,28 +694,28 @@ async fn write_two(
 /// (a PHP response then frees its worker, see `Body::spill`) before the
 /// write waits for the client.
 async fn write_body(
-    half: &OwnedWriteHalf,
+    half: &WriteHalf,
     timeout: Duration,
     mut bytes: &[u8],
     body: &mut Body,
 ) -> io::Result<()> {
     let mut none: &[u8] = &[];
-    try_write_two(half, &mut bytes, &mut none)?;
-    if bytes.is_empty() {
+    if try_write_two(half, &mut bytes, &mut none)? {
         return Ok(());
     }
     body.spill();
     write_two(half, timeout, bytes, &[]).await
 }
 
-/// Writes what the socket takes without waiting, advancing both slices.
-fn try_write_two(half: &OwnedWriteHalf, first: &mut &[u8], second: &mut &[u8]) -> io::Result<()> {
+/// Writes what the stream takes without waiting, advancing both slices;
+/// `Ok(true)` once all is out (over TLS, out of rustls too).
+fn try_write_two(half: &WriteHalf, first: &mut &[u8], second: &mut &[u8]) -> io::Result<bool> {
     while !first.is_empty() || !second.is_empty() {
         let slices = [io::IoSlice::new(first), io::IoSlice::new(second)];
         let mut written = match half.try_write_vectored(&slices) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(written) => written,
-            Err(err) if err.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => return Ok(false),
             Err(err) => return Err(err),
         };
         let from_first = written.min(first.len());
@@ -720,7 +723,7 @@ fn try_write_two(half: &OwnedWriteHalf, first: &mut &[u8], second: &mut &[u8]) -
         written -= from_first;
         *second = &second[written.min(second.len())..];
     }
-    Ok(())
+    half.try_flush()
 }
 
 fn chunk_size_line(buf: &mut [u8; 18], size: usize) -> &[u8] {

@@ -22,6 +22,7 @@ pub mod resolve;
 pub mod response_buffer;
 pub mod service;
 pub mod static_files;
+pub mod stream;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -73,7 +74,8 @@ pub async fn serve(
             Some(async move {
                 let gauge = front.telemetry.metrics.http_connections.clone();
                 gauge.inc();
-                h1::serve_connection(stream, peer, local, front, shutdown).await;
+                h1::serve_connection(stream::Stream::Tcp(stream), peer, local, front, shutdown)
+                    .await;
                 gauge.dec();
             })
         })
