@@ -68,6 +68,11 @@ class TheFile(unittest.TestCase):
             ("hello_c100: listener path >= 1.0x best nginx+php-fpm", "not measured", None),
             ("static 10 KB: tqserver >= 0.8x nginx", "0.82x", True),
             ("10000 idle keep-alive connections cost tqserver < 50 MB", "30.5 MB (10000 held)", True),
+            ("HTTPS hello.php, HTTP/1.1: tqserver >= 1.2x nginx (TLS) + php-fpm", "1.67x", True),
+            ("HTTPS hello.php, HTTP/2: tqserver >= 1.2x nginx (TLS, http2) + php-fpm", "1.85x", True),
+            ("HTTPS 10 KB static file, HTTP/2: tqserver >= 0.8x nginx", "0.86x", True),
+            ("new TLS connections per second: tqserver >= 0.8x nginx", "0.88x", True),
+            ("10000 idle TLS keep-alive connections: tqserver < 150 MB", "97.7 MB (10000 held)", True),
         ])
 
     def test_nothing_measured_gives_no_rows(self):

@@ -28,7 +28,7 @@ def parse_args(doc, argv=None):
     p.add_argument("--duration", type=float, help="seconds per measurement (default 5)")
     p.add_argument("--warmup", type=float, help="unmeasured seconds per configuration first (default 1; wrk takes whole seconds)")
     p.add_argument("--workers", type=int, default=4, help="PHP processes per configuration (default 4)")
-    p.add_argument("--only", help="comma-separated scenario ids, plus memory, runtime and burst")
+    p.add_argument("--only", help="comma-separated scenario ids, plus memory, runtime, burst and edge")
     p.add_argument("--connections", type=int, default=10000, help="idle connections for the memory part")
     p.add_argument("--burst-rounds", type=int, help="rounds of the burst part (default 3)")
     p.add_argument("--skip-deps", action="store_true", help="do not run scripts/deps.sh test")

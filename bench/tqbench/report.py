@@ -10,6 +10,7 @@ from .paths import DOCS_MD, DOCS_SVG, REPO
 from .scenarios import CONFIGS, CPU_GROUPS
 from .targets import evaluate as evaluate_targets
 from .targets import rps_of
+from .edge import edge_table
 from .util import log
 
 
@@ -360,6 +361,19 @@ time to grow to 10. ab's percentiles come from its `-e` file (microseconds; its 
 whole milliseconds). PSS (`/proc/PID/smaps_rollup`) counts shared pages divided among the
 processes that map them, so forked workers that share the zygote's OPcache count their share.
 
+## On the open internet: TLS, HTTP/2, compression (the edge part)
+
+{edge_table(results.get('edge'))}
+
+tqserver (`server.tls`, `php.runtime: embed`) and nginx (`listen ... ssl http2`, gzip at its default
+level) + php-fpm (pm=static, upstream keep-alive) serve the same files with the same self-signed
+ECDSA P-256 certificate and the same number of PHP processes, alternating round by round; medians.
+HTTP/1.1 with wrk (c=20), HTTP/2 with h2load (20 connections of 10 streams), new TLS connections
+with ab (a full handshake per request, no session resumption on either side). Compression: the
+server process's own CPU (from /proc, not PHP's) per response of a 100 KB PHP page over plain HTTP,
+minus the same page uncompressed. Idle TLS connections: bench/hold_conns.py --tls holds them after
+one request each; the server's RSS growth.
+
 ## Notes from this run
 
 {notes}
@@ -394,6 +408,8 @@ def render(results, write_docs):
     print(burst_table(results.get("burst"), results.get("spawn_ms")))
     print()
     print(runtime_table(results.get("runtime")))
+    print()
+    print(edge_table(results.get("edge")))
     if write_docs:
         os.makedirs(os.path.dirname(DOCS_MD), exist_ok=True)
         with open(DOCS_SVG, "w") as f:

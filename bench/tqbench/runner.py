@@ -21,6 +21,7 @@ from .measure import (LOAD_OUTPUT_ERRORS, children_cpu_seconds, children_of, cpu
                       parse_fcgi_bench, parse_wrk, php_processes, php_workers, rss_kb, summarize, wrk_command)
 from .paths import FCGI_BENCH, HOLD_CONNS, REPO, RESULTS_DIR, TARGET_DIR
 from .report import compute_ratios, render
+from .edge import edge_part
 from .runtimes import runtime_part
 from .scenarios import CONFIGS, LISTENER_CONFIGS, SCENARIOS, TQ_CONFIGS
 from .services import SERVICES, pinned, run_load, start_fpm, start_tqserver
@@ -514,6 +515,10 @@ def run(args):
         if not selected or "runtime" in selected:
             SERVICES.stop("tqserver")
             runtime = runtime_part(bench, args.rounds)
+        edge = None
+        if not selected or "edge" in selected:
+            SERVICES.stop("tqserver")
+            edge = edge_part(bench, args.rounds)
         burst = None
         if not selected or "burst" in selected:
             SERVICES.stop("tqserver")
@@ -529,7 +534,9 @@ def run(args):
                     "tq-burst/workers/bench/config/worker.yaml", "fpm-burst/php-fpm.conf",
                     "rt-cgi/config/server.yaml", "rt-cgi/workers/once/config/worker.yaml",
                     "rt-embed/workers/once/config/worker.yaml", "rt-embed/workers/spawn/config/worker.yaml",
-                    "rt-embed/workers/burst/config/worker.yaml"):
+                    "rt-embed/workers/burst/config/worker.yaml",
+                    "tq-edge/config/server.yaml", "tq-edge/workers/bench/config/worker.yaml",
+                    "nginx-edge/nginx.conf"):
             path = os.path.join(tmp, rel)
             if os.path.exists(path):
                 with open(path) as f:
@@ -559,6 +566,7 @@ def run(args):
         "memory": memory,
         "burst": burst,
         "runtime": runtime,
+        "edge": edge,
         "spawn_ms": bench.spawn_ms,
     }
     os.makedirs(RESULTS_DIR, exist_ok=True)

@@ -107,11 +107,44 @@ class RuntimeTarget:
         return (self.name, f"{value:,.1f} {unit}", met)
 
 
+# The edge part's figures a target may name: ratios of tqserver to nginx,
+# and the memory of idle TLS connections (MB of tqserver's RSS growth).
+EDGE_RATIOS = ("https_hello_h1_rps", "https_hello_h2_rps", "https_static10k_h2_rps", "tls_new_conns_per_s")
+EDGE_MEASURES = EDGE_RATIOS + ("idle_tls_mb",)
+
+
+@dataclass(frozen=True)
+class EdgeTarget:
+    """A figure of the edge part: tqserver at least `at_least` times nginx
+    (a ratio measure), or below `below` MB (idle_tls_mb)."""
+    name: str
+    measure: str
+    at_least: float = None
+    below: float = None
+
+    def evaluate(self, part):
+        """The row for the edge part's results, or None."""
+        if not part:
+            return None
+        if self.measure == "idle_tls_mb":
+            memory = (part.get("memory") or {}).get("tqserver")
+            if not memory:
+                return None
+            return (self.name.format(connections=memory["connections"]),
+                    f"{memory['growth_mb']:.1f} MB ({memory['opened']} held)",
+                    memory["growth_mb"] < self.below and memory["opened"] == memory["connections"])
+        ratio = (part.get("ratio") or {}).get(self.measure)
+        if ratio is None:
+            return None
+        return (self.name.format(connections=None), f"{ratio:.2f}x", ratio >= self.at_least)
+
+
 @dataclass(frozen=True)
 class Targets:
     ratios: tuple
     memory: tuple
     runtime: tuple = ()
+    edge: tuple = ()
 
     def scenario_order(self):
         """Scenario ids in the order the targets first name them."""
@@ -138,6 +171,7 @@ def evaluate(results, targets=None):
                 rows.append(target.evaluate(by_id[sid]))
     rows += [target.evaluate(results.get("memory")) for target in targets.memory]
     rows += [target.evaluate(results.get("runtime")) for target in targets.runtime]
+    rows += [target.evaluate(results.get("edge")) for target in targets.edge]
     return [row for row in rows if row is not None]
 
 
@@ -158,15 +192,16 @@ def parse_targets(text, source="targets.toml"):
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise TargetsError(f"{source}: {err}") from None
-    unknown = set(data) - {"ratio", "memory", "runtime"}
+    unknown = set(data) - {"ratio", "memory", "runtime", "edge"}
     if unknown:
         raise TargetsError(f"{source}: unknown table {sorted(unknown)[0]!r}; "
-                           "expected [[ratio]], [[memory]] or [[runtime]]")
+                           "expected [[ratio]], [[memory]], [[runtime]] or [[edge]]")
     ratios = tuple(_ratio(t, f"{source}: [[ratio]] {i}") for i, t in enumerate(_tables(data, "ratio", source), 1))
     memory = tuple(_memory(t, f"{source}: [[memory]] {i}") for i, t in enumerate(_tables(data, "memory", source), 1))
     runtime = tuple(_runtime(t, f"{source}: [[runtime]] {i}")
                     for i, t in enumerate(_tables(data, "runtime", source), 1))
-    return Targets(ratios, memory, runtime)
+    edge = tuple(_edge(t, f"{source}: [[edge]] {i}") for i, t in enumerate(_tables(data, "edge", source), 1))
+    return Targets(ratios, memory, runtime, edge)
 
 
 def _tables(data, key, source):
@@ -219,6 +254,18 @@ def _runtime(table, where):
         _one_of(fields["versus"], RUNTIMES, where, "versus", "a php.runtime")
     _check_name(fields["name"], where, set())
     return RuntimeTarget(**fields)
+
+
+def _edge(table, where):
+    fields = _fields(table, where, required={"name": str, "measure": str},
+                     optional={"at_least": float, "below": float})
+    _one_of(fields["measure"], EDGE_MEASURES, where, "measure", "a figure of the edge part")
+    want = "below" if fields["measure"] == "idle_tls_mb" else "at_least"
+    limits = [k for k in ("at_least", "below") if k in fields]
+    if limits != [want]:
+        raise TargetsError(f"{where}: `{fields['measure']}` takes `{want}` (and only it)")
+    _check_name(fields["name"], where, {"connections"})
+    return EdgeTarget(**fields)
 
 
 def _fields(table, where, required, optional):
