@@ -64,6 +64,9 @@ fn worker() -> AppConfig {
         rules: Default::default(),
         ready_max_queue: None,
         slow_log: None,
+        compression: None,
+        internal: Vec::new(),
+        x_sendfile: Vec::new(),
     }
 }
 

@@ -10,6 +10,7 @@
 //! workers/<name>/public/...          (document_root)
 //! ```
 
+pub mod edge;
 pub mod raw;
 pub mod validate;
 pub mod yaml;
@@ -84,6 +85,31 @@ pub mod defaults {
     pub const QUEUE_TIMEOUT: Duration = Duration::from_secs(30);
     pub const SPAWN_TIMEOUT: Duration = Duration::from_secs(10);
     pub const KILL_GRACE: Duration = Duration::from_secs(2);
+
+    /// Media types compressed on the fly: text and text-like formats.
+    /// Images, fonts in WOFF/WOFF2, archives and media are already
+    /// compressed and left out.
+    pub const COMPRESSION_TYPES: [&str; 16] = [
+        "text/html",
+        "text/css",
+        "text/plain",
+        "text/xml",
+        "text/javascript",
+        "text/csv",
+        "text/markdown",
+        "application/javascript",
+        "application/json",
+        "application/ld+json",
+        "application/manifest+json",
+        "application/xml",
+        "application/rss+xml",
+        "application/atom+xml",
+        "application/wasm",
+        "image/svg+xml",
+    ];
+    /// Smaller bodies are sent as they are: a few hundred bytes gain little
+    /// and cost a dictionary and a frame.
+    pub const COMPRESSION_MIN_SIZE: u64 = 1024;
 }
 
 /// The whole validated configuration.
@@ -129,6 +155,10 @@ pub struct ServerSettings {
     pub pid_file: Option<PathBuf>,
     /// Threads serving requests; 0 is one per CPU.
     pub threads: usize,
+    /// `server.compression` (an app's own `compression` wins).
+    pub compression: Arc<edge::CompressionConfig>,
+    /// Peers whose forwarding headers give the client's address and scheme.
+    pub trusted_proxies: Vec<edge::Cidr>,
     /// Development mode (`server.mode: development` or `tqserver --dev`):
     /// PHP code changes are served at once and HTML pages reload themselves
     /// in the browser (see [`crate::dev`]).
@@ -196,6 +226,12 @@ pub struct AppConfig {
     pub ready_max_queue: Option<QueueLimit>,
     /// This app's own slow log settings; None: the server's.
     pub slow_log: Option<SlowLogConfig>,
+    /// This app's `compression`, over the server's; None: the server's.
+    pub compression: Option<Arc<edge::CompressionConfig>>,
+    /// Where X-Accel-Redirect may point (`internal`).
+    pub internal: Vec<edge::InternalLocation>,
+    /// Directories X-Sendfile may name files in (`x_sendfile`), absolute.
+    pub x_sendfile: Vec<PathBuf>,
 }
 
 /// A bound on a queue's length that readiness checks, or none.

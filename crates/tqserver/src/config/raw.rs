@@ -40,6 +40,37 @@ pub struct RawServer {
     pub threads: Option<usize>,
     /// `production` (the default) or `development`.
     pub mode: Option<String>,
+    pub compression: Option<RawCompression>,
+    /// CIDRs whose X-Forwarded-For, Forwarded and X-Forwarded-Proto count.
+    pub trusted_proxies: Option<Vec<String>>,
+}
+
+/// `server.compression`, and an app's `compression` over it.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCompression {
+    pub enabled: Option<bool>,
+    pub types: Option<Vec<String>>,
+    pub min_size: Option<RawSize>,
+    pub algorithms: Option<Vec<String>>,
+    pub levels: Option<RawCompressionLevels>,
+    pub precompressed: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCompressionLevels {
+    pub br: Option<u32>,
+    pub zstd: Option<i32>,
+    pub gzip: Option<u32>,
+}
+
+/// One entry of an app's `internal:` (X-Accel-Redirect targets).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawInternal {
+    pub location: Option<String>,
+    pub root: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -109,6 +140,9 @@ pub struct RawWorkerFile {
     pub access_log: Option<RawAccessLog>,
     pub slow_log: Option<RawSlowLog>,
     pub rules: Option<Vec<RawRule>>,
+    pub compression: Option<RawCompression>,
+    pub internal: Option<Vec<RawInternal>>,
+    pub x_sendfile: Option<Vec<String>>,
 }
 
 /// One entry of `rules:`: a `path` (prefix) or a `glob`, and what to do.

@@ -9,6 +9,7 @@ use bytes::{Bytes, BytesMut};
 use http_body::{Frame, SizeHint};
 use tokio::io::AsyncReadExt;
 
+use super::compress::CompressStream;
 use super::php::PhpStream;
 
 /// Chunk size for files too large to send in one piece.
@@ -22,6 +23,8 @@ pub enum Body {
     /// Chunks from a task of our own (development mode's event stream and
     /// pages with its script added).
     Channel(tokio::sync::mpsc::Receiver<io::Result<Bytes>>),
+    /// Another body, compressed as it streams (compress.rs).
+    Compressed(Box<CompressStream>),
 }
 
 impl Body {
@@ -32,8 +35,19 @@ impl Body {
     /// The client is slower than the body's source: a PHP response moves
     /// into a buffer so its worker is not held (see `PhpStream::spill`).
     pub fn spill(&mut self) {
-        if let Body::Php(stream) = self {
-            stream.spill();
+        match self {
+            Body::Php(stream) => stream.spill(),
+            Body::Compressed(stream) => stream.inner.spill(),
+            _ => {}
+        }
+    }
+
+    /// The PHP response this body streams, if it is one (compressed or not).
+    pub fn php_stream(&mut self) -> Option<&mut PhpStream> {
+        match self {
+            Body::Php(stream) => Some(stream),
+            Body::Compressed(stream) => stream.inner.php_stream(),
+            _ => None,
         }
     }
 }
@@ -58,6 +72,9 @@ impl http_body::Body for Body {
             Body::Channel(rx) => rx
                 .poll_recv(cx)
                 .map(|chunk| chunk.map(|r| r.map(Frame::data))),
+            Body::Compressed(stream) => stream
+                .poll_chunk(cx)
+                .map(|chunk| chunk.map(|r| r.map(Frame::data))),
         }
     }
 
@@ -68,6 +85,7 @@ impl http_body::Body for Body {
             Body::File(file) => file.remaining == 0,
             Body::Php(php) => php.is_done(),
             Body::Channel(rx) => rx.is_closed() && rx.is_empty(),
+            Body::Compressed(stream) => stream.is_done(),
         }
     }
 
@@ -78,7 +96,7 @@ impl http_body::Body for Body {
                 SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
             }
             Body::File(file) => SizeHint::with_exact(file.remaining),
-            Body::Php(_) | Body::Channel(_) => SizeHint::default(),
+            Body::Php(_) | Body::Channel(_) | Body::Compressed(_) => SizeHint::default(),
         }
     }
 }

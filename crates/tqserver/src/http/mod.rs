@@ -14,6 +14,7 @@
 pub mod body;
 pub mod body_reader;
 pub mod cgi_params;
+pub mod compress;
 pub mod errors;
 pub mod h1;
 pub mod normalize;

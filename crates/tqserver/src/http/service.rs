@@ -11,6 +11,7 @@ use tracing::{info, warn};
 
 use super::body::Body;
 use super::body_reader::RequestBody;
+use super::compress::{self, Accepted};
 use super::php::{self, PhpBody};
 use super::resolve::{self, Target};
 use super::{errors, normalize, static_files};
@@ -55,6 +56,7 @@ pub async fn handle(
         Err(_) => None,
     };
     drop(router);
+    let accepted = Accepted::of(request.method(), request.headers());
     let line = RequestLine::Http {
         method: request.method().clone(),
         uri: request.uri().clone(),
@@ -71,7 +73,22 @@ pub async fn handle(
     let response = match (app, normal) {
         (Some((app, rest_len)), Ok(path)) => {
             let rest = &path[path.len() - rest_len..];
-            route(&front, app, request, rest, peer, local, &mut observation).await
+            let compression = app
+                .config
+                .compression
+                .clone()
+                .unwrap_or_else(|| front.settings.compression.clone());
+            let response = route(
+                &front,
+                app,
+                request,
+                rest,
+                (peer, local),
+                &accepted,
+                &mut observation,
+            )
+            .await;
+            compress::apply(response, &accepted, &compression)
         }
         (_, Err(error)) => {
             warn!(%peer, uri = %request.uri(), "bad request: {}", error.reason());
@@ -91,12 +108,11 @@ pub async fn handle(
 /// Finishes the observation now, or hands it to a streaming body.
 fn finish(mut response: Response<Body>, observation: Observation) -> Response<Body> {
     let status = response.status().as_u16();
-    match response.body_mut() {
-        Body::Php(stream) => stream.observe(observation, status),
-        body => {
-            let bytes = body.size_hint().exact().unwrap_or(0);
-            observation.finish(status, bytes);
-        }
+    let body = response.body_mut();
+    let bytes = body.size_hint().exact().unwrap_or(0);
+    match body.php_stream() {
+        Some(stream) => stream.observe(observation, status),
+        None => observation.finish(status, bytes),
     }
     response
 }
@@ -106,8 +122,8 @@ async fn route(
     app: Arc<crate::app::App>,
     request: Request<RequestBody>,
     rest: &str,
-    peer: SocketAddr,
-    local: SocketAddr,
+    (peer, local): (SocketAddr, SocketAddr),
+    accepted: &Accepted,
     observation: &mut Observation,
 ) -> Response<Body> {
     match resolve::resolve(&app.config, &app.root, rest) {
@@ -155,14 +171,43 @@ async fn route(
             ))
             .await
         }
-        Target::Static { file, meta, path } if app.config.static_files => static_files::serve(
-            request.method(),
-            request.headers(),
-            file,
-            &meta,
-            &path,
-            app.config.cache_control.as_deref(),
-        ),
+        Target::Static { file, meta, path } if app.config.static_files => {
+            let cache_control = app.config.cache_control.as_deref();
+            let compression = app
+                .config
+                .compression
+                .as_deref()
+                .unwrap_or(&front.settings.compression);
+            if compression.enabled && compression.precompressed {
+                let sibling =
+                    compress::sibling(accepted, &meta, |suffix| open_sibling(&app, &path, suffix));
+                if let Some((file, meta, coding)) = sibling {
+                    let mut response = static_files::serve(
+                        request.method(),
+                        request.headers(),
+                        file,
+                        &meta,
+                        &path,
+                        cache_control,
+                    );
+                    let headers = response.headers_mut();
+                    headers.insert(
+                        http::header::CONTENT_ENCODING,
+                        http::HeaderValue::from_static(coding.token()),
+                    );
+                    compress::add_vary(headers);
+                    return response;
+                }
+            }
+            static_files::serve(
+                request.method(),
+                request.headers(),
+                file,
+                &meta,
+                &path,
+                cache_control,
+            )
+        }
         Target::Static { .. } | Target::NotFound => errors::status(StatusCode::NOT_FOUND),
         Target::AddSlash => {
             // From the normal form, which starts with exactly one '/': a
@@ -186,4 +231,31 @@ async fn route(
             errors::status(StatusCode::BAD_REQUEST)
         }
     }
+}
+
+/// `path` (a static file under the app's document root) with `suffix`
+/// added, opened by the rules the file itself was: beneath the root, with
+/// the app's symlink policy and `rules:` (a denied sibling is as missing).
+fn open_sibling(
+    app: &crate::app::App,
+    path: &std::path::Path,
+    suffix: &str,
+) -> Option<(std::fs::File, std::fs::Metadata)> {
+    use std::os::unix::ffi::OsStrExt;
+    let relative = path.strip_prefix(app.root.path()).ok()?;
+    let mut name = relative.as_os_str().as_bytes().to_vec();
+    name.extend_from_slice(suffix.as_bytes());
+    let segments: Vec<&[u8]> = name.split(|&b| b == b'/').collect();
+    if matches!(
+        app.config.rules.verdict(&segments),
+        crate::rules::Verdict::Deny { .. }
+    ) {
+        return None;
+    }
+    let file = app
+        .root
+        .open_beneath(&name, app.config.security.symlinks)
+        .ok()?;
+    let meta = file.metadata().ok()?;
+    meta.is_file().then_some((file, meta))
 }

@@ -20,6 +20,7 @@ mod support;
 
 mod cli;
 mod compare;
+mod compress;
 mod dev;
 mod embed;
 mod hardening;

@@ -9,6 +9,7 @@ pub(super) fn load_app(
     folder: &Path,
     socket_dir: &Path,
     php_versions: &mut HashMap<PathBuf, Result<String, String>>,
+    server_compression: &crate::config::edge::CompressionConfig,
 ) -> Result<Option<AppConfig>, Vec<ConfigError>> {
     let file = folder.join("config/worker.yaml");
     let (raw, text) = yaml::load::<RawWorkerFile>(&file).map_err(|e| vec![e])?;
@@ -436,6 +437,29 @@ pub(super) fn load_app(
         threshold: s.threshold.map(|d| d.0),
         file: s.file.as_deref().map(|f| folder.join(f)),
     });
+    let compression = raw.compression.as_ref().map(|raw| {
+        Arc::new(compression(
+            raw,
+            server_compression,
+            "compression",
+            &at,
+            &mut errors,
+        ))
+    });
+    let internal = internal_locations(
+        raw.internal.as_deref().unwrap_or_default(),
+        folder,
+        &document_root,
+        &at,
+        &mut errors,
+    );
+    let x_sendfile = sendfile_directories(
+        raw.x_sendfile.as_deref().unwrap_or_default(),
+        folder,
+        &document_root,
+        &at,
+        &mut errors,
+    );
 
     if !errors.is_empty() {
         return Err(errors);
@@ -490,6 +514,9 @@ pub(super) fn load_app(
         rules,
         ready_max_queue,
         slow_log,
+        compression,
+        internal,
+        x_sendfile,
     }))
 }
 

@@ -24,6 +24,7 @@ use crate::config::raw::{
 use crate::rules::{DenyStatus, PathRule, PathRules, Pattern, RuleAction};
 
 mod app;
+mod edge;
 mod fastcgi;
 mod probe;
 mod process_pool;
@@ -31,6 +32,7 @@ mod server;
 
 use app::*;
 pub use app::{display_route, normalize_route};
+use edge::*;
 use fastcgi::*;
 pub use probe::{EMBED_RUNTIME, find_binary, find_runtime, php_version};
 use process_pool::*;

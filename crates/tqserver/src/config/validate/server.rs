@@ -101,6 +101,21 @@ pub fn load(server_file: &Path) -> Result<Config, ConfigErrors> {
             false
         }
     } || crate::config::development_forced();
+    let compression = std::sync::Arc::new(match &server_raw.compression {
+        Some(raw) => compression(
+            raw,
+            &Default::default(),
+            "server.compression",
+            &at,
+            &mut errors,
+        ),
+        None => Default::default(),
+    });
+    let trusted_proxies = trusted_proxies(
+        server_raw.trusted_proxies.as_deref().unwrap_or_default(),
+        &at,
+        &mut errors,
+    );
     let server = ServerSettings {
         listen,
         development,
@@ -122,6 +137,8 @@ pub fn load(server_file: &Path) -> Result<Config, ConfigErrors> {
             Some(path) => Some(root.join(path)),
             None => Some(root.join(defaults::PID_FILE)),
         },
+        compression,
+        trusted_proxies,
     };
 
     let workers_dir = root.join(
@@ -165,7 +182,7 @@ pub fn load(server_file: &Path) -> Result<Config, ConfigErrors> {
                 .collect();
             folders.sort();
             for folder in folders {
-                match load_app(&folder, &socket_dir, &mut php_versions) {
+                match load_app(&folder, &socket_dir, &mut php_versions, &server.compression) {
                     Ok(Some(mut app)) => {
                         if development {
                             crate::dev::php_settings(&mut app);
