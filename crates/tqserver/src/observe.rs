@@ -334,14 +334,16 @@ impl Observation {
         let script = self.request.as_ref().map_or("-", |r| r.script());
         let pid = self.pid.unwrap_or(0);
         let duration_ms = duration.as_secs_f64() * 1000.0;
+        let client = self.peer.map_or("-".to_owned(), |p| p.ip().to_string());
         match &slow_log.sink {
             Some(sink) => sink.write_line(&format!(
-                "[{}] slow request: worker={app} pid={pid} method={method} uri={uri} script={script} duration_ms={duration_ms:.1} status={status}",
+                "[{}] slow request: worker={app} pid={pid} client={client} method={method} uri={uri} script={script} duration_ms={duration_ms:.1} status={status}",
                 fpm_time(SystemTime::now())
             )),
             None => warn!(
                 worker = %app,
                 pid,
+                client = %client,
                 method = %method,
                 uri = %uri,
                 script = %script,

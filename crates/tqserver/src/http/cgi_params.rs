@@ -42,6 +42,9 @@ pub struct CgiRequest<'a> {
     pub local: SocketAddr,
     /// Length of the body that will be sent as STDIN.
     pub content_length: Option<u64>,
+    /// The client used HTTPS: to tqserver ([`super::Tls`]) or to a trusted
+    /// proxy ([`super::proxy::ForwardedHttps`]).
+    pub https: bool,
 }
 
 /// Appends the PARAMS stream (and its end record) to `buf`.
@@ -64,7 +67,12 @@ pub fn write(buf: &mut BytesMut, request: &CgiRequest<'_>) {
         b"SERVER_PROTOCOL",
         crate::observe::protocol_name(request.version).as_bytes(),
     );
-    params.pair(b"REQUEST_SCHEME", b"http");
+    if request.https {
+        params.pair(b"REQUEST_SCHEME", b"https");
+        params.pair(b"HTTPS", b"on");
+    } else {
+        params.pair(b"REQUEST_SCHEME", b"http");
+    }
     params.pair(b"REQUEST_METHOD", request.method.as_str().as_bytes());
     params.pair(b"REQUEST_URI", request_uri.as_bytes());
     params.pair(b"QUERY_STRING", query.as_bytes());
@@ -95,10 +103,11 @@ pub fn write(buf: &mut BytesMut, request: &CgiRequest<'_>) {
     let mut numbers = itoa::Buffer::new();
     let mut ip = IpText::default();
     params.pair(b"REMOTE_ADDR", ip.format(&request.peer));
-    params.pair(
-        b"REMOTE_PORT",
-        numbers.format(request.peer.port()).as_bytes(),
-    );
+    // Port 0: a proxy named the client's address but not its port.
+    match request.peer.port() {
+        0 => params.pair(b"REMOTE_PORT", b""),
+        port => params.pair(b"REMOTE_PORT", numbers.format(port).as_bytes()),
+    };
     params.pair(b"SERVER_ADDR", ip.format(&request.local));
     params.pair(
         b"SERVER_PORT",

@@ -19,6 +19,7 @@ pub mod errors;
 pub mod h1;
 pub mod normalize;
 pub mod php;
+pub mod proxy;
 pub mod resolve;
 pub mod response_buffer;
 pub mod service;

@@ -91,6 +91,12 @@ pub async fn serve(
         peer,
         local,
         content_length: body.content_length(),
+        // Over TLS to tqserver itself, or to a trusted proxy that says so.
+        https: parts.extensions.get::<super::Tls>().is_some()
+            || parts
+                .extensions
+                .get::<super::proxy::ForwardedHttps>()
+                .is_some(),
     };
     observation.request = Some(info.clone());
     // No body, or a small one at hand: the whole request is one write.

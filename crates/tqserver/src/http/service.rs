@@ -14,7 +14,7 @@ use super::body_reader::RequestBody;
 use super::compress::{self, Accepted};
 use super::php::{self, PhpBody};
 use super::resolve::{self, Target};
-use super::{errors, normalize, static_files};
+use super::{errors, normalize, proxy, static_files};
 use crate::config::ServerSettings;
 use crate::observe::{Observation, RequestLine, Telemetry};
 use crate::router::Router;
@@ -35,7 +35,7 @@ pub struct Frontend {
 
 pub async fn handle(
     front: Arc<Frontend>,
-    request: Request<RequestBody>,
+    mut request: Request<RequestBody>,
     peer: SocketAddr,
     local: SocketAddr,
 ) -> Response<Body> {
@@ -45,6 +45,13 @@ pub async fn handle(
         return live.events(request.uri().query());
     }
     let is_head = request.method() == http::Method::HEAD;
+    // Behind a trusted proxy, the client it names is the client: for PHP,
+    // the logs and every check by address from here on.
+    let client = proxy::client(&front.settings.trusted_proxies, peer, request.headers());
+    let peer = client.addr;
+    if client.https {
+        request.extensions_mut().insert(proxy::ForwardedHttps);
+    }
     // The app is chosen, and the file resolved, on one normal form of the
     // path (see normalize.rs).
     let normal = normalize::normalize(request.uri().path());

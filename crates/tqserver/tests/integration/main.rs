@@ -29,6 +29,7 @@ mod listener;
 mod live;
 mod observe;
 mod pool;
+mod proxy_headers;
 mod rules;
 mod scaleout;
 mod security;
