@@ -22,6 +22,7 @@ pub mod php;
 pub mod proxy;
 pub mod resolve;
 pub mod response_buffer;
+pub mod sendfile;
 pub mod service;
 pub mod static_files;
 pub mod stream;

@@ -29,6 +29,7 @@ use super::cgi_params::{self, CgiRequest};
 use super::errors;
 use super::resolve::Script;
 use super::response_buffer::{self, SpoolReader};
+use super::sendfile;
 use crate::app::App;
 use crate::config::ResponseBuffer;
 use crate::metrics::BufferMetrics;
@@ -69,7 +70,7 @@ impl PhpBody {
 pub async fn serve(
     app: &Arc<App>,
     router: &ArcSwap<Router>,
-    parts: Parts,
+    parts: &Parts,
     body: PhpBody,
     script: Script,
     (peer, local): (SocketAddr, SocketAddr),
@@ -207,13 +208,28 @@ const PREREAD_LIMIT: usize = 256 * 1024;
 /// from the worker as the client reads it.
 fn respond(
     app: &App,
-    head: CgiHead,
+    mut head: CgiHead,
     first: Bytes,
     mut ended: bool,
     mut lease: Lease,
     mut stderr: StderrRelay,
     deadline: Instant,
 ) -> Response<Body> {
+    if let Some(redirect) = sendfile::take(&app.config, &mut head.headers) {
+        // tqserver serves the file; PHP's body is not the response. The
+        // worker is free as soon as PHP is done, whatever the client does.
+        if ended {
+            stderr.flush();
+            lease.complete();
+        } else {
+            response_buffer::finish_in_background(lease, stderr, deadline);
+        }
+        let mut response = Response::new(Body::Empty);
+        *response.status_mut() = head.status;
+        *response.headers_mut() = head.headers;
+        response.extensions_mut().insert(redirect);
+        return response;
+    }
     let mut taken = first.len();
     let mut chunks = Vec::new();
     if !first.is_empty() {

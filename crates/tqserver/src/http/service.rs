@@ -14,7 +14,7 @@ use super::body_reader::RequestBody;
 use super::compress::{self, Accepted};
 use super::php::{self, PhpBody};
 use super::resolve::{self, Target};
-use super::{errors, normalize, proxy, static_files};
+use super::{errors, normalize, proxy, sendfile, static_files};
 use crate::config::ServerSettings;
 use crate::observe::{Observation, RequestLine, Telemetry};
 use crate::router::Router;
@@ -167,16 +167,26 @@ async fn route(
             };
             // Boxed: the PHP exchange is a large future, and keeping it out
             // of this one keeps every request's future small to create and move.
-            Box::pin(php::serve(
+            let mut response = Box::pin(php::serve(
                 &app,
                 &front.router,
-                parts,
+                &parts,
                 body,
                 script,
                 (peer, local),
                 observation,
             ))
-            .await
+            .await;
+            match response.extensions_mut().remove::<sendfile::Redirect>() {
+                Some(redirect) => sendfile::serve(
+                    &app.config,
+                    &parts.method,
+                    &parts.headers,
+                    std::mem::take(response.headers_mut()),
+                    redirect,
+                ),
+                None => response,
+            }
         }
         Target::Static { file, meta, path } if app.config.static_files => {
             let cache_control = app.config.cache_control.as_deref();

@@ -33,4 +33,5 @@ mod proxy_headers;
 mod rules;
 mod scaleout;
 mod security;
+mod sendfile;
 mod worker_mode;
