@@ -77,7 +77,7 @@ pub async fn handle(
         Some(peer),
         line,
     );
-    let response = match (app, normal) {
+    let (response, compression) = match (app, normal) {
         (Some((app, rest_len)), Ok(path)) => {
             let rest = &path[path.len() - rest_len..];
             let compression = app
@@ -95,19 +95,23 @@ pub async fn handle(
                 &mut observation,
             )
             .await;
-            compress::apply(response, &accepted, &compression)
+            (response, Some(compression))
         }
         (_, Err(error)) => {
             warn!(%peer, uri = %request.uri(), "bad request: {}", error.reason());
-            errors::status(StatusCode::BAD_REQUEST)
+            (errors::status(StatusCode::BAD_REQUEST), None)
         }
-        (None, Ok(_)) => errors::status(StatusCode::NOT_FOUND),
+        (None, Ok(_)) => (errors::status(StatusCode::NOT_FOUND), None),
     };
     let mut response = finish(response, observation);
     // After `finish`: a PHP stream keeps its observation while the script
     // is added behind it.
     if let Some(live) = &front.live_reload {
         live.inject(&mut response, is_head);
+    }
+    // Last: the page as it will be sent is what is compressed.
+    if let Some(compression) = compression {
+        response = compress::apply(response, &accepted, &compression);
     }
     response
 }
