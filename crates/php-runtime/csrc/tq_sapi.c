@@ -638,6 +638,50 @@ static PHP_FUNCTION(fastcgi_finish_request)
 	RETURN_TRUE;
 }
 
+/* FrankenPHP's headers_send(int $status = 200): int. With a 1xx status
+ * (103 Early Hints) the headers set so far go out at once as an interim
+ * head: a complete CGI head with its own Status line, on STDOUT before the
+ * final head, which tqserver recognises and passes on to the client. The
+ * headers stay set for the final response. Any other status sends the
+ * final head now, as the first output would. Returns SUCCESS (0) or
+ * FAILURE (-1). */
+ZEND_BEGIN_ARG_WITH_RETURN_TYPE_INFO_EX(arginfo_tq_headers_send, 0, 0, IS_LONG, 0)
+	ZEND_ARG_TYPE_INFO_WITH_DEFAULT_VALUE(0, status, IS_LONG, 0, "200")
+ZEND_END_ARG_INFO()
+
+static PHP_FUNCTION(headers_send)
+{
+	zend_long status = 200;
+	ZEND_PARSE_PARAMETERS_START(0, 1)
+		Z_PARAM_OPTIONAL
+		Z_PARAM_LONG(status)
+	ZEND_PARSE_PARAMETERS_END();
+	if (!io || finished || SG(headers_sent) || SG(request_info).no_headers == 1) {
+		RETURN_LONG(FAILURE);
+	}
+	if (status >= 100 && status < 200) {
+		char line[32];
+		int len = snprintf(line, sizeof(line), "Status: %d\r\n", (int)status);
+		write_head(line, (size_t)len);
+		zend_llist_position pos;
+		for (sapi_header_struct *h = zend_llist_get_first_ex(&SG(sapi_headers).headers, &pos); h;
+		     h = zend_llist_get_next_ex(&SG(sapi_headers).headers, &pos)) {
+			if (!h->header_len || starts_with_ci(h->header, h->header_len, "Status:")) {
+				continue;
+			}
+			write_head(h->header, h->header_len);
+			write_head("\r\n", 2);
+		}
+		write_head("\r\n", 2);
+		if (io->flush(io->ctx) != 0) {
+			php_handle_aborted_connection();
+		}
+		RETURN_LONG(SUCCESS);
+	}
+	SG(sapi_headers).http_response_code = (int)status;
+	RETURN_LONG(sapi_send_headers());
+}
+
 static PHP_FUNCTION(apache_child_terminate)
 {
 	ZEND_PARSE_PARAMETERS_NONE();
@@ -937,6 +981,7 @@ static PHP_FUNCTION(frankenphp_handle_request)
 static const zend_function_entry module_functions[] = {
 	PHP_FE(fastcgi_finish_request, arginfo_tq_bool)
 	PHP_FE(apache_child_terminate, arginfo_tq_bool)
+	PHP_FE(headers_send, arginfo_tq_headers_send)
 	PHP_FE(apache_request_headers, arginfo_tq_array)
 	PHP_FALIAS(getallheaders, apache_request_headers, arginfo_tq_array)
 	PHP_FE(apache_response_headers, arginfo_tq_array)

@@ -312,12 +312,20 @@ impl Connection {
         *request.version_mut() = version;
         *request.headers_mut() = head.headers;
 
+        // 103 Early Hints from PHP go out while the request runs; HTTP/1.0
+        // has no interim responses.
+        let hints = (version == Version::HTTP_11).then(|| {
+            let (sender, hints) = tokio::sync::mpsc::channel(EARLY_HINTS_QUEUE);
+            request.extensions_mut().insert(super::Interim(sender));
+            hints
+        });
         let service = Box::pin(service::handle(
             self.front.clone(),
             request,
             peer,
             self.local,
         ));
+        let service = Box::pin(with_early_hints(service, hints, &mut self.writer));
         let (reader, response, remaining) = match holder {
             ReaderHolder::Connection(mut reader) => {
                 match watch_client(&mut reader, service, settings.max_header_bytes).await {
@@ -438,6 +446,31 @@ async fn linger(reader: &mut ConnReader, writer: &mut Writer) {
     }
 }
 
+/// Early Hints a request may have waiting to go out; more are dropped.
+const EARLY_HINTS_QUEUE: usize = 4;
+
+/// Runs the service, writing each Early Hints response it sends before the
+/// final response is ready. A write that fails is left to the final
+/// response's write to notice.
+async fn with_early_hints(
+    mut service: std::pin::Pin<Box<impl Future<Output = Response<Body>>>>,
+    hints: Option<tokio::sync::mpsc::Receiver<http::HeaderMap>>,
+    writer: &mut Writer,
+) -> Response<Body> {
+    let Some(mut hints) = hints else {
+        return service.await;
+    };
+    loop {
+        tokio::select! {
+            biased;
+            response = &mut service => return response,
+            Some(links) = hints.recv() => {
+                let _ = writer.early_hints(&links).await;
+            }
+        }
+    }
+}
+
 /// Runs the service while watching the client; `None` if the client left.
 async fn watch_client(
     reader: &mut ConnReader,
@@ -507,6 +540,19 @@ impl Writer {
 
     async fn flush_buf(&mut self) -> io::Result<()> {
         self.flush_buf_with(&[]).await
+    }
+
+    /// `HTTP/1.1 103 Early Hints` with `links`.
+    async fn early_hints(&mut self, links: &http::HeaderMap) -> io::Result<()> {
+        self.buf.extend_from_slice(b"HTTP/1.1 103 Early Hints\r\n");
+        for (name, value) in links {
+            self.buf.extend_from_slice(name.as_str().as_bytes());
+            self.buf.extend_from_slice(b": ");
+            self.buf.extend_from_slice(value.as_bytes());
+            self.buf.extend_from_slice(b"\r\n");
+        }
+        self.buf.extend_from_slice(b"\r\n");
+        self.flush_buf().await
     }
 
     fn shrink(&mut self) {

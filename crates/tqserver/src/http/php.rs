@@ -125,7 +125,31 @@ pub async fn serve(
     };
     observation.pid = Some(lease.pid());
     observation.queue_waited(lease.queue_wait());
-    exchange(app, lease, body, deadline).await
+    exchange(
+        app,
+        lease,
+        body,
+        deadline,
+        parts.extensions.get::<super::Interim>(),
+    )
+    .await
+}
+
+/// An Early Hints head from PHP: its Link headers go to the client ahead of
+/// the response, if the connection takes them (HTTP/1.1, HTTP/2); the rest
+/// of its headers belong to the final head, where PHP repeats them.
+fn send_hints(interim: Option<&super::Interim>, head: CgiHead) {
+    let Some(super::Interim(sender)) = interim else {
+        return;
+    };
+    let mut links = http::HeaderMap::new();
+    for value in head.headers.get_all(header::LINK) {
+        links.append(header::LINK, value.clone());
+    }
+    if !links.is_empty() {
+        // Full: the client is slow to take hints; they are only hints.
+        let _ = sender.try_send(links);
+    }
 }
 
 /// Sends the rest of the request body and reads the response head. Every
@@ -135,6 +159,7 @@ async fn exchange(
     mut lease: Lease,
     body: PhpBody,
     deadline: Instant,
+    interim: Option<&super::Interim>,
 ) -> Response<Body> {
     // An empty or buffered body went with the params.
     if !matches!(body, PhpBody::Empty | PhpBody::Buffered(_)) {
@@ -160,10 +185,20 @@ async fn exchange(
     let head = tokio::time::timeout_at(deadline, async {
         loop {
             match lease.connection().next_event().await {
-                Ok(ResponseEvent::Stdout(data)) => match parser.push(data) {
-                    Ok(Some((head, rest))) => return Ok((head, rest, false)),
-                    Ok(None) => {}
-                    Err(err) => return Err(err.to_string()),
+                Ok(ResponseEvent::Stdout(mut data)) => loop {
+                    match parser.push(data) {
+                        Ok(Some((head, rest))) if head.is_early_hints() => {
+                            send_hints(interim, head);
+                            parser = HeadParser::default();
+                            if rest.is_empty() {
+                                break;
+                            }
+                            data = rest;
+                        }
+                        Ok(Some((head, rest))) => return Ok((head, rest, false)),
+                        Ok(None) => break,
+                        Err(err) => return Err(err.to_string()),
+                    }
                 },
                 Ok(ResponseEvent::Stderr(data)) => stderr.push(&data),
                 Ok(ResponseEvent::End(_)) => {

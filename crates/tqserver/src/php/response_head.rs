@@ -25,6 +25,13 @@ pub struct CgiHead {
     pub headers: HeaderMap,
 }
 
+impl CgiHead {
+    /// A `Status: 103` head: Early Hints, with the final head still to come.
+    pub fn is_early_hints(&self) -> bool {
+        self.status == StatusCode::EARLY_HINTS
+    }
+}
+
 /// Collects STDOUT until the blank line that ends the head.
 #[derive(Default)]
 pub struct HeadParser {
@@ -90,7 +97,15 @@ fn parse_head(head: &[u8]) -> Result<CgiHead, CgiError> {
         let name = &line[..colon];
         let value = trim(&line[colon + 1..]);
         if name.eq_ignore_ascii_case(b"status") {
-            status = Some(parse_status(value)?);
+            status = Some(match parse_status(value) {
+                Ok(status) => status,
+                // An interim head (headers_send(103) in the embed runtime):
+                // the final head follows it.
+                Err(_) if value.starts_with(b"103") && (value.len() == 3 || value[3] == b' ') => {
+                    StatusCode::EARLY_HINTS
+                }
+                Err(err) => return Err(err),
+            });
             continue;
         }
         let Ok(name) = HeaderName::from_bytes(name) else {
@@ -201,6 +216,29 @@ mod tests {
                 String::from_utf8_lossy(bad)
             );
         }
+    }
+
+    #[test]
+    fn an_early_hints_head_comes_before_the_final_one() {
+        let mut parser = HeadParser::default();
+        let (hints, rest) = parser
+            .push(Bytes::from_static(
+                b"Status: 103\r\nLink: </a.css>; rel=preload\r\n\r\nStatus: 200 OK\r\nContent-Type: text/plain\r\n\r\nbody",
+            ))
+            .unwrap()
+            .unwrap();
+        assert!(hints.is_early_hints());
+        assert_eq!(hints.headers["link"], "</a.css>; rel=preload");
+        let mut parser = HeadParser::default();
+        let (head, body) = parser.push(rest).unwrap().unwrap();
+        assert_eq!(head.status, StatusCode::OK);
+        assert_eq!(body.as_ref(), b"body");
+        // Other 1xx stay refused.
+        assert!(
+            HeadParser::default()
+                .push(Bytes::from_static(b"Status: 102\r\n\r\n"))
+                .is_err()
+        );
     }
 
     #[test]

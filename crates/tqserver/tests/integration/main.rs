@@ -22,6 +22,7 @@ mod cli;
 mod compare;
 mod compress;
 mod dev;
+mod early_hints;
 mod embed;
 mod hardening;
 mod http;
