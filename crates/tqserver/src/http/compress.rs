@@ -90,7 +90,7 @@ impl Accepted {
         let weight = |i: usize| if named[i] { q[i] } else { star.unwrap_or(0) };
         let mut ranked = [(weight(0), 0), (weight(1), 1), (weight(2), 2)];
         // Stable: equal weights keep tqserver's order (br, zstd, gzip).
-        ranked.sort_by(|a, b| b.0.cmp(&a.0));
+        ranked.sort_by_key(|entry| std::cmp::Reverse(entry.0));
         let best = ranked.iter().filter(|(weight, _)| *weight > 0);
         for (slot, (_, index)) in accepted.codings.iter_mut().zip(best) {
             *slot = Some(Coding::ALL[*index]);
