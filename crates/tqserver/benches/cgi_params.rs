@@ -115,6 +115,7 @@ fn bench(c: &mut Criterion) {
         peer: "203.0.113.42:53124".parse().unwrap(),
         local: "192.0.2.10:8080".parse().unwrap(),
         content_length: None,
+        https: false,
     };
     let mut buf = BytesMut::with_capacity(4096);
     c.bench_function("cgi_params/browser_get", |b| {

@@ -42,6 +42,8 @@ pub struct CgiRequest<'a> {
     pub local: SocketAddr,
     /// Length of the body that will be sent as STDIN.
     pub content_length: Option<u64>,
+    /// The request came over TLS: `HTTPS=on`, `REQUEST_SCHEME=https`.
+    pub https: bool,
 }
 
 /// Appends the PARAMS stream (and its end record) to `buf`.
@@ -64,7 +66,12 @@ pub fn write(buf: &mut BytesMut, request: &CgiRequest<'_>) {
         b"SERVER_PROTOCOL",
         crate::observe::protocol_name(request.version).as_bytes(),
     );
-    params.pair(b"REQUEST_SCHEME", b"http");
+    if request.https {
+        params.pair(b"REQUEST_SCHEME", b"https");
+        params.pair(b"HTTPS", b"on");
+    } else {
+        params.pair(b"REQUEST_SCHEME", b"http");
+    }
     params.pair(b"REQUEST_METHOD", request.method.as_str().as_bytes());
     params.pair(b"REQUEST_URI", request_uri.as_bytes());
     params.pair(b"QUERY_STRING", query.as_bytes());

@@ -91,6 +91,7 @@ pub async fn serve(
         peer,
         local,
         content_length: body.content_length(),
+        https: parts.extensions.get::<super::Tls>().is_some(),
     };
     observation.request = Some(info.clone());
     // No body, or a small one at hand: the whole request is one write.

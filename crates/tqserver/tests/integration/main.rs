@@ -31,4 +31,5 @@ mod pool;
 mod rules;
 mod scaleout;
 mod security;
+mod tls;
 mod worker_mode;

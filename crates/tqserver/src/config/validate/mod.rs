@@ -28,6 +28,7 @@ mod fastcgi;
 mod probe;
 mod process_pool;
 mod server;
+mod tls;
 
 use app::*;
 pub use app::{display_route, normalize_route};

@@ -1,5 +1,6 @@
 //! server.yaml: the server, logging and admin sections, and where the apps are.
 
+use super::tls;
 #[allow(unused_imports)]
 use super::*;
 
@@ -101,6 +102,15 @@ pub fn load(server_file: &Path) -> Result<Config, ConfigErrors> {
             false
         }
     } || crate::config::development_forced();
+    let (tls, tls_certificates) = tls::tls(
+        server_raw.tls.as_ref(),
+        listen.ip(),
+        port,
+        &root,
+        server_file,
+        &text,
+        &mut errors,
+    );
     let server = ServerSettings {
         listen,
         development,
@@ -122,6 +132,7 @@ pub fn load(server_file: &Path) -> Result<Config, ConfigErrors> {
             Some(path) => Some(root.join(path)),
             None => Some(root.join(defaults::PID_FILE)),
         },
+        tls,
     };
 
     let workers_dir = root.join(
@@ -221,6 +232,7 @@ pub fn load(server_file: &Path) -> Result<Config, ConfigErrors> {
         admin,
         ready_max_queue,
         apps,
+        tls_certificates,
     })
 }
 
