@@ -29,6 +29,9 @@
 //! 6. [`http::h1`] writes the response and keeps the connection for the next
 //!    request, or closes it lingering; [`observe`] counts and logs it.
 //!
+//! Over TLS ([`tls`]: certificates by SNI, the handshake, ALPN), steps 1-6
+//! are the same, on a TLS stream.
+//!
 //! The FastCGI listener ([`listener`]) is the same path from step 4 on, fed by
 //! a web server in front instead of steps 1-3. [`server`] ties the lifecycle
 //! together (start, signals, graceful stop with a drain), [`reload`] computes
@@ -59,4 +62,5 @@ pub mod server;
 mod server_view;
 pub mod status;
 pub mod systemd;
+pub mod tls;
 pub mod watch;

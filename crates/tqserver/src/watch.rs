@@ -5,7 +5,10 @@
 //! or removed), each app folder (its `config/` appearing) and each app's
 //! `config/` directory. Directories rather than files are watched, so editors
 //! that save by writing a temporary file and renaming it over the old one are
-//! seen. Bursts of events are debounced into one reload.
+//! seen. Bursts of events are debounced into one reload. The certificate
+//! and key files of `server.tls` are watched the same way (their
+//! directories), so a renewed certificate is served without a signal; the
+//! set watched is the one the server started with.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -28,12 +31,14 @@ pub struct ConfigWatcher {
 struct Paths {
     server_file: PathBuf,
     workers_dir: PathBuf,
+    /// `server.tls`'s certificate and key files.
+    cert_files: Vec<PathBuf>,
 }
 
 impl Paths {
     /// Whether a change at `path` can change the configuration.
     fn relevant(&self, path: &Path) -> bool {
-        if path == self.server_file {
+        if path == self.server_file || self.cert_files.iter().any(|file| file == path) {
             return true;
         }
         let Ok(rest) = path.strip_prefix(&self.workers_dir) else {
@@ -57,6 +62,11 @@ impl Paths {
             dirs.insert(dir.to_owned());
         }
         dirs.insert(self.workers_dir.clone());
+        for file in &self.cert_files {
+            if let Some(dir) = file.parent() {
+                dirs.insert(dir.to_owned());
+            }
+        }
         if let Ok(entries) = std::fs::read_dir(&self.workers_dir) {
             for entry in entries.flatten() {
                 let folder = entry.path();
@@ -77,6 +87,13 @@ pub fn start(config: &Config, reload: mpsc::Sender<&'static str>) -> notify::Res
     let paths = Arc::new(Paths {
         server_file: absolute(&config.file),
         workers_dir: config.workers_dir.clone(),
+        cert_files: config
+            .tls_certificates
+            .iter()
+            .flat_map(|certificates| certificates.all())
+            .flat_map(|certificate| [&certificate.files.cert, &certificate.files.key])
+            .map(|file| absolute_in_dir(file))
+            .collect(),
     });
     let (events_tx, mut events_rx) = mpsc::unbounded_channel::<()>();
     let filter = paths.clone();
@@ -140,6 +157,16 @@ fn sync_watches(
     }
 }
 
+/// `path` with its directory made canonical, as the watcher reports paths
+/// in a watched directory (the file itself may be a symlink, as certbot's
+/// are, or not exist for a moment while it is replaced).
+fn absolute_in_dir(path: &Path) -> PathBuf {
+    match (path.parent(), path.file_name()) {
+        (Some(dir), Some(name)) => absolute(dir).join(name),
+        _ => path.to_owned(),
+    }
+}
+
 fn absolute(path: &Path) -> PathBuf {
     std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned())
 }
@@ -153,7 +180,11 @@ mod tests {
         let paths = Paths {
             server_file: "/srv/config/server.yaml".into(),
             workers_dir: "/srv/workers".into(),
+            cert_files: vec!["/srv/certs/site.pem".into(), "/srv/certs/site.key".into()],
         };
+        assert!(paths.relevant(Path::new("/srv/certs/site.pem")));
+        assert!(paths.relevant(Path::new("/srv/certs/site.key")));
+        assert!(!paths.relevant(Path::new("/srv/certs/other.pem")));
         assert!(paths.relevant(Path::new("/srv/config/server.yaml")));
         assert!(paths.relevant(Path::new("/srv/workers/blog")));
         assert!(paths.relevant(Path::new("/srv/workers/blog/config")));

@@ -29,6 +29,8 @@ pub mod defaults {
 
     pub const HOST: &str = "0.0.0.0";
     pub const PORT: u16 = 8080;
+    /// `server.tls.port`.
+    pub const TLS_PORT: u16 = 8443;
     pub const READ_TIMEOUT: Duration = Duration::from_secs(30);
     pub const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
     pub const IDLE_TIMEOUT: Duration = Duration::from_secs(75);
@@ -131,6 +133,9 @@ pub struct Config {
     pub ready_max_queue: QueueLimit,
     /// Enabled apps (one per `workers/<name>` folder), in name order.
     pub apps: Vec<Arc<AppConfig>>,
+    /// The certificates of `server.tls`, loaded and checked. Not part of
+    /// [`ServerSettings`]: a reload swaps them in without a restart.
+    pub tls_certificates: Option<Arc<crate::tls::Certificates>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -163,6 +168,20 @@ pub struct ServerSettings {
     /// PHP code changes are served at once and HTML pages reload themselves
     /// in the browser (see [`crate::dev`]).
     pub development: bool,
+    /// `server.tls`; None: no TLS port.
+    pub tls: Option<TlsSettings>,
+}
+
+/// `server.tls`, but its certificates ([`Config::tls_certificates`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsSettings {
+    pub listen: SocketAddr,
+    /// Plain HTTP requests are answered with a 308 to the TLS port (but
+    /// ACME's `/.well-known/acme-challenge/`).
+    pub redirect_http: bool,
+    /// The `Strict-Transport-Security` value sent on responses over TLS;
+    /// None: not sent.
+    pub hsts: Option<http::HeaderValue>,
 }
 
 /// Set by `tqserver --dev`: development mode whatever server.yaml says,

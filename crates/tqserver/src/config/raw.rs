@@ -43,6 +43,7 @@ pub struct RawServer {
     pub compression: Option<RawCompression>,
     /// CIDRs whose X-Forwarded-For, Forwarded and X-Forwarded-Proto count.
     pub trusted_proxies: Option<Vec<String>>,
+    pub tls: Option<RawTls>,
 }
 
 /// `server.compression`, and an app's `compression` over it.
@@ -71,6 +72,35 @@ pub struct RawCompressionLevels {
 pub struct RawInternal {
     pub location: Option<String>,
     pub root: Option<String>,
+}
+
+/// `server.tls`. (`acme` joins these keys with automatic certificates.)
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    pub port: Option<u16>,
+    pub cert: Option<String>,
+    pub key: Option<String>,
+    pub certificates: Option<Vec<RawCertificate>>,
+    pub redirect_http: Option<bool>,
+    pub hsts: Option<RawHsts>,
+}
+
+/// An item of `server.tls.certificates`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCertificate {
+    pub cert: Option<String>,
+    pub key: Option<String>,
+}
+
+/// `server.tls.hsts`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHsts {
+    pub max_age: Option<RawDuration>,
+    pub include_subdomains: Option<bool>,
+    pub preload: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -357,9 +387,10 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "ms" => number / 1000.0,
         "m" | "min" => number * 60.0,
         "h" => number * 3600.0,
+        "d" => number * 86400.0,
         other => {
             return Err(format!(
-                "unknown duration unit `{other}` in `{text}` (use ms, s, m or h)"
+                "unknown duration unit `{other}` in `{text}` (use ms, s, m, h or d)"
             ));
         }
     };

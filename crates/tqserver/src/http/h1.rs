@@ -132,6 +132,8 @@ struct Connection {
     local: SocketAddr,
     front: Arc<Frontend>,
     shutdown: CancellationToken,
+    /// Set on each request that came over TLS.
+    tls: Option<super::Tls>,
     /// Requests served, for [`FAIR_SHARE`].
     served: u64,
 }
@@ -145,6 +147,7 @@ pub async fn serve_connection(
     front: Arc<Frontend>,
     shutdown: CancellationToken,
 ) {
+    let tls = stream.tls();
     let (read, write) = stream.into_split();
     let mut state = State::Idle {
         reader: Box::new(ConnReader::new(read)),
@@ -160,6 +163,7 @@ pub async fn serve_connection(
         local,
         front,
         shutdown,
+        tls,
         served: 0,
     };
     loop {
@@ -311,6 +315,9 @@ impl Connection {
         *request.uri_mut() = head.uri;
         *request.version_mut() = version;
         *request.headers_mut() = head.headers;
+        if let Some(tls) = &self.tls {
+            request.extensions_mut().insert(tls.clone());
+        }
 
         // 103 Early Hints from PHP go out while the request runs; HTTP/1.0
         // has no interim responses.

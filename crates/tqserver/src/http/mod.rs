@@ -8,8 +8,11 @@
 //!   is dropped;
 //! - `max_header_bytes` and `max_headers` (431 beyond), `max_body_bytes`
 //!   (413).
-//! - `max_connections`: connections served at once (the accept loop,
-//!   [`crate::accept`]).
+//! - `max_connections`: connections served at once, on the HTTP and the TLS
+//!   port together (the accept loop, [`crate::accept`]).
+//!
+//! Over TLS ([`crate::tls`]) the same connection code runs on a TLS stream
+//! ([`stream`]); requests carry the [`Tls`] extension.
 
 pub mod body;
 pub mod body_reader;
@@ -30,11 +33,11 @@ pub mod stream;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::accept::AcceptLoop;
+use crate::accept::{Accept, AcceptLoop};
 pub use service::Frontend;
 
 /// A request extension set on requests that came over TLS (HTTP/1.1 or
@@ -53,11 +56,45 @@ pub struct Tls {
 #[derive(Clone, Debug)]
 pub struct Interim(pub tokio::sync::mpsc::Sender<http::HeaderMap>);
 
+/// The HTTP front's listening sockets: the plain HTTP port, and the TLS
+/// port when `server.tls` is set. One accept loop serves both, so
+/// `server.max_connections` bounds them together.
+pub struct Listeners {
+    pub http: TcpListener,
+    pub tls: Option<(TcpListener, tokio_rustls::TlsAcceptor)>,
+}
+
+/// A connection accepted by [`Listeners`]: the acceptor is there when it came
+/// to the TLS port.
+pub type Accepted = (TcpStream, SocketAddr, Option<tokio_rustls::TlsAcceptor>);
+
+impl Accept for Listeners {
+    type Connection = Accepted;
+    async fn accept(&self) -> std::io::Result<Accepted> {
+        match &self.tls {
+            None => {
+                let (stream, peer) = self.http.accept().await?;
+                Ok((stream, peer, None))
+            }
+            Some((tls, acceptor)) => tokio::select! {
+                accepted = self.http.accept() => {
+                    let (stream, peer) = accepted?;
+                    Ok((stream, peer, None))
+                }
+                accepted = tls.accept() => {
+                    let (stream, peer) = accepted?;
+                    Ok((stream, peer, Some(acceptor.clone())))
+                }
+            },
+        }
+    }
+}
+
 /// Accepts connections until `shutdown`, at most `server.max_connections` at
 /// once ([`crate::accept`]); each connection runs on `connections` so the
 /// caller can wait for them to finish.
 pub async fn serve(
-    listener: TcpListener,
+    listeners: Listeners,
     front: Arc<Frontend>,
     shutdown: CancellationToken,
     connections: TaskTracker,
@@ -69,18 +106,39 @@ pub async fn serve(
         setting: "server.max_connections",
     };
     accept_loop
-        .run(&listener, &shutdown, &connections, |(stream, peer)| {
-            let _ = stream.set_nodelay(true);
-            let local: SocketAddr = stream.local_addr().unwrap_or(peer);
-            let front = front.clone();
-            let shutdown = shutdown.clone();
-            Some(async move {
-                let gauge = front.telemetry.metrics.http_connections.clone();
-                gauge.inc();
-                h1::serve_connection(stream::Stream::Tcp(stream), peer, local, front, shutdown)
-                    .await;
-                gauge.dec();
-            })
-        })
+        .run(
+            &listeners,
+            &shutdown,
+            &connections,
+            |(stream, peer, tls)| {
+                let _ = stream.set_nodelay(true);
+                let local: SocketAddr = stream.local_addr().unwrap_or(peer);
+                let front = front.clone();
+                let shutdown = shutdown.clone();
+                Some(async move {
+                    let gauge = front.telemetry.metrics.http_connections.clone();
+                    gauge.inc();
+                    match tls {
+                        None => {
+                            h1::serve_connection(
+                                stream::Stream::Tcp(stream),
+                                peer,
+                                local,
+                                front,
+                                shutdown,
+                            )
+                            .await
+                        }
+                        Some(acceptor) => {
+                            crate::tls::serve_connection(
+                                acceptor, stream, peer, local, front, shutdown,
+                            )
+                            .await
+                        }
+                    }
+                    gauge.dec();
+                })
+            },
+        )
         .await;
 }

@@ -77,7 +77,22 @@ pub async fn handle(
         Some(peer),
         line,
     );
-    let (response, compression) = match (app, normal) {
+    // Over TLS to tqserver, or to a trusted proxy that says so.
+    let over_tls = request.extensions().get::<super::Tls>().is_some() || client.https;
+    let tls = front.settings.tls.as_ref();
+    if let Some(tls) = tls
+        && tls.redirect_http
+        && !over_tls
+        && !request.uri().path().starts_with(ACME_CHALLENGE)
+    {
+        let location = https_location(&request, local, tls.listen.port());
+        let mut response = errors::status(StatusCode::PERMANENT_REDIRECT);
+        if let Ok(value) = http::HeaderValue::from_str(&location) {
+            response.headers_mut().insert(http::header::LOCATION, value);
+        }
+        return finish(response, observation);
+    }
+    let (mut response, compression) = match (app, normal) {
         (Some((app, rest_len)), Ok(path)) => {
             let rest = &path[path.len() - rest_len..];
             let compression = app
@@ -103,6 +118,16 @@ pub async fn handle(
         }
         (None, Ok(_)) => (errors::status(StatusCode::NOT_FOUND), None),
     };
+    if over_tls
+        && let Some(hsts) = tls.and_then(|tls| tls.hsts.as_ref())
+        && !response
+            .headers()
+            .contains_key(http::header::STRICT_TRANSPORT_SECURITY)
+    {
+        response
+            .headers_mut()
+            .insert(http::header::STRICT_TRANSPORT_SECURITY, hsts.clone());
+    }
     let mut response = finish(response, observation);
     // After `finish`: a PHP stream keeps its observation while the script
     // is added behind it.
@@ -114,6 +139,34 @@ pub async fn handle(
         response = compress::apply(response, &accepted, &compression);
     }
     response
+}
+
+/// Where ACME's HTTP-01 challenges are answered: over plain HTTP even with
+/// `server.tls.redirect_http`.
+const ACME_CHALLENGE: &str = "/.well-known/acme-challenge/";
+
+/// The `https://` URL of a plain HTTP request: its host (without the port)
+/// on the TLS port.
+fn https_location<B>(request: &Request<B>, local: SocketAddr, tls_port: u16) -> String {
+    let host = request
+        .uri()
+        .host()
+        .map(str::to_owned)
+        .or_else(|| {
+            let host = request.headers().get(http::header::HOST)?.to_str().ok()?;
+            let authority: http::uri::Authority = host.parse().ok()?;
+            Some(authority.host().to_owned())
+        })
+        .unwrap_or_else(|| match local.ip() {
+            std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+            ip => ip.to_string(),
+        });
+    let path = request.uri().path_and_query().map_or("/", |pq| pq.as_str());
+    if tls_port == 443 {
+        format!("https://{host}{path}")
+    } else {
+        format!("https://{host}:{tls_port}{path}")
+    }
 }
 
 /// Finishes the observation now, or hands it to a streaming body.

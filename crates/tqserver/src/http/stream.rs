@@ -37,6 +37,17 @@ pub enum Stream {
 }
 
 impl Stream {
+    /// What requests on this stream carry as their [`super::Tls`]
+    /// extension; `None` over plain TCP.
+    pub fn tls(&self) -> Option<super::Tls> {
+        match self {
+            Stream::Tcp(_) => None,
+            Stream::Tls(tls) => Some(super::Tls {
+                server_name: tls.get_ref().1.server_name().map(Arc::from),
+            }),
+        }
+    }
+
     pub fn into_split(self) -> (ReadHalf, WriteHalf) {
         match self {
             Stream::Tcp(tcp) => {

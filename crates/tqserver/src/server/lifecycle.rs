@@ -112,6 +112,7 @@ pub(super) async fn serve(
         }),
         socket_dir,
         listeners: Mutex::new(BTreeMap::new()),
+        tls_resolver: Mutex::new(None),
         reloading: tokio::sync::Mutex::new(()),
         shutdown,
         connections: TaskTracker::new(),
@@ -186,6 +187,14 @@ pub(super) async fn serve_until_stopped(
             return Err(err).with_context(|| format!("cannot listen on {}", config.server.listen));
         }
     };
+    let tls = match bind_tls(state, config).await {
+        Ok(tls) => tls,
+        Err(err) => {
+            state.shutdown.cancel();
+            stop_apps(&apps, Duration::ZERO).await;
+            return Err(err);
+        }
+    };
     let draining = CancellationToken::new();
     let front = Arc::new(Frontend {
         router: router.clone(),
@@ -195,12 +204,18 @@ pub(super) async fn serve_until_stopped(
         live_reload: state.live_reload.clone(),
     });
     let accept = tokio::spawn(http::serve(
-        http_listener,
+        http::Listeners {
+            http: http_listener,
+            tls,
+        },
         front,
         state.shutdown.clone(),
         state.connections.clone(),
     ));
     state.set_phase(Phase::Running);
+    if let Some(tls) = &config.server.tls {
+        info!(listen = %tls.listen, "TLS port ready");
+    }
     info!(
         listen = %config.server.listen,
         apps = apps.len(),
@@ -377,4 +392,28 @@ pub async fn stop_apps(apps: &[Arc<App>], grace: Duration) {
         stopping.spawn(async move { pool.drain(grace).await });
     }
     while stopping.join_next().await.is_some() {}
+}
+
+/// Binds the TLS port of `server.tls`, if set, with its certificates; the
+/// certificate resolver goes into `state` for reloads to update.
+async fn bind_tls(
+    state: &ServerState,
+    config: &Config,
+) -> anyhow::Result<Option<(TcpListener, tokio_rustls::TlsAcceptor)>> {
+    let (Some(settings), Some(certificates)) = (&config.server.tls, &config.tls_certificates)
+    else {
+        return Ok(None);
+    };
+    let listener = TcpListener::bind(settings.listen)
+        .await
+        .with_context(|| format!("cannot listen on server.tls.port ({})", settings.listen))?;
+    for warning in certificates.warnings() {
+        warn!("{warning}");
+    }
+    let resolver = Arc::new(crate::tls::CertResolver::new(certificates.clone()));
+    let acceptor = tokio_rustls::TlsAcceptor::from(crate::tls::server_config(resolver.clone()));
+    if let Ok(mut slot) = state.tls_resolver.lock() {
+        *slot = Some(resolver);
+    }
+    Ok(Some((listener, acceptor)))
 }

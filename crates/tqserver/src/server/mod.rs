@@ -70,6 +70,9 @@ pub struct ServerState {
     last_reload: Mutex<ReloadReport>,
     socket_dir: PathBuf,
     listeners: Mutex<BTreeMap<String, RunningListener>>,
+    /// The TLS port's certificates, which a reload replaces; None without
+    /// `server.tls`.
+    tls_resolver: Mutex<Option<Arc<crate::tls::CertResolver>>>,
     /// One reload at a time.
     reloading: tokio::sync::Mutex<()>,
     shutdown: CancellationToken,

@@ -168,6 +168,15 @@ pub(super) async fn apply_reload(state: &Arc<ServerState>) -> Result<ReloadSumma
         .collect();
     apps.extend(started.iter().cloned());
     state.router.store(Arc::new(Router::new(apps)));
+    // New TLS handshakes get the certificates as they are on disk now.
+    if let (Ok(resolver), Some(certificates)) = (state.tls_resolver.lock(), &new.tls_certificates)
+        && let Some(resolver) = resolver.as_ref()
+    {
+        for warning in certificates.warnings() {
+            warn!("{warning}");
+        }
+        resolver.replace(certificates.clone());
+    }
     state.config.store(Arc::new(new));
 
     // The old pools finish what they are running, then stop.

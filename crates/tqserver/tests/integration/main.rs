@@ -35,4 +35,5 @@ mod rules;
 mod scaleout;
 mod security;
 mod sendfile;
+mod tls;
 mod worker_mode;

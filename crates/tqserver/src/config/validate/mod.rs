@@ -29,6 +29,7 @@ mod fastcgi;
 mod probe;
 mod process_pool;
 mod server;
+mod tls;
 
 use app::*;
 pub use app::{display_route, normalize_route};
@@ -155,6 +156,49 @@ mod tests {
         let dir = site("server:\n  max_connections: many\n", "path: /\n");
         let errors = load_site(&dir).unwrap_err().to_string();
         assert!(errors.contains("server.max_connections"), "{errors}");
+    }
+
+    #[test]
+    fn a_tls_section_needs_a_certificate_and_its_own_port() {
+        let dir = site(
+            "server:\n  port: 8443\n  tls:\n    redirect_http: true\n",
+            "path: /\n",
+        );
+        let errors = load_site(&dir).unwrap_err().to_string();
+        assert!(
+            errors.contains("server.yaml:3: server.tls: needs a certificate"),
+            "{errors}"
+        );
+        assert!(
+            errors.contains("server.tls.port: 8443 is server.port too"),
+            "{errors}"
+        );
+
+        let dir = site(
+            "server:\n  tls:\n    port: 8443\n    certificates:\n      - cert: a.pem\n      - key: b.key\n",
+            "path: /\n",
+        );
+        let errors = load_site(&dir).unwrap_err().to_string();
+        assert!(
+            errors.contains("server.yaml:5: server.tls.certificates[0].key: missing"),
+            "{errors}"
+        );
+        assert!(
+            errors.contains("server.yaml:6: server.tls.certificates[1].cert: missing"),
+            "{errors}"
+        );
+
+        let dir = site(
+            "server:\n  tls:\n    cert: a.pem\n    key: a.key\n    hsts:\n      include_subdomains: true\n",
+            "path: /\n",
+        );
+        let errors = load_site(&dir).unwrap_err().to_string();
+        assert!(
+            errors.contains("server.tls.hsts: needs max_age"),
+            "{errors}"
+        );
+        assert!(errors.contains("server.tls.cert: "), "{errors}");
+        assert!(errors.contains("a.pem: cannot read it"), "{errors}");
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! server.yaml: the server, logging and admin sections, and where the apps are.
 
+use super::tls;
 #[allow(unused_imports)]
 use super::*;
 
@@ -116,6 +117,15 @@ pub fn load(server_file: &Path) -> Result<Config, ConfigErrors> {
         &at,
         &mut errors,
     );
+    let (tls, tls_certificates) = tls::tls(
+        server_raw.tls.as_ref(),
+        listen.ip(),
+        port,
+        &root,
+        server_file,
+        &text,
+        &mut errors,
+    );
     let server = ServerSettings {
         listen,
         development,
@@ -139,6 +149,7 @@ pub fn load(server_file: &Path) -> Result<Config, ConfigErrors> {
         },
         compression,
         trusted_proxies,
+        tls,
     };
 
     let workers_dir = root.join(
@@ -238,6 +249,7 @@ pub fn load(server_file: &Path) -> Result<Config, ConfigErrors> {
         admin,
         ready_max_queue,
         apps,
+        tls_certificates,
     })
 }
 
