@@ -40,6 +40,16 @@ pub struct RawServer {
     pub threads: Option<usize>,
     /// `production` (the default) or `development`.
     pub mode: Option<String>,
+    pub http2: Option<RawHttp2>,
+}
+
+/// `server.http2`: HTTP/2 on the HTTP front.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHttp2 {
+    pub max_concurrent_streams: Option<u32>,
+    /// HTTP/2 with prior knowledge (no TLS) on `server.port`.
+    pub h2c: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
