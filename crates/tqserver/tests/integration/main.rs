@@ -22,6 +22,7 @@ mod cli;
 mod compare;
 mod dev;
 mod embed;
+mod h2;
 mod hardening;
 mod http;
 mod listener;
