@@ -519,3 +519,33 @@ async fn connect(
     let (client, conn) = h2::client::handshake(tcp).await.unwrap();
     (client, tokio::spawn(conn))
 }
+
+#[test]
+fn bad_http2_settings_are_config_errors_naming_the_key() {
+    let site = Site::new()
+        .server_settings("  http2:\n    max_concurrent_streams: 0\n    h2c: maybe\n")
+        .worker("app", &worker_yaml("/app", 1));
+    let (ok, stderr) = site.check();
+    assert!(!ok);
+    assert!(stderr.contains("server.http2.h2c"), "{stderr}");
+    let site = Site::new()
+        .server_settings("  http2:\n    max_concurrent_streams: 0\n")
+        .worker("app", &worker_yaml("/app", 1));
+    let (ok, stderr) = site.check();
+    assert!(!ok);
+    assert!(
+        stderr.contains(
+            "server.http2.max_concurrent_streams: 0 is out of range; expected 1 to 10000"
+        ),
+        "{stderr}"
+    );
+    let site = Site::new()
+        .server_settings("  http2:\n    max_streams: 10\n")
+        .worker("app", &worker_yaml("/app", 1));
+    let (ok, stderr) = site.check();
+    assert!(!ok);
+    assert!(
+        stderr.contains("server.yaml:6: server.http2.max_streams: unknown key"),
+        "{stderr}"
+    );
+}
