@@ -38,13 +38,14 @@ use std::time::{Duration, SystemTime};
 use ::h2::server::SendResponse;
 use ::h2::{Reason, RecvStream, SendStream};
 use bytes::Bytes;
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri};
 use http_body::{Body as _, SizeHint};
 use http_body_util::BodyExt;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
-use tokio::task::JoinSet;
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
@@ -138,9 +139,13 @@ pub async fn serve_connection<IO>(
         local,
         tls,
     });
-    // The streams being served, each its own task so they run in parallel;
-    // dropped with the connection, which cancels what is left of them.
-    let mut streams: JoinSet<StreamEnd> = JoinSet::new();
+    // The streams being served, polled by this task: a task per stream
+    // costs a spawn and cross-thread wake-ups between it and the connection
+    // (h2load, 10 KB static file, 2 connections x 20 streams: 23k-29k
+    // requests/s this way against 15k-19k with a task per stream, four
+    // alternating rounds on a busy 2-CPU machine). Dropped with the
+    // connection, which cancels what is left of them.
+    let mut streams = FuturesUnordered::new();
     // With no stream open: `idle_timeout`, then GOAWAY; after GOAWAY,
     // `write_timeout` for it to go out before the socket is dropped.
     let quiet = tokio::time::sleep(idle_timeout);
@@ -151,7 +156,7 @@ pub async fn serve_connection<IO>(
         tokio::select! {
             accepted = conn.accept() => match accepted {
                 Some(Ok((request, respond))) => {
-                    streams.spawn(serve_stream(request, respond, shared.clone()));
+                    streams.push(serve_stream(request, respond, shared.clone()));
                 }
                 Some(Err(err)) => {
                     debug!(%peer, "HTTP/2 connection error: {err}");
@@ -160,10 +165,10 @@ pub async fn serve_connection<IO>(
                 // Closed (by the client, or GOAWAY with no stream left).
                 None => return,
             },
-            Some(end) = streams.join_next(), if !streams.is_empty() => {
+            Some(end) = streams.next(), if !streams.is_empty() => {
                 match end {
-                    Ok(StreamEnd::ResetByClient) => reset_by_client += 1,
-                    Ok(StreamEnd::Done) | Err(_) => finished += 1,
+                    StreamEnd::ResetByClient => reset_by_client += 1,
+                    StreamEnd::Done => finished += 1,
                 }
                 if reset_by_client > finished + FREE_CLIENT_RESETS {
                     info!(%peer, reset_by_client, finished, "HTTP/2 client resets streams too fast; closing");
@@ -469,10 +474,8 @@ async fn send(
     {
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
     }
-    if !headers.contains_key(header::DATE)
-        && let Ok(date) = HeaderValue::from_str(&httpdate::fmt_http_date(SystemTime::now()))
-    {
-        headers.insert(header::DATE, date);
+    if !headers.contains_key(header::DATE) {
+        headers.insert(header::DATE, date());
     }
     let empty = no_body || length == Some(0);
     let mut stream = match respond.send_response(head, empty) {
@@ -531,6 +534,27 @@ async fn send(
         Ok(()) => StreamEnd::Done,
         Err(_) => StreamEnd::ResetByClient,
     }
+}
+
+/// The Date header, formatted once a second per thread.
+fn date() -> HeaderValue {
+    thread_local! {
+        static CACHE: std::cell::RefCell<(u64, HeaderValue)> =
+            std::cell::RefCell::new((0, HeaderValue::from_static("")));
+    }
+    let now = SystemTime::now();
+    let second = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    CACHE.with(|cache| {
+        let mut cache = cache.borrow_mut();
+        if cache.0 != second {
+            let text = httpdate::fmt_http_date(now);
+            cache.1 = HeaderValue::from_str(&text).unwrap_or(HeaderValue::from_static(""));
+            cache.0 = second;
+        }
+        cache.1.clone()
+    })
 }
 
 enum Failure {
