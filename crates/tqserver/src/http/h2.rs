@@ -540,7 +540,7 @@ async fn send(
 fn date() -> HeaderValue {
     thread_local! {
         static CACHE: std::cell::RefCell<(u64, HeaderValue)> =
-            std::cell::RefCell::new((0, HeaderValue::from_static("")));
+            const { std::cell::RefCell::new((0, HeaderValue::from_static(""))) };
     }
     let now = SystemTime::now();
     let second = now
