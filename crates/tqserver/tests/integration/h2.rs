@@ -469,6 +469,45 @@ fn streams_reset_after_they_started_get_the_connection_closed() {
     assert_eq!(status_of(&head), 200);
 }
 
+/// A client that grants no more window (reads nothing) has its stream
+/// reset after `write_timeout`; the connection's other streams go on.
+#[test]
+fn a_stream_without_window_is_reset_at_write_timeout() {
+    let server = h2_site(1, "  write_timeout: 1s\n")
+        .file("app", "big.bin", vec![b'z'; 1024 * 1024])
+        .start();
+    let port = server.port();
+    runtime().block_on(async {
+        let (mut client, _conn) = connect(port).await;
+        let request = Request::get(format!("http://127.0.0.1:{port}/app/big.bin"))
+            .body(())
+            .unwrap();
+        let (response, _) = client.send_request(request, true).unwrap();
+        let mut body = response.await.unwrap().into_body();
+        let started = Instant::now();
+        // Data as far as the first window goes, none of it given back.
+        let mut received = 0;
+        let error = loop {
+            match tokio::time::timeout(Duration::from_secs(10), body.data()).await {
+                Ok(Some(Ok(data))) => received += data.len(),
+                Ok(Some(Err(err))) => break err,
+                Ok(None) => panic!("the whole body arrived without window"),
+                Err(_) => panic!("no reset within 10 s"),
+            }
+        };
+        assert_eq!(error.reason(), Some(h2::Reason::CANCEL), "{error}");
+        assert!(received < 1024 * 1024);
+        let waited = started.elapsed();
+        assert!(waited >= Duration::from_millis(900));
+        // The connection still serves.
+        let request = Request::get(format!("http://127.0.0.1:{port}/app/file.txt"))
+            .body(())
+            .unwrap();
+        let (response, _) = client.send_request(request, true).unwrap();
+        assert_eq!(response.await.unwrap().status(), StatusCode::OK);
+    });
+}
+
 #[test]
 fn h2c_is_off_unless_configured() {
     let server = Site::new()
