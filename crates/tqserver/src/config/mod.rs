@@ -37,6 +37,9 @@ pub mod defaults {
     pub const MAX_HEADER_BYTES: usize = 64 * 1024;
     pub const MAX_HEADERS: usize = 100;
     pub const MAX_BODY_BYTES: u64 = 64 * 1024 * 1024;
+    /// Streams one HTTP/2 connection may have open at once (nginx's
+    /// `http2_max_concurrent_streams` is 128 too).
+    pub const HTTP2_MAX_CONCURRENT_STREAMS: u32 = 128;
     /// HTTP connections served at once; beyond, new ones wait in the
     /// kernel's listen backlog. Room for the benchmark's 10,000 idle
     /// keep-alive connections, and a bound well below a systemd unit's
@@ -168,6 +171,7 @@ pub struct ServerSettings {
     /// PHP code changes are served at once and HTML pages reload themselves
     /// in the browser (see [`crate::dev`]).
     pub development: bool,
+    pub http2: Http2Settings,
     /// `server.tls`; None: no TLS port.
     pub tls: Option<TlsSettings>,
 }
@@ -196,6 +200,17 @@ pub fn force_development() {
 
 pub(crate) fn development_forced() -> bool {
     FORCE_DEVELOPMENT.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// `server.http2`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Http2Settings {
+    /// Streams a client may have open at once on one connection.
+    pub max_concurrent_streams: u32,
+    /// Whether the plain HTTP port also takes HTTP/2 with prior knowledge.
+    pub h2c: bool,
+    /// Whether the TLS port offers HTTP/2 (ALPN `h2`).
+    pub enabled: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

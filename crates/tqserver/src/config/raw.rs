@@ -44,6 +44,18 @@ pub struct RawServer {
     /// CIDRs whose X-Forwarded-For, Forwarded and X-Forwarded-Proto count.
     pub trusted_proxies: Option<Vec<String>>,
     pub tls: Option<RawTls>,
+    pub http2: Option<RawHttp2>,
+}
+
+/// `server.http2`: HTTP/2 on the HTTP front.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHttp2 {
+    pub max_concurrent_streams: Option<u32>,
+    /// HTTP/2 with prior knowledge (no TLS) on `server.port`.
+    pub h2c: Option<bool>,
+    /// HTTP/2 offered over TLS (ALPN), on by default.
+    pub enabled: Option<bool>,
 }
 
 /// `server.compression`, and an app's `compression` over it.

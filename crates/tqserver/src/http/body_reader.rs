@@ -97,6 +97,8 @@ pub enum Remaining {
 /// A request body streamed from the client.
 pub struct RequestBody {
     inner: Option<Inner>,
+    /// Or a body arriving on an HTTP/2 stream (see `h2::StreamBody`).
+    h2: Option<Box<super::h2::StreamBody>>,
 }
 
 struct Inner {
@@ -127,7 +129,18 @@ enum State {
 impl RequestBody {
     /// A body-less request.
     pub fn empty() -> Self {
-        Self { inner: None }
+        Self {
+            inner: None,
+            h2: None,
+        }
+    }
+
+    /// A body arriving on an HTTP/2 stream.
+    pub fn h2(body: super::h2::StreamBody) -> Self {
+        Self {
+            inner: None,
+            h2: Some(Box::new(body)),
+        }
     }
 
     /// A body read from `reader` as `framing` says; the reader is sent home
@@ -158,6 +171,7 @@ impl RequestBody {
                     },
                     continue_unflushed: limits.expect_continue,
                 }),
+                h2: None,
             },
             back,
         )
@@ -337,7 +351,13 @@ impl http_body::Body for RequestBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
-        let Some(inner) = self.get_mut().inner.as_mut() else {
+        let this = self.get_mut();
+        if let Some(h2) = &mut this.h2 {
+            return h2
+                .poll_data(cx)
+                .map(|data| data.map(|r| r.map(Frame::data)));
+        }
+        let Some(inner) = this.inner.as_mut() else {
             return Poll::Ready(None);
         };
         match ready!(inner.poll_data(cx)) {
@@ -351,6 +371,9 @@ impl http_body::Body for RequestBody {
     }
 
     fn is_end_stream(&self) -> bool {
+        if let Some(h2) = &self.h2 {
+            return h2.is_end_stream();
+        }
         match &self.inner {
             None => true,
             Some(inner) => match &inner.state {
@@ -362,6 +385,9 @@ impl http_body::Body for RequestBody {
     }
 
     fn size_hint(&self) -> SizeHint {
+        if let Some(h2) = &self.h2 {
+            return h2.size_hint();
+        }
         match &self.inner {
             None => SizeHint::with_exact(0),
             Some(inner) => match inner.state {

@@ -1,5 +1,7 @@
 //! The HTTP front: accepts connections and serves HTTP/1.1 with keep-alive
-//! ([`h1`]), with the limits of `server.yaml`:
+//! ([`h1`]) and HTTP/2 ([`h2`]: over TLS by ALPN, or with prior knowledge on
+//! the plain port when `server.http2.h2c` is on), with the limits of
+//! `server.yaml`:
 //! - `read_timeout`: a request's head must arrive within it once it started,
 //!   and a request body may not stall longer (slowloris);
 //! - `idle_timeout`: a keep-alive connection waits this long for the next
@@ -20,6 +22,7 @@ pub mod cgi_params;
 pub mod compress;
 pub mod errors;
 pub mod h1;
+pub mod h2;
 pub mod normalize;
 pub mod php;
 pub mod proxy;
@@ -120,14 +123,30 @@ pub async fn serve(
                     gauge.inc();
                     match tls {
                         None => {
-                            h1::serve_connection(
-                                stream::Stream::Tcp(stream),
-                                peer,
-                                local,
-                                front,
-                                shutdown,
-                            )
-                            .await
+                            let protocol = if front.settings.http2.h2c {
+                                sniff(&stream, front.settings.read_timeout).await
+                            } else {
+                                Protocol::Http1
+                            };
+                            match protocol {
+                                Protocol::Http1 => {
+                                    h1::serve_connection(
+                                        stream::Stream::Tcp(stream),
+                                        peer,
+                                        local,
+                                        front,
+                                        shutdown,
+                                    )
+                                    .await;
+                                }
+                                Protocol::Http2 => {
+                                    h2::serve_connection(
+                                        stream, peer, local, None, front, shutdown,
+                                    )
+                                    .await;
+                                }
+                                Protocol::Silent => {}
+                            }
                         }
                         Some(acceptor) => {
                             crate::tls::serve_connection(
@@ -142,3 +161,43 @@ pub async fn serve(
         )
         .await;
 }
+
+/// What a connection on the plain port speaks, by its first bytes.
+#[derive(Debug, PartialEq, Eq)]
+enum Protocol {
+    Http1,
+    /// HTTP/2 with prior knowledge (h2c): it starts with the preface.
+    Http2,
+    /// Nothing within `read_timeout`, or gone: closed, as HTTP/1.1 would.
+    Silent,
+}
+
+/// Peeks at a new connection's first bytes (within `wait`) without taking
+/// them: the HTTP/2 preface, or anything else (HTTP/1.1).
+async fn sniff(stream: &TcpStream, wait: std::time::Duration) -> Protocol {
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut buf = [0u8; h2::PREFACE.len()];
+    loop {
+        let peeked = match tokio::time::timeout_at(deadline, stream.peek(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return Protocol::Silent,
+            Ok(Ok(peeked)) => peeked,
+            Err(_) => return Protocol::Silent,
+        };
+        if buf[..peeked] != h2::PREFACE[..peeked] {
+            return Protocol::Http1;
+        }
+        if peeked == buf.len() {
+            return Protocol::Http2;
+        }
+        // Part of the preface: peeking again would return at once with the
+        // same bytes (they keep the socket readable), so wait a moment. Rare:
+        // clients send the 24 bytes in one segment.
+        if tokio::time::Instant::now() + PREFACE_RETRY >= deadline {
+            return Protocol::Http1;
+        }
+        tokio::time::sleep(PREFACE_RETRY).await;
+    }
+}
+
+/// Pause between looks at a partly arrived HTTP/2 preface.
+const PREFACE_RETRY: std::time::Duration = std::time::Duration::from_millis(5);

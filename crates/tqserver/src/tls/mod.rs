@@ -14,7 +14,8 @@
 //!   `server.read_timeout`, so a client that never completes one costs a
 //!   slot for that long and blocks nobody else.
 //! - **ALPN** says what runs on top ([`serve_connection`], the one place
-//!   that decides it): `http/1.1` today.
+//!   that decides it): HTTP/2 (`h2`, unless `server.http2.enabled: false`)
+//!   or HTTP/1.1.
 //!
 //! Not here: the HTTP/1.1 connection itself ([`crate::http::h1`], over
 //! [`crate::http::stream`]), redirects and HSTS (the service).
@@ -33,22 +34,27 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use crate::http::stream::Stream;
-use crate::http::{Frontend, h1};
+use crate::http::{Frontend, Tls, h1, h2};
 pub use certs::{CertError, CertResolver, Certificate, CertificateFiles, Certificates};
 
-/// Protocols offered by ALPN, most preferred first.
-pub const ALPN_PROTOCOLS: &[&[u8]] = &[b"http/1.1"];
+/// Protocols offered by ALPN, most preferred first (without `h2` when
+/// `server.http2.enabled` is false).
+pub const ALPN_PROTOCOLS: &[&[u8]] = &[b"h2", b"http/1.1"];
 
 /// The rustls configuration of the TLS port, with certificates from
 /// `resolver` (which a reload updates in place).
-pub fn server_config(resolver: Arc<CertResolver>) -> Arc<rustls::ServerConfig> {
+pub fn server_config(resolver: Arc<CertResolver>, http2: bool) -> Arc<rustls::ServerConfig> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .expect("ring supports TLS 1.2 and 1.3")
         .with_no_client_auth()
         .with_cert_resolver(resolver);
-    config.alpn_protocols = ALPN_PROTOCOLS.iter().map(|p| p.to_vec()).collect();
+    config.alpn_protocols = ALPN_PROTOCOLS
+        .iter()
+        .filter(|p| http2 || **p != b"h2")
+        .map(|p| p.to_vec())
+        .collect();
     Arc::new(config)
 }
 
@@ -75,6 +81,12 @@ pub async fn serve_connection(
     match stream.get_ref().1.alpn_protocol() {
         Some(b"http/1.1") | None => {
             h1::serve_connection(Stream::Tls(stream), peer, local, front, shutdown).await
+        }
+        Some(b"h2") => {
+            let tls = Tls {
+                server_name: stream.get_ref().1.server_name().map(Arc::from),
+            };
+            h2::serve_connection(stream, peer, local, Some(tls), front, shutdown).await
         }
         // rustls agrees only on a protocol that was offered.
         Some(other) => debug!(%peer, alpn = ?other, "ALPN protocol not served"),

@@ -24,6 +24,7 @@ mod compress;
 mod dev;
 mod early_hints;
 mod embed;
+mod h2;
 mod hardening;
 mod http;
 mod listener;

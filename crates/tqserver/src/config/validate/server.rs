@@ -126,6 +126,16 @@ pub fn load(server_file: &Path) -> Result<Config, ConfigErrors> {
         &text,
         &mut errors,
     );
+    let http2_raw = server_raw.http2.unwrap_or_default();
+    let max_concurrent_streams = http2_raw
+        .max_concurrent_streams
+        .unwrap_or(defaults::HTTP2_MAX_CONCURRENT_STREAMS);
+    if max_concurrent_streams == 0 || max_concurrent_streams > 10_000 {
+        errors.push(at(
+            "server.http2.max_concurrent_streams",
+            format!("{max_concurrent_streams} is out of range; expected 1 to 10000"),
+        ));
+    }
     let server = ServerSettings {
         listen,
         development,
@@ -142,6 +152,11 @@ pub fn load(server_file: &Path) -> Result<Config, ConfigErrors> {
         grace_period: dur(server_raw.grace_period, defaults::GRACE_PERIOD),
         drain_delay: dur(server_raw.drain_delay, defaults::DRAIN_DELAY),
         threads: server_raw.threads.unwrap_or(0),
+        http2: Http2Settings {
+            max_concurrent_streams: max_concurrent_streams.clamp(1, 10_000),
+            h2c: http2_raw.h2c.unwrap_or(false),
+            enabled: http2_raw.enabled.unwrap_or(true),
+        },
         pid_file: match server_raw.pid_file.as_deref() {
             Some("") | Some("off") => None,
             Some(path) => Some(root.join(path)),
