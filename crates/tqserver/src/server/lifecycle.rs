@@ -411,7 +411,10 @@ async fn bind_tls(
         warn!("{warning}");
     }
     let resolver = Arc::new(crate::tls::CertResolver::new(certificates.clone()));
-    let acceptor = tokio_rustls::TlsAcceptor::from(crate::tls::server_config(resolver.clone(), config.server.http2.enabled));
+    let acceptor = tokio_rustls::TlsAcceptor::from(crate::tls::server_config(
+        resolver.clone(),
+        config.server.http2.enabled,
+    ));
     if let Ok(mut slot) = state.tls_resolver.lock() {
         *slot = Some(resolver);
     }

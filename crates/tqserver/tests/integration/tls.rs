@@ -136,11 +136,12 @@ fn tls_site(tls_port: u16, tls: &str) -> Site {
 
 const A_CERT: &str = "    cert: certs/a.pem\n    key: certs/a.key\n";
 
-/// curl over HTTPS to `name` (resolved to 127.0.0.1), trusting the test CA:
-/// the response head and body, or curl's error.
+/// curl over HTTPS to `name` (resolved to 127.0.0.1), trusting the test CA,
+/// on HTTP/1.1 unless `extra` asks for another version: the response head
+/// and body, or curl's error.
 fn curl(site: &Site, name: &str, port: u16, path: &str, extra: &[&str]) -> (bool, String) {
     let output = Command::new("curl")
-        .args(["-sS", "-i", "--max-time", "10", "--cacert"])
+        .args(["-sS", "-i", "--http1.1", "--max-time", "10", "--cacert"])
         .arg(site.root().join("certs/ca.pem"))
         .arg("--resolve")
         .arg(format!("{name}:{port}:127.0.0.1"))
@@ -533,4 +534,42 @@ fn a_client_that_never_handshakes_is_dropped_after_read_timeout() {
         waited >= Duration::from_millis(900) && waited < Duration::from_secs(5),
         "dropped after {waited:?}"
     );
+}
+
+/// HTTP/2 is offered by ALPN: curl and h2load get it, PHP sees HTTP/2.0 over
+/// HTTPS; with `server.http2.enabled: false` the same clients get HTTP/1.1.
+#[test]
+fn http2_is_offered_by_alpn_unless_turned_off() {
+    let tls_port = free_port();
+    let server = tls_site(tls_port, A_CERT).start();
+    let env = "/blog/env.php";
+    server.site.write(
+        "workers/blog/public/env.php",
+        ENV_PHP.replace("'HTTP_HOST'", "'HTTP_HOST', 'SERVER_PROTOCOL'"),
+    );
+    let (ok, text) = curl(&server.site, "a.test", tls_port, env, &["--http2"]);
+    assert!(ok, "{text}\n{}", server.log());
+    assert!(text.starts_with("HTTP/2 200"), "{text}");
+    assert!(text.contains("SERVER_PROTOCOL=HTTP/2.0\n"), "{text}");
+    assert!(text.contains("HTTPS=on\n"), "{text}");
+    assert!(
+        text.contains(&format!("HTTP_HOST=a.test:{tls_port}\n")),
+        "{text}"
+    );
+    // Many streams on few connections, all answered.
+    let output = Command::new("h2load")
+        .args(["-n", "200", "-c", "2", "-m", "20"])
+        .arg(format!("https://127.0.0.1:{tls_port}/blog/hello.php"))
+        .output()
+        .expect("run h2load");
+    let report = String::from_utf8_lossy(&output.stdout);
+    assert!(report.contains("Application protocol: h2"), "{report}");
+    assert!(report.contains("200 succeeded"), "{report}");
+    drop(server);
+
+    let tls_port = free_port();
+    let server = tls_site(tls_port, &format!("{A_CERT}  http2:\n    enabled: false\n")).start();
+    let (ok, text) = curl(&server.site, "a.test", tls_port, env, &["--http2"]);
+    assert!(ok, "{text}\n{}", server.log());
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
 }
