@@ -37,11 +37,12 @@
 //! together (start, signals, graceful stop with a drain), [`reload`] computes
 //! a reload as a plan that the server carries out; [`metrics`], [`status`] and
 //! [`admin`] make it visible, and [`readiness`] decides what `/readyz` tells
-//! a balancer.
+//! a balancer. [`acme`] gets and renews certificates from an ACME CA.
 
 #![forbid(unsafe_code)]
 
 pub mod accept;
+pub mod acme;
 pub mod admin;
 pub mod app;
 pub mod config;

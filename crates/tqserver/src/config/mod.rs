@@ -63,6 +63,11 @@ pub mod defaults {
     pub const MAX_RESPONSE_BUFFER: u64 = 1024 * 1024 * 1024;
     /// Relative to the server root; `tqserver reload` finds the server here.
     pub const PID_FILE: &str = "tqserver.pid";
+    /// Let's Encrypt's production directory (`server.tls.acme.directory`).
+    pub const ACME_DIRECTORY: &str = "https://acme-v02.api.letsencrypt.org/directory";
+    /// Relative to the server root, beside the pid file: the ACME account
+    /// and certificates of this site.
+    pub const ACME_STORAGE: &str = "acme";
 
     pub const DOCUMENT_ROOT: &str = "public";
     pub const FRONT_CONTROLLER: &str = "index.php";
@@ -186,6 +191,8 @@ pub struct TlsSettings {
     /// The `Strict-Transport-Security` value sent on responses over TLS;
     /// None: not sent.
     pub hsts: Option<http::HeaderValue>,
+    /// Certificates from an ACME CA (`server.tls.acme`).
+    pub acme: Option<AcmeConfig>,
 }
 
 /// Set by `tqserver --dev`: development mode whatever server.yaml says,
@@ -211,6 +218,36 @@ pub struct Http2Settings {
     pub h2c: bool,
     /// Whether the TLS port offers HTTP/2 (ALPN `h2`).
     pub enabled: bool,
+}
+
+/// `server.tls.acme`: one certificate for `domains`, from the CA at
+/// `directory`, kept in `storage` and renewed before it expires.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AcmeConfig {
+    /// Lower case DNS names; the first names the certificate's folder.
+    pub domains: Vec<String>,
+    /// `mailto:` URLs.
+    pub contact: Vec<String>,
+    /// An `https://` URL.
+    pub directory: String,
+    /// CA certificates trusted for the directory's HTTPS (instead of the
+    /// system's).
+    pub ca_root: Option<PathBuf>,
+    pub storage: PathBuf,
+    /// Renew when this little is left; None: a third of the lifetime.
+    pub renew_before: Option<Duration>,
+    pub challenge: AcmeChallenge,
+}
+
+/// How the CA checks that this server answers for a name
+/// (`server.tls.acme.challenge`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AcmeChallenge {
+    /// A file under `/.well-known/acme-challenge/` on port 80.
+    #[default]
+    Http01,
+    /// A certificate in a TLS handshake on port 443 (RFC 8737).
+    TlsAlpn01,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -86,7 +86,7 @@ pub struct RawInternal {
     pub root: Option<String>,
 }
 
-/// `server.tls`. (`acme` joins these keys with automatic certificates.)
+/// `server.tls`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawTls {
@@ -96,6 +96,7 @@ pub struct RawTls {
     pub certificates: Option<Vec<RawCertificate>>,
     pub redirect_http: Option<bool>,
     pub hsts: Option<RawHsts>,
+    pub acme: Option<RawAcme>,
 }
 
 /// An item of `server.tls.certificates`.
@@ -113,6 +114,25 @@ pub struct RawHsts {
     pub max_age: Option<RawDuration>,
     pub include_subdomains: Option<bool>,
     pub preload: Option<bool>,
+}
+
+/// `server.tls.acme`: certificates from an ACME CA (Let's Encrypt).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAcme {
+    pub domains: Option<Vec<String>>,
+    /// E-mail addresses the CA may write to (expiry notices).
+    pub contact: Option<Vec<String>>,
+    /// The CA's directory URL.
+    pub directory: Option<String>,
+    /// A PEM file of CA certificates trusted for the directory's HTTPS.
+    pub ca_root: Option<String>,
+    /// Where the account and the certificates are kept.
+    pub storage: Option<String>,
+    /// Renew when this little of a certificate's lifetime is left.
+    pub renew_before: Option<RawDuration>,
+    /// `http-01` or `tls-alpn-01`.
+    pub challenge: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -505,6 +525,7 @@ mod tests {
         assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("30d"), Ok(Duration::from_secs(30 * 86_400)));
         assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
         assert!(parse_duration("10 parsecs").is_err());
         assert!(parse_duration("s").is_err());

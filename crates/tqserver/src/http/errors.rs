@@ -17,6 +17,16 @@ pub fn status(status: StatusCode) -> Response<Body> {
     response
 }
 
+/// A plain-text body with `status` (an ACME challenge's answer).
+pub fn plain(status: StatusCode, text: impl Into<bytes::Bytes>) -> Response<Body> {
+    let mut response = Response::new(Body::text(text));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    response
+}
+
 /// 503 with Retry-After: the pool is saturated, try again shortly.
 pub fn overloaded(retry_after_secs: u64) -> Response<Body> {
     let mut response = status(StatusCode::SERVICE_UNAVAILABLE);

@@ -31,6 +31,8 @@ pub struct Frontend {
     pub draining: tokio_util::sync::CancellationToken,
     /// Development mode's page reloads (None in production).
     pub live_reload: Option<Arc<crate::dev::LiveReload>>,
+    /// HTTP-01 challenge answers (`server.tls.acme`), served before routing.
+    pub acme_challenges: Option<Arc<crate::acme::Http01Challenges>>,
 }
 
 pub async fn handle(
@@ -39,6 +41,12 @@ pub async fn handle(
     peer: SocketAddr,
     local: SocketAddr,
 ) -> Response<Body> {
+    if let Some(challenges) = &front.acme_challenges
+        && let Some(answer) = challenges.answer(request.uri().path())
+    {
+        info!(%peer, path = request.uri().path(), "ACME: HTTP-01 challenge answered");
+        return errors::plain(StatusCode::OK, answer);
+    }
     if let Some(live) = &front.live_reload
         && request.uri().path() == crate::dev::LIVE_RELOAD_PATH
     {

@@ -187,7 +187,13 @@ pub(super) async fn serve_until_stopped(
             return Err(err).with_context(|| format!("cannot listen on {}", config.server.listen));
         }
     };
-    let tls = match bind_tls(state, config).await {
+    let acme = config
+        .server
+        .tls
+        .as_ref()
+        .and_then(|tls| tls.acme.clone())
+        .map(crate::acme::Acme::new);
+    let tls = match bind_tls(state, config, acme.as_ref()).await {
         Ok(tls) => tls,
         Err(err) => {
             state.shutdown.cancel();
@@ -202,6 +208,7 @@ pub(super) async fn serve_until_stopped(
         telemetry: telemetry.clone(),
         draining: draining.clone(),
         live_reload: state.live_reload.clone(),
+        acme_challenges: acme.as_ref().map(|acme| acme.challenges.clone()),
     });
     let accept = tokio::spawn(http::serve(
         http::Listeners {
@@ -212,6 +219,30 @@ pub(super) async fn serve_until_stopped(
         state.shutdown.clone(),
         state.connections.clone(),
     ));
+    // Once the ports answer challenges.
+    if let Some(acme) = &acme {
+        let (port, key, ca_port) = match acme.uses_tls_alpn() {
+            false => (config.server.listen.port(), "server.port", 80),
+            true => (
+                config
+                    .server
+                    .tls
+                    .as_ref()
+                    .map_or(0, |tls| tls.listen.port()),
+                "server.tls.port",
+                443,
+            ),
+        };
+        if port != ca_port {
+            warn!(
+                port,
+                "server.tls.acme: the CA checks challenges on port {ca_port}; forward port {ca_port} to {key}"
+            );
+        }
+        state
+            .background
+            .spawn(acme.clone().run(state.shutdown.clone()));
+    }
     state.set_phase(Phase::Running);
     if let Some(tls) = &config.server.tls {
         info!(listen = %tls.listen, "TLS port ready");
@@ -395,28 +426,45 @@ pub async fn stop_apps(apps: &[Arc<App>], grace: Duration) {
 }
 
 /// Binds the TLS port of `server.tls`, if set, with its certificates; the
-/// certificate resolver goes into `state` for reloads to update.
+/// certificate resolver goes into `state` for reloads to update. With
+/// `acme`, its certificate serves its domains (and every name when there
+/// are no certificate files).
 async fn bind_tls(
     state: &ServerState,
     config: &Config,
+    acme: Option<&Arc<crate::acme::Acme>>,
 ) -> anyhow::Result<Option<(TcpListener, tokio_rustls::TlsAcceptor)>> {
-    let (Some(settings), Some(certificates)) = (&config.server.tls, &config.tls_certificates)
-    else {
+    let Some(settings) = &config.server.tls else {
         return Ok(None);
     };
+    if config.tls_certificates.is_none() && acme.is_none() {
+        return Ok(None);
+    }
     let listener = TcpListener::bind(settings.listen)
         .await
         .with_context(|| format!("cannot listen on server.tls.port ({})", settings.listen))?;
-    for warning in certificates.warnings() {
-        warn!("{warning}");
+    let mut resolver: Option<Arc<dyn tokio_rustls::rustls::server::ResolvesServerCert>> = None;
+    if let Some(certificates) = &config.tls_certificates {
+        for warning in certificates.warnings() {
+            warn!("{warning}");
+        }
+        let files = Arc::new(crate::tls::CertResolver::new(certificates.clone()));
+        if let Ok(mut slot) = state.tls_resolver.lock() {
+            *slot = Some(files.clone());
+        }
+        resolver = Some(files);
     }
-    let resolver = Arc::new(crate::tls::CertResolver::new(certificates.clone()));
+    if let Some(acme) = acme {
+        resolver = Some(Arc::new(crate::acme::Resolver::new(acme.clone(), resolver)));
+    }
+    let Some(resolver) = resolver else {
+        return Ok(None);
+    };
+    let acme_tls_alpn = acme.is_some_and(|acme| acme.uses_tls_alpn());
     let acceptor = tokio_rustls::TlsAcceptor::from(crate::tls::server_config(
-        resolver.clone(),
+        resolver,
         config.server.http2.enabled,
+        acme_tls_alpn,
     ));
-    if let Ok(mut slot) = state.tls_resolver.lock() {
-        *slot = Some(resolver);
-    }
     Ok(Some((listener, acceptor)))
 }

@@ -42,8 +42,15 @@ pub use certs::{CertError, CertResolver, Certificate, CertificateFiles, Certific
 pub const ALPN_PROTOCOLS: &[&[u8]] = &[b"h2", b"http/1.1"];
 
 /// The rustls configuration of the TLS port, with certificates from
-/// `resolver` (which a reload updates in place).
-pub fn server_config(resolver: Arc<CertResolver>, http2: bool) -> Arc<rustls::ServerConfig> {
+/// `resolver` (which a reload updates in place, and ACME renewals too).
+/// `http2` offers ALPN `h2`; `acme_tls_alpn` also offers `acme-tls/1`, for
+/// TLS-ALPN-01 validation handshakes ([`crate::acme::Resolver`] answers
+/// those).
+pub fn server_config(
+    resolver: Arc<dyn rustls::server::ResolvesServerCert>,
+    http2: bool,
+    acme_tls_alpn: bool,
+) -> Arc<rustls::ServerConfig> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
@@ -55,6 +62,11 @@ pub fn server_config(resolver: Arc<CertResolver>, http2: bool) -> Arc<rustls::Se
         .filter(|p| http2 || **p != b"h2")
         .map(|p| p.to_vec())
         .collect();
+    if acme_tls_alpn {
+        config
+            .alpn_protocols
+            .push(crate::acme::ACME_TLS_ALPN.to_vec());
+    }
     Arc::new(config)
 }
 
@@ -87,6 +99,10 @@ pub async fn serve_connection(
                 server_name: stream.get_ref().1.server_name().map(Arc::from),
             };
             h2::serve_connection(stream, peer, local, Some(tls), front, shutdown).await
+        }
+        // A TLS-ALPN-01 validation: the handshake was all it needed.
+        Some(crate::acme::ACME_TLS_ALPN) => {
+            debug!(%peer, "ACME: TLS-ALPN-01 validation handshake done")
         }
         // rustls agrees only on a protocol that was offered.
         Some(other) => debug!(%peer, alpn = ?other, "ALPN protocol not served"),

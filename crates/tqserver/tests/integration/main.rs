@@ -18,6 +18,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod acme;
 mod cli;
 mod compare;
 mod compress;

@@ -1,7 +1,7 @@
 //! Raw files → typed [`Config`]. Every problem in every file is collected, so
 //! `tqserver check` shows them all at once. By concept: server.rs (server.yaml),
 //! app.rs (a worker.yaml), pool.rs (`php.pool`), fastcgi.rs (`fastcgi`),
-//! probe.rs (what is asked of the machine); shared helpers are here.
+//! probe.rs (what is asked of the machine), acme.rs (`server.tls.acme`); shared helpers are here.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
@@ -23,6 +23,7 @@ use crate::config::raw::{
 };
 use crate::rules::{DenyStatus, PathRule, PathRules, Pattern, RuleAction};
 
+mod acme;
 mod app;
 mod edge;
 mod fastcgi;

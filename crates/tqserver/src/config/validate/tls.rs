@@ -81,10 +81,14 @@ pub(super) fn tls(
             _ => {}
         }
     }
-    if raw.cert.is_none() && raw.key.is_none() && raw.certificates.is_none() {
+    let acme = raw
+        .acme
+        .as_ref()
+        .and_then(|acme| super::acme::acme(acme, root, &at, errors));
+    if raw.cert.is_none() && raw.key.is_none() && raw.certificates.is_none() && raw.acme.is_none() {
         errors.push(at(
             "server.tls",
-            "needs a certificate: server.tls.cert and server.tls.key (PEM files), or a list in server.tls.certificates".to_owned(),
+            "needs a certificate: server.tls.cert and server.tls.key (PEM files), a list in server.tls.certificates, or server.tls.acme".to_owned(),
         ));
     }
 
@@ -128,6 +132,7 @@ pub(super) fn tls(
         listen: SocketAddr::new(host, port),
         redirect_http: raw.redirect_http.unwrap_or(false),
         hsts,
+        acme,
     };
     (Some(settings), certificates)
 }
