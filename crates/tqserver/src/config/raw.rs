@@ -44,6 +44,7 @@ pub struct RawServer {
     /// CIDRs whose X-Forwarded-For, Forwarded and X-Forwarded-Proto count.
     pub trusted_proxies: Option<Vec<String>>,
     pub tls: Option<RawTls>,
+    pub http_apps: Option<RawHttpApps>,
 }
 
 /// `server.compression`, and an app's `compression` over it.
@@ -101,6 +102,14 @@ pub struct RawHsts {
     pub max_age: Option<RawDuration>,
     pub include_subdomains: Option<bool>,
     pub preload: Option<bool>,
+}
+
+/// `server.http_apps`: what `type: http` apps share.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHttpApps {
+    /// Ports handed to instances, e.g. `20000-20999`.
+    pub ports: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -173,6 +182,21 @@ pub struct RawWorkerFile {
     pub compression: Option<RawCompression>,
     pub internal: Option<Vec<RawInternal>>,
     pub x_sendfile: Option<Vec<String>>,
+    // `type: http` apps only (validate/http_app.rs).
+    pub command: Option<Vec<String>>,
+    pub build: Option<Vec<String>>,
+    pub watch: Option<Vec<String>>,
+    pub env: Option<BTreeMap<String, RawScalar>>,
+    pub instances: Option<usize>,
+    pub health_path: Option<String>,
+    pub start_timeout: Option<RawDuration>,
+    pub health_timeout: Option<RawDuration>,
+    pub health_interval: Option<RawDuration>,
+    pub request_timeout: Option<RawDuration>,
+    pub drain_timeout: Option<RawDuration>,
+    pub build_timeout: Option<RawDuration>,
+    pub user: Option<String>,
+    pub group: Option<String>,
 }
 
 /// One entry of `rules:`: a `path` (prefix) or a `glob`, and what to do.

@@ -13,9 +13,9 @@ use ::pool::{Manager, PoolConfig, SocketKind, WorkerCommand};
 
 use super::yaml::{self, ConfigError, ConfigErrors, suggest};
 use super::{
-    AccessLogConfig, AppConfig, Config, FastcgiConfig, ListenAddr, LoggingConfig, PhpConfig,
-    PhpRuntime, QueueLimit, ResponseBuffer, SecurityConfig, ServerSettings, SlowLogConfig,
-    SymlinkPolicy, defaults,
+    AccessLogConfig, AppConfig, Config, FastcgiConfig, HttpAppConfig, HttpAppsSettings, ListenAddr,
+    LoggingConfig, PhpConfig, PhpRuntime, QueueLimit, ResponseBuffer, SecurityConfig,
+    ServerSettings, SlowLogConfig, SymlinkPolicy, defaults,
 };
 use crate::config::raw::{
     RawAccessLog, RawAdmin, RawFastcgi, RawFrontController, RawPool, RawRule, RawSecurity,
@@ -26,6 +26,7 @@ use crate::rules::{DenyStatus, PathRule, PathRules, Pattern, RuleAction};
 mod app;
 mod edge;
 mod fastcgi;
+mod http_app;
 mod probe;
 mod process_pool;
 mod server;
