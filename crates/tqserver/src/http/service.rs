@@ -17,7 +17,7 @@ use super::resolve::{self, Target};
 use super::{errors, normalize, proxy, sendfile, static_files};
 use crate::config::ServerSettings;
 use crate::observe::{Observation, RequestLine, Telemetry};
-use crate::router::Router;
+use crate::router::{Router, Routed};
 
 /// What every request handler shares.
 pub struct Frontend {
@@ -57,9 +57,15 @@ pub async fn handle(
     let normal = normalize::normalize(request.uri().path());
     let router = front.router.load();
     let app = match &normal {
-        Ok(path) => router
-            .route(path)
-            .map(|(app, rest)| (app.clone(), rest.len())),
+        Ok(path) => match router.route(path) {
+            Some(Routed::Php(app, rest)) => Some((app.clone(), rest.len())),
+            Some(Routed::Http(app)) => {
+                let app = app.clone();
+                drop(router);
+                return crate::httpapp::proxy::handle(&front, app, request, peer).await;
+            }
+            None => None,
+        },
         Err(_) => None,
     };
     drop(router);
