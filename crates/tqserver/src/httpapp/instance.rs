@@ -429,7 +429,7 @@ fn spawn(
     config: &HttpAppConfig,
     env: &[(String, String)],
 ) -> std::io::Result<Child> {
-    let mut cmd = command(config, &config.command, env);
+    let mut cmd = command(config, &config.command, env, config.credentials);
     cmd.env("WORKER_PORT", instance.port.to_string());
     pool::process::die_with_tqserver(&mut cmd);
     let mut child = cmd.spawn()?;
@@ -464,8 +464,13 @@ fn spawn(
     Ok(child)
 }
 
-/// A command in the app's folder with `env` only (and its user).
-pub(super) fn command(config: &HttpAppConfig, argv: &[String], env: &[(String, String)]) -> Command {
+/// A command in the app's folder with `env` only, as `user` if given.
+pub(super) fn command(
+    config: &HttpAppConfig,
+    argv: &[String],
+    env: &[(String, String)],
+    user: Option<(u32, u32)>,
+) -> Command {
     let program = if argv[0].contains('/') {
         config.folder.join(&argv[0])
     } else {
@@ -481,7 +486,7 @@ pub(super) fn command(config: &HttpAppConfig, argv: &[String], env: &[(String, S
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
-    if let Some((uid, gid)) = config.credentials {
+    if let Some((uid, gid)) = user {
         cmd.uid(uid).gid(gid);
     }
     cmd

@@ -325,7 +325,8 @@ fn base_env(config: &HttpAppConfig, settings: &HttpAppsSettings) -> Vec<(String,
     env
 }
 
-/// Runs `build` in the app folder within `build_timeout`, with its output.
+/// Runs `build` in the app folder within `build_timeout`, with its output
+/// (stdout, then stderr).
 async fn run_build(
     config: &HttpAppConfig,
     settings: &HttpAppsSettings,
@@ -335,7 +336,18 @@ async fn run_build(
     let at = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    let mut cmd = instance::command(config, build, &base_env(config, settings));
+    // As tqserver's user, with its HOME: the build writes into the app
+    // folder and its tools keep caches in HOME (Go's build cache).
+    let mut env = base_env(config, settings);
+    if let Ok(home) = std::env::var("HOME") {
+        env.retain(|(key, _)| key != "HOME");
+        env.push(("HOME".to_owned(), home));
+    }
+    for (key, value) in &config.env {
+        env.retain(|(k, _)| k != key);
+        env.push((key.clone(), value.clone()));
+    }
+    let mut cmd = instance::command(config, build, &env, None);
     let (ok, output) = match cmd.spawn() {
         Err(err) => (false, format!("cannot run {}: {err}", build[0])),
         Ok(mut child) => {
