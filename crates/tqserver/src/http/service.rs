@@ -17,7 +17,7 @@ use super::resolve::{self, Target};
 use super::{errors, normalize, proxy, sendfile, static_files};
 use crate::config::ServerSettings;
 use crate::observe::{Observation, RequestLine, Telemetry};
-use crate::router::{Router, Routed};
+use crate::router::{Routed, Router};
 
 /// What every request handler shares.
 pub struct Frontend {

@@ -363,12 +363,7 @@ async fn backoff(instance: &Instance, crashes_in_a_row: &mut u32) -> bool {
 
 /// Draining: no new requests, in-flight ones finish (within
 /// drain_timeout), then the process stops.
-async fn drain_and_stop(
-    instance: &Instance,
-    config: &HttpAppConfig,
-    child: &mut Child,
-    pid: u32,
-) {
+async fn drain_and_stop(instance: &Instance, config: &HttpAppConfig, child: &mut Child, pid: u32) {
     instance.set_state(InstanceState::Draining);
     let deadline = Instant::now() + config.drain_timeout;
     while instance.in_flight.load(Ordering::Acquire) > 0 && Instant::now() < deadline {

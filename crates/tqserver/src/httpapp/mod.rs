@@ -36,7 +36,7 @@ use crate::config::validate::display_route;
 use crate::config::{HttpAppConfig, HttpAppsSettings};
 use crate::observe::{AppTelemetry, Telemetry};
 use crate::status::{BuildPage, HttpAppPage, InstancePage};
-use instance::{Instance, InstanceState};
+use instance::Instance;
 
 /// Quiet time after the last change to a watched file before building.
 const DEBOUNCE: Duration = Duration::from_millis(50);
@@ -204,7 +204,12 @@ impl HttpApp {
         let generation = self.generation.load();
         let reports = self.reports.lock();
         let (last_build, last_error, swaps, last_swap_ms) = match &reports {
-            Ok(r) => (r.last_build.clone(), r.last_error.clone(), r.swaps, r.last_swap_ms),
+            Ok(r) => (
+                r.last_build.clone(),
+                r.last_error.clone(),
+                r.swaps,
+                r.last_swap_ms,
+            ),
             Err(_) => (None, None, 0, 0),
         };
         HttpAppPage {
@@ -284,12 +289,6 @@ async fn start_generation(
         stop_generation(&generation).await;
         return Err(failure);
     }
-    debug_assert!(
-        generation
-            .instances
-            .iter()
-            .all(|i| i.state() == InstanceState::Healthy || i.state() == InstanceState::Unhealthy)
-    );
     Ok(generation)
 }
 
@@ -484,10 +483,22 @@ mod tests {
         ];
         let root = Path::new("/srv/workers/api");
         assert!(watched(root, Path::new("/srv/workers/api/main.go"), &globs));
-        assert!(watched(root, Path::new("/srv/workers/api/cmd/x/y.go"), &globs));
+        assert!(watched(
+            root,
+            Path::new("/srv/workers/api/cmd/x/y.go"),
+            &globs
+        ));
         assert!(watched(root, Path::new("/srv/workers/api/go.mod"), &globs));
-        assert!(!watched(root, Path::new("/srv/workers/api/bin/app"), &globs));
-        assert!(!watched(root, Path::new("/srv/workers/other/main.go"), &globs));
+        assert!(!watched(
+            root,
+            Path::new("/srv/workers/api/bin/app"),
+            &globs
+        ));
+        assert!(!watched(
+            root,
+            Path::new("/srv/workers/other/main.go"),
+            &globs
+        ));
     }
 
     #[test]

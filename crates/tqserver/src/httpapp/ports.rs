@@ -8,8 +8,10 @@ use std::sync::Mutex;
 /// Ports held by instances of this process.
 static HELD: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
 /// Where the next search starts, so a freed port is not reused at once (a
-/// client may still hold a connection to the instance that had it).
-static NEXT: Mutex<u32> = Mutex::new(0);
+/// client may still hold a connection to the instance that had it). The
+/// first search starts at an offset from the process id: two servers on
+/// one machine (with the same range) rarely try the same port at once.
+static NEXT: Mutex<Option<u32>> = Mutex::new(None);
 
 /// A port held until dropped.
 #[derive(Debug)]
@@ -35,8 +37,9 @@ pub fn take((start, end): (u16, u16)) -> Option<PortLease> {
     let mut held = HELD.lock().ok()?;
     let mut next = NEXT.lock().ok()?;
     let count = u32::from(end) - u32::from(start) + 1;
+    let first = *next.get_or_insert_with(|| std::process::id().wrapping_mul(7919));
     for step in 0..count {
-        let offset = (*next + step) % count;
+        let offset = first.wrapping_add(step) % count;
         let port = (u32::from(start) + offset) as u16;
         if held.contains(&port) {
             continue;
@@ -45,7 +48,7 @@ pub fn take((start, end): (u16, u16)) -> Option<PortLease> {
             continue;
         }
         held.insert(port);
-        *next = (offset + 1) % count;
+        *next = Some((offset + 1) % count);
         return Some(PortLease(port));
     }
     None

@@ -10,7 +10,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 
@@ -208,7 +208,9 @@ async fn forward(
         Ok(uri) => uri,
         Err(_) => return errors::status(StatusCode::BAD_REQUEST),
     };
-    let exceeded = Arc::new(AtomicBool::new(false));
+    // Set when the client's body fails (too large, too slow, malformed):
+    // the status to answer instead of a 502.
+    let client_error = Arc::new(AtomicU16::new(0));
     let mut upstream_request = Request::builder()
         .method(parts.method.clone())
         .uri(uri)
@@ -217,7 +219,7 @@ async fn forward(
             inner: body,
             limit,
             seen: 0,
-            exceeded: exceeded.clone(),
+            client_error: client_error.clone(),
         })
         .expect("parts of a valid request");
     *upstream_request.headers_mut() = parts.headers;
@@ -253,9 +255,9 @@ async fn forward(
             Ok(Err(mut err)) => match err.take_message() {
                 Some(unsent) if pooled => request = unsent,
                 _ => {
-                    if exceeded.load(Ordering::Relaxed) {
-                        info!(worker = %name, limit, "request body too large");
-                        return errors::status(StatusCode::PAYLOAD_TOO_LARGE);
+                    if let Ok(status) = StatusCode::from_u16(client_error.load(Ordering::Relaxed)) {
+                        info!(worker = %name, %peer, status = status.as_u16(), "request body not received: {}", err.error());
+                        return errors::status(status);
                     }
                     warn!(worker = %name, instance = instance.index, port = instance.port, "502: instance failed: {}", err.error());
                     return errors::status(StatusCode::BAD_GATEWAY);
@@ -283,7 +285,11 @@ async fn forward(
     )
 }
 
-fn gateway_timeout(name: &str, instance: &Instance, timeout: std::time::Duration) -> Response<Body> {
+fn gateway_timeout(
+    name: &str,
+    instance: &Instance,
+    timeout: std::time::Duration,
+) -> Response<Body> {
     warn!(worker = %name, instance = instance.index, port = instance.port, "504: no response within request_timeout ({timeout:?})");
     errors::status(StatusCode::GATEWAY_TIMEOUT)
 }
@@ -360,7 +366,7 @@ pub struct Outgoing {
     inner: RequestBody,
     limit: u64,
     seen: u64,
-    exceeded: Arc<AtomicBool>,
+    client_error: Arc<AtomicU16>,
 }
 
 impl http_body::Body for Outgoing {
@@ -372,14 +378,25 @@ impl http_body::Body for Outgoing {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
         let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
-        if let Some(Ok(frame)) = &frame
-            && let Some(data) = frame.data_ref()
-        {
-            self.seen += data.len() as u64;
-            if self.seen > self.limit {
-                self.exceeded.store(true, Ordering::Relaxed);
-                return Poll::Ready(Some(Err(io::Error::other("request body too large"))));
+        match &frame {
+            Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref() {
+                    self.seen += data.len() as u64;
+                    if self.seen > self.limit {
+                        self.client_error.store(413, Ordering::Relaxed);
+                        return Poll::Ready(Some(Err(crate::http::body_reader::too_large())));
+                    }
+                }
             }
+            Some(Err(err)) => {
+                let status = match err.kind() {
+                    io::ErrorKind::FileTooLarge => 413,
+                    io::ErrorKind::TimedOut => 408,
+                    _ => 400,
+                };
+                self.client_error.store(status, Ordering::Relaxed);
+            }
+            None => {}
         }
         Poll::Ready(frame)
     }
@@ -400,19 +417,29 @@ mod tests {
     #[test]
     fn hop_by_hop_headers_go_and_upgrades_are_seen() {
         let mut headers = HeaderMap::new();
-        headers.insert(header::CONNECTION, "keep-alive, x-private, Upgrade".parse().unwrap());
+        headers.insert(
+            header::CONNECTION,
+            "keep-alive, x-private, Upgrade".parse().unwrap(),
+        );
         headers.insert("x-private", "1".parse().unwrap());
         headers.insert("keep-alive", "timeout=5".parse().unwrap());
         headers.insert(header::UPGRADE, "websocket".parse().unwrap());
         headers.insert(header::TRANSFER_ENCODING, "chunked".parse().unwrap());
         headers.insert("x-kept", "yes".parse().unwrap());
         let upgrade = strip_hop_by_hop(&mut headers);
-        assert_eq!(upgrade.as_ref().map(|v| v.as_bytes()), Some(&b"websocket"[..]));
+        assert_eq!(
+            upgrade.as_ref().map(|v| v.as_bytes()),
+            Some(&b"websocket"[..])
+        );
         assert_eq!(headers.len(), 1, "{headers:?}");
         assert!(headers.contains_key("x-kept"));
 
         let mut headers = HeaderMap::new();
         headers.insert(header::UPGRADE, "websocket".parse().unwrap());
-        assert_eq!(strip_hop_by_hop(&mut headers), None, "no Connection: upgrade");
+        assert_eq!(
+            strip_hop_by_hop(&mut headers),
+            None,
+            "no Connection: upgrade"
+        );
     }
 }

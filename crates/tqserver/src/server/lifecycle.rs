@@ -27,8 +27,8 @@ use super::runtime_dirs::{
 use super::{Phase, ReloadReport, ServerState};
 use crate::app::App;
 use crate::config::{AppConfig, Config, HttpAppConfig, HttpAppsSettings, validate::display_route};
-use crate::httpapp::HttpApp;
 use crate::http::{self, Frontend};
+use crate::httpapp::HttpApp;
 use crate::logging::LogFile;
 use crate::metrics::{BuildInfo, Metrics};
 use crate::observe::Telemetry;

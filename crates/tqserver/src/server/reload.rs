@@ -227,7 +227,10 @@ pub(super) async fn apply_reload(state: &Arc<ServerState>) -> Result<ReloadSumma
         }
     }
     for app in &retired_http {
-        if !started_http.iter().any(|new| new.config.name == app.config.name) {
+        if !started_http
+            .iter()
+            .any(|new| new.config.name == app.config.name)
+        {
             summary.removed.push(app.config.name.clone());
         }
         let app = app.clone();

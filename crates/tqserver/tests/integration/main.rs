@@ -26,6 +26,7 @@ mod early_hints;
 mod embed;
 mod hardening;
 mod http;
+mod http_apps;
 mod listener;
 mod live;
 mod observe;
