@@ -62,7 +62,11 @@ pub async fn handle(
             Some(Routed::Http(app)) => {
                 let app = app.clone();
                 drop(router);
-                return crate::httpapp::proxy::handle(&front, app, request, peer).await;
+                let mut response = crate::httpapp::proxy::handle(&front, app, request, peer).await;
+                if let Some(live) = &front.live_reload {
+                    live.inject(&mut response, is_head);
+                }
+                return response;
             }
             None => None,
         },

@@ -66,6 +66,8 @@ pub struct HttpApp {
     generation: ArcSwap<Generation>,
     next_generation: AtomicU64,
     reports: Mutex<Reports>,
+    /// Development mode: open pages reload after a swap.
+    live_reload: Option<Arc<crate::dev::LiveReload>>,
     /// Stops the file watcher and its swaps.
     stop: CancellationToken,
     tasks: TaskTracker,
@@ -78,6 +80,7 @@ impl HttpApp {
         config: Arc<HttpAppConfig>,
         telemetry: &Telemetry,
         settings: &HttpAppsSettings,
+        live_reload: Option<Arc<crate::dev::LiveReload>>,
     ) -> anyhow::Result<Arc<Self>> {
         let name = &config.name;
         let access_log = config
@@ -115,6 +118,7 @@ impl HttpApp {
             generation: ArcSwap::from_pointee(generation),
             next_generation: AtomicU64::new(2),
             reports: Mutex::new(reports),
+            live_reload,
             stop: CancellationToken::new(),
             tasks: TaskTracker::new(),
         });
@@ -188,6 +192,9 @@ impl HttpApp {
                     took_ms = took.as_millis() as u64,
                     "new instances serving; the old ones drain"
                 );
+                if let Some(live) = &self.live_reload {
+                    live.changed(&format!("new instances of {name}"));
+                }
                 stop_generation(&old).await;
             }
             Err(err) => {

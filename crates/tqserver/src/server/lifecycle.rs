@@ -166,7 +166,14 @@ pub(super) async fn serve_until_stopped(
             return Err(err);
         }
     };
-    let http_apps = match start_http_apps(&config.http_apps, &telemetry, &config.http).await {
+    let http_apps = match start_http_apps(
+        &config.http_apps,
+        &telemetry,
+        &config.http,
+        state.live_reload.as_ref(),
+    )
+    .await
+    {
         Ok(http_apps) => http_apps,
         Err(err) => {
             state.shutdown.cancel();
@@ -419,11 +426,14 @@ pub async fn start_http_apps(
     apps: &[Arc<HttpAppConfig>],
     telemetry: &Arc<Telemetry>,
     settings: &HttpAppsSettings,
+    live_reload: Option<&Arc<crate::dev::LiveReload>>,
 ) -> anyhow::Result<Vec<Arc<HttpApp>>> {
     let mut starting = tokio::task::JoinSet::new();
     for app in apps {
         let (app, telemetry, settings) = (app.clone(), telemetry.clone(), settings.clone());
-        starting.spawn(async move { HttpApp::start(app, &telemetry, &settings).await });
+        let live_reload = live_reload.cloned();
+        starting
+            .spawn(async move { HttpApp::start(app, &telemetry, &settings, live_reload).await });
     }
     let mut started = Vec::new();
     let mut failure = None;

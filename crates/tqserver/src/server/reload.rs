@@ -104,7 +104,14 @@ pub(super) async fn apply_reload(state: &Arc<ServerState>) -> Result<ReloadSumma
         .iter()
         .cloned()
         .partition(|config| current_http.iter().any(|app| app.config == *config));
-    let started_http = match start_http_apps(&start_http, &state.telemetry, &new.http).await {
+    let started_http = match start_http_apps(
+        &start_http,
+        &state.telemetry,
+        &new.http,
+        state.live_reload.as_ref(),
+    )
+    .await
+    {
         Ok(apps) => apps,
         Err(err) => {
             stop_apps(&started, Duration::ZERO).await;
@@ -269,7 +276,10 @@ pub async fn restart_app(state: &Arc<ServerState>, name: &str) -> anyhow::Result
         .cloned()
         .chain(started)
         .collect();
-    state.router.store(Arc::new(Router::new(apps)));
+    let http_apps = state.router.load().http_apps().to_vec();
+    state
+        .router
+        .store(Arc::new(Router::with_http_apps(apps, http_apps)));
     let grace = state.config.load().server.grace_period;
     let pool = old.pool.clone();
     state
