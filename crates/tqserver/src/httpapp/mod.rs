@@ -17,6 +17,7 @@
 pub mod instance;
 pub mod ports;
 pub mod proxy;
+pub mod upgrade;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};

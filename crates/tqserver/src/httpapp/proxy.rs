@@ -5,7 +5,9 @@
 //! `max_body_bytes` (413). No response head within `request_timeout` is a
 //! 504, an instance that cannot be reached or fails mid-request a 502, each
 //! with a log line naming app and instance. Hop-by-hop headers are removed
-//! both ways; `X-Forwarded-For`, `-Proto` and `-Host` are set.
+//! both ways; `X-Forwarded-For`, `-Proto` and `-Host` are set. A connection
+//! upgrade (WebSocket) is passed on; after the instance's 101 the two
+//! connections are joined ([`super::upgrade`]).
 
 use std::io;
 use std::net::SocketAddr;
@@ -196,9 +198,14 @@ async fn forward(
             }
         }
     }
-    // Upgrades are not passed on (yet): the instance answers the request
-    // as a plain one.
-    let _ = upgrade;
+    // An upgrade (WebSocket) is passed on where the client's connection
+    // can be handed over after a 101: HTTP/1.1.
+    let upgrade = upgrade.filter(|_| parts.version == http::Version::HTTP_11);
+    if let Some(protocol) = &upgrade {
+        let headers = &mut parts.headers;
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, protocol.clone());
+    }
     let path = parts
         .uri
         .path_and_query()
@@ -267,11 +274,14 @@ async fn forward(
         }
     };
 
-    let (mut head, incoming) = response.into_parts();
-    if head.status == StatusCode::SWITCHING_PROTOCOLS {
-        warn!(worker = %name, instance = instance.index, "502: the instance switched protocols unasked");
-        return errors::status(StatusCode::BAD_GATEWAY);
+    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+        if upgrade.is_none() {
+            warn!(worker = %name, instance = instance.index, "502: the instance switched protocols unasked");
+            return errors::status(StatusCode::BAD_GATEWAY);
+        }
+        return super::upgrade::switch(name, &instance, response, in_flight);
     }
+    let (mut head, incoming) = response.into_parts();
     strip_hop_by_hop(&mut head.headers);
     Response::from_parts(
         head,

@@ -2,7 +2,7 @@
 //! and a real `go build` of workers/go-hello, run, supervised and
 //! reverse-proxied by tqserver.
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -604,14 +604,64 @@ fn bun_example_serves() {
     );
 }
 
-#[allow(dead_code)]
+/// The test app's `Upgrade: tqtest` protocol (a raw echo; no WebSocket
+/// framing, which the proxy does not look at) both ways through tqserver.
+#[test]
+fn an_upgraded_connection_is_relayed_both_ways_until_a_side_closes() {
+    let site = node_site("instances: 1\n");
+    let server = site.start();
+    let mut conn = server.connect();
+    conn.send(b"GET /api/tunnel HTTP/1.1\r\nHost: x\r\nConnection: keep-alive, Upgrade\r\nUpgrade: tqtest\r\n\r\n");
+    let response = conn.read_response(false);
+    assert_eq!(response.status, 101, "{}", server.log());
+    assert_eq!(response.header("upgrade"), Some("tqtest"));
+    assert!(
+        response
+            .header("connection")
+            .is_some_and(|c| c.eq_ignore_ascii_case("upgrade"))
+    );
+    for message in ["ping 1", "ping 2 a longer one"] {
+        conn.send(message.as_bytes());
+        let mut echo = vec![0; message.len()];
+        conn.stream().read_exact(&mut echo).unwrap();
+        assert_eq!(echo, message.as_bytes());
+    }
+    assert_eq!(
+        instances(&server, "api")[0]["in flight"],
+        1,
+        "the tunnel counts"
+    );
+    // The instance closes: the client sees its last bytes, then the end.
+    conn.send(b"bye");
+    assert_eq!(read_all(&mut conn), "bye\n");
+    wait_until("the tunnel is gone", Duration::from_secs(5), || {
+        instances(&server, "api")[0]["in flight"] == 0
+    });
+
+    // The client closes: the instance's side closes too.
+    let mut conn = server.connect();
+    conn.send(
+        b"GET /api/tunnel HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: tqtest\r\n\r\n",
+    );
+    assert_eq!(conn.read_response(false).status, 101);
+    conn.send(b"x");
+    let mut echo = [0u8; 1];
+    conn.stream().read_exact(&mut echo).unwrap();
+    drop(conn);
+    wait_until("the tunnel is gone", Duration::from_secs(5), || {
+        instances(&server, "api")[0]["in flight"] == 0
+    });
+    // A plain request still works, and an upgrade the app refuses is its
+    // answer.
+    assert_eq!(server.get("/api/hello").status, 200);
+    let refused = server.request(
+        "GET /api/tunnel HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: other\r\n\r\n",
+    );
+    assert_eq!(refused.status, 400);
+}
+
 fn read_all(conn: &mut Conn) -> String {
     let mut text = String::new();
     let _ = conn.stream().read_to_string(&mut text);
     text
-}
-
-#[allow(dead_code)]
-fn write_all(conn: &mut Conn, bytes: &[u8]) {
-    conn.stream().write_all(bytes).unwrap();
 }
