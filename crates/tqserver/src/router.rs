@@ -80,6 +80,14 @@ impl PoolSource for Arc<ArcSwap<Router>> {
     fn pools(&self) -> Vec<AppStatus> {
         self.load().apps().iter().map(|app| app.status()).collect()
     }
+
+    fn http_apps(&self) -> Vec<crate::status::HttpAppPage> {
+        self.load()
+            .http_apps()
+            .iter()
+            .map(|app| app.status())
+            .collect()
+    }
 }
 
 /// `rest` of `path` below `route` ("" for the root route), on a segment

@@ -183,8 +183,8 @@ pub struct ServerPage {
     #[serde(rename = "last reload")]
     pub last_reload: ReloadPage,
     pub pools: Vec<AppPage>,
-    /// `type: http` apps.
-    #[serde(rename = "http apps")]
+    /// `type: http` apps (left out when there are none).
+    #[serde(rename = "http apps", skip_serializing_if = "Vec::is_empty")]
     pub http_apps: Vec<HttpAppPage>,
 }
 

@@ -660,6 +660,60 @@ fn an_upgraded_connection_is_relayed_both_ways_until_a_side_closes() {
     assert_eq!(refused.status, 400);
 }
 
+#[test]
+fn a_changed_worker_yaml_replaces_the_app_and_a_disabled_one_stops() {
+    let yaml = |greeting: &str, enabled: bool| {
+        format!(
+            "type: http\nenabled: {enabled}\npath: /api\ncommand: [node, app.js]\ninstances: 1\nenv:\n  GREETING: {greeting}\n"
+        )
+    };
+    let site = node_site("");
+    site.write("workers/api/config/worker.yaml", yaml("one", true));
+    let server = site.start();
+    let greeting = |server: &Server| -> String {
+        let env: Value = serde_json::from_slice(&server.get("/api/env").body).unwrap_or_default();
+        env["GREETING"].as_str().unwrap_or("").to_owned()
+    };
+    assert_eq!(greeting(&server), "one");
+    assert_eq!(
+        server.metric("tqserver_http_app_instances{worker=\"api\",state=\"healthy\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        server.metric("tqserver_http_app_swaps_total{worker=\"api\"}"),
+        Some(0.0)
+    );
+    let old = instance_pids(&server, "api");
+
+    // The config watcher reloads: a new app with the new env takes over.
+    server
+        .site
+        .write("workers/api/config/worker.yaml", yaml("two", true));
+    wait_until(
+        "the new configuration serves",
+        Duration::from_secs(10),
+        || greeting(&server) == "two",
+    );
+    assert!(
+        wait_gone(&old, Duration::from_secs(5)),
+        "the old instance was not stopped"
+    );
+    assert!(server.log().contains("changed [api]"), "{}", server.log());
+
+    let new = instance_pids(&server, "api");
+    server
+        .site
+        .write("workers/api/config/worker.yaml", yaml("two", false));
+    wait_until("the app is gone", Duration::from_secs(10), || {
+        server.get("/api/hello").status == 404
+    });
+    assert!(
+        wait_gone(&new, Duration::from_secs(5)),
+        "the removed app's instance was not stopped"
+    );
+    assert!(instances(&server, "api").is_empty());
+}
+
 fn read_all(conn: &mut Conn) -> String {
     let mut text = String::new();
     let _ = conn.stream().read_to_string(&mut text);
