@@ -263,7 +263,8 @@ fn http_app_families(
         None,
         states,
     )?;
-    let gauges: [(&str, &str, fn(&HttpAppPage) -> i64); 3] = [
+    type HttpAppField = (&'static str, &'static str, fn(&HttpAppPage) -> i64);
+    let gauges: [HttpAppField; 3] = [
         (
             "http_app_in_flight",
             "Requests in flight to an http app's instances",

@@ -109,8 +109,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) -> Option<HeaderValue> {
         .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
         .collect();
     let upgrade = named
-        .iter()
-        .any(|name| name == header::UPGRADE)
+        .contains(&header::UPGRADE)
         .then(|| headers.get(header::UPGRADE).cloned())
         .flatten();
     for name in named.iter().chain(&HOP_BY_HOP) {

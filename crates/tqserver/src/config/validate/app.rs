@@ -6,8 +6,8 @@ use super::*;
 
 /// One app folder's validated configuration, by `type`.
 pub(super) enum LoadedApp {
-    Php(AppConfig),
-    Http(HttpAppConfig),
+    Php(Box<AppConfig>),
+    Http(Box<HttpAppConfig>),
 }
 
 /// Loads one app's folder (`workers/<name>`). `Ok(None)` for a disabled app.
@@ -36,7 +36,7 @@ pub(super) fn load_app(
         None | Some("php") => {}
         Some("http") => {
             return super::http_app::load_http_app(folder, name, raw, &file, &text)
-                .map(|app| Some(LoadedApp::Http(app)));
+                .map(|app| Some(LoadedApp::Http(Box::new(app))));
         }
         Some(other) => errors.push(at("type", format!("`{other}` is not one of php, http"))),
     }
@@ -428,7 +428,7 @@ pub(super) fn load_app(
     if !errors.is_empty() {
         return Err(errors);
     }
-    Ok(Some(LoadedApp::Php(AppConfig {
+    Ok(Some(LoadedApp::Php(Box::new(AppConfig {
         name,
         file,
         route,
@@ -481,7 +481,7 @@ pub(super) fn load_app(
         compression,
         internal,
         x_sendfile,
-    })))
+    }))))
 }
 
 /// An app's name (its folder's) may only use letters, digits, -, _ and .

@@ -203,9 +203,9 @@ pub fn load(server_file: &Path) -> Result<Config, ConfigErrors> {
                         if development {
                             crate::dev::php_settings(&mut app);
                         }
-                        apps.push(Arc::new(app))
+                        apps.push(Arc::new(*app))
                     }
-                    Ok(Some(LoadedApp::Http(app))) => http_apps.push(Arc::new(app)),
+                    Ok(Some(LoadedApp::Http(app))) => http_apps.push(Arc::new(*app)),
                     Ok(None) => {}
                     Err(mut app_errors) => errors.append(&mut app_errors),
                 }
