@@ -21,7 +21,8 @@ const VERSION = "v1";
 const started = Date.now();
 const healthDelay = Number(process.env.HEALTH_DELAY_MS || 0);
 const prefix = process.env.WORKER_ROUTE === "/" ? "" : process.env.WORKER_ROUTE;
-const healthy = () => Date.now() - started >= healthDelay;
+let sick = false;
+const healthy = () => !sick && Date.now() - started >= healthDelay;
 const server = http.createServer((req, res) => {
   const url = new URL(req.url, "http://x");
   if (url.pathname === "/health") {
@@ -48,6 +49,10 @@ const server = http.createServer((req, res) => {
         return;
       case "/slow":
         setTimeout(() => res.end("slow done"), Number(url.searchParams.get("ms") || 1000));
+        return;
+      case "/sick":
+        sick = true;
+        res.end("sick now");
         return;
       case "/crash":
         process.exit(3);
@@ -712,6 +717,41 @@ fn a_changed_worker_yaml_replaces_the_app_and_a_disabled_one_stops() {
         "the removed app's instance was not stopped"
     );
     assert!(instances(&server, "api").is_empty());
+}
+
+#[test]
+fn an_instance_failing_its_health_checks_leaves_rotation_and_is_restarted() {
+    let site = node_site("instances: 2\nhealth_interval: 100ms\n");
+    let server = site.start();
+    // One instance turns sick: it is taken out at its first failed check
+    // and restarted after the third.
+    let response = server.get("/api/sick");
+    assert_eq!(response.text(), "sick now");
+    wait_until(
+        "the sick instance is restarted",
+        Duration::from_secs(10),
+        || {
+            instances(&server, "api")
+                .iter()
+                .any(|i| i["restarts"] == 1 && i["state"] == "healthy")
+        },
+    );
+    assert!(
+        server.log().contains("3 health checks failed; restarting"),
+        "{}",
+        server.log()
+    );
+    for _ in 0..10 {
+        assert_eq!(server.get("/api/hello").status, 200);
+    }
+}
+
+#[test]
+fn instances_are_told_the_development_mode() {
+    let site = node_site("").server_settings("  mode: development\n");
+    let server = site.start();
+    let env: Value = serde_json::from_slice(&server.get("/api/env").body).unwrap();
+    assert_eq!(env["WORKER_MODE"], "development");
 }
 
 fn read_all(conn: &mut Conn) -> String {
