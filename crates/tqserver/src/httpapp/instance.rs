@@ -123,11 +123,12 @@ pub struct Instance {
 
 impl Instance {
     pub fn state(&self) -> InstanceState {
-        InstanceState::from_u8(self.state.load(Ordering::Acquire))
+        InstanceState::from_u8(self.state.load(Ordering::SeqCst))
     }
 
     fn set_state(&self, state: InstanceState) {
-        self.state.store(state as u8, Ordering::Release);
+        // SeqCst with the in-flight count: see `drain_and_stop`.
+        self.state.store(state as u8, Ordering::SeqCst);
     }
 
     pub fn pid(&self) -> u32 {
@@ -364,9 +365,12 @@ async fn backoff(instance: &Instance, crashes_in_a_row: &mut u32) -> bool {
 /// Draining: no new requests, in-flight ones finish (within
 /// drain_timeout), then the process stops.
 async fn drain_and_stop(instance: &Instance, config: &HttpAppConfig, child: &mut Child, pid: u32) {
+    // The state first, then the count (both SeqCst): a request counts
+    // itself first, then checks the state, so it either sees Draining and
+    // goes elsewhere, or is seen here and waited for.
     instance.set_state(InstanceState::Draining);
     let deadline = Instant::now() + config.drain_timeout;
-    while instance.in_flight.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
+    while instance.in_flight.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(10)) => {}
             _ = child.wait() => break,

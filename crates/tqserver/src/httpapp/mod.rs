@@ -132,13 +132,15 @@ impl HttpApp {
         Ok(app)
     }
 
-    /// The healthy instance with the fewest requests in flight.
-    pub fn pick(&self) -> Option<Arc<Instance>> {
+    /// The healthy instance with the fewest requests in flight, but those
+    /// in `excluded` (tried already).
+    pub fn pick_excluding(&self, excluded: &[Arc<Instance>]) -> Option<Arc<Instance>> {
         let generation = self.generation.load();
         generation
             .instances
             .iter()
             .filter(|instance| instance.routable())
+            .filter(|instance| !excluded.iter().any(|e| Arc::ptr_eq(e, instance)))
             .min_by_key(|instance| instance.in_flight.load(Ordering::Relaxed))
             .cloned()
     }

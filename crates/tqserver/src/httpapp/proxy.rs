@@ -160,12 +160,6 @@ async fn forward(
         info!(worker = %name, length, limit, "request body too large");
         return errors::status(StatusCode::PAYLOAD_TOO_LARGE);
     }
-    let Some(instance) = app.pick() else {
-        warn!(worker = %name, "502: no healthy instance");
-        return errors::status(StatusCode::BAD_GATEWAY);
-    };
-    let in_flight = InFlight::new(instance.clone());
-
     // The request as the instance gets it.
     let upgrade = strip_hop_by_hop(&mut parts.headers);
     let host = parts.headers.get(header::HOST).cloned();
@@ -192,9 +186,7 @@ async fn forward(
             headers.insert("x-forwarded-host", host);
         }
         None => {
-            if let Ok(value) = HeaderValue::from_str(&format!("127.0.0.1:{}", instance.port)) {
-                headers.insert(header::HOST, value);
-            }
+            headers.insert(header::HOST, HeaderValue::from_static("localhost"));
         }
     }
     // An upgrade (WebSocket) is passed on where the client's connection
@@ -230,46 +222,73 @@ async fn forward(
         .expect("parts of a valid request");
     *upstream_request.headers_mut() = parts.headers;
 
-    // A pooled connection the instance closed meanwhile gives the request
-    // back unsent: it goes again on a new connection.
+    // The healthy instance with the fewest requests in flight. A request
+    // that was not sent (a pooled connection the instance closed meanwhile,
+    // an instance that died before its supervisor noticed) goes again: on a
+    // new connection, or to another instance.
     let timeout = app.config.request_timeout;
     let deadline = tokio::time::Instant::now() + timeout;
     let mut request = upstream_request;
-    let (sender, response) = loop {
-        let (mut sender, pooled) = match instance.upstream.take() {
-            Some(sender) => (sender, true),
-            None => match tokio::time::timeout_at(deadline, connect(instance.port)).await {
-                Ok(Ok(sender)) => (sender, false),
+    let mut excluded: Vec<Arc<Instance>> = Vec::new();
+    let (instance, in_flight, sender, response) = 'instances: loop {
+        let Some(instance) = app.pick_excluding(&excluded) else {
+            warn!(worker = %name, "502: no healthy instance");
+            return errors::status(StatusCode::BAD_GATEWAY);
+        };
+        let in_flight = InFlight::new(instance.clone());
+        // Counted first, then checked: a drain sets its state first, then
+        // waits for the count (see instance.rs), so one of the two sees
+        // the other.
+        if !instance.routable() {
+            excluded.push(instance);
+            continue;
+        }
+        loop {
+            let (mut sender, pooled) = match instance.upstream.take() {
+                Some(sender) => (sender, true),
+                None => match tokio::time::timeout_at(deadline, connect(instance.port)).await {
+                    Ok(Ok(sender)) => (sender, false),
+                    Ok(Err(err)) => {
+                        warn!(worker = %name, instance = instance.index, port = instance.port, "instance unreachable ({err}); trying another");
+                        excluded.push(instance);
+                        continue 'instances;
+                    }
+                    Err(_) => return gateway_timeout(name, &instance, timeout),
+                },
+            };
+            match tokio::time::timeout_at(deadline, sender.ready()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) if pooled => continue,
                 Ok(Err(err)) => {
-                    warn!(worker = %name, instance = instance.index, port = instance.port, "502: cannot connect to instance: {err}");
-                    return errors::status(StatusCode::BAD_GATEWAY);
+                    warn!(worker = %name, instance = instance.index, port = instance.port, "instance connection failed ({err}); trying another");
+                    excluded.push(instance);
+                    continue 'instances;
                 }
                 Err(_) => return gateway_timeout(name, &instance, timeout),
-            },
-        };
-        match tokio::time::timeout_at(deadline, sender.ready()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(_)) if pooled => continue,
-            Ok(Err(err)) => {
-                warn!(worker = %name, instance = instance.index, port = instance.port, "502: instance connection failed: {err}");
-                return errors::status(StatusCode::BAD_GATEWAY);
             }
-            Err(_) => return gateway_timeout(name, &instance, timeout),
-        }
-        match tokio::time::timeout_at(deadline, sender.try_send_request(request)).await {
-            Ok(Ok(response)) => break (sender, response),
-            Ok(Err(mut err)) => match err.take_message() {
-                Some(unsent) if pooled => request = unsent,
-                _ => {
-                    if let Ok(status) = StatusCode::from_u16(client_error.load(Ordering::Relaxed)) {
-                        info!(worker = %name, %peer, status = status.as_u16(), "request body not received: {}", err.error());
-                        return errors::status(status);
+            match tokio::time::timeout_at(deadline, sender.try_send_request(request)).await {
+                Ok(Ok(response)) => break 'instances (instance, in_flight, sender, response),
+                Ok(Err(mut err)) => match err.take_message() {
+                    Some(unsent) => {
+                        request = unsent;
+                        if !pooled {
+                            excluded.push(instance);
+                            continue 'instances;
+                        }
                     }
-                    warn!(worker = %name, instance = instance.index, port = instance.port, "502: instance failed: {}", err.error());
-                    return errors::status(StatusCode::BAD_GATEWAY);
-                }
-            },
-            Err(_) => return gateway_timeout(name, &instance, timeout),
+                    None => {
+                        if let Ok(status) =
+                            StatusCode::from_u16(client_error.load(Ordering::Relaxed))
+                        {
+                            info!(worker = %name, %peer, status = status.as_u16(), "request body not received: {}", err.error());
+                            return errors::status(status);
+                        }
+                        warn!(worker = %name, instance = instance.index, port = instance.port, "502: instance failed: {}", err.error());
+                        return errors::status(StatusCode::BAD_GATEWAY);
+                    }
+                },
+                Err(_) => return gateway_timeout(name, &instance, timeout),
+            }
         }
     };
 
@@ -308,7 +327,7 @@ pub(super) struct InFlight(Arc<Instance>);
 
 impl InFlight {
     fn new(instance: Arc<Instance>) -> Self {
-        instance.in_flight.fetch_add(1, Ordering::AcqRel);
+        instance.in_flight.fetch_add(1, Ordering::SeqCst);
         instance.requests.fetch_add(1, Ordering::Relaxed);
         Self(instance)
     }
@@ -316,7 +335,7 @@ impl InFlight {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
