@@ -7,7 +7,7 @@ set -euo pipefail
 case "${1:-test}" in
   demo) packages=(php-cgi) ;;
   test) packages=(php-cgi php-fpm php-cli libphp8.2-embed php8.2-dev nginx-light libfcgi-bin prometheus chromium wrk curl
-               haproxy redis-server php-redis iproute2 python3 apache2-utils nghttp2-client pebble openssl) ;;
+               haproxy redis-server php-redis iproute2 python3 apache2-utils nghttp2-client pebble openssl golang-go nodejs) ;;
   apps) packages=(php-cgi php-fpm php-cli libphp8.2-embed php-mysql php-gd php-xml php-mbstring php-curl php-intl
                nginx-light mariadb-server mariadb-client wordpress wordpress-theme-twentytwentythree
                php-laravel-framework dokuwiki wrk curl) ;;

@@ -198,6 +198,17 @@ pub(crate) fn base_command(command: &WorkerCommand, stdin: Stdio) -> Command {
     cmd
 }
 
+/// Makes `cmd`'s process die with tqserver (a parent-death SIGKILL), as
+/// every worker does: for other programs tqserver runs (`type: http` apps).
+pub fn die_with_tqserver(cmd: &mut Command) {
+    let parent = std::process::id();
+    // SAFETY: the closure runs in the forked child before exec and only makes
+    // async-signal-safe calls (see `die_with_parent`).
+    unsafe {
+        cmd.pre_exec(move || die_with_parent(parent));
+    }
+}
+
 /// For a `pre_exec` hook: SIGKILL when tqserver (`parent`) dies, and fail
 /// the exec if it already has. Only async-signal-safe calls (prctl,
 /// getppid), no allocation. Runs after the uid and gid changes, which would

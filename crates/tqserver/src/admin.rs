@@ -53,6 +53,10 @@ pub trait ServerView: Send + Sync + 'static {
     fn apps(&self) -> Vec<AppStatus>;
     /// The app (worker) called `name`.
     fn app(&self, name: &str) -> Option<AppStatus>;
+    /// Every `type: http` app.
+    fn http_apps(&self) -> Vec<crate::status::HttpAppPage> {
+        Vec::new()
+    }
 }
 
 /// The server's own part of `/status`.
@@ -356,6 +360,7 @@ pub fn server_page(view: &impl ServerView, full: bool, now: SystemTime) -> Serve
                 php_version: app.php_version,
             })
             .collect(),
+        http_apps: view.http_apps(),
     }
 }
 

@@ -92,7 +92,7 @@ impl App {
             metrics,
             access_log,
             slow_log,
-            pool: pool.clone(),
+            pool: Some(pool.clone()),
         });
         Ok(Arc::new(Self {
             config,

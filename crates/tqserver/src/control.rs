@@ -195,7 +195,62 @@ pub fn render(status: &ServerPage) -> String {
             );
         }
     }
+    render_http_apps(&mut out, &status.http_apps);
     out
+}
+
+/// The `type: http` apps: one line each, then their instances.
+fn render_http_apps(out: &mut String, apps: &[crate::status::HttpAppPage]) {
+    if apps.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "\n{:<14} {:<12} {:>10} {:>6} {:>6}  LAST BUILD",
+        "HTTP APP", "ROUTE", "GENERATION", "SWAPS", "SWAP"
+    );
+    for app in apps {
+        let build = match &app.last_build {
+            None => "-".to_owned(),
+            Some(build) if build.ok => format!("ok ({} ms)", build.duration_ms),
+            Some(_) => "FAILED (old instances still serving)".to_owned(),
+        };
+        let _ = writeln!(
+            out,
+            "{:<14} {:<12} {:>10} {:>6} {:>6}  {build}",
+            app.name,
+            app.route,
+            app.generation,
+            app.swaps,
+            format!("{}ms", app.last_swap_ms),
+        );
+        if let Some(error) = &app.last_error {
+            for line in error.lines().take(20) {
+                let _ = writeln!(out, "  {line}");
+            }
+        }
+    }
+    for app in apps {
+        let _ = writeln!(out, "\n{} instances:", app.name);
+        let _ = writeln!(
+            out,
+            "  {:>3} {:>8} {:<10} {:>6} {:>8} {:>9} {:>9}",
+            "#", "PID", "STATE", "PORT", "RESTARTS", "IN-FLIGHT", "REQUESTS"
+        );
+        for instance in &app.instances {
+            let _ = writeln!(
+                out,
+                "  {:>3} {:>8} {:<10} {:>6} {:>8} {:>9} {:>9}",
+                instance.index,
+                instance.pid,
+                instance.state,
+                instance.port,
+                instance.restarts,
+                instance.in_flight,
+                instance.requests,
+            );
+        }
+    }
 }
 
 /// Asks the running server to reload and, when the admin endpoint is on,
@@ -283,6 +338,7 @@ mod tests {
                 route: "/blog".into(),
                 php_version: "8.4".into(),
             }],
+            http_apps: Vec::new(),
         }
     }
 
@@ -316,6 +372,52 @@ mod tests {
         assert_eq!(read.pools[0].pool.pool, "app");
         assert!(read.last_reload.ok);
         assert!(read.pools[0].pool.processes.is_none());
+    }
+
+    #[test]
+    fn render_shows_http_apps_their_instances_and_a_failed_build() {
+        use crate::status::{BuildPage, HttpAppPage, InstancePage};
+        let mut page = server_page();
+        page.http_apps = vec![HttpAppPage {
+            name: "api".into(),
+            route: "/api".into(),
+            generation: 3,
+            swaps: 2,
+            last_swap_ms: 812,
+            last_build: Some(BuildPage {
+                ok: false,
+                output: "./main.go:3: undefined: x".into(),
+                ..BuildPage::default()
+            }),
+            last_error: Some("build failed:\n./main.go:3: undefined: x".into()),
+            instances: vec![InstancePage {
+                index: 0,
+                generation: 3,
+                state: "healthy".into(),
+                pid: 4242,
+                port: 20001,
+                restarts: 1,
+                in_flight: 2,
+                requests: 99,
+            }],
+        }];
+        let text = render(&page);
+        let row = text.lines().find(|l| l.starts_with("api ")).unwrap();
+        assert!(
+            row.contains("FAILED (old instances still serving)"),
+            "{row}"
+        );
+        let columns: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!(columns[..5], ["api", "/api", "3", "2", "812ms"]);
+        assert!(text.contains("\n  ./main.go:3: undefined: x\n"), "{text}");
+        assert!(text.contains("\napi instances:\n"), "{text}");
+        let instance = text.lines().find(|l| l.contains(" healthy ")).unwrap();
+        let columns: Vec<&str> = instance.split_whitespace().collect();
+        assert_eq!(columns, ["0", "4242", "healthy", "20001", "1", "2", "99"]);
+        // Read back from JSON, as `tqserver status` does.
+        let json = serde_json::to_string(&page).unwrap();
+        let read: ServerPage = serde_json::from_str(&json).unwrap();
+        assert_eq!(read.http_apps, page.http_apps);
     }
 
     #[test]

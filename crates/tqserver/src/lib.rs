@@ -50,6 +50,7 @@ pub mod control;
 pub mod dev;
 pub mod docroot;
 pub mod http;
+pub mod httpapp;
 pub mod listener;
 pub mod logging;
 pub mod metrics;

@@ -88,6 +88,16 @@ fn check(path: &std::path::Path) -> ExitCode {
                     app.pool.max_workers,
                 );
             }
+            for app in &config.http_apps {
+                println!(
+                    "  app {:<16} {:<12} http: {}, {} instance{}",
+                    app.name,
+                    config::validate::display_route(&app.route),
+                    app.command.join(" "),
+                    app.instances,
+                    if app.instances == 1 { "" } else { "s" },
+                );
+            }
             // Warnings, not errors: the configuration works as written.
             for app in &config.apps {
                 if let Some(warning) = tqserver::docroot::symlinks::check_warning(app) {

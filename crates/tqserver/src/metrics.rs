@@ -18,7 +18,7 @@ use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 
-use crate::status::AppStatus;
+use crate::status::{AppStatus, HttpAppPage};
 
 /// The `worker` label: an app's name (the label keeps its old name: dashboards
 /// and alerts select on it).
@@ -232,6 +232,73 @@ pub struct BuildInfo {
 pub trait PoolSource: Send + Sync + 'static {
     /// A snapshot of every app.
     fn pools(&self) -> Vec<AppStatus>;
+    /// A snapshot of every `type: http` app.
+    fn http_apps(&self) -> Vec<HttpAppPage> {
+        Vec::new()
+    }
+}
+
+/// The `type: http` apps' series: instances by state, requests in flight,
+/// restarts of the running instances, swaps, and whether the last build
+/// passed.
+fn http_app_families(
+    encoder: &mut DescriptorEncoder,
+    apps: &[HttpAppPage],
+) -> Result<(), std::fmt::Error> {
+    let label = |name: &str| [("worker", name.to_owned())];
+    let mut states = Vec::new();
+    for app in apps {
+        for state in ["starting", "healthy", "unhealthy", "restarting", "draining"] {
+            let count = app.instances.iter().filter(|i| i.state == state).count();
+            states.push((
+                [("worker", app.name.clone()), ("state", state.to_owned())],
+                ConstGauge::new(count as i64),
+            ));
+        }
+    }
+    family(
+        encoder,
+        "http_app_instances",
+        "Instances of http apps by state (healthy ones take requests)",
+        None,
+        states,
+    )?;
+    type HttpAppField = (&'static str, &'static str, fn(&HttpAppPage) -> i64);
+    let gauges: [HttpAppField; 3] = [
+        (
+            "http_app_in_flight",
+            "Requests in flight to an http app's instances",
+            |app| app.instances.iter().map(|i| i.in_flight as i64).sum(),
+        ),
+        (
+            "http_app_restarts",
+            "Restarts (crash or failed health checks) of an http app's running instances",
+            |app| app.instances.iter().map(|i| i.restarts as i64).sum(),
+        ),
+        (
+            "http_app_build_ok",
+            "1 if an http app's last build passed (or it has none), else 0",
+            |app| i64::from(app.last_build.as_ref().is_none_or(|b| b.ok)),
+        ),
+    ];
+    for (name, help, get) in gauges {
+        let samples = apps
+            .iter()
+            .map(|app| (label(&app.name), ConstGauge::new(get(app))))
+            .collect();
+        family(encoder, name, help, None, samples)?;
+    }
+    let swaps = apps
+        .iter()
+        .map(|app| (label(&app.name), ConstCounter::new(app.swaps)))
+        .collect();
+    family(
+        encoder,
+        "http_app_swaps",
+        "Times an http app switched to new instances after a change",
+        None,
+        swaps,
+    )
 }
 
 struct PoolCollector {
@@ -516,6 +583,7 @@ impl Collector for PoolCollector {
                 ConstGauge::new(own_rss as i64),
             )],
         )?;
+        http_app_families(&mut encoder, &self.pools.http_apps())?;
         Ok(())
     }
 }

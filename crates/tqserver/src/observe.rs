@@ -227,8 +227,8 @@ pub struct AppTelemetry {
     pub access_log: Option<Arc<AccessLog>>,
     /// The app's slow log (its own settings over the server's).
     pub slow_log: SlowLog,
-    /// Counts slow requests on the pool's status page.
-    pub pool: pool::WorkerPool,
+    /// Counts slow requests on the pool's status page (PHP apps).
+    pub pool: Option<pool::WorkerPool>,
 }
 
 /// "HTTP/1.1" and the like, as SERVER_PROTOCOL and the access log write it.
@@ -327,8 +327,8 @@ impl Observation {
 
     fn slow(&self, slow_log: &SlowLog, status: u16, duration: Duration) {
         let app = self.app.as_ref().map(|a| a.name.as_str()).unwrap_or("");
-        if let Some(app) = &self.app {
-            app.pool.record_slow_request();
+        if let Some(pool) = self.app.as_ref().and_then(|app| app.pool.as_ref()) {
+            pool.record_slow_request();
         }
         let (method, uri) = self.method_and_uri();
         let script = self.request.as_ref().map_or("-", |r| r.script());

@@ -142,6 +142,12 @@ impl Pattern {
         Ok(Pattern::Glob(segments))
     }
 
+    /// Whether a `/`-separated relative path (`cmd/main.go`) matches.
+    pub fn matches_relative(&self, path: &str) -> bool {
+        let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+        self.matches(&segments)
+    }
+
     fn matches<S: AsRef<[u8]>>(&self, path: &[S]) -> bool {
         match self {
             Pattern::Prefix(prefix) => {

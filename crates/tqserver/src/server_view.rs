@@ -47,6 +47,15 @@ impl ServerView for ServerState {
             .collect()
     }
 
+    fn http_apps(&self) -> Vec<crate::status::HttpAppPage> {
+        self.router
+            .load()
+            .http_apps()
+            .iter()
+            .map(|app| app.status())
+            .collect()
+    }
+
     fn app(&self, name: &str) -> Option<AppStatus> {
         self.router.load().app_named(name).map(|app| app.status())
     }

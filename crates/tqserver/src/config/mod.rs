@@ -120,6 +120,18 @@ pub mod defaults {
     /// Smaller bodies are sent as they are: a few hundred bytes gain little
     /// and cost a dictionary and a frame.
     pub const COMPRESSION_MIN_SIZE: u64 = 1024;
+    /// `type: http` apps.
+    pub const HTTP_APP_PORTS: (u16, u16) = (20000, 20999);
+    pub const HTTP_APP_INSTANCES: usize = 1;
+    pub const HEALTH_PATH: &str = "/health";
+    /// From spawn to the first 2xx of the health path.
+    pub const START_TIMEOUT: Duration = Duration::from_secs(30);
+    /// One health request while running.
+    pub const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
+    pub const HEALTH_INTERVAL: Duration = Duration::from_secs(5);
+    /// How long an instance being stopped may finish its requests.
+    pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+    pub const BUILD_TIMEOUT: Duration = Duration::from_secs(300);
 }
 
 /// The whole validated configuration.
@@ -144,6 +156,79 @@ pub struct Config {
     /// The certificates of `server.tls`, loaded and checked. Not part of
     /// [`ServerSettings`]: a reload swaps them in without a restart.
     pub tls_certificates: Option<Arc<crate::tls::Certificates>>,
+    /// Enabled `type: http` apps, in name order.
+    pub http_apps: Vec<Arc<HttpAppConfig>>,
+    /// What the http apps share (`server.http_apps`).
+    pub http: HttpAppsSettings,
+}
+
+/// `server.http_apps`, and the mode instances are told they run in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpAppsSettings {
+    /// Inclusive range of ports given to instances.
+    pub ports: (u16, u16),
+    /// `WORKER_MODE` of every instance.
+    pub mode: WorkerMode,
+}
+
+impl Default for HttpAppsSettings {
+    fn default() -> Self {
+        Self {
+            ports: defaults::HTTP_APP_PORTS,
+            mode: WorkerMode::Production,
+        }
+    }
+}
+
+/// Whether the server runs in development mode (`WORKER_MODE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WorkerMode {
+    #[default]
+    Production,
+    Development,
+}
+
+impl WorkerMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkerMode::Production => "production",
+            WorkerMode::Development => "development",
+        }
+    }
+}
+
+/// A `type: http` app: a program tqserver builds, runs, supervises and
+/// reverse-proxies the app's route to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpAppConfig {
+    pub name: String,
+    /// The worker.yaml this came from.
+    pub file: PathBuf,
+    /// URL prefix without trailing slash; empty for an app at `/`.
+    pub route: String,
+    /// The app folder: `command` and `build` run here.
+    pub folder: PathBuf,
+    /// argv of one instance (`command`).
+    pub command: Vec<String>,
+    /// argv run before instances start (`build`).
+    pub build: Option<Vec<String>>,
+    /// Globs relative to the folder whose changes rebuild and swap.
+    pub watch: Vec<crate::rules::Pattern>,
+    /// `env`, on top of the `WORKER_*` variables and PATH, HOME, LANG.
+    pub env: Vec<(String, String)>,
+    pub instances: usize,
+    pub health_path: String,
+    pub start_timeout: Duration,
+    pub health_timeout: Duration,
+    pub health_interval: Duration,
+    /// No response head within this: 504.
+    pub request_timeout: Duration,
+    pub drain_timeout: Duration,
+    pub build_timeout: Duration,
+    /// `user` when tqserver runs as root.
+    pub user: Option<String>,
+    pub credentials: Option<(u32, u32)>,
+    pub access_log: Option<AccessLogConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -45,6 +45,7 @@ pub struct RawServer {
     pub trusted_proxies: Option<Vec<String>>,
     pub tls: Option<RawTls>,
     pub http2: Option<RawHttp2>,
+    pub http_apps: Option<RawHttpApps>,
 }
 
 /// `server.http2`: HTTP/2 on the HTTP front.
@@ -135,6 +136,14 @@ pub struct RawAcme {
     pub challenge: Option<String>,
 }
 
+/// `server.http_apps`: what `type: http` apps share.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHttpApps {
+    /// Ports handed to instances, e.g. `20000-20999`.
+    pub ports: Option<String>,
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawWorkers {
@@ -205,6 +214,21 @@ pub struct RawWorkerFile {
     pub compression: Option<RawCompression>,
     pub internal: Option<Vec<RawInternal>>,
     pub x_sendfile: Option<Vec<String>>,
+    // `type: http` apps only (validate/http_app.rs).
+    pub command: Option<Vec<String>>,
+    pub build: Option<Vec<String>>,
+    pub watch: Option<Vec<String>>,
+    pub env: Option<BTreeMap<String, RawScalar>>,
+    pub instances: Option<usize>,
+    pub health_path: Option<String>,
+    pub start_timeout: Option<RawDuration>,
+    pub health_timeout: Option<RawDuration>,
+    pub health_interval: Option<RawDuration>,
+    pub request_timeout: Option<RawDuration>,
+    pub drain_timeout: Option<RawDuration>,
+    pub build_timeout: Option<RawDuration>,
+    pub user: Option<String>,
+    pub group: Option<String>,
 }
 
 /// One entry of `rules:`: a `path` (prefix) or a `glob`, and what to do.

@@ -1,5 +1,6 @@
 //! The response body type of the HTTP front: nothing, bytes in memory, a file
-//! read in chunks, or a PHP response streamed from the worker as it arrives.
+//! read in chunks, a PHP response streamed from the worker as it arrives, or
+//! a response streamed from an http app's instance.
 
 use std::io;
 use std::pin::Pin;
@@ -11,6 +12,7 @@ use tokio::io::AsyncReadExt;
 
 use super::compress::CompressStream;
 use super::php::PhpStream;
+use crate::httpapp::proxy::ProxiedBody;
 
 /// Chunk size for files too large to send in one piece.
 const FILE_CHUNK: usize = 64 * 1024;
@@ -25,6 +27,8 @@ pub enum Body {
     Channel(tokio::sync::mpsc::Receiver<io::Result<Bytes>>),
     /// Another body, compressed as it streams (compress.rs).
     Compressed(Box<CompressStream>),
+    /// A response streamed from a `type: http` app's instance.
+    Proxied(Box<ProxiedBody>),
 }
 
 impl Body {
@@ -75,6 +79,9 @@ impl http_body::Body for Body {
             Body::Compressed(stream) => stream
                 .poll_chunk(cx)
                 .map(|chunk| chunk.map(|r| r.map(Frame::data))),
+            Body::Proxied(proxied) => proxied
+                .poll_chunk(cx)
+                .map(|chunk| chunk.map(|r| r.map(Frame::data))),
         }
     }
 
@@ -86,6 +93,7 @@ impl http_body::Body for Body {
             Body::Php(php) => php.is_done(),
             Body::Channel(rx) => rx.is_closed() && rx.is_empty(),
             Body::Compressed(stream) => stream.is_done(),
+            Body::Proxied(proxied) => proxied.is_end_stream(),
         }
     }
 
@@ -97,6 +105,7 @@ impl http_body::Body for Body {
             }
             Body::File(file) => SizeHint::with_exact(file.remaining),
             Body::Php(_) | Body::Channel(_) | Body::Compressed(_) => SizeHint::default(),
+            Body::Proxied(proxied) => proxied.size_hint(),
         }
     }
 }

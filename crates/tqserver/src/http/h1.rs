@@ -28,6 +28,11 @@
 //!  │           └────────────┴─► Refusing (an error of our own) ─► LingeringClose
 //!  └─► Closed (idle timeout, stop, client gone)
 //! ```
+//!
+//! A `101 Switching Protocols` response that carries an [`Upgrade`]
+//! extension (a proxied WebSocket) is written as it is, and the connection
+//! is then handed, with any bytes already read, to the extension's holder
+//! ([`Upgraded`]): this task ends there.
 
 use std::io;
 use std::net::SocketAddr;
@@ -100,7 +105,82 @@ enum State {
     LingeringClose {
         reader: Box<ConnReader>,
     },
+    /// A 101 to a request that asked for an upgrade: its head goes out,
+    /// then the connection belongs to the upgrade.
+    Upgrading {
+        reader: Box<ConnReader>,
+        response: Response<Body>,
+        upgrade: Upgrade,
+    },
     Closed,
+}
+
+/// A response extension: after this 101 response's head is written, the
+/// client's connection (and what was read of it beyond the request) goes
+/// to the receiver.
+/// (Extensions are `Clone`: the sender sits in a shared slot.)
+#[derive(Clone)]
+pub struct Upgrade(Arc<std::sync::Mutex<Option<oneshot::Sender<Upgraded>>>>);
+
+impl Upgrade {
+    pub fn new(to: oneshot::Sender<Upgraded>) -> Self {
+        Self(Arc::new(std::sync::Mutex::new(Some(to))))
+    }
+
+    fn hand_over(&self, upgraded: Upgraded) {
+        if let Some(to) = self.0.lock().ok().and_then(|mut slot| slot.take()) {
+            let _ = to.send(upgraded);
+        }
+    }
+}
+
+/// A client connection after a 101: bytes both ways, no HTTP.
+pub struct Upgraded {
+    reader: Box<ConnReader>,
+    writer: Writer,
+}
+
+impl Upgraded {
+    pub fn into_split(self) -> (UpgradedReader, UpgradedWriter) {
+        (
+            UpgradedReader {
+                reader: self.reader,
+            },
+            UpgradedWriter {
+                writer: self.writer,
+            },
+        )
+    }
+}
+
+pub struct UpgradedReader {
+    reader: Box<ConnReader>,
+}
+
+impl UpgradedReader {
+    /// The next bytes from the client (first those already read); `None`
+    /// when it has closed.
+    pub async fn read(&mut self) -> io::Result<Option<bytes::Bytes>> {
+        if self.reader.buf.is_empty() && self.reader.fill().await? == 0 {
+            return Ok(None);
+        }
+        Ok(Some(self.reader.buf.split().freeze()))
+    }
+}
+
+pub struct UpgradedWriter {
+    writer: Writer,
+}
+
+impl UpgradedWriter {
+    /// Writes all of `bytes` (each stall bounded by `write_timeout`).
+    pub async fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.writer.write(bytes).await
+    }
+
+    pub async fn shutdown(&mut self) -> io::Result<()> {
+        self.writer.shutdown().await
+    }
 }
 
 /// A response on its way out.
@@ -195,6 +275,19 @@ pub async fn serve_connection(
             State::LingeringClose { mut reader } => {
                 linger(&mut reader, &mut conn.writer).await;
                 State::Closed
+            }
+            State::Upgrading {
+                reader,
+                response,
+                upgrade,
+            } => {
+                if conn.writer.switching(&response).await.is_ok() {
+                    upgrade.hand_over(Upgraded {
+                        reader,
+                        writer: conn.writer,
+                    });
+                }
+                return;
             }
             State::Closed => return,
         };
@@ -381,12 +474,22 @@ impl Connection {
     async fn write(&mut self, writing: Writing) -> State {
         let Writing {
             mut reader,
-            response,
+            mut response,
             version,
             is_head,
             keep_alive,
             discard: left,
         } = writing;
+        if response.status() == StatusCode::SWITCHING_PROTOCOLS
+            && version == Version::HTTP_11
+            && let Some(upgrade) = response.extensions_mut().remove::<Upgrade>()
+        {
+            return State::Upgrading {
+                reader,
+                response,
+                upgrade,
+            };
+        }
         // A small unread body is read and dropped while the response goes
         // out, not before (a client may wait for the answer before it sends
         // more) and not after (one that sends it all first would block on
@@ -566,6 +669,21 @@ impl Writer {
         if self.buf.capacity() > 16 * 1024 || self.buf.is_empty() {
             self.buf = BytesMut::new();
         }
+    }
+
+    /// A 101's head, every header as it is (Connection and Upgrade
+    /// included).
+    async fn switching(&mut self, response: &Response<Body>) -> io::Result<()> {
+        self.buf
+            .extend_from_slice(b"HTTP/1.1 101 Switching Protocols\r\n");
+        for (name, value) in response.headers() {
+            self.buf.extend_from_slice(name.as_str().as_bytes());
+            self.buf.extend_from_slice(b": ");
+            self.buf.extend_from_slice(value.as_bytes());
+            self.buf.extend_from_slice(b"\r\n");
+        }
+        self.buf.extend_from_slice(b"\r\n");
+        self.flush_buf().await
     }
 
     /// An error page of our own, then the connection closes.

@@ -17,7 +17,7 @@ use super::resolve::{self, Target};
 use super::{errors, normalize, proxy, sendfile, static_files};
 use crate::config::ServerSettings;
 use crate::observe::{Observation, RequestLine, Telemetry};
-use crate::router::Router;
+use crate::router::{Routed, Router};
 
 /// What every request handler shares.
 pub struct Frontend {
@@ -65,9 +65,19 @@ pub async fn handle(
     let normal = normalize::normalize(request.uri().path());
     let router = front.router.load();
     let app = match &normal {
-        Ok(path) => router
-            .route(path)
-            .map(|(app, rest)| (app.clone(), rest.len())),
+        Ok(path) => match router.route(path) {
+            Some(Routed::Php(app, rest)) => Some((app.clone(), rest.len())),
+            Some(Routed::Http(app)) => {
+                let app = app.clone();
+                drop(router);
+                let mut response = crate::httpapp::proxy::handle(&front, app, request, peer).await;
+                if let Some(live) = &front.live_reload {
+                    live.inject(&mut response, is_head);
+                }
+                return response;
+            }
+            None => None,
+        },
         Err(_) => None,
     };
     drop(router);

@@ -26,8 +26,9 @@ use super::runtime_dirs::{
 };
 use super::{Phase, ReloadReport, ServerState};
 use crate::app::App;
-use crate::config::{AppConfig, Config, validate::display_route};
+use crate::config::{AppConfig, Config, HttpAppConfig, HttpAppsSettings, validate::display_route};
 use crate::http::{self, Frontend};
+use crate::httpapp::HttpApp;
 use crate::logging::LogFile;
 use crate::metrics::{BuildInfo, Metrics};
 use crate::observe::Telemetry;
@@ -165,7 +166,25 @@ pub(super) async fn serve_until_stopped(
             return Err(err);
         }
     };
-    router.store(Arc::new(Router::new(apps.clone())));
+    let http_apps = match start_http_apps(
+        &config.http_apps,
+        &telemetry,
+        &config.http,
+        state.live_reload.as_ref(),
+    )
+    .await
+    {
+        Ok(http_apps) => http_apps,
+        Err(err) => {
+            state.shutdown.cancel();
+            stop_apps(&apps, Duration::ZERO).await;
+            return Err(err);
+        }
+    };
+    router.store(Arc::new(Router::with_http_apps(
+        apps.clone(),
+        http_apps.clone(),
+    )));
     // Watching starts before the port answers: no edit made after that is
     // missed.
     if let Some(live) = &state.live_reload {
@@ -176,6 +195,7 @@ pub(super) async fn serve_until_stopped(
         if let Err(err) = start_listener(state, &app.config).await {
             state.shutdown.cancel();
             stop_apps(&apps, Duration::ZERO).await;
+            stop_http_apps(&http_apps).await;
             return Err(err);
         }
     }
@@ -184,6 +204,7 @@ pub(super) async fn serve_until_stopped(
         Err(err) => {
             state.shutdown.cancel();
             stop_apps(&apps, Duration::ZERO).await;
+            stop_http_apps(&http_apps).await;
             return Err(err).with_context(|| format!("cannot listen on {}", config.server.listen));
         }
     };
@@ -261,6 +282,14 @@ pub(super) async fn serve_until_stopped(
             "route ready"
         );
     }
+    for app in &http_apps {
+        info!(
+            worker = %app.config.name,
+            route = display_route(&app.config.route),
+            instances = app.config.instances,
+            "route ready (http app)"
+        );
+    }
     systemd::ready();
     let watchdog = systemd::watchdog_interval();
     if let Some(interval) = watchdog {
@@ -313,6 +342,8 @@ pub(super) async fn serve_until_stopped(
                 state.shutdown.cancel();
                 let apps_now = router.load().apps().to_vec();
                 stop_apps(&apps_now, Duration::ZERO).await;
+                let http_apps_now = router.load().http_apps().to_vec();
+                stop_http_apps(&http_apps_now).await;
                 return Ok(());
             }
         }
@@ -325,17 +356,21 @@ pub(super) async fn serve_until_stopped(
     let _ = accept.await;
     state.connections.close();
     let apps_now = router.load().apps().to_vec();
+    let http_apps_now = router.load().http_apps().to_vec();
     tokio::select! {
         _ = tokio::time::timeout_at(deadline, state.connections.wait()) => {}
         _ = sigint.recv() => {
             warn!("second SIGINT: stopping now");
             stop_apps(&apps_now, Duration::ZERO).await;
+            stop_http_apps(&http_apps_now).await;
             return Ok(());
         }
     }
     // Phase 3: workers (anything still running is cut off at the deadline).
+    // An http app's instances drain what the proxy still sends them, then
+    // stop.
     let left = deadline.saturating_duration_since(Instant::now());
-    stop_apps(&apps_now, left).await;
+    tokio::join!(stop_apps(&apps_now, left), stop_http_apps(&http_apps_now));
     state.background.close();
     let _ = tokio::time::timeout(Duration::from_secs(5), state.background.wait()).await;
     telemetry.flush();
@@ -414,6 +449,52 @@ pub async fn start_apps(
     }
     apps.sort_by(|a, b| a.config.name.cmp(&b.config.name));
     Ok(apps)
+}
+
+/// Starts every http app concurrently (builds, then healthy instances); if
+/// one fails, the others are stopped.
+pub async fn start_http_apps(
+    apps: &[Arc<HttpAppConfig>],
+    telemetry: &Arc<Telemetry>,
+    settings: &HttpAppsSettings,
+    live_reload: Option<&Arc<crate::dev::LiveReload>>,
+) -> anyhow::Result<Vec<Arc<HttpApp>>> {
+    let mut starting = tokio::task::JoinSet::new();
+    for app in apps {
+        let (app, telemetry, settings) = (app.clone(), telemetry.clone(), settings.clone());
+        let live_reload = live_reload.cloned();
+        starting
+            .spawn(async move { HttpApp::start(app, &telemetry, &settings, live_reload).await });
+    }
+    let mut started = Vec::new();
+    let mut failure = None;
+    while let Some(joined) = starting.join_next().await {
+        match joined {
+            Ok(Ok(app)) => started.push(app),
+            Ok(Err(err)) => {
+                failure.get_or_insert(err);
+            }
+            Err(err) => {
+                failure.get_or_insert(err.into());
+            }
+        }
+    }
+    if let Some(failure) = failure {
+        stop_http_apps(&started).await;
+        return Err(failure);
+    }
+    started.sort_by(|a, b| a.config.name.cmp(&b.config.name));
+    Ok(started)
+}
+
+/// Drains and stops http apps' instances, all apps together.
+pub async fn stop_http_apps(apps: &[Arc<HttpApp>]) {
+    let mut stopping = tokio::task::JoinSet::new();
+    for app in apps {
+        let app = app.clone();
+        stopping.spawn(async move { app.stop().await });
+    }
+    while stopping.join_next().await.is_some() {}
 }
 
 pub async fn stop_apps(apps: &[Arc<App>], grace: Duration) {

@@ -10,12 +10,13 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tracing::{error, info, warn};
 
-use super::lifecycle::{start_apps, stop_apps};
+use super::lifecycle::{start_apps, start_http_apps, stop_apps, stop_http_apps};
 use super::listeners::{bind_listener, run_listener, stop_listener};
 use super::runtime_dirs::{set_cache_dirs, set_socket_dirs};
 use super::{Phase, ServerState};
 use crate::app::App;
 use crate::config::AppConfig;
+use crate::httpapp::HttpApp;
 use crate::listener;
 use crate::reload::{ListenerChange, ReloadError, ReloadSummary};
 use crate::router::Router;
@@ -94,6 +95,29 @@ pub(super) async fn apply_reload(state: &Arc<ServerState>) -> Result<ReloadSumma
     let started = start_apps(&to_start, &state.telemetry)
         .await
         .map_err(|err| ReloadError::Start(format!("{err:#}")))?;
+    // http apps: one whose worker.yaml is the same keeps running (its own
+    // watcher swaps its code); a new or changed one starts (built and
+    // healthy) before traffic moves to it.
+    let current_http: Vec<Arc<HttpApp>> = state.router.load().http_apps().to_vec();
+    let (keep_http, start_http): (Vec<_>, Vec<_>) = new
+        .http_apps
+        .iter()
+        .cloned()
+        .partition(|config| current_http.iter().any(|app| app.config == *config));
+    let started_http = match start_http_apps(
+        &start_http,
+        &state.telemetry,
+        &new.http,
+        state.live_reload.as_ref(),
+    )
+    .await
+    {
+        Ok(apps) => apps,
+        Err(err) => {
+            stop_apps(&started, Duration::ZERO).await;
+            return Err(ReloadError::Start(format!("{err:#}")));
+        }
+    };
     let started_app = |name: &str| started.iter().find(|app| app.config.name == name);
     let running_listener = |name: &str| {
         state
@@ -141,6 +165,7 @@ pub(super) async fn apply_reload(state: &Arc<ServerState>) -> Result<ReloadSumma
                 Err(err) => {
                     drop(bound);
                     stop_apps(&started, Duration::ZERO).await;
+                    stop_http_apps(&started_http).await;
                     return Err(ReloadError::Bind(format!("{err:#}")));
                 }
             },
@@ -167,7 +192,20 @@ pub(super) async fn apply_reload(state: &Arc<ServerState>) -> Result<ReloadSumma
         .filter_map(|name| current.get(name).cloned())
         .collect();
     apps.extend(started.iter().cloned());
-    state.router.store(Arc::new(Router::new(apps)));
+    let mut http_apps: Vec<Arc<HttpApp>> = current_http
+        .iter()
+        .filter(|app| keep_http.iter().any(|config| app.config == *config))
+        .cloned()
+        .collect();
+    http_apps.extend(started_http.iter().cloned());
+    let retired_http: Vec<Arc<HttpApp>> = current_http
+        .iter()
+        .filter(|app| !http_apps.iter().any(|kept| Arc::ptr_eq(kept, app)))
+        .cloned()
+        .collect();
+    state
+        .router
+        .store(Arc::new(Router::with_http_apps(apps, http_apps)));
     // New TLS handshakes get the certificates as they are on disk now.
     if let (Ok(resolver), Some(certificates)) = (state.tls_resolver.lock(), &new.tls_certificates)
         && let Some(resolver) = resolver.as_ref()
@@ -182,11 +220,29 @@ pub(super) async fn apply_reload(state: &Arc<ServerState>) -> Result<ReloadSumma
     // The old pools finish what they are running, then stop.
     let grace = state.config.load().server.grace_period;
     let names = |configs: &[Arc<AppConfig>]| configs.iter().map(|c| c.name.clone()).collect();
-    let summary = ReloadSummary {
+    let mut summary = ReloadSummary {
         added: names(&plan.start),
         changed: names(&plan.replace),
         removed: plan.remove.clone(),
     };
+    for app in &started_http {
+        let name = app.config.name.clone();
+        if current_http.iter().any(|old| old.config.name == name) {
+            summary.changed.push(name);
+        } else {
+            summary.added.push(name);
+        }
+    }
+    for app in &retired_http {
+        if !started_http
+            .iter()
+            .any(|new| new.config.name == app.config.name)
+        {
+            summary.removed.push(app.config.name.clone());
+        }
+        let app = app.clone();
+        state.background.spawn(async move { app.stop().await });
+    }
     for name in summary.changed.iter().chain(&summary.removed) {
         if let Some(app) = current.get(name) {
             let pool = app.pool.clone();
@@ -220,7 +276,10 @@ pub async fn restart_app(state: &Arc<ServerState>, name: &str) -> anyhow::Result
         .cloned()
         .chain(started)
         .collect();
-    state.router.store(Arc::new(Router::new(apps)));
+    let http_apps = state.router.load().http_apps().to_vec();
+    state
+        .router
+        .store(Arc::new(Router::with_http_apps(apps, http_apps)));
     let grace = state.config.load().server.grace_period;
     let pool = old.pool.clone();
     state

@@ -183,6 +183,60 @@ pub struct ServerPage {
     #[serde(rename = "last reload")]
     pub last_reload: ReloadPage,
     pub pools: Vec<AppPage>,
+    /// `type: http` apps (left out when there are none).
+    #[serde(rename = "http apps", skip_serializing_if = "Vec::is_empty")]
+    pub http_apps: Vec<HttpAppPage>,
+}
+
+/// A `type: http` app on the server's `/status` (JSON only).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct HttpAppPage {
+    pub name: String,
+    pub route: String,
+    /// Counts the sets of instances started (the first is 1); one per
+    /// successful swap after that.
+    pub generation: u64,
+    pub swaps: u64,
+    /// Milliseconds from the change seen to the new instances serving, for
+    /// the last swap.
+    #[serde(rename = "last swap ms")]
+    pub last_swap_ms: u64,
+    /// The last build, if the app has `build`.
+    #[serde(rename = "last build", skip_serializing_if = "Option::is_none")]
+    pub last_build: Option<BuildPage>,
+    /// Why the last swap did not happen (the old instances kept serving).
+    #[serde(rename = "last error", skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    pub instances: Vec<InstancePage>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct BuildPage {
+    pub ok: bool,
+    /// Unix seconds.
+    pub at: u64,
+    #[serde(rename = "duration ms")]
+    pub duration_ms: u64,
+    /// Its standard output and error (the end, when long).
+    pub output: String,
+}
+
+/// One instance of an http app.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct InstancePage {
+    pub index: usize,
+    pub generation: u64,
+    /// starting, healthy, unhealthy, restarting, draining, stopped, failed.
+    pub state: String,
+    pub pid: u32,
+    pub port: u16,
+    pub restarts: u64,
+    #[serde(rename = "in flight")]
+    pub in_flight: u64,
+    pub requests: u64,
 }
 
 /// The outcome of the last reload.

@@ -28,6 +28,7 @@ mod embed;
 mod h2;
 mod hardening;
 mod http;
+mod http_apps;
 mod listener;
 mod live;
 mod observe;

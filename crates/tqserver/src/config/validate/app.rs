@@ -4,13 +4,19 @@
 #[allow(unused_imports)]
 use super::*;
 
+/// One app folder's validated configuration, by `type`.
+pub(super) enum LoadedApp {
+    Php(Box<AppConfig>),
+    Http(Box<HttpAppConfig>),
+}
+
 /// Loads one app's folder (`workers/<name>`). `Ok(None)` for a disabled app.
 pub(super) fn load_app(
     folder: &Path,
     socket_dir: &Path,
     php_versions: &mut HashMap<PathBuf, Result<String, String>>,
     server_compression: &crate::config::edge::CompressionConfig,
-) -> Result<Option<AppConfig>, Vec<ConfigError>> {
+) -> Result<Option<LoadedApp>, Vec<ConfigError>> {
     let file = folder.join("config/worker.yaml");
     let (raw, text) = yaml::load::<RawWorkerFile>(&file).map_err(|e| vec![e])?;
     if raw.enabled == Some(false) {
@@ -21,22 +27,23 @@ pub(super) fn load_app(
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let mut errors = Vec::new();
+    if let Err(error) = app_name(&name, &file) {
+        errors.push(error);
+    }
     let at = |key: &str, message: String| ConfigError::at_key(&file, &text, key, message);
 
     match raw.kind.as_deref() {
         None | Some("php") => {}
-        Some(other) => errors.push(at(
-            "type",
-            format!("`{other}` is not a supported app type (only `php`)"),
-        )),
+        Some("http") => {
+            return super::http_app::load_http_app(folder, name, raw, &file, &text)
+                .map(|app| Some(LoadedApp::Http(Box::new(app))));
+        }
+        Some(other) => errors.push(at("type", format!("`{other}` is not one of php, http"))),
     }
-    if !name
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
-    {
-        errors.push(ConfigError::new(
-            &file,
-            format!("app folder name `{name}` may only use letters, digits, '-', '_' and '.'"),
+    for key in super::http_app::http_only_keys(&raw) {
+        errors.push(at(
+            key,
+            format!("`{key}` is a setting of `type: http` apps; remove it, or set `type: http`"),
         ));
     }
 
@@ -249,56 +256,13 @@ pub(super) fn load_app(
         .clone()
         .unwrap_or_else(|| defaults::PHP_USER.to_owned());
     let credentials = if running_as_root {
-        match nix::unistd::User::from_name(&user_name) {
-            // PHP running as root would turn any hole in an app into root.
-            Ok(Some(user)) if user.uid.is_root() => {
-                errors.push(at(
-                    "php.user",
-                    format!(
-                        "`{user_name}` is root (uid 0); workers never run as root: name an unprivileged user such as www-data"
-                    ),
-                ));
-                None
-            }
-            Ok(Some(user)) => {
-                let gid = match &php_raw.group {
-                    None if user.gid.as_raw() == 0 => {
-                        errors.push(at(
-                            "php.user",
-                            format!(
-                                "`{user_name}` has gid 0 (root's group) as its group; set php.group to an unprivileged group"
-                            ),
-                        ));
-                        None
-                    }
-                    None => Some(user.gid.as_raw()),
-                    Some(group) => match nix::unistd::Group::from_name(group) {
-                        Ok(Some(found)) if found.gid.as_raw() == 0 => {
-                            errors.push(at(
-                                "php.group",
-                                format!(
-                                    "`{group}` is gid 0 (root's group); workers never run with it"
-                                ),
-                            ));
-                            None
-                        }
-                        Ok(Some(found)) => Some(found.gid.as_raw()),
-                        _ => {
-                            errors.push(at("php.group", format!("no such group `{group}`")));
-                            None
-                        }
-                    },
-                };
-                gid.map(|gid| (user.uid.as_raw(), gid))
-            }
-            _ => {
-                errors.push(at(
-                    "php.user",
-                    format!("no such user `{user_name}` (workers never run as root)"),
-                ));
-                None
-            }
-        }
+        credentials(
+            &user_name,
+            php_raw.group.as_deref(),
+            ("php.user", "php.group"),
+            &at,
+            &mut errors,
+        )
     } else {
         None
     };
@@ -464,7 +428,7 @@ pub(super) fn load_app(
     if !errors.is_empty() {
         return Err(errors);
     }
-    Ok(Some(AppConfig {
+    Ok(Some(LoadedApp::Php(Box::new(AppConfig {
         name,
         file,
         route,
@@ -517,7 +481,81 @@ pub(super) fn load_app(
         compression,
         internal,
         x_sendfile,
-    }))
+    }))))
+}
+
+/// An app's name (its folder's) may only use letters, digits, -, _ and .
+pub(super) fn app_name(name: &str, file: &Path) -> Result<(), ConfigError> {
+    if name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+    {
+        return Ok(());
+    }
+    Err(ConfigError::new(
+        file,
+        format!("app folder name `{name}` may only use letters, digits, '-', '_' and '.'"),
+    ))
+}
+
+/// The uid and gid of `user_name` (and `group`) for processes started as
+/// root; None (with an error) for root, root's group or an unknown name.
+/// `keys` are the config keys named in errors (`php.user`, `php.group`).
+pub(super) fn credentials(
+    user_name: &str,
+    group: Option<&str>,
+    (user_key, group_key): (&str, &str),
+    at: &dyn Fn(&str, String) -> ConfigError,
+    errors: &mut Vec<ConfigError>,
+) -> Option<(u32, u32)> {
+    match nix::unistd::User::from_name(user_name) {
+        // PHP running as root would turn any hole in an app into root.
+        Ok(Some(user)) if user.uid.is_root() => {
+            errors.push(at(
+                user_key,
+                format!(
+                    "`{user_name}` is root (uid 0); workers never run as root: name an unprivileged user such as www-data"
+                ),
+            ));
+            None
+        }
+        Ok(Some(user)) => {
+            let gid = match group {
+                None if user.gid.as_raw() == 0 => {
+                    errors.push(at(
+                        user_key,
+                        format!(
+                            "`{user_name}` has gid 0 (root's group) as its group; set {group_key} to an unprivileged group"
+                        ),
+                    ));
+                    None
+                }
+                None => Some(user.gid.as_raw()),
+                Some(group) => match nix::unistd::Group::from_name(group) {
+                    Ok(Some(found)) if found.gid.as_raw() == 0 => {
+                        errors.push(at(
+                            group_key,
+                            format!("`{group}` is gid 0 (root's group); workers never run with it"),
+                        ));
+                        None
+                    }
+                    Ok(Some(found)) => Some(found.gid.as_raw()),
+                    _ => {
+                        errors.push(at(group_key, format!("no such group `{group}`")));
+                        None
+                    }
+                },
+            };
+            gid.map(|gid| (user.uid.as_raw(), gid))
+        }
+        _ => {
+            errors.push(at(
+                user_key,
+                format!("no such user `{user_name}` (workers never run as root)"),
+            ));
+            None
+        }
+    }
 }
 
 /// `php.worker`: a file inside the document root (relative to it), as an

@@ -13,9 +13,9 @@ use ::pool::{Manager, PoolConfig, SocketKind, WorkerCommand};
 
 use super::yaml::{self, ConfigError, ConfigErrors, suggest};
 use super::{
-    AccessLogConfig, AppConfig, Config, FastcgiConfig, Http2Settings, ListenAddr, LoggingConfig,
-    PhpConfig, PhpRuntime, QueueLimit, ResponseBuffer, SecurityConfig, ServerSettings,
-    SlowLogConfig, SymlinkPolicy, defaults,
+    AccessLogConfig, AppConfig, Config, FastcgiConfig, Http2Settings, HttpAppConfig,
+    HttpAppsSettings, ListenAddr, LoggingConfig, PhpConfig, PhpRuntime, QueueLimit, ResponseBuffer,
+    SecurityConfig, ServerSettings, SlowLogConfig, SymlinkPolicy, defaults,
 };
 use crate::config::raw::{
     RawAccessLog, RawAdmin, RawFastcgi, RawFrontController, RawPool, RawRule, RawSecurity,
@@ -27,6 +27,7 @@ mod acme;
 mod app;
 mod edge;
 mod fastcgi;
+mod http_app;
 mod probe;
 mod process_pool;
 mod server;

@@ -193,7 +193,12 @@ pub fn load(server_file: &Path) -> Result<Config, ConfigErrors> {
         }
     };
 
+    let mut http = http_app::http_apps_settings(server_raw.http_apps.as_ref(), &at, &mut errors);
+    if development {
+        http.mode = crate::config::WorkerMode::Development;
+    }
     let mut apps = Vec::new();
+    let mut http_apps = Vec::new();
     let mut php_versions = HashMap::new();
     match std::fs::read_dir(&workers_dir) {
         Err(err) => errors.push(at(
@@ -209,12 +214,13 @@ pub fn load(server_file: &Path) -> Result<Config, ConfigErrors> {
             folders.sort();
             for folder in folders {
                 match load_app(&folder, &socket_dir, &mut php_versions, &server.compression) {
-                    Ok(Some(mut app)) => {
+                    Ok(Some(LoadedApp::Php(mut app))) => {
                         if development {
                             crate::dev::php_settings(&mut app);
                         }
-                        apps.push(Arc::new(app))
+                        apps.push(Arc::new(*app))
                     }
+                    Ok(Some(LoadedApp::Http(app))) => http_apps.push(Arc::new(*app)),
                     Ok(None) => {}
                     Err(mut app_errors) => errors.append(&mut app_errors),
                 }
@@ -222,17 +228,24 @@ pub fn load(server_file: &Path) -> Result<Config, ConfigErrors> {
         }
     }
 
-    let mut routes: BTreeMap<&str, &AppConfig> = BTreeMap::new();
-    for app in &apps {
-        if let Some(other) = routes.insert(&app.route, app) {
+    let mut routes: BTreeMap<&str, &str> = BTreeMap::new();
+    let named_routes = apps
+        .iter()
+        .map(|app| (&app.name, &app.route, &app.file))
+        .chain(
+            http_apps
+                .iter()
+                .map(|app| (&app.name, &app.route, &app.file)),
+        );
+    for (name, route, file) in named_routes {
+        if let Some(other) = routes.insert(route, name) {
             errors.push(ConfigError::at_key(
-                &app.file,
-                &std::fs::read_to_string(&app.file).unwrap_or_default(),
+                file,
+                &std::fs::read_to_string(file).unwrap_or_default(),
                 "path",
                 format!(
-                    "route `{}` is already taken by app `{}`",
-                    display_route(&app.route),
-                    other.name
+                    "route `{}` is already taken by app `{other}`",
+                    display_route(route),
                 ),
             ));
         }
@@ -265,6 +278,8 @@ pub fn load(server_file: &Path) -> Result<Config, ConfigErrors> {
         ready_max_queue,
         apps,
         tls_certificates,
+        http_apps,
+        http,
     })
 }
 
