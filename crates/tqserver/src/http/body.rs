@@ -31,6 +31,32 @@ pub enum Body {
     Proxied(Box<ProxiedBody>),
 }
 
+/// The length a response declares (HTTP/1.1's Content-Length, HTTP/2's
+/// content-length), if it knows one: the body's exact size, else a
+/// Content-Length set by PHP. A HEAD response describes the body it would
+/// have had; PHP sends none, so only its own Content-Length can say that.
+pub fn declared_length(parts: &http::response::Parts, body: &Body, is_head: bool) -> Option<u64> {
+    use http_body::Body as _;
+    let exact = body.size_hint().exact();
+    let declared = parts
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if !is_head {
+        return exact.or(declared);
+    }
+    if parts
+        .extensions
+        .get::<super::php::LengthUnknownForHead>()
+        .is_some()
+    {
+        declared
+    } else {
+        declared.or(exact)
+    }
+}
+
 impl Body {
     pub fn text(text: impl Into<Bytes>) -> Self {
         Self::Bytes(Some(text.into()))

@@ -42,7 +42,6 @@ use std::time::Duration;
 use bytes::BytesMut;
 use http::header;
 use http::{Method, Request, Response, StatusCode, Version};
-use http_body::Body as _;
 use http_body_util::BodyExt;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
@@ -654,8 +653,13 @@ impl Writer {
 
     /// `HTTP/1.1 103 Early Hints` with `links`.
     async fn early_hints(&mut self, links: &http::HeaderMap) -> io::Result<()> {
-        self.buf.extend_from_slice(b"HTTP/1.1 103 Early Hints\r\n");
-        for (name, value) in links {
+        self.interim(b"HTTP/1.1 103 Early Hints\r\n", links).await
+    }
+
+    /// An interim head (a 1xx): its status line, then every header as it is.
+    async fn interim(&mut self, status_line: &[u8], headers: &http::HeaderMap) -> io::Result<()> {
+        self.buf.extend_from_slice(status_line);
+        for (name, value) in headers {
             self.buf.extend_from_slice(name.as_str().as_bytes());
             self.buf.extend_from_slice(b": ");
             self.buf.extend_from_slice(value.as_bytes());
@@ -674,16 +678,8 @@ impl Writer {
     /// A 101's head, every header as it is (Connection and Upgrade
     /// included).
     async fn switching(&mut self, response: &Response<Body>) -> io::Result<()> {
-        self.buf
-            .extend_from_slice(b"HTTP/1.1 101 Switching Protocols\r\n");
-        for (name, value) in response.headers() {
-            self.buf.extend_from_slice(name.as_str().as_bytes());
-            self.buf.extend_from_slice(b": ");
-            self.buf.extend_from_slice(value.as_bytes());
-            self.buf.extend_from_slice(b"\r\n");
-        }
-        self.buf.extend_from_slice(b"\r\n");
-        self.flush_buf().await
+        self.interim(b"HTTP/1.1 101 Switching Protocols\r\n", response.headers())
+            .await
     }
 
     /// An error page of our own, then the connection closes.
@@ -709,29 +705,9 @@ impl Writer {
             || status.is_informational()
             || status == StatusCode::NO_CONTENT
             || status == StatusCode::NOT_MODIFIED;
-        let exact = body.size_hint().exact();
         // A streamed body of unknown length is chunked on HTTP/1.1; on
         // HTTP/1.0 the end of the connection marks its end.
-        let declared = parts
-            .headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        // A HEAD response describes the body it would have had; PHP sends
-        // none, so only its own Content-Length can say that.
-        let length = if is_head {
-            if parts
-                .extensions
-                .get::<super::php::LengthUnknownForHead>()
-                .is_some()
-            {
-                declared
-            } else {
-                declared.or(exact)
-            }
-        } else {
-            exact.or(declared)
-        };
+        let length = super::body::declared_length(&parts, &body, is_head);
         let chunked = length.is_none() && !no_body && version == Version::HTTP_11;
         let keep_alive = keep_alive && (length.is_some() || chunked || no_body);
 

@@ -442,26 +442,8 @@ async fn send(
     let (parts, mut body) = response.into_parts();
     let status = parts.status;
     let no_body = is_head || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
-    let exact = body.size_hint().exact();
-    let declared = parts
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    // As on HTTP/1.1: a HEAD response describes the body it would have had.
-    let length = if is_head {
-        if parts
-            .extensions
-            .get::<super::php::LengthUnknownForHead>()
-            .is_some()
-        {
-            declared
-        } else {
-            declared.or(exact)
-        }
-    } else {
-        exact.or(declared)
-    };
+    // As on HTTP/1.1.
+    let length = super::body::declared_length(&parts, &body, is_head);
     let mut head = Response::new(());
     *head.status_mut() = status;
     *head.headers_mut() = parts.headers;

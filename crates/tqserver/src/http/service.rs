@@ -270,35 +270,32 @@ async fn route(
                 .compression
                 .as_deref()
                 .unwrap_or(&front.settings.compression);
-            if compression.enabled && compression.precompressed {
-                let sibling =
-                    compress::sibling(accepted, &meta, |suffix| open_sibling(&app, &path, suffix));
-                if let Some((file, meta, coding)) = sibling {
-                    let mut response = static_files::serve(
-                        request.method(),
-                        request.headers(),
-                        file,
-                        &meta,
-                        &path,
-                        cache_control,
-                    );
-                    let headers = response.headers_mut();
-                    headers.insert(
-                        http::header::CONTENT_ENCODING,
-                        http::HeaderValue::from_static(coding.token()),
-                    );
-                    compress::add_vary(headers);
-                    return response;
-                }
-            }
-            static_files::serve(
+            let sibling = (compression.enabled && compression.precompressed)
+                .then(|| {
+                    compress::sibling(accepted, &meta, |suffix| open_sibling(&app, &path, suffix))
+                })
+                .flatten();
+            let (file, meta, coding) = match sibling {
+                Some((file, meta, coding)) => (file, meta, Some(coding)),
+                None => (file, meta, None),
+            };
+            let mut response = static_files::serve(
                 request.method(),
                 request.headers(),
                 file,
                 &meta,
                 &path,
                 cache_control,
-            )
+            );
+            if let Some(coding) = coding {
+                let headers = response.headers_mut();
+                headers.insert(
+                    http::header::CONTENT_ENCODING,
+                    http::HeaderValue::from_static(coding.token()),
+                );
+                compress::add_vary(headers);
+            }
+            response
         }
         Target::Static { .. } | Target::NotFound => errors::status(StatusCode::NOT_FOUND),
         Target::AddSlash => {

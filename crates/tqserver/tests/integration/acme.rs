@@ -158,18 +158,7 @@ fn log_file(dir: &Path, name: &str) -> Stdio {
 /// A CA (ca.pem) and a certificate it signed for 127.0.0.1 and localhost
 /// (https.pem, https.key): Debian's pebble ships no test certificates.
 fn make_https_certificate(dir: &Path) {
-    let openssl = |args: &[&str]| {
-        let output = Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .expect("run openssl");
-        assert!(
-            output.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-    };
+    let openssl = |args: &[&str]| crate::support::openssl(dir, args);
     let ec = [
         "-newkey",
         "ec",

@@ -607,6 +607,15 @@ fn bun_example_serves() {
         server.get("/bun/hello").text(),
         "hello from bun-hello at /bun (production)\n"
     );
+    // The path arrives unchanged, with the body and tqserver's forwarding
+    // headers.
+    let echo = server.request(
+        "POST /bun/echo?x=1 HTTP/1.1\r\nHost: shop.test\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello",
+    );
+    let echo: serde_json::Value = serde_json::from_slice(&echo.body).unwrap();
+    assert_eq!(echo["url"], "/bun/echo?x=1");
+    assert_eq!(echo["body"], "hello");
+    assert_eq!(echo["headers"]["x-forwarded-host"], "shop.test");
 }
 
 /// The test app's `Upgrade: tqtest` protocol (a raw echo; no WebSocket

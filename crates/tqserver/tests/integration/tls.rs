@@ -7,7 +7,6 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,26 +15,13 @@ use tokio_rustls::rustls;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
 
-use crate::support::{Site, free_port, wait_until, worker_yaml};
+use crate::support::{Site, free_port, openssl, wait_until, worker_yaml};
 
 const ENV_PHP: &str = r#"<?php
 foreach (['HTTPS', 'REQUEST_SCHEME', 'SERVER_PORT', 'HTTP_HOST'] as $k) {
     echo $k, '=', $_SERVER[$k] ?? '(unset)', "\n";
 }
 "#;
-
-fn openssl(dir: &Path, args: &[&str]) {
-    let output = Command::new("openssl")
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .expect("run openssl");
-    assert!(
-        output.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
 
 /// The test CA, in `certs/ca.pem` of the site.
 fn make_ca(site: &Site) {
@@ -387,6 +373,30 @@ fn plain_http_is_redirected_and_https_responses_carry_hsts() {
             .contains("strict-transport-security: max-age=31536000; includesubdomains\r\n"),
         "{text}"
     );
+}
+
+/// Behind a trusted proxy that terminated TLS (X-Forwarded-Proto: https),
+/// a plain request is not redirected (that would loop), and gets HSTS; the
+/// same header from an untrusted peer changes nothing.
+#[test]
+fn a_trusted_proxy_that_says_https_is_not_redirected() {
+    let tls_port = free_port();
+    let request = "GET /blog/env.php HTTP/1.1\r\nHost: a.test\r\nX-Forwarded-Proto: https\r\nConnection: close\r\n\r\n";
+    let tls = format!("{A_CERT}    redirect_http: true\n    hsts:\n      max_age: 1d\n");
+    let server = tls_site(tls_port, &format!("{tls}  trusted_proxies: [127.0.0.1]\n")).start();
+    let response = server.request(request);
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert_eq!(response.vars()["HTTPS"], "on");
+    assert_eq!(
+        response.header("strict-transport-security"),
+        Some("max-age=86400")
+    );
+    drop(server);
+
+    let tls_port = free_port();
+    let tls = format!("{A_CERT}    redirect_http: true\n");
+    let server = tls_site(tls_port, &format!("{tls}  trusted_proxies: [10.0.0.0/8]\n")).start();
+    assert_eq!(server.request(request).status, 308);
 }
 
 /// A certificate replaced on disk is served to new handshakes, without a

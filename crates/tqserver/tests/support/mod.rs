@@ -864,3 +864,18 @@ pub fn md5(data: &[u8]) -> String {
         .unwrap()
         .to_owned()
 }
+
+/// Runs `openssl ARGS` in `dir` (certificates for the TLS and ACME tests);
+/// fails the test with openssl's message if it fails.
+pub fn openssl(dir: &Path, args: &[&str]) {
+    let output = Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("run openssl");
+    assert!(
+        output.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
