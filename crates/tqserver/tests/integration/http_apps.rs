@@ -317,8 +317,13 @@ fn a_killed_instance_is_restarted_and_only_its_in_flight_request_fails() {
 
 #[test]
 fn an_instance_that_is_down_gives_502_and_a_slow_one_504() {
-    let site = node_site("instances: 1\nrequest_timeout: 500ms\n");
+    // /health fails for a second after each start: the instance is down
+    // for that long after its crash, whatever the machine's speed.
+    let site = node_site("instances: 1\nrequest_timeout: 500ms\nenv:\n  HEALTH_DELAY_MS: 1000\n");
     let server = site.start();
+    wait_until("the instance is healthy", Duration::from_secs(10), || {
+        server.get("/api/hello").status == 200
+    });
 
     let response = server.get("/api/slow?ms=3000");
     assert_eq!(response.status, 504);
@@ -379,10 +384,17 @@ fn a_change_swaps_to_new_instances_under_load_with_no_failed_request() {
     let stop = Arc::new(AtomicBool::new(false));
     let failures = Arc::new(AtomicUsize::new(0));
     let done = Arc::new(AtomicUsize::new(0));
+    // Clients that have been answered by the last version.
+    let on_last = Arc::new(AtomicUsize::new(0));
     // Two keep-alive clients in a loop.
     let clients: Vec<_> = (0..2)
         .map(|_| {
-            let (stop, failures, done) = (stop.clone(), failures.clone(), done.clone());
+            let (stop, failures, done, on_last) = (
+                stop.clone(),
+                failures.clone(),
+                done.clone(),
+                on_last.clone(),
+            );
             std::thread::spawn(move || {
                 let mut conn = Conn::open(port);
                 let mut seen = Vec::new();
@@ -396,6 +408,9 @@ fn a_change_swaps_to_new_instances_under_load_with_no_failed_request() {
                     let text = response.text();
                     let version = text.split(' ').next().unwrap_or("").to_owned();
                     if seen.last() != Some(&version) {
+                        if version == "v5" {
+                            on_last.fetch_add(1, Ordering::Relaxed);
+                        }
                         seen.push(version);
                     }
                     done.fetch_add(1, Ordering::Relaxed);
@@ -417,6 +432,13 @@ fn a_change_swaps_to_new_instances_under_load_with_no_failed_request() {
             || server.get("/api/hello").text().starts_with(&want),
         );
     }
+    // A client's request in flight at the switch is answered by the old
+    // version; the next one must reach the new.
+    wait_until(
+        "both clients reach the last version",
+        Duration::from_secs(10),
+        || on_last.load(Ordering::Relaxed) == 2,
+    );
     stop.store(true, Ordering::Relaxed);
     for client in clients {
         let seen = client.join().unwrap();
