@@ -58,9 +58,22 @@ pub fn take((start, end): (u16, u16)) -> Option<PortLease> {
 mod tests {
     use super::*;
 
+    /// Three consecutive ports nothing listens on now (tests running beside
+    /// this one take ports too).
+    fn free_range() -> (u16, u16) {
+        (20_000..60_000u16)
+            .step_by(97)
+            .find(|&base| {
+                (base..base + 3)
+                    .all(|port| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok())
+            })
+            .map(|base| (base, base + 2))
+            .expect("three free ports")
+    }
+
     #[test]
     fn ports_are_held_until_dropped() {
-        let range = (41000, 41002);
+        let range = free_range();
         let a = take(range).unwrap();
         let b = take(range).unwrap();
         assert_ne!(a.port(), b.port());
