@@ -733,7 +733,7 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 
 #[test]
 fn workers_on_tcp_ports_from_a_range() {
-    let base = support::free_port();
+    let base = support::free_ports(21);
     let server = Site::new()
         .worker(
             "blog",

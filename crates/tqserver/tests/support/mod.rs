@@ -183,11 +183,55 @@ pub fn is_root() -> bool {
 
 /// A free TCP port on 127.0.0.1 (released just before use).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    free_ports(1)
+}
+
+/// The first of `count` consecutive free TCP ports on 127.0.0.1 (released
+/// just before use).
+///
+/// Handed out in turn from 12000-19999, below the kernel's ephemeral range,
+/// by a counter that all test processes share through a locked file. Not
+/// bind(0): nextest runs every test in its own process, and a port the
+/// kernel had just handed one test could come back to another running beside
+/// it, whose requests then reached the first test's server (a readiness
+/// check cannot tell two tqservers apart). Ports still bound are skipped.
+pub fn free_ports(count: u16) -> u16 {
+    const FIRST: u16 = 12_000;
+    const SPAN: u16 = 8_000;
+    let counter = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open("/tmp/tqtest-next-port");
+    let Ok(mut counter) = counter else {
+        // Another user's counter file: the kernel's choice will do for one.
+        assert_eq!(count, 1, "no port counter for a range");
+        return TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+    };
+    counter.lock().expect("lock /tmp/tqtest-next-port");
+    let mut text = String::new();
+    let _ = counter.read_to_string(&mut text);
+    let mut next = text.trim().parse::<u16>().unwrap_or(0) % SPAN;
+    for _ in 0..SPAN {
+        if next + count > SPAN {
+            next = 0;
+        }
+        let first = FIRST + next;
+        next += count;
+        if (first..first + count).all(|port| TcpListener::bind(("127.0.0.1", port)).is_ok()) {
+            use std::io::Seek;
+            counter.set_len(0).unwrap();
+            counter.rewind().unwrap();
+            counter.write_all(next.to_string().as_bytes()).unwrap();
+            return first;
+        }
+    }
+    panic!("no {count} free ports in {FIRST}-{}", FIRST + SPAN - 1);
 }
 
 /// The PHP runtime a site's apps run on (`php.runtime`).
@@ -593,6 +637,11 @@ impl Drop for Server {
             let _ = child.wait();
         }
         if std::thread::panicking() {
+            // What the server said, for a failure seen only in CI.
+            let log = self.log();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = lines[lines.len().saturating_sub(80)..].join("\n");
+            eprintln!("--- the last lines of tqserver's log ---\n{tail}\n---");
             return;
         }
         // A test run on embed that never started a zygote ran on php-cgi.
