@@ -204,7 +204,7 @@ pub fn free_ports(count: u16) -> u16 {
         .create(true)
         .truncate(false)
         .open("/tmp/tqtest-next-port");
-    let Ok(mut counter) = counter else {
+    let Ok(counter) = counter else {
         // Another user's counter file: the kernel's choice will do for one.
         assert_eq!(count, 1, "no port counter for a range");
         return TcpListener::bind("127.0.0.1:0")
@@ -213,7 +213,11 @@ pub fn free_ports(count: u16) -> u16 {
             .unwrap()
             .port();
     };
-    counter.lock().expect("lock /tmp/tqtest-next-port");
+    // Held until returned (dropped): one process at a time reads and moves
+    // the counter.
+    let mut counter = nix::fcntl::Flock::lock(counter, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, err)| err)
+        .expect("lock /tmp/tqtest-next-port");
     let mut text = String::new();
     let _ = counter.read_to_string(&mut text);
     let mut next = text.trim().parse::<u16>().unwrap_or(0) % SPAN;
