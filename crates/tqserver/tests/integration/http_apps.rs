@@ -343,10 +343,13 @@ fn an_instance_that_is_down_gives_502_and_a_slow_one_504() {
         response.status, 502,
         "no healthy instance right after the crash"
     );
+    // Seen as gone, or (when the request raced the process's exit and
+    // reached its closing socket) failed.
+    let log = server.log();
     assert!(
-        server.log().contains("502: no healthy instance"),
-        "{}",
-        server.log()
+        log.contains("502: no healthy instance")
+            || log.matches("502: instance failed").count() >= 2,
+        "{log}"
     );
     wait_until("the instance is back", Duration::from_secs(10), || {
         server.get("/api/hello").status == 200
