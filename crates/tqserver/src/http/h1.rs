@@ -249,8 +249,11 @@ pub async fn serve_connection(
         state = match state {
             State::Idle { reader, wait } => conn.idle(reader, wait).await,
             State::ReadingHead { reader } => conn.read_head(reader).await,
-            State::Serving { reader, head } => conn.serve(reader, head).await,
-            State::Writing(writing) => conn.write(writing).await,
+            // Boxed: a connection's future is as large as its largest
+            // state, and these two (over 3 KB together) would sit in every
+            // idle connection. One allocation per request instead.
+            State::Serving { reader, head } => Box::pin(conn.serve(reader, head)).await,
+            State::Writing(writing) => Box::pin(conn.write(writing)).await,
             State::Refusing {
                 reader,
                 status,
@@ -773,9 +776,29 @@ impl Writer {
             self.flush_buf_with(&bytes).await?;
             return Ok(keep_alive);
         }
-        self.flush_buf().await?;
+        // The head waits in the buffer for the body's first piece when that
+        // is already there (a proxied response's usually is): one write for
+        // both. Otherwise the head goes out alone, at once.
+        let mut first = std::future::poll_fn(|cx| {
+            use http_body::Body as _;
+            std::task::Poll::Ready(match std::pin::Pin::new(&mut body).poll_frame(cx) {
+                std::task::Poll::Ready(frame) => Some(frame),
+                std::task::Poll::Pending => None,
+            })
+        })
+        .await;
+        if first.is_none() {
+            self.flush_buf().await?;
+        }
         let mut sent = 0u64;
-        while let Some(frame) = body.frame().await {
+        loop {
+            let frame = match first.take() {
+                Some(frame) => frame,
+                None => body.frame().await,
+            };
+            let Some(frame) = frame else {
+                break;
+            };
             let Ok(data) = frame?.into_data() else {
                 continue;
             };
@@ -789,21 +812,28 @@ impl Writer {
                 // More than the declared length: the framing would break.
                 return Ok(false);
             }
+            // Behind the head, while that is still in the buffer.
             if chunked {
                 let mut size = [0u8; 18];
                 let line = chunk_size_line(&mut size, data.len());
                 self.buf.extend_from_slice(line);
                 self.buf.extend_from_slice(&data);
                 self.buf.extend_from_slice(b"\r\n");
-                let result = write_body(&self.half, self.timeout, &self.buf, &mut body).await;
+                let result = write_body(&self.half, self.timeout, &self.buf, &[], &mut body).await;
                 self.buf.clear();
                 result?;
             } else {
-                write_body(&self.half, self.timeout, &data, &mut body).await?;
+                let result =
+                    write_body(&self.half, self.timeout, &self.buf, &data, &mut body).await;
+                self.buf.clear();
+                result?;
             }
         }
         if chunked {
-            self.write(b"0\r\n\r\n").await?;
+            self.buf.extend_from_slice(b"0\r\n\r\n");
+        }
+        if !self.buf.is_empty() {
+            self.flush_buf().await?;
         }
         Ok(keep_alive && length.is_none_or(|length| sent == length))
     }
@@ -836,22 +866,23 @@ async fn write_two(
     .await
 }
 
-/// Writes a piece of a streamed body. If the socket does not take it all at
-/// once the client is slower than the body's source: the body is told
-/// (a PHP response then frees its worker, see `Body::spill`) before the
-/// write waits for the client.
+/// Writes a piece of a streamed body (`bytes`, after `head` when that is
+/// still to go). If the socket does not take it all at once the client is
+/// slower than the body's source: the body is told (a PHP response then
+/// frees its worker, see `Body::spill`) before the write waits for the
+/// client.
 async fn write_body(
     half: &WriteHalf,
     timeout: Duration,
+    mut head: &[u8],
     mut bytes: &[u8],
     body: &mut Body,
 ) -> io::Result<()> {
-    let mut none: &[u8] = &[];
-    if try_write_two(half, &mut bytes, &mut none)? {
+    if try_write_two(half, &mut head, &mut bytes)? {
         return Ok(());
     }
     body.spill();
-    write_two(half, timeout, bytes, &[]).await
+    write_two(half, timeout, head, bytes).await
 }
 
 /// Writes what the stream takes without waiting, advancing both slices;

@@ -139,19 +139,23 @@ pub async fn serve(
                                     )
                                     .await;
                                 }
+                                // Boxed, as the TLS branch below: this
+                                // future's size is its largest branch's,
+                                // and every idle HTTP/1.1 connection would
+                                // pay for an HTTP/2 connection's state.
                                 Protocol::Http2 => {
-                                    h2::serve_connection(
+                                    Box::pin(h2::serve_connection(
                                         stream, peer, local, None, front, shutdown,
-                                    )
+                                    ))
                                     .await;
                                 }
                                 Protocol::Silent => {}
                             }
                         }
                         Some(acceptor) => {
-                            crate::tls::serve_connection(
+                            Box::pin(crate::tls::serve_connection(
                                 acceptor, stream, peer, local, front, shutdown,
-                            )
+                            ))
                             .await
                         }
                     }
