@@ -62,6 +62,9 @@ def make_site(directory):
                         ignore=shutil.ignore_patterns("bin"))
         path = f"{directory}/workers/{name}/config/worker.yaml"
         text = open(path).read().replace("enabled: false", "enabled: true")
+        # One process, as nginx gets in nginx_versus: the same app CPU on
+        # both sides of the comparison.
+        text = re.sub(r"(?m)^instances: \d+", "instances: 1", text)
         open(path, "w").write(text)
     port, admin = free_port(), free_port()
     with open(f"{directory}/config/server.yaml", "w") as f:
@@ -132,7 +135,7 @@ def wrk(url, connections, duration):
 
 def nginx_versus(directory, tqserver_port, connections, duration):
     """wrk on /go/hello through tqserver and through nginx proxy_pass (one
-    go-hello process, upstream keepalive)."""
+    go-hello process each, upstream keepalive)."""
     app_port = free_port()
     env = {"PATH": os.environ["PATH"], "WORKER_PORT": str(app_port), "WORKER_NAME": "go-hello",
            "WORKER_ROUTE": "/go", "WORKER_MODE": "production"}

@@ -43,7 +43,9 @@ MEASURES = {
 ENCODINGS = {"tqserver": ("br", "zstd", "gzip"), "nginx": ("gzip",)}
 H2_CONNECTIONS, H2_STREAMS = 20, 10
 # Enough that CPU time, counted in 10 ms clock ticks, is read to within 1 %.
-CPU_REQUESTS = 2000
+# The compression CPU figure: this many keep-alive connections for so long.
+CPU_CONNECTIONS = 4
+CPU_SECONDS = 3
 
 
 def parse_h2load(out):
@@ -259,7 +261,7 @@ def h2load(bench, label, url, seconds):
     return run_tool(bench, label, argv, parse_h2load, timeout=seconds + 60)
 
 
-def cpu_per_response(bench, edge, server, encoding, requests=CPU_REQUESTS):
+def cpu_per_response(bench, edge, server, encoding):
     """µs of the server's own CPU per response of the 100 KB page with
     Accept-Encoding: encoding (over plain HTTP: TLS is measured apart), or
     None when the response is not encoded as asked."""
@@ -272,17 +274,19 @@ def cpu_per_response(bench, edge, server, encoding, requests=CPU_REQUESTS):
         return None
     pids = edge.server_pids(server)
     before = sum(cpu_seconds(p) for p in pids)
-    # No keep-alive: ab speaks HTTP/1.0, on which a compressed response of
-    # unknown length ends with its connection (nginx's does).
-    argv = SERVICES.load_argv(["ab", "-q", "-c", "4", "-n", str(requests),
-                               "-H", f"Accept-Encoding: {encoding}", url])
+    # wrk: HTTP/1.1 with keep-alive, on which both servers end a compressed
+    # response of unknown length with a last chunk. (ab speaks HTTP/1.0,
+    # where nginx ends it by closing, and ab waited for the last responses
+    # until its timeout.)
+    argv = wrk_command(url, CPU_CONNECTIONS, CPU_SECONDS, True)
+    argv = SERVICES.load_argv(argv[:-1] + ["-H", f"Accept-Encoding: {encoding}", url])
     bench.commands.setdefault(f"edge cpu {encoding}", shlex.join(argv))
-    code, out, err = run_load(argv, 120)
+    code, out, err = run_load(argv, CPU_SECONDS + 60)
     after = sum(cpu_seconds(p) for p in edge.server_pids(server))
     try:
-        done = parse_ab(out)["requests"]
+        done = parse_wrk(out)["requests"]
     except LOAD_OUTPUT_ERRORS:
-        log(f"edge part: ab failed (exit {code}): {(out + err).strip()[-300:]}")
+        log(f"edge part: wrk failed (exit {code}): {(out + err).strip()[-300:]}")
         return None
     return round((after - before) * 1e6 / max(1, done), 1)
 
