@@ -787,14 +787,18 @@ impl Writer {
             })
         })
         .await;
-        if first.is_none() {
-            self.flush_buf().await?;
-        }
         let mut sent = 0u64;
         loop {
             let frame = match first.take() {
                 Some(frame) => frame,
-                None => body.frame().await,
+                None => {
+                    // Nothing more at hand (or only an empty piece): the
+                    // head waits no longer.
+                    if !self.buf.is_empty() {
+                        self.flush_buf().await?;
+                    }
+                    body.frame().await
+                }
             };
             let Some(frame) = frame else {
                 break;

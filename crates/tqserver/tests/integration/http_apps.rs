@@ -50,6 +50,12 @@ const server = http.createServer((req, res) => {
       case "/slow":
         setTimeout(() => res.end("slow done"), Number(url.searchParams.get("ms") || 1000));
         return;
+      case "/events":
+        // Server-sent events: the head at once, an event later.
+        res.writeHead(200, { "content-type": "text/event-stream" });
+        res.flushHeaders();
+        setTimeout(() => res.end("data: late\n\n"), Number(url.searchParams.get("ms") || 1000));
+        return;
       case "/sick":
         sick = true;
         res.end("sick now");
@@ -792,4 +798,31 @@ fn read_all(conn: &mut Conn) -> String {
     let mut text = String::new();
     let _ = conn.stream().read_to_string(&mut text);
     text
+}
+
+/// A streamed response (server-sent events) gets its head to the client as
+/// soon as the instance sends it, and its events as they come.
+#[test]
+fn a_streamed_head_reaches_the_client_before_the_body() {
+    let server = node_site("").start();
+    wait_until("the instance is healthy", Duration::from_secs(10), || {
+        server.get("/api/hello").status == 200
+    });
+    let mut conn = Conn::open(server.port());
+    let started = Instant::now();
+    conn.send(b"GET /api/events?ms=3000 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let head = conn.read_response(true);
+    let head_after = started.elapsed();
+    assert_eq!(head.status, 200);
+    assert_eq!(head.header("content-type"), Some("text/event-stream"));
+    assert!(
+        head_after < Duration::from_secs(2),
+        "the head came after {head_after:?}, with the body"
+    );
+    let rest = conn.read_to_end();
+    assert!(
+        String::from_utf8_lossy(&rest).contains("data: late"),
+        "{rest:?}"
+    );
+    assert!(started.elapsed() >= Duration::from_secs(3));
 }

@@ -825,6 +825,14 @@ impl Conn {
         self.reader.get_mut().write_all(bytes).unwrap();
     }
 
+    /// Everything the server sends until it closes, as it comes (a body's
+    /// framing included).
+    pub fn read_to_end(&mut self) -> Vec<u8> {
+        let mut rest = Vec::new();
+        self.reader.read_to_end(&mut rest).expect("read to the end");
+        rest
+    }
+
     /// Reads one response; `head_only` for a response to HEAD.
     pub fn read_response(&mut self, head_only: bool) -> Response {
         let mut status_line = String::new();
