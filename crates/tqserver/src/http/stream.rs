@@ -82,6 +82,29 @@ pub enum WriteHalf {
     Tls(Arc<TlsShared>),
 }
 
+/// Reads what is there into `buf`'s spare room. A read that leaves room
+/// took all the socket had, so the socket's readiness is cleared: the next
+/// wait goes to epoll instead of a read that would find nothing (one
+/// `recvfrom` returning EAGAIN fewer per request, as tokio's own `poll_read`
+/// does after a short read). Data that arrives meanwhile is a new epoll
+/// event, which the clear does not touch.
+fn try_read_draining(tcp: &TcpStream, buf: &mut BytesMut) -> io::Result<usize> {
+    let room = buf.capacity() - buf.len();
+    let mut read = 0;
+    let result = tcp.try_io(tokio::io::Interest::READABLE, || {
+        read = tcp.try_read_buf(buf)?;
+        if read > 0 && read < room {
+            // Not an error: tells try_io to clear the readiness it saw.
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        Ok(read)
+    });
+    match result {
+        Err(err) if err.kind() == io::ErrorKind::WouldBlock && read > 0 => Ok(read),
+        result => result,
+    }
+}
+
 /// Either half, seen as the whole stream (a reader writes too: `100
 /// Continue`, and TLS alerts or key updates).
 #[derive(Clone, Copy)]
@@ -102,7 +125,7 @@ impl ReadHalf {
     /// EOF, `WouldBlock` if nothing is there.
     pub fn try_read_buf(&self, buf: &mut BytesMut) -> io::Result<usize> {
         match self.stream() {
-            StreamRef::Tcp(tcp) => tcp.try_read_buf(buf),
+            StreamRef::Tcp(tcp) => try_read_draining(tcp, buf),
             StreamRef::Tls(tls) => tls.try_read_buf(buf),
         }
     }
