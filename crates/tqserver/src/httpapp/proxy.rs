@@ -2,12 +2,11 @@
 //! goes, path unchanged, to the healthy instance with the fewest requests in
 //! flight, over a kept-alive HTTP/1.1 connection (hyper's client, one idle
 //! pool per instance). A connection has no task of its own: the task of the
-//! request using it drives it, so a request and its response never hop
-//! between threads (those wake-ups were about a quarter of the proxy's CPU
-//! when each connection ran in a task of its own). Bodies stream both ways; the request body is held to
-//! `max_body_bytes` (413). No response head within `request_timeout` is a
-//! 504, an instance that cannot be reached or fails mid-request a 502, each
-//! with a log line naming app and instance. Hop-by-hop headers are removed
+//! request using it drives it, so a request and its response do not hop
+//! between tasks (and runtime threads). Bodies stream both ways; the request
+//! body is held to `max_body_bytes` (413). No response head within
+//! `request_timeout` is a 504, an instance that cannot be reached or fails
+//! mid-request a 502, each with a log line naming app and instance. Hop-by-hop headers are removed
 //! both ways; `X-Forwarded-For`, `-Proto` and `-Host` are set. A connection
 //! upgrade (WebSocket) is passed on; after the instance's 101 the two
 //! connections are joined ([`super::upgrade`]).
