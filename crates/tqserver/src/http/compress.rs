@@ -123,8 +123,26 @@ fn qvalue(text: &str) -> Option<u16> {
         .then(|| (value * 1000.0).round() as u16)
 }
 
+/// On a 304 from the static file handler: the Content-Type its 200 would
+/// have had (a 304 carries no Content-Type), so that the 304 gets the same
+/// Vary as the 200.
+#[derive(Clone, Debug)]
+pub struct NotModifiedType(pub HeaderValue);
+
+/// A Content-Type's essence, lowercase: `text/html` of `text/html; charset=UTF-8`.
+fn essence(content_type: &HeaderValue) -> Option<String> {
+    let text = content_type.to_str().ok()?;
+    Some(
+        text.split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase(),
+    )
+}
+
 /// Compresses `response` if it should be, and says `Vary: Accept-Encoding`
-/// if it could have been.
+/// if it could have been (on a 304 too, as its 200 did: RFC 9110 15.4.5).
 pub fn apply(
     mut response: Response<Body>,
     accepted: &Accepted,
@@ -134,9 +152,24 @@ pub fn apply(
         return response;
     }
     let status = response.status();
+    if status == StatusCode::NOT_MODIFIED {
+        let headers = response.headers();
+        let content_type = response
+            .extensions()
+            .get::<NotModifiedType>()
+            .map(|t| &t.0)
+            .or_else(|| headers.get(header::CONTENT_TYPE));
+        if content_type
+            .and_then(essence)
+            .is_some_and(|essence| config.compresses(&essence))
+            && !has_token(headers, header::CACHE_CONTROL, "no-transform")
+        {
+            add_vary(response.headers_mut());
+        }
+        return response;
+    }
     if status.is_informational()
         || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED
         || status == StatusCode::PARTIAL_CONTENT
     {
         return response;
@@ -148,17 +181,7 @@ pub fn apply(
     {
         return response;
     }
-    let Some(essence) = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .map(|v| {
-            v.split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_ascii_lowercase()
-        })
-    else {
+    let Some(essence) = headers.get(header::CONTENT_TYPE).and_then(essence) else {
         return response;
     };
     if !config.compresses(&essence) {
@@ -512,6 +535,32 @@ mod tests {
         );
         assert!(out.headers().get(header::CONTENT_ENCODING).is_none());
         assert!(out.headers().get(header::VARY).is_none());
+    }
+
+    #[test]
+    fn a_304_says_vary_as_its_200_would() {
+        let config = CompressionConfig::default();
+        let not_modified = |content_type: &'static str| {
+            let mut r = Response::new(Body::Empty);
+            *r.status_mut() = StatusCode::NOT_MODIFIED;
+            r.extensions_mut()
+                .insert(NotModifiedType(HeaderValue::from_static(content_type)));
+            r
+        };
+        let out = apply(not_modified("text/css"), &gzip_accepted(), &config);
+        assert_eq!(out.headers()[header::VARY], "Accept-Encoding");
+        assert!(out.headers().get(header::CONTENT_ENCODING).is_none());
+        let out = apply(not_modified("image/png"), &gzip_accepted(), &config);
+        assert!(out.headers().get(header::VARY).is_none());
+        // PHP's 304 carries its Content-Type itself.
+        let mut php = Response::new(Body::Empty);
+        *php.status_mut() = StatusCode::NOT_MODIFIED;
+        php.headers_mut().insert(
+            header::CONTENT_TYPE,
+            "text/html; charset=UTF-8".parse().unwrap(),
+        );
+        let out = apply(php, &gzip_accepted(), &config);
+        assert_eq!(out.headers()[header::VARY], "Accept-Encoding");
     }
 
     #[test]

@@ -46,8 +46,10 @@ pub fn serve(
     }
 
     if not_modified(headers, &etag, modified) {
+        // Compression gives the 304 the Vary its 200 would have had.
         return builder
             .status(StatusCode::NOT_MODIFIED)
+            .extension(super::compress::NotModifiedType(content_type(path)))
             .body(Body::Empty)
             .unwrap_or_else(|_| errors::status(StatusCode::INTERNAL_SERVER_ERROR));
     }

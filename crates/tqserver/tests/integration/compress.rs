@@ -21,6 +21,7 @@ fn page() -> String {
 /// curl's response: headers (lower-case names) and the body as curl
 /// decoded it.
 struct Curl {
+    status: u16,
     headers: Vec<(String, String)>,
     body: Vec<u8>,
 }
@@ -52,6 +53,11 @@ fn curl(port: u16, path: &str, args: &[&str]) -> Curl {
         String::from_utf8_lossy(&output.stderr)
     );
     let text = std::fs::read_to_string(headers_file.path()).unwrap();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0);
     let headers = text
         .lines()
         .skip(1)
@@ -59,6 +65,7 @@ fn curl(port: u16, path: &str, args: &[&str]) -> Curl {
         .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
         .collect();
     Curl {
+        status,
         headers,
         body: output.stdout,
     }
@@ -159,10 +166,39 @@ fn static_files_are_compressed_by_type_and_size_never_for_ranges() {
     assert_eq!(ranged.header("content-range"), Some("bytes 0-9/6300"));
     assert_eq!(ranged.body, b"body { col");
 
+    // Revalidating the compressed copy: a 304, with the 200's Vary (a cache
+    // keeps the variants apart by it).
+    let etag = response.header("etag").unwrap().to_owned();
+    let revalidated = curl(
+        server.port(),
+        "/style.css",
+        &[
+            "-H",
+            "Accept-Encoding: gzip",
+            "-H",
+            &format!("If-None-Match: {etag}"),
+        ],
+    );
+    assert_eq!(revalidated.status, 304);
+    assert_eq!(revalidated.header("vary"), Some("Accept-Encoding"));
+
     let image = curl(server.port(), "/image.png", &["-H", "Accept-Encoding: br"]);
     assert_eq!(image.header("content-encoding"), None);
     assert_eq!(image.header("vary"), None, "a PNG is never compressed");
     assert_eq!(image.body.len(), 8000);
+    let image_etag = image.header("etag").unwrap().to_owned();
+    let image_304 = curl(
+        server.port(),
+        "/image.png",
+        &[
+            "-H",
+            "Accept-Encoding: br",
+            "-H",
+            &format!("If-None-Match: {image_etag}"),
+        ],
+    );
+    assert_eq!(image_304.status, 304);
+    assert_eq!(image_304.header("vary"), None);
 
     let small = curl(server.port(), "/small.css", &["-H", "Accept-Encoding: br"]);
     assert_eq!(small.header("content-encoding"), None, "under min_size");
