@@ -166,23 +166,7 @@ fn make_https_certificate(dir: &Path) {
         "ec_paramgen_curve:prime256v1",
         "-nodes",
     ];
-    openssl(
-        &[
-            &["req", "-x509"][..],
-            &ec,
-            &[
-                "-keyout",
-                "ca.key",
-                "-out",
-                "ca.pem",
-                "-days",
-                "2",
-                "-subj",
-                "/CN=tqserver test CA",
-            ],
-        ]
-        .concat(),
-    );
+    crate::support::make_test_ca(dir);
     openssl(
         &[
             &["req"][..],

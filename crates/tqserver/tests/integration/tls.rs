@@ -15,7 +15,7 @@ use tokio_rustls::rustls;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
 
-use crate::support::{Site, free_port, openssl, wait_until, worker_yaml};
+use crate::support::{Site, free_port, make_test_ca, openssl, wait_until, worker_yaml};
 
 const ENV_PHP: &str = r#"<?php
 foreach (['HTTPS', 'REQUEST_SCHEME', 'SERVER_PORT', 'HTTP_HOST'] as $k) {
@@ -27,26 +27,7 @@ foreach (['HTTPS', 'REQUEST_SCHEME', 'SERVER_PORT', 'HTTP_HOST'] as $k) {
 fn make_ca(site: &Site) {
     let dir = site.root().join("certs");
     std::fs::create_dir_all(&dir).unwrap();
-    openssl(
-        &dir,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=tqserver test CA",
-        ],
-    );
+    make_test_ca(&dir);
 }
 
 /// `certs/<file>.pem` and `certs/<file>.key`: a certificate for `names`

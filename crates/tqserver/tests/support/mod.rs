@@ -926,6 +926,30 @@ pub fn md5(data: &[u8]) -> String {
         .to_owned()
 }
 
+/// A test CA in `dir`: `ca.key` and `ca.pem` (P-256, valid two days).
+pub fn make_test_ca(dir: &Path) {
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=tqserver test CA",
+        ],
+    );
+}
+
 /// Runs `openssl ARGS` in `dir` (certificates for the TLS and ACME tests);
 /// fails the test with openssl's message if it fails.
 pub fn openssl(dir: &Path, args: &[&str]) {
